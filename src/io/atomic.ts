@@ -1,0 +1,70 @@
+import {
+  closeSync,
+  fsyncSync,
+  openSync,
+  writeSync,
+  renameSync,
+  rmSync,
+  rmdirSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+} from "node:fs";
+import { GptqError } from "../util/errors.js";
+import { dirname, basename, join } from "node:path";
+import { randomBytes } from "node:crypto";
+
+/** A sibling temporary path, so the final rename stays on one file system. */
+export function tempSibling(path: string): string {
+  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+}
+
+/**
+ * Writes a file through a temporary sibling and renames it into place: a reader never sees a
+ * half-written file, and a failure leaves nothing behind.
+ */
+export function writeFileAtomic(path: string, write: (fd: number) => void): void {
+  const tmp = tempSibling(path);
+  const fd = openSync(tmp, "w");
+  try {
+    write(fd);
+    fsyncSync(fd);
+    closeSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  renameSync(tmp, path);
+}
+
+export function writeTextAtomic(path: string, text: string): void {
+  writeFileAtomic(path, (fd) => {
+    const b = Buffer.from(text);
+    let done = 0;
+    while (done < b.length) done += writeSync(fd, b, done, b.length - done);
+  });
+}
+
+/**
+ * Builds an output directory in a temporary sibling and renames it into place when `build` succeeds;
+ * on failure the temporary directory is removed and `out` is untouched. `out` must not exist yet
+ * (or be an empty directory), so no input is ever overwritten.
+ */
+export async function buildDirAtomic<T>(out: string, build: (tmpDir: string) => Promise<T> | T): Promise<T> {
+  if (existsSync(out) && readdirSync(out).length > 0)
+    throw new GptqError(`output ${out} already exists and is not empty; choose another path`);
+  const parent = dirname(out);
+  if (!existsSync(parent)) mkdirSync(parent, { recursive: true });
+  const tmp = tempSibling(out);
+  mkdirSync(tmp);
+  try {
+    const result = await build(tmp);
+    if (existsSync(out)) rmdirSync(out); // empty (checked above); rmdir refuses anything else
+    renameSync(tmp, out);
+    return result;
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}

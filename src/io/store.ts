@@ -1,0 +1,170 @@
+/**
+ * The tensors of a checkpoint directory, however they are sharded: `model.safetensors`, or
+ * `model.safetensors.index.json` with its `weight_map`, or any set of `*.safetensors` files.
+ * Opening reads headers only.
+ */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Tensor } from "../tensor/tensor.js";
+import { GptqError } from "../util/errors.js";
+import { parseJsonStrict } from "../util/json.js";
+import { writeTextAtomic } from "./atomic.js";
+import { SafetensorsFile, TensorEntry, TensorInfo, entryBytes, writeSafetensors } from "./safetensors.js";
+
+export const INDEX_FILE = "model.safetensors.index.json";
+export const SINGLE_FILE = "model.safetensors";
+
+export class TensorStore {
+  private readonly owner = new Map<string, SafetensorsFile>();
+
+  private constructor(
+    readonly dir: string,
+    readonly files: SafetensorsFile[],
+    /** shard file names, in order */
+    readonly shardNames: string[],
+  ) {
+    for (const f of files)
+      for (const name of f.names()) {
+        const prev = this.owner.get(name);
+        if (prev)
+          throw new GptqError(`${dir}: tensor "${name}" is stored in both ${prev.path} and ${f.path}`);
+        this.owner.set(name, f);
+      }
+  }
+
+  static open(dir: string): TensorStore {
+    if (!existsSync(dir)) throw new GptqError(`${dir}: no such directory`);
+    const files: SafetensorsFile[] = [];
+    const close = () => files.forEach((f) => f.close());
+    try {
+      const indexPath = join(dir, INDEX_FILE);
+      let shardNames: string[];
+      let weightMap: Record<string, string> | undefined;
+      if (existsSync(indexPath)) {
+        const index = parseJsonStrict(readFileSync(indexPath, "utf8"), indexPath) as { weight_map?: unknown };
+        if (
+          typeof index !== "object" ||
+          index === null ||
+          typeof index.weight_map !== "object" ||
+          index.weight_map === null
+        )
+          throw new GptqError(`${indexPath}: no "weight_map" object`);
+        weightMap = index.weight_map as Record<string, string>;
+        shardNames = [...new Set(Object.values(weightMap))].sort();
+        for (const s of shardNames) {
+          if (typeof s !== "string" || s.includes("/") || s.includes("\\"))
+            throw new GptqError(`${indexPath}: invalid shard name ${JSON.stringify(s)}`);
+          if (!existsSync(join(dir, s)))
+            throw new GptqError(`${indexPath}: shard ${s} is missing from ${dir}`);
+        }
+      } else if (existsSync(join(dir, SINGLE_FILE))) {
+        shardNames = [SINGLE_FILE];
+      } else {
+        shardNames = readdirSync(dir)
+          .filter((n) => n.endsWith(".safetensors"))
+          .sort();
+        if (!shardNames.length) throw new GptqError(`${dir}: no .safetensors files`);
+      }
+      for (const s of shardNames) files.push(SafetensorsFile.open(join(dir, s)));
+      const store = new TensorStore(dir, files, shardNames);
+      if (weightMap) {
+        for (const [name, shard] of Object.entries(weightMap)) {
+          const f = store.owner.get(name);
+          if (!f)
+            throw new GptqError(`${indexPath}: tensor "${name}" is listed in ${shard} but not stored there`);
+          if (!f.path.endsWith(shard))
+            throw new GptqError(
+              `${indexPath}: tensor "${name}" is listed in ${shard} but stored in ${f.path}`,
+            );
+        }
+        for (const name of store.owner.keys())
+          if (!(name in weightMap))
+            throw new GptqError(`${indexPath}: tensor "${name}" is stored but missing from weight_map`);
+      }
+      return store;
+    } catch (e) {
+      close();
+      throw e;
+    }
+  }
+
+  names(): string[] {
+    return [...this.owner.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.owner.has(name);
+  }
+
+  info(name: string): TensorInfo {
+    return this.file(name).info(name);
+  }
+
+  read(name: string): Tensor {
+    return this.file(name).read(name);
+  }
+
+  metadata(): Record<string, string> {
+    return Object.assign({}, ...this.files.map((f) => f.metadata)) as Record<string, string>;
+  }
+
+  close(): void {
+    for (const f of this.files) f.close();
+  }
+
+  private file(name: string): SafetensorsFile {
+    const f = this.owner.get(name);
+    if (!f) throw new GptqError(`${this.dir}: no tensor named "${name}"`);
+    return f;
+  }
+}
+
+export interface ShardOptions {
+  /** bytes per shard; a tensor larger than this gets a shard of its own. Default 5 GB (HF's default). */
+  maxShardBytes?: number;
+  metadata?: Record<string, string>;
+}
+
+/**
+ * Writes tensors into `dir` as one `model.safetensors`, or as `model-0000i-of-0000n.safetensors` shards
+ * plus an index when they exceed the shard size. Entries with producer functions are materialised one at
+ * a time, so memory stays bounded by the largest tensor. Returns the shard file names.
+ */
+export function writeCheckpointTensors(
+  dir: string,
+  entries: readonly TensorEntry[],
+  opts: ShardOptions = {},
+): string[] {
+  const max = opts.maxShardBytes ?? 5e9;
+  const shards: TensorEntry[][] = [[]];
+  let size = 0;
+  for (const e of entries) {
+    const b = entryBytes(e);
+    if (size > 0 && size + b > max) {
+      shards.push([]);
+      size = 0;
+    }
+    shards[shards.length - 1].push(e);
+    size += b;
+  }
+  const metadata = { format: "pt", ...(opts.metadata ?? {}) };
+  if (shards.length === 1) {
+    writeSafetensors(join(dir, SINGLE_FILE), shards[0], metadata);
+    return [SINGLE_FILE];
+  }
+  const n = shards.length;
+  const pad = (i: number) => String(i).padStart(5, "0");
+  const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(n)}.safetensors`);
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  shards.forEach((s, i) => {
+    writeSafetensors(join(dir, names[i]), s, metadata);
+    for (const e of s) {
+      weightMap[e.name] = names[i];
+      total += entryBytes(e);
+    }
+  });
+  const index = JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n";
+  writeTextAtomic(join(dir, INDEX_FILE), index);
+  return names;
+}
