@@ -4,7 +4,7 @@
  * final norm and a tied or separate lm_head. Every projection is a replaceable `Linear`, so quantized
  * layers drop in, and a layer's forward reports each projection's input to calibration code.
  */
-import { DenseLinear, Linear } from "../backend/cpu/linear.js";
+import { DenseLinear, Linear, gemmNT } from "../backend/cpu/linear.js";
 import { TensorStore } from "../io/store.js";
 import { toFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
@@ -100,9 +100,13 @@ export class DecoderLayer {
   }
 }
 
+/** query rows handled per block: scores for a block are (rows x keys so far), never T x T */
+const ATTN_BLOCK = 64;
+
 /**
  * Causal grouped-query attention: query head h reads key/value head h / (heads / kvHeads).
- * q: T x heads*hd, k and v: T x kvHeads*hd; returns T x heads*hd. Softmax in float64.
+ * q: T x heads*hd, k and v: T x kvHeads*hd; returns T x heads*hd. Per head, scores and the weighted sum
+ * of values are two matrix products over contiguous copies of the head; softmax is taken in float64.
  */
 export function attention(
   q: Float32Array,
@@ -113,36 +117,49 @@ export function attention(
 ): Float32Array {
   const { numHeads: H, numKvHeads: KV, headDim: hd } = c;
   const group = H / KV;
-  const qStride = H * hd;
-  const kvStride = KV * hd;
   const scale = 1 / Math.sqrt(hd);
   const window = c.slidingWindow ?? Infinity;
-  const out = new Float32Array(T * qStride);
+  const out = new Float32Array(T * H * hd);
+  const qh = new Float32Array(T * hd);
+  const kh = new Float32Array(T * hd);
+  const vt = new Float32Array(hd * T); // hd x T: values transposed so P x V is a dot-product kernel
+  const s = new Float32Array(ATTN_BLOCK * T);
+  const o = new Float32Array(ATTN_BLOCK * hd);
   const p = new Float64Array(T);
-  const acc = new Float64Array(hd);
   for (let head = 0; head < H; head++) {
-    const kvOff = Math.floor(head / group) * hd;
-    for (let i = 0; i < T; i++) {
-      const qo = i * qStride + head * hd;
-      const j0 = Math.max(0, i - window + 1);
-      let max = -Infinity;
-      for (let j = j0; j <= i; j++) {
-        const ko = j * kvStride + kvOff;
-        let s = 0;
-        for (let d = 0; d < hd; d++) s += q[qo + d] * k[ko + d];
-        s *= scale;
-        p[j] = s;
-        if (s > max) max = s;
+    const kvh = Math.floor(head / group);
+    if (head % group === 0) {
+      for (let t = 0; t < T; t++) {
+        const src = (t * KV + kvh) * hd;
+        for (let d = 0; d < hd; d++) {
+          kh[t * hd + d] = k[src + d];
+          vt[d * T + t] = v[src + d];
+        }
       }
-      let sum = 0;
-      acc.fill(0);
-      for (let j = j0; j <= i; j++) {
-        const e = Math.exp(p[j] - max);
-        sum += e;
-        const vo = j * kvStride + kvOff;
-        for (let d = 0; d < hd; d++) acc[d] += e * v[vo + d];
+    }
+    for (let t = 0; t < T; t++) qh.set(q.subarray((t * H + head) * hd, (t * H + head + 1) * hd), t * hd);
+    for (let i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
+      const rows = Math.min(ATTN_BLOCK, T - i0);
+      const keys = i0 + rows; // causal: this block sees keys [0, keys)
+      gemmNT(qh, i0 * hd, hd, rows, kh, hd, keys, hd, s, false);
+      for (let r = 0; r < rows; r++) {
+        const i = i0 + r;
+        const row = r * keys;
+        const j0 = Math.max(0, i - window + 1);
+        let max = -Infinity;
+        for (let j = j0; j <= i; j++) if (s[row + j] > max) max = s[row + j];
+        let sum = 0;
+        for (let j = j0; j <= i; j++) {
+          const e = Math.exp((s[row + j] - max) * scale);
+          p[j] = e;
+          sum += e;
+        }
+        const inv = 1 / sum;
+        s.fill(0, row, row + keys);
+        for (let j = j0; j <= i; j++) s[row + j] = p[j] * inv;
       }
-      for (let d = 0; d < hd; d++) out[qo + d] = acc[d] / sum;
+      gemmNT(s, 0, keys, rows, vt, T, hd, keys, o, false);
+      for (let r = 0; r < rows; r++) out.set(o.subarray(r * hd, (r + 1) * hd), ((i0 + r) * H + head) * hd);
     }
   }
   return out;
