@@ -11,7 +11,9 @@ import { addBias, checkInput } from "./gemm.js";
 import type { Linear } from "./linear.js";
 import { checkQuantizedLinear, groupOrder } from "./quant-linear.js";
 
-const FP32_EPS = 2 ** -23; // torch.finfo(torch.float32).eps, the floor of every scale
+const FP32_EPS = 2 ** -23;
+/** int4 weight bytes per pass (see forward) */
+const SLAB_BYTES = 256 * 1024; // torch.finfo(torch.float32).eps, the floor of every scale
 
 export interface TokenQuant {
   /** rows x K codes in [-128, 127] */
@@ -186,35 +188,105 @@ export class A8W4Linear implements Linear {
     return out;
   }
 
+  /** rows r..r+3, outputs n0..n1: the four rows share every weight load */
+  private tile4(
+    q: Int8Array,
+    scale: Float32Array,
+    zero: Int32Array,
+    r: number,
+    n0: number,
+    n1: number,
+    out: Float32Array,
+  ): void {
+    const { outFeatures: N, paddedK: Kp, groups: G, groupSize: gs, codes, scales, codeSums } = this;
+    const x0 = r * Kp;
+    const x1 = x0 + Kp;
+    const x2 = x1 + Kp;
+    const x3 = x2 + Kp;
+    const z0 = zero[r];
+    const z1 = zero[r + 1];
+    const z2 = zero[r + 2];
+    const z3 = zero[r + 3];
+    for (let n = n0; n < n1; n++) {
+      const wo = n * Kp;
+      const so = n * G;
+      let y0 = 0;
+      let y1 = 0;
+      let y2 = 0;
+      let y3 = 0;
+      for (let g = 0; g < G; g++) {
+        const k0 = g * gs;
+        // sum (qx - zx) * w = sum qx * w - zx * sum w, in int32
+        let a0 = 0;
+        let a1 = 0;
+        let a2 = 0;
+        let a3 = 0;
+        for (let k = k0; k < k0 + gs; k++) {
+          const w = codes[wo + k];
+          a0 = (a0 + q[x0 + k] * w) | 0;
+          a1 = (a1 + q[x1 + k] * w) | 0;
+          a2 = (a2 + q[x2 + k] * w) | 0;
+          a3 = (a3 + q[x3 + k] * w) | 0;
+        }
+        const s = scales[so + g];
+        const cs = codeSums[so + g];
+        y0 += s * ((a0 - z0 * cs) | 0);
+        y1 += s * ((a1 - z1 * cs) | 0);
+        y2 += s * ((a2 - z2 * cs) | 0);
+        y3 += s * ((a3 - z3 * cs) | 0);
+      }
+      out[r * N + n] = scale[r] * y0;
+      out[(r + 1) * N + n] = scale[r + 1] * y1;
+      out[(r + 2) * N + n] = scale[r + 2] * y2;
+      out[(r + 3) * N + n] = scale[r + 3] * y3;
+    }
+  }
+
+  /** one row r, outputs n0..n1 */
+  private tile1(
+    q: Int8Array,
+    sx: number,
+    zx: number,
+    r: number,
+    n0: number,
+    n1: number,
+    out: Float32Array,
+  ): void {
+    const { outFeatures: N, paddedK: Kp, groups: G, groupSize: gs, codes, scales, codeSums } = this;
+    const xo = r * Kp;
+    for (let n = n0; n < n1; n++) {
+      const wo = n * Kp;
+      const so = n * G;
+      let y = 0;
+      for (let g = 0; g < G; g++) {
+        const k0 = g * gs;
+        let a0 = 0;
+        let a1 = 0;
+        let k = k0;
+        for (; k + 2 <= k0 + gs; k += 2) {
+          a0 = (a0 + q[xo + k] * codes[wo + k]) | 0;
+          a1 = (a1 + q[xo + k + 1] * codes[wo + k + 1]) | 0;
+        }
+        if (k < k0 + gs) a0 = (a0 + q[xo + k] * codes[wo + k]) | 0;
+        y += scales[so + g] * ((a0 + a1 - zx * codeSums[so + g]) | 0);
+      }
+      out[r * N + n] = sx * y;
+    }
+  }
+
   forward(x: Float32Array, rows: number): Float32Array {
     checkInput(this, x, rows);
-    const { outFeatures: N, paddedK: Kp, groups: G, groupSize: gs, codes, scales, codeSums } = this;
+    const { outFeatures: N, paddedK: Kp } = this;
     // zero padding never changes a row's range, which already includes 0
     const { q, scale, zero } = quantizePerToken(this.padded(x, rows), rows, Kp);
     const out = new Float32Array(rows * N);
-    for (let r = 0; r < rows; r++) {
-      const xo = r * Kp;
-      const zx = zero[r];
-      for (let n = 0; n < N; n++) {
-        const wo = n * Kp;
-        const so = n * G;
-        let y = 0;
-        for (let g = 0; g < G; g++) {
-          const k0 = g * gs;
-          // sum (qx - zx) * w = sum qx * w - zx * sum w, all in int32
-          let a0 = 0;
-          let a1 = 0;
-          let k = 0;
-          for (; k + 2 <= gs; k += 2) {
-            a0 = (a0 + q[xo + k0 + k] * codes[wo + k0 + k]) | 0;
-            a1 = (a1 + q[xo + k0 + k + 1] * codes[wo + k0 + k + 1]) | 0;
-          }
-          if (k < gs) a0 = (a0 + q[xo + k0 + k] * codes[wo + k0 + k]) | 0;
-          const dot = (a0 + a1 - zx * codeSums[so + g]) | 0;
-          y += scales[so + g] * dot;
-        }
-        out[r * N + n] = scale[r] * y;
-      }
+    // a slab of weight rows stays in cache while every row of activations passes over it
+    const slab = Math.max(1, Math.floor(SLAB_BYTES / Kp));
+    for (let n0 = 0; n0 < N; n0 += slab) {
+      const n1 = Math.min(N, n0 + slab);
+      let r = 0;
+      for (; r + 4 <= rows; r += 4) this.tile4(q, scale, zero, r, n0, n1, out);
+      for (; r < rows; r++) this.tile1(q, scale[r], zero[r], r, n0, n1, out);
     }
     addBias(out, rows, this.bias);
     return out;
