@@ -1,4 +1,8 @@
 import { Command } from "../command.js";
+import { convert } from "./convert.js";
+import { dequantize } from "./dequantize.js";
+import { split } from "./split.js";
+import { merge } from "./merge.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
-export const COMMANDS: Command[] = [];
+export const COMMANDS: Command[] = [convert, dequantize, split, merge];
