@@ -311,11 +311,13 @@ export class LlamaModel {
         );
       }
       const finalNorm = readFloats(store, "model.norm.weight", [D]);
-      // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says
-      const tied = config.tieWordEmbeddings || !store.has("lm_head.weight");
-      const lmHead = tied
-        ? new DenseLinear(embed, config.vocabSize, D)
-        : loadDenseLinear(store, "lm_head", config.vocabSize, D);
+      // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says;
+      // some quantizers also quantize lm_head (GPTQModel's lm_head option)
+      const lmHead = quantized.has("lm_head")
+        ? linear("lm_head", config.vocabSize, D)
+        : config.tieWordEmbeddings || !store.has("lm_head.weight")
+          ? new DenseLinear(embed, config.vocabSize, D)
+          : loadDenseLinear(store, "lm_head", config.vocabSize, D);
       return new LlamaModel(config, embed, layers, finalNorm, lmHead);
     } finally {
       ckpt.close();
