@@ -10,6 +10,8 @@ import type { Linear } from "./linear.js";
 
 /** most rows of K dequantized at once (a group of -1 spans all of K) */
 const BLOCK_ROWS = 128;
+/** below this many rows, dequantizing a block costs more than the product it feeds */
+const FEW_ROWS = 4;
 
 /**
  * The input rows of each group, contiguous: perm lists the rows of K ordered by group (stable), and group
@@ -93,21 +95,57 @@ export class QuantLinear implements Linear {
     const { codes, scales, zeros } = this.layer;
     const { perm } = this.order;
     const xs = perm ? gatherColumns(x, rows, perm) : x;
+    if (rows < FEW_ROWS) return this.forwardFewRows(xs, rows);
     const out = new Float32Array(rows * N);
     const wt = new Float32Array(N * this.maxBlock); // one block, transposed to N x len
     let first = true;
     for (const { start, end, group } of this.blocks) {
       const len = end - start;
       const gOff = group * N;
-      for (let j = start; j < end; j++) {
-        const k = perm ? perm[j] : j;
-        const cOff = k * N;
-        const col = j - start;
-        for (let n = 0; n < N; n++)
-          wt[n * len + col] = scales[gOff + n] * (codes[cOff + n] - zeros[gOff + n]);
+      // strips of 16 outputs: the transposing writes stay within 16 cache lines per strip
+      for (let n0 = 0; n0 < N; n0 += 16) {
+        const n1 = Math.min(N, n0 + 16);
+        for (let j = start; j < end; j++) {
+          const cOff = (perm ? perm[j] : j) * N;
+          const col = j - start;
+          for (let n = n0; n < n1; n++)
+            wt[n * len + col] = scales[gOff + n] * (codes[cOff + n] - zeros[gOff + n]);
+        }
       }
       gemmNT(xs, start, K, rows, wt, len, N, len, out, !first);
       first = false;
+    }
+    addBias(out, rows, this.layer.bias);
+    return out;
+  }
+
+  /**
+   * For decode-sized inputs, no dequantized block: per group, acc[n] = sum_k x[k] * code[k, n] runs over
+   * contiguous code rows, then y[n] += scale[g, n] * (acc[n] - zero[g, n] * sum_k x[k]).
+   */
+  private forwardFewRows(xs: Float32Array, rows: number): Float32Array {
+    const { inFeatures: K, outFeatures: N } = this;
+    const { codes, scales, zeros } = this.layer;
+    const { perm, starts } = this.order;
+    const out = new Float32Array(rows * N);
+    const acc = new Float64Array(N);
+    const y = new Float64Array(N);
+    for (let r = 0; r < rows; r++) {
+      y.fill(0);
+      const xo = r * K;
+      for (let g = 0; g + 1 < starts.length; g++) {
+        acc.fill(0);
+        let xsum = 0;
+        for (let j = starts[g]; j < starts[g + 1]; j++) {
+          const xv = xs[xo + j];
+          xsum += xv;
+          const cOff = (perm ? perm[j] : j) * N;
+          for (let n = 0; n < N; n++) acc[n] += xv * codes[cOff + n];
+        }
+        const gOff = g * N;
+        for (let n = 0; n < N; n++) y[n] += scales[gOff + n] * (acc[n] - zeros[gOff + n] * xsum);
+      }
+      out.set(y, r * N);
     }
     addBias(out, rows, this.layer.bias);
     return out;

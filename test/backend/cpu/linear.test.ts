@@ -111,11 +111,17 @@ test("QuantLinear equals the float64 product with the dequantized weight", () =>
   ];
   for (const [K, N, bits, gs, actOrder, bias] of cases) {
     const q = randomQuantized(K, N, bits, gs, { actOrder, bias, seed: K * N });
-    const rows = 6;
-    const x = randn(rows * K, K);
-    const got = new QuantLinear(q).forward(x, rows);
-    const want = reference(x, rows, K, N, dequantAt(q), q.bias);
-    assert.ok(maxRelErr(got, want) < 1e-6, `K=${K} N=${N} bits=${bits} group=${gs} actOrder=${actOrder}`);
+    const layer = new QuantLinear(q);
+    for (const rows of [1, 3, 6]) {
+      // fewer than 4 rows take the decode path (no dequantized block)
+      const x = randn(rows * K, K + rows);
+      const got = layer.forward(x, rows);
+      const want = reference(x, rows, K, N, dequantAt(q), q.bias);
+      assert.ok(
+        maxRelErr(got, want) < 1e-6,
+        `rows=${rows} K=${K} N=${N} bits=${bits} group=${gs} actOrder=${actOrder}`,
+      );
+    }
   }
   const q = randomQuantized(64, 8, 4, 32, { seed: 1 });
   assert.throws(() => new QuantLinear({ ...q, scales: new Float32Array(3) }), /scales has 3 values/);
