@@ -1,9 +1,10 @@
 /**
- * The fp32 matrix kernel in WebAssembly SIMD, assembled here at load time (a few hundred bytes, no
- * toolchain): out[r, n] = sum_k x[r, k] * w[n, k] over operands already copied into the module's memory
- * with rows a multiple of 4, columns a multiple of 2 and K a multiple of 4 (zero-padded by the caller).
- * A 4 x 2 tile keeps 8 f32x4 accumulators: each dot product is 4 interleaved fp32 partial sums per lane
- * group, added pairwise at the end.
+ * Matrix kernels in WebAssembly SIMD, assembled here at load time (a few hundred bytes, no toolchain):
+ * out[r, n] = sum_k x[r, k] * w[n, k] over operands already copied into the module's memory, rows a
+ * multiple of 4, columns a multiple of 2 and K a multiple of one vector (zero-padded by the caller).
+ * A 4 x 2 tile keeps 8 vector accumulators.
+ * - `gemm`: fp32; each dot product is 4 interleaved fp32 partial sums, added pairwise at the end.
+ * - `dot16`: int16 x int16 -> exact int32 (i32x4.dot_i16x8_s), for int8 x int4 products.
  */
 
 // opcodes (WebAssembly core + SIMD proposal, as shipped in V8)
@@ -53,6 +54,32 @@ function sleb(n: number): number[] {
   }
 }
 
+const I32_STORE = 0x36;
+const I32X4_EXTRACT_LANE = 0x1b;
+const I32X4_ADD = 0xae;
+const I32X4_DOT_I16X8_S = 0xba;
+
+/** what differs between the fp32 and the int16 kernel */
+interface Arith {
+  /** acc, x, w on the stack -> acc + x * w */
+  fma: number[];
+  extractLane: number;
+  addScalar: number;
+  store: number;
+}
+const F32: Arith = {
+  fma: [SIMD, ...uleb(F32X4_MUL), SIMD, ...uleb(F32X4_ADD)],
+  extractLane: F32X4_EXTRACT_LANE,
+  addScalar: F32_ADD,
+  store: F32_STORE,
+};
+const I16: Arith = {
+  fma: [SIMD, ...uleb(I32X4_DOT_I16X8_S), SIMD, ...uleb(I32X4_ADD)],
+  extractLane: I32X4_EXTRACT_LANE,
+  addScalar: I32_ADD,
+  store: I32_STORE,
+};
+
 const str = (s: string) => [...uleb(s.length), ...Buffer.from(s, "utf8")];
 const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
 const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
@@ -66,7 +93,7 @@ const VW0 = 27;
 const VW1 = 28;
 const VX = 29;
 
-function kernelBody(): number[] {
+function kernelBody(a: Arith): number[] {
   const c: number[] = [];
   const get = (i: number) => c.push(LOCAL_GET, ...uleb(i));
   const set = (i: number) => c.push(LOCAL_SET, ...uleb(i));
@@ -107,10 +134,10 @@ function kernelBody(): number[] {
     loopWhileBelow(L.n, P.cols, () => {
       offset(P.w, L.n, P.wStride, L.w0);
       add(L.w0, P.wStride, L.w1);
-      for (let a = 0; a < 8; a++) {
+      for (let i = 0; i < 8; i++) {
         simd(V128_CONST);
         c.push(...new Array<number>(16).fill(0));
-        set(ACC + a);
+        set(ACC + i);
       }
       i32(0);
       set(L.k);
@@ -141,8 +168,7 @@ function kernelBody(): number[] {
             get(acc);
             get(VX);
             get(vw);
-            simd(F32X4_MUL);
-            simd(F32X4_ADD);
+            c.push(...a.fma);
             set(acc);
           }
         });
@@ -167,21 +193,14 @@ function kernelBody(): number[] {
           }
           const acc = ACC + 2 * row + col;
           // (l0 + l1) + (l2 + l3)
-          get(acc);
-          simd(F32X4_EXTRACT_LANE);
-          c.push(0);
-          get(acc);
-          simd(F32X4_EXTRACT_LANE);
-          c.push(1);
-          c.push(F32_ADD);
-          get(acc);
-          simd(F32X4_EXTRACT_LANE);
-          c.push(2);
-          get(acc);
-          simd(F32X4_EXTRACT_LANE);
-          c.push(3);
-          c.push(F32_ADD, F32_ADD);
-          c.push(F32_STORE, 2, ...uleb(4 * col));
+          for (const lane of [0, 1, 2, 3]) {
+            get(acc);
+            simd(a.extractLane);
+            c.push(lane);
+            if (lane % 2) c.push(a.addScalar);
+          }
+          c.push(a.addScalar);
+          c.push(a.store, 2, ...uleb(4 * col));
         }
       get(L.n);
       i32(2);
@@ -205,9 +224,12 @@ function kernelBody(): number[] {
 function moduleBytes(): Uint8Array {
   const type = vec([[0x60, ...vec(new Array(9).fill([I32])), 0x00]]);
   const imports = vec([[...str("env"), ...str("mem"), 0x02, 0x00, ...uleb(1)]]);
-  const funcs = vec([[0x00]]);
-  const exports = vec([[...str("gemm"), 0x00, 0x00]]);
-  const code = vec([kernelBody()]);
+  const funcs = vec([[0x00], [0x00]]);
+  const exports = vec([
+    [...str("gemm"), 0x00, 0x00],
+    [...str("dot16"), 0x00, 0x01],
+  ]);
+  const code = vec([kernelBody(F32), kernelBody(I16)]);
   return new Uint8Array([
     0x00,
     0x61,
@@ -251,14 +273,17 @@ interface WasmApi {
 
 export interface WasmGemm {
   memory: WasmMemory;
+  /** fp32 x fp32 -> fp32 */
   gemm: WasmGemmFn;
+  /** int16 x int16 -> int32 (same arguments; kBytes a multiple of 16, i.e. K of 8) */
+  dot16: WasmGemmFn;
 }
 
 let instance: WasmGemm | null | undefined;
 
 /** The kernel, or null where WebAssembly SIMD is unavailable (callers fall back to scalar code). */
 export function wasmGemm(): WasmGemm | null {
-  if (instance !== undefined) return instance;
+  if (instance !== undefined) return enabled ? instance : null;
   instance = null;
   if (process.env.GPTQ_NO_WASM) return instance;
   const wa = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
@@ -266,6 +291,13 @@ export function wasmGemm(): WasmGemm | null {
   if (!wa || !wa.validate(bytes)) return instance;
   const memory = new wa.Memory({ initial: 1 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem: memory } });
-  instance = { memory, gemm: inst.exports.gemm as WasmGemmFn };
-  return instance;
+  instance = { memory, gemm: inst.exports.gemm as WasmGemmFn, dot16: inst.exports.dot16 as WasmGemmFn };
+  return enabled ? instance : null;
+}
+
+let enabled = true;
+
+/** Turns the WebAssembly kernels off or on (to compare with, or test, the scalar code). */
+export function useWasm(on: boolean): void {
+  enabled = on;
 }
