@@ -104,6 +104,10 @@ export class TensorStore {
     return this.file(name).read(name);
   }
 
+  readChunks(name: string, chunkBytes?: number): Generator<Uint8Array> {
+    return this.file(name).readChunks(name, chunkBytes);
+  }
+
   metadata(): Record<string, string> {
     return Object.assign({}, ...this.files.map((f) => f.metadata)) as Record<string, string>;
   }
