@@ -1,4 +1,7 @@
 import { Command } from "../command.js";
+import { checkCommand } from "./check.js";
+import { fixConfigCommand } from "./fix-config.js";
+import { inspectCommand } from "./inspect.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
-export const COMMANDS: Command[] = [];
+export const COMMANDS: Command[] = [inspectCommand, checkCommand, fixConfigCommand];
