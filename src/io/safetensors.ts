@@ -50,7 +50,9 @@ export class SafetensorsFile {
       throw new GptqError(`cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
     try {
-      const size = fstatSync(fd).size;
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new GptqError(`${path}: not a regular file`);
+      const size = st.size;
       const { tensors, metadata } = parseHeader(path, (pos, len) => readExact(fd, path, pos, len), size);
       return new SafetensorsFile(path, fd, tensors, metadata, size);
     } catch (e) {
@@ -113,7 +115,14 @@ function readExact(fd: number, path: string, pos: number, len: number): Uint8Arr
   const out = new Uint8Array(new ArrayBuffer(len));
   let done = 0;
   while (done < len) {
-    const n = readSync(fd, out, done, Math.min(len - done, 1 << 30), pos + done);
+    let n: number;
+    try {
+      n = readSync(fd, out, done, Math.min(len - done, 1 << 30), pos + done);
+    } catch (e) {
+      throw new GptqError(
+        `${path}: read failed at byte ${pos + done}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
+      );
+    }
     if (n === 0)
       throw new GptqError(`${path}: file ends at byte ${pos + done}, expected ${len - done} more bytes`);
     done += n;
