@@ -1,8 +1,19 @@
 import { Command } from "../command.js";
-import { convert } from "./convert.js";
-import { dequantize } from "./dequantize.js";
-import { split } from "./split.js";
-import { merge } from "./merge.js";
+import { checkCommand } from "./check.js";
+import { fixConfigCommand } from "./fix-config.js";
+import { inspectCommand } from "./inspect.js";
+import { convertCommand } from "./convert.js";
+import { dequantizeCommand } from "./dequantize.js";
+import { splitCommand } from "./split.js";
+import { mergeCommand } from "./merge.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
-export const COMMANDS: Command[] = [convert, dequantize, split, merge];
+export const COMMANDS: Command[] = [
+  inspectCommand,
+  checkCommand,
+  fixConfigCommand,
+  convertCommand,
+  dequantizeCommand,
+  splitCommand,
+  mergeCommand,
+];
