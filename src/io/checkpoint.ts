@@ -207,8 +207,11 @@ export function listQuantizedLayers(store: TensorStore): QuantizedLayerInfo[] {
 }
 
 /** Embeddings, norms and output heads are not the linears a GPTQ quantizer replaces. */
-const NOT_A_LINEAR =
-  /(^|\.)(embed_tokens|embed_in|embed_out|embeddings?|word_embeddings|position_embeddings|wte|wpe|tok_embeddings|lm_head|output|score|classifier)(\.|$)|norm|(^|\.)ln_|(^|\.)ln\d*(\.|$)|rotary/i;
+const EMBEDDING =
+  /(^|\.)(embed_tokens|embed_in|embeddings?|word_embeddings|position_embeddings|wte|wpe|tok_embeddings)(\.|$)/;
+const NORM = /norm|(^|\.)ln_|(^|\.)ln\d*(\.|$)|rotary/i;
+/** Output heads: lm_head anywhere, other head names only at the top level ("output" is also BERT's attention.output). */
+const HEAD = /(^|\.)(lm_head|embed_out)$|^(output|score|classifier)$/;
 
 /** The 2-D `.weight` tensors of linear layers (in natural order), without embeddings, norms and lm_head. */
 export function listLinearWeights(store: TensorStore): LinearWeightInfo[] {
@@ -218,7 +221,7 @@ export function listLinearWeights(store: TensorStore): LinearWeightInfo[] {
     const t: TensorInfo = store.info(n);
     if (t.shape.length !== 2 || !FLOAT_DTYPES.includes(t.dtype)) continue;
     const name = n.slice(0, -".weight".length);
-    if (NOT_A_LINEAR.test(name)) continue;
+    if (EMBEDDING.test(name) || NORM.test(name) || HEAD.test(name)) continue;
     out.push({ name, inFeatures: t.shape[1], outFeatures: t.shape[0], dtype: t.dtype });
   }
   return out.sort(byName);

@@ -269,6 +269,27 @@ test("Marlin layers and unquantized linears are listed; embeddings, norms and lm
     );
     assert.equal(lin.find((l) => l.name.endsWith("down_proj"))!.inFeatures, 512);
     store.close();
+    rmSync(dir, { recursive: true });
+    const bert = [
+      "bert.encoder.layer.0.attention.output.dense",
+      "bert.encoder.layer.0.intermediate.dense",
+      "h.0.attn.c_attn",
+    ];
+    writeCheckpointDir(dir, [
+      ...bert.map((name) => ({ name: `${name}.weight`, dtype: "F32" as const, shape: [64, 64] })),
+      { name: "bert.embeddings.word_embeddings.weight", dtype: "F32", shape: [100, 64] },
+      { name: "bert.encoder.layer.0.attention.output.LayerNorm.weight", dtype: "F32", shape: [64] },
+      { name: "h.0.ln_1.weight", dtype: "F32", shape: [64] },
+      { name: "wte.weight", dtype: "F32", shape: [100, 64] },
+      { name: "output.weight", dtype: "F32", shape: [100, 64] },
+      { name: "h.0.attn.c_attn.bias", dtype: "F32", shape: [64] },
+    ]);
+    const s2 = TensorStore.open(dir);
+    assert.deepEqual(
+      listLinearWeights(s2).map((l) => l.name),
+      bert,
+    );
+    s2.close();
   }));
 
 test("Marlin B/s under a plain gptq config names the layer, both sides and the fix", () =>
