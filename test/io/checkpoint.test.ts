@@ -402,3 +402,41 @@ test("group size from in_features and group count", () => {
   assert.equal(groupSizeFor(172, 6), 32);
   assert.equal(groupSizeFor(100, 200), undefined);
 });
+
+test("a v1 asymmetric zero point of 0 that overflowed when packed is reported as a warning", () =>
+  withDir((dir) => {
+    const cfg = { bits: 4, group_size: 128, sym: false, desc_act: false };
+    writeCheckpointDir(
+      dir,
+      SMALL.flatMap((l) => gptqEntries(l, { ...sym4, sym: false, zero: 0 })),
+      {
+        "quantize_config.json": cfg,
+      },
+    );
+    const ck = openCheckpoint(dir);
+    ck.close();
+    assert.equal(ck.warnings.length, 1);
+    assert.match(ck.warnings[0], /a stored v1 zero point of 15 means a zero of 0 overflowed when packed/);
+    writeCheckpointDir(
+      dir,
+      SMALL.flatMap((l) => gptqEntries(l, { ...sym4, sym: false, zero: 3 })),
+    );
+    const ok = openCheckpoint(dir);
+    ok.close();
+    assert.deepEqual(ok.warnings, []);
+  }));
+
+test("writeQuantConfig creates config.json when the directory has none", () =>
+  withDir((dir) => {
+    const cfg = inferQuantConfig(
+      writeCheckpointDir(
+        dir,
+        SMALL.flatMap((l) => gptqEntries(l, sym4)),
+      ),
+    )!;
+    writeQuantConfig(dir, cfg);
+    assert.deepEqual(Object.keys(JSON.parse(readFileSync(join(dir, "config.json"), "utf8"))), [
+      "quantization_config",
+    ]);
+    openCheckpoint(dir).close();
+  }));
