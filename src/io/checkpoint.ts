@@ -267,6 +267,8 @@ export interface Checkpoint {
   configSources: string[];
   /** of bits, group_size, sym, desc_act, those no file spells out (vLLM needs all four) */
   missingKeys: string[];
+  /** the same per config source ("quantize_config.json", "config.json#quantization_config") */
+  missingKeysBySource: Record<string, string[]>;
   /** the format of the stored tensors, v1 or v2 as the config says */
   format: CheckpointFormat | "fp";
   /** quantized layers; empty for "fp" */
@@ -408,6 +410,7 @@ export function openCheckpoint(dir: string, opts: OpenOptions = {}): Checkpoint 
       config: read?.config,
       configSources: read?.sources ?? [],
       missingKeys: read?.missing ?? [],
+      missingKeysBySource: read?.missingBySource ?? {},
       format,
       layers,
       linears: listLinearWeights(store).filter((l) => !quantized.has(l.name)),

@@ -162,3 +162,30 @@ test("check refuses a planned scheme on a quantized checkpoint, bad options and 
   assert.match(text.stdout, /model.layers.0.mlp.down_proj: in 512, out 256\n  marlin-ist  ok/);
   assert.match(text.stdout, /summary:\n  marlin-ist  7\/7 layers ok/);
 });
+
+test("vLLM's Marlin is not chosen when config.json's section lacks sym or desc_act; fix-config repairs it", () => {
+  const dir = writeCheckpointDir(
+    join(root, "incomplete-config"),
+    llamaLayers(0, 256, 512).flatMap((l) =>
+      gptqEntries(l, { bits: 4, groupSize: 128, sym: true, version: "v1" }),
+    ),
+    {
+      "config.json": {
+        model_type: "llama",
+        quantization_config: { bits: 4, group_size: 128, quant_method: "gptq" },
+      },
+    },
+  );
+  const rep = checkJson(dir, "--kernel", "marlin", "--kernel", "exllama");
+  const v = layer(rep, "q_proj").kernels;
+  assert.deepEqual(v.marlin, {
+    ok: false,
+    reason:
+      "the quantization config does not spell out sym, desc_act, so vLLM will not choose its gptq_marlin kernels",
+    fix: `run \`gptq fix-config ${dir}\``,
+  });
+  assert.equal(v.exllama.ok, true);
+  assert.match(gptq("inspect", dir).stdout, /does not spell out sym, desc_act \(defaults assumed\)/);
+  assert.equal(gptq("fix-config", dir).code, 0);
+  assert.ok(checkJson(dir, "--kernel", "marlin").layers.every((l) => l.kernels.marlin.ok));
+});

@@ -1,6 +1,13 @@
 import { Command, intOption, parse, printJson } from "../command.js";
 import { openCheckpoint } from "../../io/checkpoint.js";
-import { CheckLayer, CheckScheme, LayerReport, checkLayers } from "../../kernels/check.js";
+import {
+  CheckLayer,
+  CheckScheme,
+  ConfigProblem,
+  LayerReport,
+  checkLayers,
+  vllmConfigProblem,
+} from "../../kernels/check.js";
 import { KERNELS, findKernel } from "../../kernels/registry.js";
 import { KernelRule } from "../../kernels/types.js";
 import { Bits } from "../../formats/types.js";
@@ -96,6 +103,7 @@ export const checkCommand: Command = {
     let scheme: CheckScheme;
     let layers: CheckLayer[];
     let plannedActOrder = false;
+    let configProblem: ConfigProblem | undefined;
     try {
       for (const w of ck.warnings) process.stderr.write(`gptq check: warning: ${w}\n`);
       if (ck.format === "fp") {
@@ -110,11 +118,12 @@ export const checkCommand: Command = {
           );
         scheme = { bits: ck.config!.bits, groupSize: ck.config!.groupSize, sym: ck.config!.sym };
         layers = ck.layers;
+        if (ck.format !== "marlin") configProblem = vllmConfigProblem(ck.dir, ck.missingKeysBySource);
       }
     } finally {
       ck.close();
     }
-    const reports = checkLayers(layers, scheme, kernels, tp);
+    const reports = checkLayers(layers, scheme, kernels, tp, configProblem);
     if (values.json) printJson({ layers: reports });
     else {
       const out = [
