@@ -2,7 +2,8 @@
  * A checkpoint directory: its tensors (any sharding), its quantization config, and what the tensors
  * actually are. The stored tensors are the truth; the config is checked against them, and every
  * disagreement names the layer, what the config says, what the tensors are, and the fix.
- * Everything here reads headers only, plus `g_idx` (K int32 per layer) and one layer's `qzeros`.
+ * Opening and listing read headers only, plus `g_idx` (K int32 per layer) and one layer's `qzeros`;
+ * only `inferQuantConfig` (the repair) reads every layer's `qzeros`.
  */
 import { Bits, CheckpointFormat, numGroups } from "../formats/types.js";
 import { TensorInfo } from "./safetensors.js";
