@@ -138,6 +138,7 @@ function gptqLayer(store: TensorStore, p: string): QuantizedLayerInfo {
     throw new GptqError(
       `layer ${p}: scales are [${Gs}, ${Ns}] but qweight has ${N} outputs and qzeros ${G} groups: expected [${G}, ${N}]`,
     );
+  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: qweight is [${R}, ${N}], an empty matrix`);
   const bits = BITS.find((b) => C * 32 === N * b);
   if (!bits)
     throw new GptqError(
@@ -179,6 +180,7 @@ function marlinLayer(store: TensorStore, p: string): QuantizedLayerInfo {
     throw new GptqError(
       `layer ${p}: Marlin B is [${R}, ${C}] but s has ${N} outputs: expected [${R}, ${2 * N}]`,
     );
+  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: Marlin B is [${R}, ${C}], an empty matrix`);
   const K = R * 16;
   const groupSize = groupSizeFor(K, G);
   if (groupSize === undefined)
@@ -464,8 +466,15 @@ export function inferQuantConfig(dir: string): QuantConfig | undefined {
     let sym = true;
     let checkpointFormat: CheckpointFormat = "marlin";
     if (layers[0].format === "gptq") {
-      const ev = new Set(layers.map((l) => zeroPointEvidence(store, l)));
-      sym = !ev.has("asym") && ev.size === 1;
+      const evidence = layers.map((l) => zeroPointEvidence(store, l));
+      const v1 = evidence.indexOf("sym-v1");
+      const v2 = evidence.indexOf("sym-v2");
+      if (v1 >= 0 && v2 >= 0 && !evidence.includes("asym"))
+        throw new GptqError(
+          `${dir}: layer ${layers[v1].name} stores symmetric zero points as v1 (zero − 1) but ${layers[v2].name} as v2; one config cannot describe both: re-convert one of them`,
+        );
+      const ev = new Set(evidence);
+      sym = !ev.has("asym");
       if (sym) checkpointFormat = ev.has("sym-v2") ? "gptq_v2" : "gptq";
       else checkpointFormat = prior?.checkpointFormat === "gptq_v2" ? "gptq_v2" : "gptq";
     }

@@ -440,3 +440,19 @@ test("writeQuantConfig creates config.json when the directory has none", () =>
     ]);
     openCheckpoint(dir).close();
   }));
+
+test("layers mixing v1 and v2 zero points, and empty matrices, are refused", () =>
+  withDir((dir) => {
+    writeCheckpointDir(dir, [
+      ...gptqEntries(SMALL[0], sym4),
+      ...gptqEntries(SMALL[1], { ...sym4, version: "v2" }),
+    ]);
+    assert.throws(
+      () => inferQuantConfig(dir),
+      /stores symmetric zero points as v1 \(zero − 1\) but .* as v2/,
+    );
+    writeCheckpointDir(dir, gptqEntries({ name: "x", K: 0, N: 64 }, sym4));
+    const store = TensorStore.open(dir);
+    assert.throws(() => listQuantizedLayers(store), /layer x: qweight is \[0, 64\], an empty matrix/);
+    store.close();
+  }));
