@@ -94,6 +94,12 @@ test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256,
     { "quantize_config.json": { bits: 4, group_size: 128, sym: true, desc_act: false } },
   );
   const one = checkJson(dir);
+  assert.deepEqual((one as unknown as { scheme: object }).scheme, {
+    bits: 4,
+    groupSize: 128,
+    sym: true,
+    planned: false,
+  });
   assert.ok(
     one.layers.every((l) => l.kernels.marlin.ok),
     "13696 = 107 * 128: vLLM Marlin runs it on one GPU",

@@ -31,8 +31,8 @@ options:
                     row-parallel ones (o_proj, down_proj, dense, dense_4h_to_h, out_proj, wo, w2, ...)
                     split in_features
   --require NAME    exit 1 unless every layer passes this kernel (repeatable)
-  --json            {"layers": [{"name", "inFeatures", "outFeatures", "kernels":
-                      {"<kernel>": {"ok", "reason"?, "fix"?}}}]}
+  --json            {"format", "scheme", "tp", "layers": [{"name", "inFeatures", "outFeatures",
+                      "shard"?, "kernels": {"<kernel>": {"ok", "reason"?, "fix"?}}}]}
 
 examples:
   gptq check ./falcon-7b --bits 4 --group-size 128 --kernel exllama --kernel marlin
@@ -124,7 +124,13 @@ export const checkCommand: Command = {
       ck.close();
     }
     const reports = checkLayers(layers, scheme, kernels, tp, configProblem);
-    if (values.json) printJson({ layers: reports });
+    if (values.json)
+      printJson({
+        format: ck.format,
+        scheme: { ...scheme, planned: ck.format === "fp" },
+        tp,
+        layers: reports,
+      });
     else {
       const out = [
         `${ck.dir}: ${
