@@ -13,7 +13,7 @@ import { KernelRule } from "../../kernels/types.js";
 import { Bits } from "../../formats/types.js";
 import { GptqError, UsageError } from "../../util/errors.js";
 
-const usage = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
+const USAGE = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
                   [--tp N] [--require NAME]... [--json]
 
 For every linear layer and kernel: compatible or not, the rule that fails, and a fix (pad in or out
@@ -22,7 +22,7 @@ A quantized checkpoint is checked with its own scheme; an unquantized one with a
 (default 4-bit, group 128, symmetric, no act-order), so shapes can be checked before quantizing.
 
 options:
-  --kernel NAME     check only these kernels (repeatable; default all): ${KERNELS.map((k) => k.name).join(", ")}
+  --kernel NAME     check only these kernels (repeatable; default all, listed below)
   --bits N          planned bits: 2, 3, 4 or 8 (unquantized checkpoints)
   --group-size N    planned group size, -1 for one group per column
   --sym | --asym    planned symmetric or asymmetric zero points
@@ -37,7 +37,21 @@ options:
 examples:
   gptq check ./falcon-7b --bits 4 --group-size 128 --kernel exllama --kernel marlin
   gptq check ./Qwen1.5-14B-Chat-GPTQ --tp 2 --require marlin
+
+kernels:
 `;
+
+/** Kernels registered after this module loads (our own) are listed too. */
+function usage(): string {
+  const width = Math.max(...KERNELS.map((k) => k.name.length));
+  return (
+    USAGE +
+    KERNELS.map((k) => `  ${k.name.padEnd(width)}  ${k.ours ? "(gptq-ts) " : ""}${k.description}`).join(
+      "\n",
+    ) +
+    "\n"
+  );
+}
 
 const options = {
   kernel: { type: "string", multiple: true },
@@ -80,7 +94,9 @@ function schemeText(s: CheckScheme, actOrder: boolean): string {
 export const checkCommand: Command = {
   name: "check",
   summary: "check every layer's shape against kernels' rules, with fixes",
-  usage,
+  get usage() {
+    return usage();
+  },
   run(argv) {
     const { values, positionals } = parse(argv, options);
     if (positionals.length !== 1) throw new UsageError("expected one checkpoint directory");
