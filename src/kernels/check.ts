@@ -1,5 +1,5 @@
 /** Every layer against every kernel: what `gptq check` reports and what a loader can ask before it runs. */
-import { Bits } from "../formats/types.js";
+import { Bits, CheckpointFormat } from "../formats/types.js";
 import { shardShape } from "./parallel.js";
 import { checkKernel } from "./registry.js";
 import { KernelRule, KernelVerdict } from "./types.js";
@@ -27,28 +27,42 @@ export interface LayerReport {
   kernels: Record<string, KernelVerdict>;
 }
 
-/** A checkpoint-level reason some kernels will not be chosen, whatever the shapes. */
-export interface ConfigProblem {
-  kernels: readonly string[];
+/** A checkpoint-level reason some kernels cannot be used, whatever the shapes. */
+export interface CheckpointProblem {
+  applies(kernel: KernelRule): boolean;
   reason: string;
   fix: string;
 }
 
 /** vLLM picks gptq_marlin (Marlin, Machete) only when config.json's section spells out all four keys. */
-export const VLLM_GPTQ_MARLIN_KERNELS = ["marlin", "machete"] as const;
+export const VLLM_GPTQ_MARLIN_KERNELS: readonly string[] = ["marlin", "machete"];
 
-export function vllmConfigProblem(
-  dir: string,
-  missingBySource: Record<string, string[]>,
-): ConfigProblem | undefined {
-  const section =
-    missingBySource["config.json#quantization_config"] ?? missingBySource["quantize_config.json"];
-  if (!section?.length) return undefined;
-  return {
-    kernels: VLLM_GPTQ_MARLIN_KERNELS,
-    reason: `the quantization config does not spell out ${section.join(", ")}, so vLLM will not choose its gptq_marlin kernels`,
-    fix: `run \`gptq fix-config ${dir}\``,
-  };
+/** The kernel that reads Marlin-serialised files (B, s) as they are: AutoGPTQ's, and vLLM's legacy `marlin`. */
+export const MARLIN_FILE_KERNELS: readonly string[] = ["marlin-ist"];
+
+export function checkpointProblems(ck: {
+  dir: string;
+  format: CheckpointFormat | "fp";
+  missingKeysBySource: Record<string, string[]>;
+}): CheckpointProblem[] {
+  const problems: CheckpointProblem[] = [];
+  if (ck.format === "marlin")
+    problems.push({
+      applies: (k) => !k.ours && !MARLIN_FILE_KERNELS.includes(k.name),
+      reason:
+        "the checkpoint is Marlin-packed (B, s); this kernel's loader reads GPTQ tensors (qweight, qzeros, scales)",
+      fix: `convert it first: gptq convert ${ck.dir} <out> --to gptq`,
+    });
+  const m =
+    ck.missingKeysBySource["config.json#quantization_config"] ??
+    ck.missingKeysBySource["quantize_config.json"];
+  if (ck.format !== "fp" && ck.format !== "marlin" && m?.length)
+    problems.push({
+      applies: (k) => VLLM_GPTQ_MARLIN_KERNELS.includes(k.name),
+      reason: `the quantization config does not spell out ${m.join(", ")}, so vLLM will not choose its gptq_marlin kernels`,
+      fix: `run \`gptq fix-config ${ck.dir}\``,
+    });
+  return problems;
 }
 
 export function checkLayers(
@@ -56,7 +70,7 @@ export function checkLayers(
   scheme: CheckScheme,
   kernels: readonly KernelRule[],
   tp = 1,
-  config?: ConfigProblem,
+  problems: readonly CheckpointProblem[] = [],
 ): LayerReport[] {
   return layers.map((l) => {
     const s = shardShape(l.name, l.inFeatures, l.outFeatures, tp);
@@ -85,15 +99,11 @@ export function checkLayers(
             kSplitAcrossRanks: s.kSplitAcrossRanks,
             tpRanks: s.tpRanks,
           });
-      // The config problem comes first (vLLM never reaches the shape rules), then any shape fix.
-      report.kernels[k.name] =
-        config && config.kernels.includes(k.name)
-          ? {
-              ok: false,
-              reason: config.reason,
-              fix: v.ok ? config.fix : `${config.fix}, then ${v.fix ?? v.reason}`,
-            }
-          : v;
+      // A checkpoint problem comes first (the loader never reaches the shape rules), then any shape fix.
+      const p = problems.find((x) => x.applies(k));
+      report.kernels[k.name] = p
+        ? { ok: false, reason: p.reason, fix: v.ok ? p.fix : `${p.fix}, then ${v.fix ?? v.reason}` }
+        : v;
     }
     return report;
   });

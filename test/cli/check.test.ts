@@ -8,6 +8,7 @@ import {
   fpEntries,
   gptqEntries,
   llamaLayers,
+  marlinEntries,
   tmpDir,
   writeCheckpointDir,
 } from "../helpers/checkpoints.js";
@@ -194,4 +195,35 @@ test("vLLM's Marlin is not chosen when config.json's section lacks sym or desc_a
   assert.match(gptq("inspect", dir).stdout, /does not spell out sym, desc_act \(defaults assumed\)/);
   assert.equal(gptq("fix-config", dir).code, 0);
   assert.ok(checkJson(dir, "--kernel", "marlin").layers.every((l) => l.kernels.marlin.ok));
+});
+
+test("a Marlin-packed checkpoint: only the Marlin-file loader reads it as is; the others need a conversion", () => {
+  const dir = writeCheckpointDir(
+    join(root, "marlin-file"),
+    llamaLayers(0, 5120, 13696).flatMap((l) => marlinEntries(l, 128)),
+    {
+      "quantize_config.json": {
+        bits: 4,
+        group_size: 128,
+        sym: true,
+        desc_act: false,
+        checkpoint_format: "marlin",
+      },
+    },
+  );
+  const rep = checkJson(dir, "--kernel", "marlin-ist", "--kernel", "exllama");
+  const gate = layer(rep, "gate_proj").kernels;
+  assert.equal(gate["marlin-ist"].reason, "out_features 13696 is not a multiple of 256");
+  assert.deepEqual(gate.exllama, {
+    ok: false,
+    reason:
+      "the checkpoint is Marlin-packed (B, s); this kernel's loader reads GPTQ tensors (qweight, qzeros, scales)",
+    fix: `convert it first: gptq convert ${dir} <out> --to gptq`,
+  });
+  assert.ok(layer(rep, "q_proj").kernels["marlin-ist"].ok);
+  const down = layer(checkJson(dir, "--kernel", "marlin", "--tp", "2"), "down_proj").kernels.marlin;
+  assert.match(
+    down.fix!,
+    /^convert it first: gptq convert .* --to gptq, then pad in_features to 13824 \(6912 per rank\)/,
+  );
 });

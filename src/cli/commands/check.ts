@@ -3,10 +3,10 @@ import { openCheckpoint } from "../../io/checkpoint.js";
 import {
   CheckLayer,
   CheckScheme,
-  ConfigProblem,
+  CheckpointProblem,
   LayerReport,
   checkLayers,
-  vllmConfigProblem,
+  checkpointProblems,
 } from "../../kernels/check.js";
 import { KERNELS, findKernel } from "../../kernels/registry.js";
 import { KernelRule } from "../../kernels/types.js";
@@ -119,7 +119,7 @@ export const checkCommand: Command = {
     let scheme: CheckScheme;
     let layers: CheckLayer[];
     let plannedActOrder = false;
-    let configProblem: ConfigProblem | undefined;
+    let problems: CheckpointProblem[] = [];
     try {
       for (const w of ck.warnings) process.stderr.write(`gptq check: warning: ${w}\n`);
       if (ck.format === "fp") {
@@ -134,12 +134,12 @@ export const checkCommand: Command = {
           );
         scheme = { bits: ck.config!.bits, groupSize: ck.config!.groupSize, sym: ck.config!.sym };
         layers = ck.layers;
-        if (ck.format !== "marlin") configProblem = vllmConfigProblem(ck.dir, ck.missingKeysBySource);
+        problems = checkpointProblems(ck);
       }
     } finally {
       ck.close();
     }
-    const reports = checkLayers(layers, scheme, kernels, tp, configProblem);
+    const reports = checkLayers(layers, scheme, kernels, tp, problems);
     if (values.json)
       printJson({
         format: ck.format,
