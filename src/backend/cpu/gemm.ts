@@ -156,6 +156,18 @@ const ROW_CHUNK = 256;
 const round = (v: number, m: number) => Math.ceil(v / m) * m;
 
 /**
+ * Writes rows n0..n1 of W (kLen values each) to dst: row n at dst[dstOff + (n - n0) * dstStride].
+ * Lets a quantized layer dequantize straight into the kernel's operand buffer.
+ */
+export type WeightRows = (
+  dst: Float32Array,
+  dstOff: number,
+  dstStride: number,
+  n0: number,
+  n1: number,
+) => void;
+
+/**
  * out[r, n] (+)= sum_k x[xOff + r * xStride + k] * w[n * wStride + k] for k < kLen (out is rows x N).
  * Runs the WebAssembly SIMD kernel on zero-padded copies of a chunk of rows and a slab of W at a time
  * (fp32 lanes, 4 partial sums per dot product), else the scalar kernel.
@@ -172,11 +184,47 @@ export function gemmNT(
   out: Float32Array,
   accumulate: boolean,
 ): void {
-  const k4 = wasmGemm();
-  if (!k4 || rows === 0 || N === 0) {
+  if (!wasmGemm()) {
     gemmNTScalar(x, xOff, xStride, rows, w, wStride, N, kLen, out, accumulate);
     return;
   }
+  const copy: WeightRows = (dst, dstOff, dstStride, n0, n1) => {
+    for (let n = n0; n < n1; n++)
+      dst.set(w.subarray(n * wStride, n * wStride + kLen), dstOff + (n - n0) * dstStride);
+  };
+  gemmNTRows(x, xOff, xStride, rows, copy, N, kLen, out, accumulate);
+}
+
+/** gemmNT with the rows of W produced on demand by `weights` (a slab at a time, never all of W). */
+export function gemmNTRows(
+  x: Float32Array,
+  xOff: number,
+  xStride: number,
+  rows: number,
+  weights: WeightRows,
+  N: number,
+  kLen: number,
+  out: Float32Array,
+  accumulate: boolean,
+): void {
+  const k4 = wasmGemm();
+  if (!k4) {
+    const slab = Math.max(1, Math.floor(N_SLAB_BYTES / (4 * Math.max(1, kLen))));
+    const w = new Float32Array(Math.min(N, slab) * kLen);
+    const part = new Float32Array(rows * Math.min(N, slab));
+    for (let n0 = 0; n0 < N; n0 += slab) {
+      const nc = Math.min(slab, N - n0);
+      weights(w, 0, kLen, n0, n0 + nc);
+      gemmNTScalar(x, xOff, xStride, rows, w, kLen, nc, kLen, part, false);
+      for (let r = 0; r < rows; r++) {
+        const o = r * N + n0;
+        if (accumulate) for (let n = 0; n < nc; n++) out[o + n] += part[r * nc + n];
+        else for (let n = 0; n < nc; n++) out[o + n] = part[r * nc + n];
+      }
+    }
+    return;
+  }
+  if (rows === 0 || N === 0) return;
   if (kLen === 0) {
     if (!accumulate) out.fill(0, 0, rows * N);
     return;
@@ -204,11 +252,8 @@ export function gemmNT(
     for (let n0 = 0; n0 < N; n0 += slab) {
       const nc = Math.min(slab, N - n0);
       const ncPad = round(nc, 2);
-      for (let n = 0; n < nc; n++) {
-        const src = (n0 + n) * wStride;
-        heap.set(w.subarray(src, src + kLen), wAt + n * kPad);
-        if (kPad > kLen) heap.fill(0, wAt + n * kPad + kLen, wAt + (n + 1) * kPad);
-      }
+      weights(heap, wAt, kPad, n0, n0 + nc);
+      if (kPad > kLen) for (let n = 0; n < nc; n++) heap.fill(0, wAt + n * kPad + kLen, wAt + (n + 1) * kPad);
       heap.fill(0, wAt + nc * kPad, wAt + ncPad * kPad);
       k4.gemm(4 * xAt, 4 * kPad, rcPad, 4 * wAt, 4 * kPad, ncPad, 4 * kPad, 4 * oAt, 4 * ncPad);
       for (let r = 0; r < rc; r++) {

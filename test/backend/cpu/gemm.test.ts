@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { gemmNT, gemmNTScalar } from "../../../src/backend/cpu/gemm.js";
-import { wasmGemm } from "../../../src/backend/cpu/wasm-gemm.js";
+import { WeightRows, gemmNT, gemmNTRows, gemmNTScalar } from "../../../src/backend/cpu/gemm.js";
+import { useWasm, wasmGemm } from "../../../src/backend/cpu/wasm-gemm.js";
 
 function rand(n: number, seed: number): Float32Array {
   let s = seed >>> 0;
@@ -11,7 +11,30 @@ function rand(n: number, seed: number): Float32Array {
   });
 }
 
-const KERNELS = { "WebAssembly SIMD": gemmNT, scalar: gemmNTScalar };
+type Kernel = typeof gemmNTScalar;
+
+/** gemmNTRows fed by a producer of W's rows, with the SIMD kernel on or off */
+const viaRows =
+  (wasm: boolean): Kernel =>
+  (x, xOff, xStride, rows, w, wStride, N, kLen, out, accumulate) => {
+    const weights: WeightRows = (dst, off, stride, n0, n1) => {
+      for (let n = n0; n < n1; n++)
+        for (let k = 0; k < kLen; k++) dst[off + (n - n0) * stride + k] = w[n * wStride + k];
+    };
+    useWasm(wasm);
+    try {
+      gemmNTRows(x, xOff, xStride, rows, weights, N, kLen, out, accumulate);
+    } finally {
+      useWasm(true);
+    }
+  };
+
+const KERNELS: Record<string, Kernel> = {
+  "WebAssembly SIMD": gemmNT,
+  scalar: gemmNTScalar,
+  "produced rows, WebAssembly SIMD": viaRows(true),
+  "produced rows, scalar": viaRows(false),
+};
 
 test("the WebAssembly SIMD kernel is available on Node 20", () => {
   assert.ok(process.env.GPTQ_NO_WASM || wasmGemm(), "WebAssembly SIMD failed to validate");
