@@ -26,7 +26,7 @@ interface HfConfig {
 }
 
 interface Arch {
-  config: Record<string, unknown>;
+  config: HfConfig & Record<string, unknown>;
   dtype: DType;
   bias: boolean;
   tied: boolean;
@@ -58,7 +58,7 @@ function llama3(theta: number, factor: number, low: number, high: number, ctx: n
 
 /** writes a random checkpoint; returns its dir and the weights as the file stores them (fp32 values) */
 function build(arch: Arch, seed: number): { dir: string; w: Map<string, Float64Array> } {
-  const c = arch.config as HfConfig;
+  const c = arch.config;
   const D = c.hidden_size;
   const hd = c.head_dim ?? D / c.num_attention_heads;
   const qd = c.num_attention_heads * hd;
@@ -108,7 +108,7 @@ function build(arch: Arch, seed: number): { dir: string; w: Map<string, Float64A
 
 /** the float64 forward, one loop per formula */
 function referenceLogits(arch: Arch, w: Map<string, Float64Array>, tokens: number[]): Float64Array {
-  const c = arch.config as HfConfig;
+  const c = arch.config;
   const D = c.hidden_size;
   const H = c.num_attention_heads;
   const KV = c.num_key_value_heads;
