@@ -26,5 +26,7 @@ for (const [K, N, gs] of [
     dev.free(out);
   }
   lin.dispose();
-  console.log(`ran ${K}x${N} g${gs}, M in 1..130, ${W4A16_CONFIGS.length} configurations (${W4A16_CONFIGS.map(configName).join(" ")})`);
+  console.log(
+    `ran ${K}x${N} g${gs}, M in 1..130, ${W4A16_CONFIGS.length} configurations (${W4A16_CONFIGS.map(configName).join(" ")})`,
+  );
 }

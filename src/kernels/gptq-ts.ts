@@ -12,14 +12,32 @@ export const GPTQ_TS_W4A16: KernelRule = {
   description: "gptq-ts W4A16 tensor-core GEMM (CUDA, sm_80+): 4-bit symmetric, groups of 16k rows or -1",
   ours: true,
   supports(q: KernelQuery): KernelVerdict {
-    if (q.bits !== 4) return { ok: false, reason: `${q.bits}-bit weights (runs 4-bit)`, fix: "use kernel gptq-ts-dequant" };
-    if (!q.sym) return { ok: false, reason: "asymmetric zero points", fix: "quantize with sym=true or use kernel gptq-ts-dequant" };
+    if (q.bits !== 4)
+      return { ok: false, reason: `${q.bits}-bit weights (runs 4-bit)`, fix: "use kernel gptq-ts-dequant" };
+    if (!q.sym)
+      return {
+        ok: false,
+        reason: "asymmetric zero points",
+        fix: "quantize with sym=true or use kernel gptq-ts-dequant",
+      };
     if (q.inFeatures % 16 !== 0)
-      return { ok: false, reason: `in_features ${q.inFeatures} is not a multiple of 16`, fix: `pad in_features to ${Math.ceil(q.inFeatures / 16) * 16}` };
+      return {
+        ok: false,
+        reason: `in_features ${q.inFeatures} is not a multiple of 16`,
+        fix: `pad in_features to ${Math.ceil(q.inFeatures / 16) * 16}`,
+      };
     if (q.groupSize !== -1 && q.groupSize % 16 !== 0)
-      return { ok: false, reason: `group size ${q.groupSize} is not a multiple of 16`, fix: "use group size 32, 64, 128 or -1" };
+      return {
+        ok: false,
+        reason: `group size ${q.groupSize} is not a multiple of 16`,
+        fix: "use group size 32, 64, 128 or -1",
+      };
     if (q.groupSize !== -1 && q.inFeatures % q.groupSize !== 0)
-      return { ok: false, reason: `in_features ${q.inFeatures} is not a multiple of the group size ${q.groupSize}`, fix: `pad in_features to ${Math.ceil(q.inFeatures / q.groupSize) * q.groupSize}` };
+      return {
+        ok: false,
+        reason: `in_features ${q.inFeatures} is not a multiple of the group size ${q.groupSize}`,
+        fix: `pad in_features to ${Math.ceil(q.inFeatures / q.groupSize) * q.groupSize}`,
+      };
     return ok;
   },
 };
@@ -31,13 +49,33 @@ export const GPTQ_TS_DEQUANT: KernelRule = {
   supports(q: KernelQuery): KernelVerdict {
     const { bits, inFeatures: K, outFeatures: N } = q;
     if (bits === 3) {
-      if (K % 32 !== 0) return { ok: false, reason: `3-bit with in_features ${K} not a multiple of 32`, fix: `pad in_features to ${Math.ceil(K / 32) * 32}` };
-      if (N % 32 !== 0) return { ok: false, reason: `3-bit with out_features ${N} not a multiple of 32`, fix: `pad out_features to ${Math.ceil(N / 32) * 32}` };
+      if (K % 32 !== 0)
+        return {
+          ok: false,
+          reason: `3-bit with in_features ${K} not a multiple of 32`,
+          fix: `pad in_features to ${Math.ceil(K / 32) * 32}`,
+        };
+      if (N % 32 !== 0)
+        return {
+          ok: false,
+          reason: `3-bit with out_features ${N} not a multiple of 32`,
+          fix: `pad out_features to ${Math.ceil(N / 32) * 32}`,
+        };
       return ok;
     }
     const per = 32 / bits;
-    if (K % per !== 0) return { ok: false, reason: `in_features ${K} is not a multiple of ${per}`, fix: `pad in_features to ${Math.ceil(K / per) * per}` };
-    if (N % per !== 0) return { ok: false, reason: `out_features ${N} is not a multiple of ${per}`, fix: `pad out_features to ${Math.ceil(N / per) * per}` };
+    if (K % per !== 0)
+      return {
+        ok: false,
+        reason: `in_features ${K} is not a multiple of ${per}`,
+        fix: `pad in_features to ${Math.ceil(K / per) * per}`,
+      };
+    if (N % per !== 0)
+      return {
+        ok: false,
+        reason: `out_features ${N} is not a multiple of ${per}`,
+        fix: `pad out_features to ${Math.ceil(N / per) * per}`,
+      };
     return ok;
   },
 };

@@ -36,12 +36,18 @@ export interface BenchShape {
 
 export function parseShapes(spec: string): BenchShape[] {
   const out: BenchShape[] = [];
-  for (const part of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
+  for (const part of spec
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const set = SHAPE_SETS[part];
     if (set) for (const [K, N] of set) out.push({ set: part, K, N });
     else {
       const m = /^(\d+)x(\d+)$/.exec(part);
-      if (!m) throw new GptqError(`--shapes: "${part}" is neither a set (${Object.keys(SHAPE_SETS).join(", ")}) nor KxN`);
+      if (!m)
+        throw new GptqError(
+          `--shapes: "${part}" is neither a set (${Object.keys(SHAPE_SETS).join(", ")}) nor KxN`,
+        );
       out.push({ set: part, K: Number(m[1]), N: Number(m[2]) });
     }
   }
@@ -142,6 +148,8 @@ export function copyBandwidth(dev: CudaDevice, bytes = 1 << 30): number {
 
 /** Median µs per launch of `launch(i)` captured 50 times in a graph (i = launch index). */
 function timeGraph(dev: CudaDevice, launch: (i: number) => void): number {
+  launch(0); // outside the capture: scratch buffers grow here, never while capturing
+  dev.synchronize();
   const graph = dev.capture(() => {
     for (let i = 0; i < LAUNCHES; i++) launch(i);
   });
@@ -163,7 +171,8 @@ function timeGraph(dev: CudaDevice, launch: (i: number) => void): number {
 
 /** ||got - ref|| / ||ref|| over sampled columns; Infinity when any output was left unwritten. */
 function relError(got: Uint16Array, ref: Float64Array, M: number, N: number, cols: Int32Array): number {
-  for (let i = 0; i < M * N; i++) if (got[i] === POISON || !Number.isFinite(halfToFloat(got[i]))) return Infinity;
+  for (let i = 0; i < M * N; i++)
+    if (got[i] === POISON || !Number.isFinite(halfToFloat(got[i]))) return Infinity;
   let num = 0;
   let den = 0;
   for (let m = 0; m < M; m++)
@@ -193,7 +202,9 @@ export function runBench(opts: BenchOptions): BenchResult {
   const dev = CudaDevice.get();
   const blas = Cublas.get(dev);
   const copyGBps = copyBandwidth(dev) / 1e9;
-  log(`${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s`);
+  log(
+    `${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s`,
+  );
   const rows: BenchRow[] = [];
   const sweep: NonNullable<BenchResult["sweep"]> = [];
   const maxM = Math.max(...opts.batches);
@@ -204,7 +215,9 @@ export function runBench(opts: BenchOptions): BenchResult {
     const w16 = randomHalves(N * K, 0x2000);
     const aHost = randomHalves(maxM * K, 0x3800);
     const aF = Float32Array.from(aHost, halfToFloat);
-    const cols = Int32Array.from({ length: Math.min(N, 96) }, (_, j) => Math.floor((j * N) / Math.min(N, 96)));
+    const cols = Int32Array.from({ length: Math.min(N, 96) }, (_, j) =>
+      Math.floor((j * N) / Math.min(N, 96)),
+    );
     const qCols = Array.from(cols, (n) => {
       const w = new Float32Array(K);
       for (let k = 0; k < K; k++) w[k] = layer.scales[layer.gIdx[k] * N + n] * (layer.codes[k * N + n] - 8);
@@ -244,16 +257,26 @@ export function runBench(opts: BenchOptions): BenchResult {
       dev.download(out, got, M * N * 2);
       const errCublas = relError(got, refH, M, N, cols);
       if (!(errOurs < 5e-3) || !(errCublas < 5e-3))
-        throw new GptqError(`${K}x${N} M=${M}: wrong results (relative error ours ${errOurs}, cuBLAS ${errCublas})`);
+        throw new GptqError(
+          `${K}x${N} M=${M}: wrong results (relative error ours ${errOurs}, cuBLAS ${errCublas})`,
+        );
       const oursUs = timeGraph(dev, (i) => oursCopies[i % oursCopies.length].forward(a, M, out));
       const cublasUs = timeGraph(dev, (i) => blas.linear(a, wCopies[i % wCopies.length], out, M, N, K));
       const gbps = ours.weightBytes / (oursUs * 1e-6) / 1e9;
       const row: BenchRow = {
-        set, K, N, M,
+        set,
+        K,
+        N,
+        M,
         config: configName(ours.configFor(M)),
-        cublasUs, oursUs, speedup: cublasUs / oursUs,
-        weightBytes: ours.weightBytes, gbps, copyShare: gbps / copyGBps,
-        errOurs, errCublas,
+        cublasUs,
+        oursUs,
+        speedup: cublasUs / oursUs,
+        weightBytes: ours.weightBytes,
+        gbps,
+        copyShare: gbps / copyGBps,
+        errOurs,
+        errCublas,
       };
       rows.push(row);
       log(formatRow(row));
@@ -265,7 +288,11 @@ export function runBench(opts: BenchOptions): BenchResult {
         }
         for (const o of oursCopies) o.config = opts.config;
         sweep.push({ K, N, M, us });
-        log(`sweep ${K}x${N} M=${M}: ${Object.entries(us).map(([k, v]) => `${k.slice(6)} ${v.toFixed(1)}`).join(", ")}`);
+        log(
+          `sweep ${K}x${N} M=${M}: ${Object.entries(us)
+            .map(([k, v]) => `${k.slice(6)} ${v.toFixed(1)}`)
+            .join(", ")}`,
+        );
       }
     }
     dev.synchronize();
@@ -281,7 +308,8 @@ export function runBench(opts: BenchOptions): BenchResult {
   return { device: `${dev.info.name} (${dev.info.arch})`, copyGBps, rows, ...(opts.sweep ? { sweep } : {}) };
 }
 
-export const HEADER = "| set | K x N | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW | config | rel err |";
+export const HEADER =
+  "| set | K x N | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW | config | rel err |";
 export const RULE = "|---|---|---|---|---|---|---|---|---|---|";
 
 export function formatRow(r: BenchRow): string {
@@ -290,7 +318,10 @@ export function formatRow(r: BenchRow): string {
 
 /** Per set and batch: the sum over the set's layers (a whole decoder layer's linears). */
 export function setTotals(res: BenchResult): string[] {
-  const lines = ["| set | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW |", "|---|---|---|---|---|---|---|"];
+  const lines = [
+    "| set | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW |",
+    "|---|---|---|---|---|---|---|",
+  ];
   const keys = new Map<string, BenchRow[]>();
   for (const r of res.rows) {
     if (!SHAPE_SETS[r.set]) continue;
@@ -303,7 +334,9 @@ export function setTotals(res: BenchResult): string[] {
     const us = rs.reduce((s, r) => s + r.oursUs, 0);
     const bytes = rs.reduce((s, r) => s + r.weightBytes, 0);
     const gbps = bytes / (us * 1e-6) / 1e9;
-    lines.push(`| ${set} | ${M} | ${cu.toFixed(1)} | ${us.toFixed(1)} | ${(cu / us).toFixed(2)}x | ${gbps.toFixed(0)} | ${((100 * gbps) / res.copyGBps).toFixed(0)} % |`);
+    lines.push(
+      `| ${set} | ${M} | ${cu.toFixed(1)} | ${us.toFixed(1)} | ${(cu / us).toFixed(2)}x | ${gbps.toFixed(0)} | ${((100 * gbps) / res.copyGBps).toFixed(0)} % |`,
+    );
   }
   return lines;
 }

@@ -68,12 +68,38 @@ export class Cublas {
     this.gemm(OP_N, b.ptr, N, a.ptr, c.ptr, M, N, K);
   }
 
-  private gemm(opW: number, w: number, ldw: number, a: number, c: number, M: number, N: number, K: number): void {
+  private gemm(
+    opW: number,
+    w: number,
+    ldw: number,
+    a: number,
+    c: number,
+    M: number,
+    N: number,
+    K: number,
+  ): void {
     this.check(
       "cublasGemmEx",
       this.f.cublasGemmEx(
-        this.handle, opW, OP_N, N, M, K, this.one, w, CUDA_R_16F, ldw, a, CUDA_R_16F, K,
-        this.zero, c, CUDA_R_16F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT,
+        this.handle,
+        opW,
+        OP_N,
+        N,
+        M,
+        K,
+        this.one,
+        w,
+        CUDA_R_16F,
+        ldw,
+        a,
+        CUDA_R_16F,
+        K,
+        this.zero,
+        c,
+        CUDA_R_16F,
+        N,
+        CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT,
       ),
     );
   }

@@ -20,14 +20,23 @@ export interface DeviceGptq {
   gIdx: DeviceBuffer;
 }
 
-export function uploadGptq(dev: CudaDevice, t: GptqTensors, shape: GptqShape, version: "v1" | "v2"): DeviceGptq {
+export function uploadGptq(
+  dev: CudaDevice,
+  t: GptqTensors,
+  shape: GptqShape,
+  version: "v1" | "v2",
+): DeviceGptq {
   const { inFeatures: K, outFeatures: N, bits } = shape;
   const G = numGroups(K, shape.groupSize);
   const perWord = 32 / bits;
   if (K % 32 !== 0 && (bits === 3 || K % perWord !== 0))
-    throw new GptqError(`GPTQ ${bits}-bit layer with in_features ${K}: the packing needs a multiple of ${bits === 3 ? 32 : perWord}`);
-  if (t.qweight.length !== (K * bits) / 32 * N) throw new GptqError(`qweight has ${t.qweight.length} words, expected ${(K * bits) / 32 * N}`);
-  if (t.qzeros.length !== G * ((N * bits) / 32)) throw new GptqError(`qzeros has ${t.qzeros.length} words, expected ${G * ((N * bits) / 32)}`);
+    throw new GptqError(
+      `GPTQ ${bits}-bit layer with in_features ${K}: the packing needs a multiple of ${bits === 3 ? 32 : perWord}`,
+    );
+  if (t.qweight.length !== ((K * bits) / 32) * N)
+    throw new GptqError(`qweight has ${t.qweight.length} words, expected ${((K * bits) / 32) * N}`);
+  if (t.qzeros.length !== G * ((N * bits) / 32))
+    throw new GptqError(`qzeros has ${t.qzeros.length} words, expected ${G * ((N * bits) / 32)}`);
   return {
     shape,
     version,
@@ -43,8 +52,15 @@ export function dequantGptq(dev: CudaDevice, g: DeviceGptq, out: DeviceBuffer): 
   const { inFeatures: K, outFeatures: N, bits } = g.shape;
   const k = dev.kernel(import.meta.url, "kernels/dequant.cu", "gptq_dequant");
   dev.launch(k, [Math.ceil(N / 256), K, 1], 256, 0, [
-    ptr(g.qweight), ptr(g.qzeros), ptr(g.scales), ptr(g.gIdx), ptr(out),
-    i32(K), i32(N), i32(bits), i32(g.version === "v1" ? 1 : 0),
+    ptr(g.qweight),
+    ptr(g.qzeros),
+    ptr(g.scales),
+    ptr(g.gIdx),
+    ptr(out),
+    i32(K),
+    i32(N),
+    i32(bits),
+    i32(g.version === "v1" ? 1 : 0),
   ]);
 }
 
@@ -52,7 +68,11 @@ export function dequantGptq(dev: CudaDevice, g: DeviceGptq, out: DeviceBuffer): 
  * Marlin's tile permutation as the serialized format defines it: perm[i] = index, in the 16x16-tiled
  * order, of the code stored at position i of each 1024; and the inverse scale permutation.
  */
-export function marlinTables(): { perm: Int32Array; scaleInvGrouped: Int32Array; scaleInvChannel: Int32Array } {
+export function marlinTables(): {
+  perm: Int32Array;
+  scaleInvGrouped: Int32Array;
+  scaleInvChannel: Int32Array;
+} {
   const perm1: number[] = [];
   for (let i = 0; i < 32; i++) {
     const col = i >> 2;
@@ -85,13 +105,22 @@ export function dequantMarlin(
   out: DeviceBuffer,
 ): void {
   const { inFeatures: K, outFeatures: N, groupSize } = shape;
-  if (K % 16 !== 0 || N % 64 !== 0) throw new GptqError(`Marlin needs in_features % 16 and out_features % 64, got ${K} x ${N}`);
+  if (K % 16 !== 0 || N % 64 !== 0)
+    throw new GptqError(`Marlin needs in_features % 16 and out_features % 64, got ${K} x ${N}`);
   const tables = marlinTables();
   const inv = groupSize === -1 ? tables.scaleInvChannel : tables.scaleInvGrouped;
   const bufs = [dev.upload(t.B), dev.upload(t.s), dev.upload(tables.perm), dev.upload(inv)];
   const k = dev.kernel(import.meta.url, "kernels/dequant.cu", "marlin_dequant");
   dev.launch(k, [Math.ceil((16 * N) / 256), K / 16, 1], 256, 0, [
-    ptr(bufs[0]), ptr(bufs[1]), ptr(bufs[2]), ptr(bufs[3]), i32(inv.length), ptr(out), i32(K), i32(N), i32(groupSize),
+    ptr(bufs[0]),
+    ptr(bufs[1]),
+    ptr(bufs[2]),
+    ptr(bufs[3]),
+    i32(inv.length),
+    ptr(out),
+    i32(K),
+    i32(N),
+    i32(groupSize),
   ]);
   dev.synchronize();
   for (const b of bufs) dev.free(b);

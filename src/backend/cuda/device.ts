@@ -224,12 +224,18 @@ export class CudaDevice {
   launch(k: Kernel, grid: [number, number, number], block: number, shared: number, args: KernelArg[]): void {
     if (shared > k.maxDynamicShared) {
       if (shared > this.info.maxSharedOptin)
-        throw new GptqError(`${k.name} needs ${shared} bytes of shared memory, the device has ${this.info.maxSharedOptin}`);
+        throw new GptqError(
+          `${k.name} needs ${shared} bytes of shared memory, the device has ${this.info.maxSharedOptin}`,
+        );
       cu("cuFuncSetAttribute", k.fn, FUNC_ATTR.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared);
       k.maxDynamicShared = shared;
     }
     const params = args.map((a) =>
-      "ptr" in a ? new BigUint64Array([BigInt(a.ptr)]) : "i32" in a ? new Int32Array([a.i32]) : new Float32Array([a.f32]),
+      "ptr" in a
+        ? new BigUint64Array([BigInt(a.ptr)])
+        : "i32" in a
+          ? new Int32Array([a.i32])
+          : new Float32Array([a.f32]),
     );
     cu("cuLaunchKernel", k.fn, grid[0], grid[1], grid[2], block, 1, 1, shared, this.stream, params, null);
   }
@@ -258,12 +264,13 @@ export class CudaDevice {
   /** Captures what `body` enqueues on the stream into an instantiated graph. */
   capture(body: () => void): Graph {
     cu("cuStreamBeginCapture_v2", this.stream, 2 /* CU_STREAM_CAPTURE_MODE_RELAXED */);
-    let graph: Handle;
+    const out: unknown[] = [null];
     try {
       body();
     } finally {
-      graph = cuHandle("cuStreamEndCapture", this.stream);
+      cu("cuStreamEndCapture", this.stream, out);
     }
+    const graph = out[0];
     const exec = cuHandle("cuGraphInstantiateWithFlags", graph, 0);
     return new Graph(this, graph, exec);
   }

@@ -136,32 +136,37 @@ export interface W4A16Config {
   mt: number;
   /** warps per block */
   warps: number;
-  /** consecutive k-tiles per warp */
+  /** k-tiles per stage of each warp's cp.async ring */
   kt: number;
+  /** depth of each warp's ring (k-tiles per warp then follow the shape) */
+  stages: number;
 }
 
-/** The instantiations compiled in w4a16.cu (keep the two lists equal). */
+/**
+ * The instantiations compiled in w4a16.cu (keep the two lists equal). The first with one m-tile serves
+ * M <= 16, the first with two every larger M: the fastest in `gptq bench --sweep` on an H200.
+ */
 export const W4A16_CONFIGS: W4A16Config[] = [
-  { mt: 1, warps: 8, kt: 8 },
-  { mt: 1, warps: 4, kt: 8 },
-  { mt: 1, warps: 8, kt: 4 },
-  { mt: 1, warps: 4, kt: 4 },
-  { mt: 1, warps: 4, kt: 16 },
-  { mt: 2, warps: 8, kt: 4 },
-  { mt: 2, warps: 4, kt: 4 },
-  { mt: 2, warps: 4, kt: 8 },
-  { mt: 4, warps: 4, kt: 2 },
-  { mt: 4, warps: 8, kt: 2 },
-  { mt: 4, warps: 4, kt: 4 },
+  { mt: 1, warps: 8, kt: 1, stages: 4 },
+  { mt: 1, warps: 8, kt: 2, stages: 4 },
+  { mt: 1, warps: 4, kt: 2, stages: 4 },
+  { mt: 1, warps: 8, kt: 4, stages: 3 },
+  { mt: 2, warps: 8, kt: 2, stages: 4 },
+  { mt: 2, warps: 4, kt: 2, stages: 4 },
+  { mt: 4, warps: 4, kt: 2, stages: 4 },
+  { mt: 4, warps: 4, kt: 1, stages: 3 },
 ];
 
 export function configName(c: W4A16Config): string {
-  return `w4a16_m${c.mt}_w${c.warps}_k${c.kt}`;
+  return `w4a16_stream_m${c.mt}_w${c.warps}_p${c.stages}_s${c.kt}`;
 }
 
 export function parseConfig(name: string): W4A16Config {
   const c = W4A16_CONFIGS.find((x) => configName(x) === name || configName(x) === `w4a16_${name}`);
-  if (!c) throw new GptqError(`unknown W4A16 configuration "${name}" (one of ${W4A16_CONFIGS.map(configName).join(", ")})`);
+  if (!c)
+    throw new GptqError(
+      `unknown W4A16 configuration "${name}" (one of ${W4A16_CONFIGS.map(configName).join(", ")})`,
+    );
   return c;
 }
 
@@ -173,39 +178,44 @@ export interface W4A16Launch {
   /** fp32 partial sums the k-splits need (0 when one split) */
   workspaceBytes: number;
   counters: number;
+  /** k-tiles each warp streams */
+  ktPerWarp: number;
 }
 
-export function geometry(c: W4A16Config, M: number, N: number, K: number): W4A16Launch {
+/** Shared memory, grid and k-range per warp for an M x K x N product. */
+export function geometry(c: W4A16Config, M: number, N: number, K: number, smCount = 132): W4A16Launch {
   const ntiles = Math.ceil(N / 64);
   const ktiles = K / 16;
-  const kb = c.warps * c.kt;
-  const splits = Math.ceil(ktiles / kb);
   const rows = c.mt * 16;
+  const sharedBytes = Math.max(c.warps * c.stages * c.kt * (640 + c.mt * 512), c.warps * rows * 72 * 4);
+  // one wave: as many warps as fit the multiprocessors (shared memory; registers ~ accumulators)
+  const regs = 48 + 32 * c.mt + 8 * c.kt;
+  const perSm = Math.max(
+    1,
+    Math.min(
+      Math.floor(232448 / (sharedBytes + 1024)),
+      Math.floor(65536 / (regs * 32 * c.warps)),
+      Math.floor(64 / c.warps),
+    ),
+  );
   const mblocks = Math.ceil(M / rows);
-  const aBytes = rows * (kb * 16 + 8) * 2;
-  const redBytes = c.warps * rows * 72 * 4;
+  const target = (smCount * perSm * c.warps) / mblocks;
+  // each warp streams at least a ring's depth of k-tiles
+  let kpw = Math.max(c.stages * c.kt, Math.ceil((ntiles * ktiles) / target));
+  const splits = Math.ceil(ktiles / (c.warps * kpw));
+  kpw = Math.ceil(ktiles / (c.warps * splits));
   return {
     config: c,
     grid: [ntiles, splits, mblocks],
     block: c.warps * 32,
-    sharedBytes: Math.max(aBytes, redBytes),
+    sharedBytes,
     workspaceBytes: splits > 1 ? splits * M * ntiles * 64 * 4 : 0,
     counters: mblocks * ntiles,
+    ktPerWarp: kpw,
   };
 }
 
-/**
- * The configuration for an M x K x N product: the fewest rows per block that hold M (up to 64; more
- * rows re-read the weights per 64-row block), then the deepest k-range per block that still gives
- * every multiprocessor several blocks.
- */
-export function chooseConfig(M: number, N: number, K: number, smCount: number): W4A16Config {
-  const mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;
-  const cands = W4A16_CONFIGS.filter((c) => c.mt === mt).sort((a, b) => b.warps * b.kt - a.warps * a.kt || b.warps - a.warps);
-  const want = 3 * smCount;
-  for (const c of cands) {
-    const g = geometry(c, M, N, K);
-    if (g.grid[0] * g.grid[1] * g.grid[2] >= want) return c;
-  }
-  return cands[cands.length - 1];
+/** The configuration for M rows: one m-tile up to 16 rows, two above (more rows re-read weights). */
+export function chooseConfig(M: number): W4A16Config {
+  return W4A16_CONFIGS.find((c) => c.mt === (M <= 16 ? 1 : 2))!;
 }

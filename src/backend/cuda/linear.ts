@@ -9,7 +9,15 @@ import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
 import { CudaDevice, DeviceBuffer, i32, ptr } from "./device.js";
 import { DeviceGptq, dequantGptq } from "./dequant.js";
-import { W4A16Config, W4A16Layout, chooseConfig, configName, geometry, packW4A16, w4a16Unsupported } from "./layout.js";
+import {
+  W4A16Config,
+  W4A16Layout,
+  chooseConfig,
+  configName,
+  geometry,
+  packW4A16,
+  w4a16Unsupported,
+} from "./layout.js";
 
 /** fp16 activations in, fp16 outputs out, all on the device. */
 export interface CudaLinear {
@@ -43,7 +51,16 @@ class Scratch {
 const scratch = new WeakMap<CudaDevice, { ws: Scratch; counters: Scratch; act: Scratch; dense: Scratch }>();
 function scratchOf(dev: CudaDevice) {
   let s = scratch.get(dev);
-  if (!s) scratch.set(dev, (s = { ws: new Scratch(dev), counters: new Scratch(dev), act: new Scratch(dev), dense: new Scratch(dev) }));
+  if (!s)
+    scratch.set(
+      dev,
+      (s = {
+        ws: new Scratch(dev),
+        counters: new Scratch(dev),
+        act: new Scratch(dev),
+        dense: new Scratch(dev),
+      }),
+    );
   return s;
 }
 
@@ -88,7 +105,8 @@ export class W4A16Linear implements CudaLinear {
   }
 
   configFor(M: number): W4A16Config {
-    return this.config ?? chooseConfig(M, this.outFeatures, this.inFeatures, this.dev.info.smCount);
+    if (this.config) return this.config;
+    return chooseConfig(M);
   }
 
   forward(a: DeviceBuffer, M: number, out: DeviceBuffer): void {
@@ -99,16 +117,32 @@ export class W4A16Linear implements CudaLinear {
     if (this.perm) {
       act = s.act.get(M * K * 2);
       const pk = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", "permute_columns");
-      this.dev.launch(pk, [Math.ceil(K / 256), M, 1], 256, 0, [ptr(a), ptr(this.perm), ptr(act), i32(M), i32(K)]);
+      this.dev.launch(pk, [Math.ceil(K / 256), M, 1], 256, 0, [
+        ptr(a),
+        ptr(this.perm),
+        ptr(act),
+        i32(M),
+        i32(K),
+      ]);
     }
     const c = this.configFor(M);
-    const g = geometry(c, M, N, K);
+    const g = geometry(c, M, N, K, this.dev.info.smCount);
     const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes) : null;
     const counters = s.counters.get(g.counters * 4, true);
     const k = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", configName(c));
     this.dev.launch(k, g.grid, g.block, g.sharedBytes, [
-      ptr(this.B), ptr(this.S), ptr(act), ptr(out), ptr(this.bias ? this.bias.ptr : 0), ptr(ws ? ws.ptr : 0),
-      ptr(counters), i32(M), i32(N), i32(K), i32(groupSize / 16),
+      ptr(this.B),
+      ptr(this.S),
+      ptr(act),
+      ptr(out),
+      ptr(this.bias ? this.bias.ptr : 0),
+      ptr(ws ? ws.ptr : 0),
+      ptr(counters),
+      i32(M),
+      i32(N),
+      i32(K),
+      i32(groupSize / 16),
+      i32(g.ktPerWarp),
     ]);
   }
 
@@ -160,12 +194,21 @@ export function cudaLinear(
   let actOrder = false;
   const gs = layer.groupSize === -1 ? layer.inFeatures : layer.groupSize;
   for (let k = 0; k < layer.inFeatures && !actOrder; k++) actOrder = layer.gIdx[k] !== Math.floor(k / gs);
-  const q = { inFeatures: layer.inFeatures, outFeatures: layer.outFeatures, bits: layer.bits, groupSize: layer.groupSize, sym, actOrder };
+  const q = {
+    inFeatures: layer.inFeatures,
+    outFeatures: layer.outFeatures,
+    bits: layer.bits,
+    groupSize: layer.groupSize,
+    sym,
+    actOrder,
+  };
   let rule;
   try {
     rule = pickKernel(q, kernel);
   } catch (e) {
-    throw new GptqError(`no CUDA kernel runs ${layer.inFeatures}x${layer.outFeatures}: ${(e as Error).message}`);
+    throw new GptqError(
+      `no CUDA kernel runs ${layer.inFeatures}x${layer.outFeatures}: ${(e as Error).message}`,
+    );
   }
   if (rule === GPTQ_TS_W4A16 && !w4a16Unsupported(layer)) return W4A16Linear.fromLayer(dev, layer);
   if (kernel === GPTQ_TS_W4A16.name) throw new GptqError(`W4A16 kernel: ${w4a16Unsupported(layer)}`);

@@ -69,7 +69,9 @@ export function readSource(file: string): { source: string; headerText: string; 
 }
 
 export function cacheDir(): string {
-  return process.env.GPTQ_CUDA_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "gptq-ts");
+  return (
+    process.env.GPTQ_CUDA_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "gptq-ts")
+  );
 }
 
 /** The cache key: changes when the code, the options, or either compiler/driver version changes. */
@@ -89,7 +91,12 @@ export interface CompileResult {
  * Compiles `file` for `arch` (e.g. "sm_90a") or returns the cached cubin. `driverVersion` joins the key
  * so a driver update never loads a stale binary.
  */
-export function compile(file: string, arch: string, driverVersion: number, extra: string[] = []): CompileResult {
+export function compile(
+  file: string,
+  arch: string,
+  driverVersion: number,
+  extra: string[] = [],
+): CompileResult {
   const t0 = performance.now();
   const { source, headerText, includeDir } = readSource(file);
   const options = [`--gpu-architecture=${arch}`, "-std=c++17", "--use_fast_math", "-lineinfo", ...extra];

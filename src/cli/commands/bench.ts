@@ -31,14 +31,18 @@ export const bench: Command = {
       sweep: { type: "boolean" },
     });
     const shapes = parseShapes(values.shapes ?? "llama2-7b");
-    const batches = (values.batch ?? "1,2,4,8,16,32,64,128").split(",").map((s) => intOption(s.trim(), "batch")!);
+    const batches = (values.batch ?? "1,2,4,8,16,32,64,128")
+      .split(",")
+      .map((s) => intOption(s.trim(), "batch")!);
     if (batches.some((b) => b < 1)) throw new UsageError("--batch values must be positive");
     const group = intOption(values.group, "group", 128)!;
-    if (group !== -1 && (group < 16 || group % 16 !== 0)) throw new UsageError("--group must be -1 or a multiple of 16");
+    if (group !== -1 && (group < 16 || group % 16 !== 0))
+      throw new UsageError("--group must be -1 or a multiple of 16");
     let config;
     if (values.kernel) {
       const [name, cfg] = values.kernel.split(":");
-      if (name !== "gptq-ts-w4a16") throw new UsageError(`--kernel: only gptq-ts-w4a16 is timed, got "${name}"`);
+      if (name !== "gptq-ts-w4a16")
+        throw new UsageError(`--kernel: only gptq-ts-w4a16 is timed, got "${name}"`);
       if (cfg) config = parseConfig(cfg);
     }
     const log = values.json ? undefined : (l: string) => process.stdout.write(l + "\n");

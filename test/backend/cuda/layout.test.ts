@@ -102,13 +102,18 @@ test("the kernel's fragment mapping computes A x W (emulated on the CPU)", () =>
     const a = Float32Array.from({ length: M * K }, () => Math.random() - 0.5);
     // activations as the kernel sees them: permuted for act-order
     const ap = new Float32Array(M * K);
-    for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) ap[m * K + k] = a[m * K + (lay.perm ? lay.perm[k] : k)];
+    for (let m = 0; m < M; m++)
+      for (let k = 0; k < K; k++) ap[m * K + k] = a[m * K + (lay.perm ? lay.perm[k] : k)];
     const got = emulate(lay, ap, M);
     for (let m = 0; m < M; m++)
       for (let n = 0; n < N; n++) {
         let ref = 0;
-        for (let k = 0; k < K; k++) ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
-        assert.ok(Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)), `m=${m} n=${n}: ${got[m * N + n]} vs ${ref}`);
+        for (let k = 0; k < K; k++)
+          ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
+        assert.ok(
+          Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)),
+          `m=${m} n=${n}: ${got[m * N + n]} vs ${ref}`,
+        );
       }
   }
 });
@@ -125,7 +130,14 @@ test("layers the W4A16 kernel cannot take are refused with the reason", () => {
 });
 
 test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
-  const q = { inFeatures: 4096, outFeatures: 4096, bits: 4 as const, groupSize: 128, sym: true, actOrder: true };
+  const q = {
+    inFeatures: 4096,
+    outFeatures: 4096,
+    bits: 4 as const,
+    groupSize: 128,
+    sym: true,
+    actOrder: true,
+  };
   assert.ok(GPTQ_TS_W4A16.supports(q).ok);
   assert.equal(GPTQ_TS_W4A16.supports({ ...q, bits: 3 }).ok, false);
   assert.match(GPTQ_TS_W4A16.supports({ ...q, inFeatures: 4100 }).fix ?? "", /4112/);
@@ -135,17 +147,27 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
 });
 
 test("launch geometry covers every k-tile and the configurations match the compiled kernels", () => {
-  const cu = readFileSync(fileURLToPath(new URL("../../../src/backend/cuda/kernels/w4a16.cu", import.meta.url)), "utf8");
-  const compiled = [...cu.matchAll(/^W4A16_KERNEL\((\d+), (\d+), (\d+)\)/gm)].map((m) => m.slice(1).join(","));
-  assert.deepEqual(compiled, W4A16_CONFIGS.map((c) => `${c.mt},${c.warps},${c.kt}`));
+  const cu = readFileSync(
+    fileURLToPath(new URL("../../../src/backend/cuda/kernels/w4a16.cu", import.meta.url)),
+    "utf8",
+  );
+  const compiled = [...cu.matchAll(/^W4A16_STREAM_KERNEL\((\d+), (\d+), (\d+), (\d+)\)/gm)].map((m) =>
+    m.slice(1).join(","),
+  );
+  assert.deepEqual(
+    compiled,
+    W4A16_CONFIGS.map((c) => `${c.warps},${c.stages},${c.kt},${c.mt}`),
+  );
   for (const [M, K, N] of [
     [1, 4096, 4096],
+    [16, 8192, 57344],
     [17, 11008, 4096],
     [130, 8192, 57344],
   ]) {
-    const c = chooseConfig(M, N, K, 132);
+    const c = chooseConfig(M);
     const g = geometry(c, M, N, K);
-    assert.ok(g.grid[1] * c.warps * c.kt * 16 >= K);
+    assert.ok(g.grid[1] * c.warps * g.ktPerWarp * 16 >= K);
+    assert.ok((g.grid[1] - 1) * c.warps * g.ktPerWarp * 16 < K, "no k-split without work");
     assert.ok(g.grid[2] * c.mt * 16 >= M);
     assert.ok(g.sharedBytes <= 227 * 1024);
   }
@@ -154,6 +176,9 @@ test("launch geometry covers every k-tile and the configurations match the compi
 test("Marlin tables are permutations", () => {
   const t = marlinTables();
   for (const p of [t.perm, t.scaleInvGrouped, t.scaleInvChannel])
-    assert.deepEqual([...p].sort((a, b) => a - b), Array.from({ length: p.length }, (_, i) => i));
+    assert.deepEqual(
+      [...p].sort((a, b) => a - b),
+      Array.from({ length: p.length }, (_, i) => i),
+    );
   assert.deepEqual(Array.from(groupOrder(Int32Array.from([1, 0, 1, 0]))), [1, 3, 0, 2]);
 });
