@@ -133,7 +133,8 @@ __device__ __forceinline__ void w4a16_stream(const uint4* __restrict__ B, const 
           "{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2; }" ::
               "r"(dstW + off + i * TILE),
           "l"(bsrc), "l"(policy), "r"((int)on));
-      cp_async16_to(dstS + off + i * TILE, ssrc, on && scaleLane);
+      // scales only where the compute loop reads them: a warp's first k-tile and each group's first
+      cp_async16_to(dstS + off + i * TILE, ssrc, on && scaleLane && (st * KS + i == 0 || ileft == groupTiles));
 #pragma unroll
       for (int mt = 0; mt < MT; mt++)
         cp_async16_to(dstA + off + i * TILE + mt * 512, asrc + (size_t)mt * 16 * K, on && 16 * mt < rowsLeft);
