@@ -1,5 +1,6 @@
 /** Launchers for the fp16 dequantization kernels (dequant.cu): GPTQ v1/v2 at 2/3/4/8 bits and Marlin. */
 import { Bits, GptqTensors, MarlinTensors, numGroups } from "../../formats/types.js";
+import { PERM, SCALE_PERM, SCALE_PERM_SINGLE } from "../../formats/marlin.js";
 import { GptqError } from "../../util/errors.js";
 import { CudaDevice, DeviceBuffer, i32, ptr } from "./device.js";
 
@@ -65,36 +66,21 @@ export function dequantGptq(dev: CudaDevice, g: DeviceGptq, out: DeviceBuffer): 
 }
 
 /**
- * Marlin's tile permutation as the serialized format defines it: perm[i] = index, in the 16x16-tiled
- * order, of the code stored at position i of each 1024; and the inverse scale permutation.
+ * The Marlin format's permutations as the kernel wants them: perm[i] = index, in the 16x16-tiled order,
+ * of the code stored at position i of each 1024; and for each column of a block of 64 (grouped) or 32
+ * (per-channel) the position its scale is stored at.
  */
 export function marlinTables(): {
   perm: Int32Array;
   scaleInvGrouped: Int32Array;
   scaleInvChannel: Int32Array;
 } {
-  const perm1: number[] = [];
-  for (let i = 0; i < 32; i++) {
-    const col = i >> 2;
-    for (const block of [0, 1])
-      for (const row of [2 * (i % 4), 2 * (i % 4) + 1, 2 * ((i % 4) + 4), 2 * ((i % 4) + 4) + 1])
-        perm1.push(16 * row + col + 8 * block);
-  }
-  const base: number[] = [];
-  for (let j = 0; j < 4; j++) for (const p of perm1) base.push(p + 256 * j);
-  const interleave = [0, 2, 4, 6, 1, 3, 5, 7];
-  const perm = new Int32Array(1024);
-  for (let i = 0; i < 1024; i++) perm[i] = base[(i & ~7) + interleave[i & 7]];
-  const grouped: number[] = [];
-  for (let i = 0; i < 8; i++) for (let j = 0; j < 8; j++) grouped.push(i + 8 * j);
-  const channel: number[] = [];
-  for (let i = 0; i < 4; i++) for (const j of [0, 1, 8, 9, 16, 17, 24, 25]) channel.push(2 * i + j);
-  const inverse = (p: number[]) => {
+  const inverse = (p: Int32Array) => {
     const inv = new Int32Array(p.length);
     p.forEach((src, dst) => (inv[src] = dst));
     return inv;
   };
-  return { perm, scaleInvGrouped: inverse(grouped), scaleInvChannel: inverse(channel) };
+  return { perm: PERM, scaleInvGrouped: inverse(SCALE_PERM), scaleInvChannel: inverse(SCALE_PERM_SINGLE) };
 }
 
 /** out (fp16 K x N) = the Marlin layer's weights. */

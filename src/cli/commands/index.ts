@@ -1,5 +1,21 @@
 import { Command } from "../command.js";
+import { checkCommand } from "./check.js";
+import { fixConfigCommand } from "./fix-config.js";
+import { inspectCommand } from "./inspect.js";
+import { convertCommand } from "./convert.js";
+import { dequantizeCommand } from "./dequantize.js";
+import { splitCommand } from "./split.js";
+import { mergeCommand } from "./merge.js";
 import { bench } from "./bench.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
-export const COMMANDS: Command[] = [bench];
+export const COMMANDS: Command[] = [
+  inspectCommand,
+  checkCommand,
+  fixConfigCommand,
+  convertCommand,
+  dequantizeCommand,
+  splitCommand,
+  mergeCommand,
+  bench,
+];

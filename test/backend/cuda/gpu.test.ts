@@ -2,12 +2,14 @@
 // On the GPU machine: node --test dist/test/backend/cuda/gpu.test.js
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Bits, GptqTensors, MarlinTensors, QuantizedLinear, numGroups } from "../../../src/formats/types.js";
+import { Bits, QuantizedLinear, numGroups } from "../../../src/formats/types.js";
+import { packGptq } from "../../../src/formats/gptq.js";
+import { packMarlin } from "../../../src/formats/marlin.js";
 import { floatToHalf, halfToFloat } from "../../../src/tensor/dtype.js";
 import { CudaDevice } from "../../../src/backend/cuda/device.js";
 import { W4A16_CONFIGS } from "../../../src/backend/cuda/layout.js";
 import { W4A16Linear, cudaLinear } from "../../../src/backend/cuda/linear.js";
-import { dequantGptq, dequantMarlin, marlinTables, uploadGptq } from "../../../src/backend/cuda/dequant.js";
+import { dequantGptq, dequantMarlin, uploadGptq } from "../../../src/backend/cuda/dequant.js";
 import { randomLayer } from "../../../src/backend/cuda/bench.js";
 import { compile } from "../../../src/backend/cuda/nvrtc.js";
 import { Cublas } from "../../../src/backend/cuda/cublas.js";
@@ -36,58 +38,6 @@ function randomGeneral(K: number, N: number, bits: Bits, gs: number, actOrder: b
     zeros: Uint8Array.from({ length: G * N }, () => 1 + Math.floor(Math.random() * (max - 1))),
     gIdx,
   };
-}
-
-// Test-only packers written from the format definitions (the shipped ones live in src/formats).
-function packBits(values: (i: number) => number, count: number, bits: number): Uint32Array {
-  const out = new Uint32Array((count * bits) / 32);
-  for (let i = 0; i < count; i++) {
-    const bit = i * bits;
-    const v = values(i);
-    out[bit >> 5] |= (v << (bit & 31)) >>> 0;
-    if ((bit & 31) + bits > 32) out[(bit >> 5) + 1] |= v >>> (32 - (bit & 31));
-  }
-  return out;
-}
-
-function packGptqForTest(l: QuantizedLinear, version: "v1" | "v2"): GptqTensors {
-  const { inFeatures: K, outFeatures: N, bits } = l;
-  const G = numGroups(K, l.groupSize);
-  const qweight = new Int32Array(((K * bits) / 32) * N);
-  for (let n = 0; n < N; n++) {
-    const col = packBits((k) => l.codes[k * N + n], K, bits);
-    for (let r = 0; r < col.length; r++) qweight[r * N + n] = col[r];
-  }
-  const zw = (N * bits) / 32;
-  const qzeros = new Int32Array(G * zw);
-  for (let g = 0; g < G; g++)
-    qzeros.set(
-      new Int32Array(packBits((n) => l.zeros[g * N + n] - (version === "v1" ? 1 : 0), N, bits).buffer),
-      g * zw,
-    );
-  return { qweight, qzeros, scales: Uint16Array.from(l.scales, floatToHalf), gIdx: l.gIdx };
-}
-
-function packMarlinForTest(l: QuantizedLinear): MarlinTensors {
-  const { inFeatures: K, outFeatures: N } = l;
-  const { perm, scaleInvGrouped, scaleInvChannel } = marlinTables();
-  const B = new Int32Array((K / 16) * 2 * N);
-  for (let kt = 0; kt < K / 16; kt++)
-    for (let p = 0; p < 16 * N; p++) {
-      const tiled = (p & ~1023) + perm[p & 1023];
-      const k = kt * 16 + ((tiled & 255) >> 4);
-      const n = (tiled >> 8) * 16 + (tiled & 15);
-      B[kt * 2 * N + (p >> 3)] |= l.codes[k * N + n] << ((p & 7) * 4);
-    }
-  const inv = l.groupSize === -1 ? scaleInvChannel : scaleInvGrouped;
-  const G = numGroups(K, l.groupSize);
-  const s = new Uint16Array(G * N);
-  for (let g = 0; g < G; g++)
-    for (let n = 0; n < N; n++) {
-      const blk = Math.floor(n / inv.length) * inv.length;
-      s[g * N + blk + inv[n % inv.length]] = floatToHalf(l.scales[g * N + n]);
-    }
-  return { B, s };
 }
 
 function halves(n: number): Uint16Array {
@@ -190,7 +140,7 @@ test("GPTQ dequantization: v1/v2, 2/3/4/8 bits, act-order, asymmetric zeros, exa
       const l = randomGeneral(K, N, bits, 32, true);
       const g = uploadGptq(
         dev,
-        packGptqForTest(l, version),
+        packGptq(l, version),
         { inFeatures: K, outFeatures: N, bits, groupSize: 32 },
         version,
       );
@@ -214,7 +164,7 @@ test("Marlin dequantization matches the codes and scales (group 128 and -1)", { 
     const N = 128;
     const l = randomLayer(K, N, gs);
     const out = dev.alloc(K * N * 2);
-    dequantMarlin(dev, packMarlinForTest(l), { inFeatures: K, outFeatures: N, groupSize: gs }, out);
+    dequantMarlin(dev, packMarlin(l), { inFeatures: K, outFeatures: N, groupSize: gs }, out);
     const got = dev.download(out, new Uint16Array(K * N));
     for (let k = 0; k < K; k++)
       for (let n = 0; n < N; n++)
@@ -232,7 +182,7 @@ test("the generic path (dequant + cuBLAS) runs 3-bit act-order layers", { skip }
   const K = 256;
   const N = 96;
   const l = randomGeneral(K, N, 3, 64, true);
-  const t = packGptqForTest(l, "v2");
+  const t = packGptq(l, "v2");
   const lin = cudaLinear(dev, l, () =>
     uploadGptq(dev, t, { inFeatures: K, outFeatures: N, bits: 3, groupSize: 64 }, "v2"),
   );

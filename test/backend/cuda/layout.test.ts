@@ -140,7 +140,11 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
   };
   assert.ok(GPTQ_TS_W4A16.supports(q).ok);
   assert.equal(GPTQ_TS_W4A16.supports({ ...q, bits: 3 }).ok, false);
-  assert.match(GPTQ_TS_W4A16.supports({ ...q, inFeatures: 4100 }).fix ?? "", /4112/);
+  assert.match(GPTQ_TS_W4A16.supports({ ...q, inFeatures: 4100 }).fix ?? "", /pad in_features to 4224/);
+  assert.match(
+    GPTQ_TS_W4A16.supports({ ...q, groupSize: 100 }).reason ?? "",
+    /group size 100 is not supported/,
+  );
   assert.ok(GPTQ_TS_DEQUANT.supports({ ...q, bits: 3 }).ok);
   assert.equal(GPTQ_TS_DEQUANT.supports({ ...q, bits: 3, inFeatures: 4112 }).ok, false);
   assert.ok(GPTQ_TS_W4A16.ours && GPTQ_TS_DEQUANT.ours);
