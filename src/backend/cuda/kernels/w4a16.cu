@@ -9,8 +9,8 @@
 // Grid: x = 64-column tiles, y = k-splits, z = blocks of 16*MT rows of M. Each warp of a block takes a
 // contiguous k-range of the block's tile (see w4a16_stream). Warps reduce through shared memory;
 // k-splits through a workspace, summed in split order by the last block of each tile (deterministic).
-// Napkin math, Llama-2-7B layers at M = 1: 0.53 bytes per weight (codes + group-128 scales) against
-// 2 for fp16, so 3.8x less traffic than cuBLAS's fp16 GEMV at equal bandwidth.
+// Napkin math, Llama-2-7B layers at M = 1: 0.52 bytes per weight (codes + group-128 scales) against
+// 2 for fp16, so 3.9x less traffic than cuBLAS's fp16 GEMV at equal bandwidth.
 #include "common.cuh"
 
 namespace {
