@@ -1,4 +1,5 @@
 import { Command } from "../command.js";
+import { padCommand } from "./pad.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
-export const COMMANDS: Command[] = [];
+export const COMMANDS: Command[] = [padCommand];
