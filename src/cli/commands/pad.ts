@@ -1,13 +1,7 @@
 import { Command, intOption, parse, printJson } from "../command.js";
 import { UsageError } from "../../util/errors.js";
-import {
-  PadTarget,
-  dimsFromConfig,
-  multipleTarget,
-  padCheckpoint,
-  planPadding,
-  readConfigJson,
-} from "../../formats/padding.js";
+import { PadTarget, multipleTarget, padCheckpoint, planPadding } from "../../model/padding.js";
+import { readLlamaConfig } from "../../model/config.js";
 
 const USAGE = `usage: gptq pad <in-dir> <out-dir> (--multiple N | --kernel NAME) [options]
 
@@ -33,7 +27,7 @@ export const padCommand: Command = {
     let target: PadTarget;
     if (values.multiple !== undefined) target = multipleTarget(intOption(values.multiple, "multiple")!);
     else throw new UsageError("give --multiple N");
-    const dims = dimsFromConfig(readConfigJson(inDir), `${inDir}/config.json`);
+    const dims = readLlamaConfig(inDir);
     const plan = planPadding(dims, target);
     const res = await padCheckpoint(inDir, outDir, plan);
     if (values.json) printJson({ ...plan, tensors: res.tensors, out: outDir });

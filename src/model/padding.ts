@@ -5,7 +5,7 @@
  * feeds RMSNorm (its mean runs over every channel, so zero channels change it) and the head dimension
  * sets the attention scale and the rotary frequencies. For those we say so and name what would fit.
  */
-import { copyFileSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { copyFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { buildDirAtomic, writeTextAtomic } from "../io/atomic.js";
 import { TensorEntry } from "../io/safetensors.js";
@@ -13,19 +13,9 @@ import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { DTYPE_BYTES } from "../tensor/dtype.js";
 import { Tensor, bytesOf, viewAs } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
-import { parseJsonStrict } from "../util/json.js";
 import { KernelQuery, KernelRule } from "../kernels/types.js";
-
-/** The dimensions of a Llama-family decoder that its linear layers' shapes follow from. */
-export interface ModelDims {
-  hiddenSize: number;
-  intermediateSize: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-}
-
-export type LinearName = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
+import { LlamaConfig, readLlamaConfig } from "./config.js";
+import { LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
 
 export interface LinearShape {
   linear: LinearName;
@@ -34,37 +24,13 @@ export interface LinearShape {
 }
 
 /** The seven linear shapes of one decoder layer (all layers share them). */
-export function decoderLinearShapes(d: ModelDims, intermediate = d.intermediateSize): LinearShape[] {
-  const q = d.numHeads * d.headDim;
-  const kv = d.numKvHeads * d.headDim;
-  const H = d.hiddenSize;
-  return [
-    { linear: "q_proj", inFeatures: H, outFeatures: q },
-    { linear: "k_proj", inFeatures: H, outFeatures: kv },
-    { linear: "v_proj", inFeatures: H, outFeatures: kv },
-    { linear: "o_proj", inFeatures: q, outFeatures: H },
-    { linear: "gate_proj", inFeatures: H, outFeatures: intermediate },
-    { linear: "up_proj", inFeatures: H, outFeatures: intermediate },
-    { linear: "down_proj", inFeatures: intermediate, outFeatures: H },
-  ];
-}
-
-export function dimsFromConfig(raw: Record<string, unknown>, where = "config.json"): ModelDims {
-  const int = (key: string, fallback?: number): number => {
-    const v = raw[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0)
-      throw new GptqError(`${where}: "${key}" must be a positive integer, got ${JSON.stringify(raw[key])}`);
-    return v;
-  };
-  const hiddenSize = int("hidden_size");
-  const numHeads = int("num_attention_heads");
-  return {
-    hiddenSize,
-    intermediateSize: int("intermediate_size"),
-    numHeads,
-    numKvHeads: int("num_key_value_heads", numHeads),
-    headDim: int("head_dim", Math.floor(hiddenSize / numHeads)),
-  };
+export function decoderLinearShapes(d: LlamaConfig, intermediate = d.intermediateSize): LinearShape[] {
+  const shapes = LlamaModel.linearShapes({ ...d, intermediateSize: intermediate });
+  return LINEAR_NAMES.map((linear) => ({
+    linear,
+    outFeatures: shapes[linear][0],
+    inFeatures: shapes[linear][1],
+  }));
 }
 
 /**
@@ -119,7 +85,7 @@ function searchLimit(I: number): number {
 }
 
 /** The model dimension behind a layer's in (K) or out (N) side. */
-function dimensionOf(d: ModelDims, s: LinearShape, side: "in" | "out"): { dim: string; why: string } {
+function dimensionOf(d: LlamaConfig, s: LinearShape, side: "in" | "out"): { dim: string; why: string } {
   const headWhy = "attention scales scores by 1/sqrt(head_dim) and rotary frequencies depend on head_dim";
   const hidden = {
     dim: `hidden_size ${d.hiddenSize}`,
@@ -145,14 +111,14 @@ function dimensionOf(d: ModelDims, s: LinearShape, side: "in" | "out"): { dim: s
 }
 
 /** Which side a rule's reason is about (kernel rules say "in_features ..." or "out_features ..."). */
-function blame(d: ModelDims, s: LinearShape, problem: string): { dim: string; why: string } | undefined {
+function blame(d: LlamaConfig, s: LinearShape, problem: string): { dim: string; why: string } | undefined {
   if (/out_features|\bN\b/.test(problem)) return dimensionOf(d, s, "out");
   if (/in_features|\bK\b/.test(problem)) return dimensionOf(d, s, "in");
   return undefined; // a bits, group or scheme rule: no shape to pad
 }
 
 /** The smallest intermediate size >= the model's that makes every layer fit; undefined when none does. */
-export function findIntermediateSize(d: ModelDims, target: PadTarget): number | undefined {
+export function findIntermediateSize(d: LlamaConfig, target: PadTarget): number | undefined {
   const problems = (I: number) => decoderLinearShapes(d, I).filter((s) => target.problem(s) !== undefined);
   if (problems(d.intermediateSize).some((s) => !isMlp(s.linear))) return undefined;
   const limit = searchLimit(d.intermediateSize);
@@ -169,7 +135,7 @@ function isMlp(l: LinearName): boolean {
  * cannot be padded, the layer and rule it breaks, and `alternatives` (other targets) that would accept
  * the model, when there is no such padding.
  */
-export function planPadding(d: ModelDims, target: PadTarget, alternatives: PadTarget[] = []): PadPlan {
+export function planPadding(d: LlamaConfig, target: PadTarget, alternatives: PadTarget[] = []): PadPlan {
   const to = findIntermediateSize(d, target);
   if (to !== undefined)
     return { dimension: "intermediate_size", from: d.intermediateSize, to, target: target.describe };
@@ -254,20 +220,6 @@ export function padMlpTensor(name: string, t: Tensor, from: number, to: number):
   return name.includes(".down_proj.") ? padCols(t, to) : padRows(t, to);
 }
 
-export function readConfigJson(dir: string): Record<string, unknown> {
-  const path = join(dir, "config.json");
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch {
-    throw new GptqError(`${dir}: no config.json`);
-  }
-  const raw = parseJsonStrict(text, path);
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
-    throw new GptqError(`${path}: expected a JSON object`);
-  return raw as Record<string, unknown>;
-}
-
 export interface PadResult {
   plan: PadPlan;
   /** number of tensors changed */
@@ -280,10 +232,10 @@ export interface PadResult {
  * never modified and nothing is left at `outDir` on failure.
  */
 export async function padCheckpoint(inDir: string, outDir: string, plan: PadPlan): Promise<PadResult> {
-  const config = readConfigJson(inDir);
-  if (config.intermediate_size !== plan.from)
+  const config = readLlamaConfig(inDir);
+  if (config.intermediateSize !== plan.from)
     throw new GptqError(
-      `${inDir}/config.json: intermediate_size is ${JSON.stringify(config.intermediate_size)}, the plan pads from ${plan.from}`,
+      `${inDir}/config.json: intermediate_size is ${config.intermediateSize}, the plan pads from ${plan.from}`,
     );
   const store = TensorStore.open(inDir);
   try {
@@ -314,7 +266,7 @@ export async function padCheckpoint(inDir: string, outDir: string, plan: PadPlan
       writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
       writeTextAtomic(
         join(tmp, "config.json"),
-        JSON.stringify({ ...config, intermediate_size: plan.to }, null, 2) + "\n",
+        JSON.stringify({ ...config.raw, intermediate_size: plan.to }, null, 2) + "\n",
       );
     });
     return { plan, tensors: changed };

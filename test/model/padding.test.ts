@@ -5,19 +5,30 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KernelRule } from "../../src/kernels/types.js";
 import { writeCheckpointTensors, TensorStore } from "../../src/io/store.js";
+import { parseLlamaConfig, readLlamaConfig } from "../../src/model/config.js";
+import { LlamaModel } from "../../src/model/llama.js";
+import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import {
-  ModelDims,
   kernelTarget,
   multipleTarget,
   padCheckpoint,
   padCols,
   padRows,
   planPadding,
-} from "../../src/formats/padding.js";
+} from "../../src/model/padding.js";
 import { toFloat32 } from "../../src/tensor/tensor.js";
 import { floatsToHalfs } from "../../src/tensor/dtype.js";
 
-const STORIES: ModelDims = { hiddenSize: 64, intermediateSize: 172, numHeads: 8, numKvHeads: 4, headDim: 8 };
+const STORIES = parseLlamaConfig({
+  model_type: "llama",
+  hidden_size: 64,
+  intermediate_size: 172,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 8,
+  num_hidden_layers: 1,
+  vocab_size: 32,
+});
 
 /** A kernel rule of the usual kind: K and N multiples of fixed sizes. */
 function rule(name: string, kMul: number, nMul: number): KernelRule {
@@ -116,7 +127,14 @@ test("padCheckpoint pads gate/up rows and down columns with zeros: the MLP compu
       { name: `${p}.down_proj.weight`, dtype: "F32", shape: [H, I], data: down },
       { name: "model.layers.0.post_attention_layernorm.weight", dtype: "F32", shape: [H], data: norm },
     ]);
-    const config = { model_type: "llama", hidden_size: H, intermediate_size: I, num_attention_heads: 2 };
+    const config = {
+      model_type: "llama",
+      hidden_size: H,
+      intermediate_size: I,
+      num_attention_heads: 2,
+      num_hidden_layers: 1,
+      vocab_size: 32,
+    };
     writeFileSync(join(src, "config.json"), JSON.stringify(config));
     writeFileSync(join(src, "tokenizer.json"), "{}");
     const before = readdirSync(src).map((f) => [f, readFileSync(join(src, f)).toString("base64")]);
@@ -165,3 +183,24 @@ test("padCheckpoint pads gate/up rows and down columns with zeros: the MLP compu
     rmSync(dir, { recursive: true });
   }
 });
+
+test(
+  "stories260K padded 172 -> 176 gives bit-identical logits",
+  { skip: skipUnlessShared("models", "stories260K", "model.safetensors") },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "gptq-pad-"));
+    try {
+      const src = sharedPath("models", "stories260K");
+      const out = join(dir, "padded");
+      const plan = planPadding(readLlamaConfig(src), multipleTarget(8));
+      await padCheckpoint(src, out, plan);
+      const a = LlamaModel.load(src);
+      const b = LlamaModel.load(out);
+      assert.equal(b.config.intermediateSize, 176);
+      const tokens = Int32Array.from({ length: 64 }, (_, i) => (i * 37 + 1) % 512);
+      assert.deepEqual(b.forward(tokens), a.forward(tokens));
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  },
+);
