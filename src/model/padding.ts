@@ -16,6 +16,9 @@ import { GptqError } from "../util/errors.js";
 import { KernelQuery, KernelRule } from "../kernels/types.js";
 import { LlamaConfig, readLlamaConfig } from "./config.js";
 import { LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
+import { DenseLinear } from "../backend/cpu/linear.js";
+import { FORMATS } from "../formats/registry.js";
+import { CheckpointFormat, QuantScheme } from "../formats/types.js";
 
 export interface LinearShape {
   linear: LinearName;
@@ -68,6 +71,15 @@ export function kernelTarget(
       const v = rule.supports({ ...scheme, inFeatures: s.inFeatures, outFeatures: s.outFeatures });
       return v.ok ? undefined : (v.reason ?? `refused by ${rule.name}`);
     },
+  };
+}
+
+/** What a stored format's packing can hold (GPTQ: K and N multiples of 32/bits words; Marlin: tiles). */
+export function formatTarget(format: CheckpointFormat, scheme: QuantScheme): PadTarget {
+  const traits = FORMATS[format];
+  return {
+    describe: `${format} ${scheme.bits}-bit packing`,
+    problem: (s) => traits.schemeProblem(scheme, s),
   };
 }
 
@@ -162,7 +174,8 @@ export function planPadding(d: LlamaConfig, target: PadTarget, alternatives: Pad
 
 /** A [rows, cols] tensor with zero rows appended to `newRows` (any dtype: zero bits are zero). */
 export function padRows(t: Tensor, newRows: number): Tensor {
-  const [rows, cols] = t.shape;
+  const rows = t.shape[0];
+  const cols = t.shape.length === 1 ? 1 : t.shape[1];
   if (newRows < rows) throw new GptqError(`cannot pad ${rows} rows down to ${newRows}`);
   const size = DTYPE_BYTES[t.dtype];
   const out = new Uint8Array(new ArrayBuffer(newRows * cols * size));
@@ -273,4 +286,32 @@ export async function padCheckpoint(inDir: string, outDir: string, plan: PadPlan
   } finally {
     store.close();
   }
+}
+
+/**
+ * Pads a loaded model's MLP intermediate in memory (the same zeros `padCheckpoint` writes), so layers can
+ * be quantized at a packable size. Changes `model.config.intermediateSize`; every layer must be dense.
+ */
+export function padModelIntermediate(model: LlamaModel, to: number): void {
+  const from = model.config.intermediateSize;
+  if (to === from) return;
+  const f32 = (data: Float32Array, shape: number[]): Tensor => ({ dtype: "F32", shape, data });
+  for (const layer of model.layers) {
+    for (const name of ["gate_proj", "up_proj", "down_proj"] as const) {
+      const l = layer.linears[name];
+      if (!(l instanceof DenseLinear))
+        throw new GptqError(`${layer.linearPrefix(name)} is quantized; only unquantized layers can be padded`);
+      const w = f32(l.weight, [l.outFeatures, l.inFeatures]);
+      layer.linears[name] =
+        name === "down_proj"
+          ? new DenseLinear(padCols(w, to).data as Float32Array, l.outFeatures, to, l.bias)
+          : new DenseLinear(
+              padRows(w, to).data as Float32Array,
+              to,
+              l.inFeatures,
+              l.bias && (padRows(f32(l.bias, [from]), to).data as Float32Array),
+            );
+    }
+  }
+  model.config.intermediateSize = to;
 }

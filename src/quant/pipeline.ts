@@ -1,0 +1,256 @@
+/**
+ * The calibration pipeline: quantize a Llama-family model decoder layer by decoder layer, true-sequential
+ * inside each layer (q/k/v, then o, then gate/up, then down). Each group's Hessian is taken from its
+ * inputs as they are once every projection before it (in this layer and all earlier ones) is already
+ * quantized, so each projection compensates the error of those before it. Memory: the hidden states of
+ * the calibration set at the current layer, and the Hessians of one group.
+ */
+import { DenseLinear, Linear } from "../backend/cpu/linear.js";
+import { Bits, QuantizedLinear } from "../formats/types.js";
+import { LinearName, LlamaModel } from "../model/llama.js";
+import { GptqError } from "../util/errors.js";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "./index.js";
+import type { ClipMethod } from "./index.js";
+
+export interface PipelineOptions {
+  method: "gptq" | "rtn";
+  bits: Bits;
+  /** -1 = one group over all of K */
+  groupSize: number;
+  sym: boolean;
+  descAct: boolean;
+  staticGroups: boolean;
+  /** dampening fraction of the mean Hessian diagonal (GPTQ) */
+  damp: number;
+  /** how each group's range is chosen: "minmax" (AutoGPTQ default), "mse" grid, "hessian"-weighted grid */
+  clip: ClipMethod;
+  blockSize?: number;
+}
+
+/** The true-sequential groups of one decoder layer; each group shares one input (one Hessian). */
+export const SEQUENTIAL_GROUPS: readonly (readonly LinearName[])[] = [
+  ["q_proj", "k_proj", "v_proj"],
+  ["o_proj"],
+  ["gate_proj", "up_proj"],
+  ["down_proj"],
+];
+
+export interface LinearReport {
+  layer: number;
+  /** tensor prefix, e.g. "model.layers.0.self_attn.q_proj" */
+  name: string;
+  linear: LinearName;
+  inFeatures: number;
+  outFeatures: number;
+  /** ||X Q^T - X W^T||^2 / ||X W^T||^2 on the calibration inputs; weight error when there are none */
+  relError: number;
+  relErrorOf: "outputs" | "weights";
+  /** GPTQ's loss (sum of (w - q)^2 / d^2 / 2) */
+  loss?: number;
+  /** dampening used, when raised above the requested one */
+  damp?: number;
+  seconds: number;
+}
+
+export type PipelineEvent =
+  | { type: "step"; layer: number; layers: number; step: string; done: number; total: number; elapsed: number; eta: number }
+  | { type: "linear"; report: LinearReport };
+
+export interface PipelineResult {
+  /** quantized layers by tensor prefix */
+  layers: Map<string, QuantizedLinear>;
+  reports: LinearReport[];
+  seconds: number;
+}
+
+/** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */
+class StopForward extends Error {}
+
+function denseOf(l: Linear, name: string): DenseLinear {
+  if (!(l instanceof DenseLinear))
+    throw new GptqError(`${name} is already quantized; quantize an unquantized (fp16/bf16/fp32) checkpoint`);
+  return l;
+}
+
+/** Work (multiply-adds) spent on one layer's error figure; large layers are measured on a row sample. */
+const ERROR_BUDGET = 5e8;
+
+/**
+ * ||(W - Q) X^T||^2 / ||W X^T||^2 from the Hessian (proportional to X^T X): sum over output rows n of
+ * d_n^T H d_n / w_n^T H w_n, d = w - q. It costs N K^2, so for large layers every s-th row is used.
+ */
+export function relativeOutputError(W: Float32Array, Q: Float32Array, N: number, K: number, H: Float64Array): number {
+  let num = 0;
+  let den = 0;
+  const d = new Float64Array(K);
+  const w = new Float64Array(K);
+  const stride = Math.max(1, Math.ceil((N * K * K) / ERROR_BUDGET));
+  for (let n = 0; n < N; n += stride) {
+    for (let k = 0; k < K; k++) {
+      w[k] = W[n * K + k];
+      d[k] = w[k] - Q[n * K + k];
+    }
+    for (let i = 0; i < K; i++) {
+      const row = i * K;
+      let hd = 0;
+      let hw = 0;
+      for (let j = 0; j < K; j++) {
+        hd += H[row + j] * d[j];
+        hw += H[row + j] * w[j];
+      }
+      num += d[i] * hd;
+      den += w[i] * hw;
+    }
+  }
+  return den > 0 ? num / den : 0;
+}
+
+function relativeWeightError(W: Float32Array, Q: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < W.length; i++) {
+    num += (W[i] - Q[i]) ** 2;
+    den += W[i] ** 2;
+  }
+  return den > 0 ? num / den : 0;
+}
+
+/** Dequantized N x K weight of a layer (for the calibration forward of the layers after it). */
+function dequantizeNK(l: QuantizedLinear): Float32Array {
+  const { inFeatures: K, outFeatures: N } = l;
+  const out = new Float32Array(N * K);
+  for (let k = 0; k < K; k++) {
+    const g = l.gIdx[k];
+    for (let n = 0; n < N; n++) out[n * K + k] = l.scales[g * N + n] * (l.codes[k * N + n] - l.zeros[g * N + n]);
+  }
+  return out;
+}
+
+/**
+ * Quantizes one projection. A group size above K means one group spanning K (as AutoGPTQ computes it);
+ * the layer keeps the requested group size so its config and g_idx (all 0) agree.
+ */
+function quantizeOne(
+  W: Float32Array,
+  N: number,
+  K: number,
+  H: Float64Array | undefined,
+  o: PipelineOptions,
+): { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number } {
+  const groupSize = o.groupSize > K ? -1 : o.groupSize;
+  const q = { bits: o.bits, groupSize, sym: o.sym, clip: o.clip };
+  let res: { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number };
+  if (o.method === "gptq") {
+    if (!H) throw new GptqError("GPTQ needs calibration data (--calib FILE)");
+    const r = gptqQuantize(W, N, K, H, {
+      ...q,
+      descAct: o.descAct,
+      staticGroups: o.staticGroups,
+      damp: o.damp,
+      blockSize: o.blockSize,
+    });
+    res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
+  } else {
+    if (o.clip === "hessian") throw new GptqError('--clip hessian needs GPTQ (it weights errors by the Hessian)');
+    const layer = quantizeRtn(W, N, K, q);
+    res = { layer, Q: dequantizeNK(layer) };
+  }
+  res.layer.groupSize = o.groupSize;
+  return res;
+}
+
+/**
+ * Quantizes every decoder projection of `model` in place (each replaced by its dequantized weights, so the
+ * model afterwards computes what the quantized checkpoint will) and returns the quantized layers.
+ * `calibration` may be omitted for RTN only.
+ */
+export function quantizeModel(
+  model: LlamaModel,
+  calibration: readonly Int32Array[] | undefined,
+  opts: PipelineOptions,
+  onEvent: (e: PipelineEvent) => void = () => {},
+): PipelineResult {
+  const t0 = Date.now();
+  const layers = new Map<string, QuantizedLinear>();
+  const reports: LinearReport[] = [];
+  const L = model.layers.length;
+  const calibrated = calibration !== undefined && calibration.length > 0;
+  if (opts.method === "gptq" && !calibrated) throw new GptqError("GPTQ needs calibration data (--calib FILE)");
+  const steps = SEQUENTIAL_GROUPS.length + (calibrated ? 1 : 0);
+  const total = L * steps;
+  let done = 0;
+  const progress = (layer: number, step: string) => {
+    const elapsed = (Date.now() - t0) / 1000;
+    onEvent({
+      type: "step",
+      layer,
+      layers: L,
+      step,
+      done,
+      total,
+      elapsed,
+      eta: done ? (elapsed / done) * (total - done) : NaN,
+    });
+  };
+
+  // Hidden states entering the current layer, one T x hidden array per calibration sequence.
+  let hs: Float32Array[] = calibrated ? calibration.map((s) => model.embed(s)) : [];
+
+  for (let li = 0; li < L; li++) {
+    const layer = model.layers[li];
+    for (const group of SEQUENTIAL_GROUPS) {
+      progress(li, group.join("/"));
+      let H: Float64Array | undefined;
+      if (calibrated) {
+        const first = group[0];
+        const acc = new HessianAccumulator(layer.linears[first].inFeatures);
+        const capture = (name: string, x: Float32Array, rows: number) => {
+          if (name !== first) return;
+          acc.add(x.subarray(0, rows * acc.inFeatures), rows);
+          throw new StopForward();
+        };
+        for (let s = 0; s < hs.length; s++) {
+          try {
+            layer.forward(hs[s], calibration[s].length, capture);
+          } catch (e) {
+            if (!(e instanceof StopForward)) throw e;
+          }
+        }
+        H = acc.H;
+      }
+      for (const name of group) {
+        const t1 = Date.now();
+        const prefix = layer.linearPrefix(name);
+        const dense = denseOf(layer.linears[name], prefix);
+        const { outFeatures: N, inFeatures: K, weight: W } = dense;
+        const r = quantizeOne(W, N, K, H, opts);
+        if (dense.bias) r.layer.bias = dense.bias;
+        layers.set(prefix, r.layer);
+        layer.linears[name] = new DenseLinear(r.Q, N, K, dense.bias);
+        const report: LinearReport = {
+          layer: li,
+          name: prefix,
+          linear: name,
+          inFeatures: K,
+          outFeatures: N,
+          relError: H ? relativeOutputError(W, r.Q, N, K, H) : relativeWeightError(W, r.Q),
+          relErrorOf: H ? "outputs" : "weights",
+          loss: r.loss,
+          damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,
+          seconds: (Date.now() - t1) / 1000,
+        };
+        reports.push(report);
+        onEvent({ type: "linear", report });
+      }
+      done++;
+    }
+    if (calibrated) {
+      progress(li, "outputs");
+      // The next layer calibrates on this layer's outputs with its weights already quantized.
+      hs = hs.map((h, s) => layer.forward(h, calibration[s].length));
+      done++;
+    }
+  }
+  progress(L - 1, "done");
+  return { layers, reports, seconds: (Date.now() - t0) / 1000 };
+}
