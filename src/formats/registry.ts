@@ -1,0 +1,184 @@
+/**
+ * One table of every stored format: which tensors a layer keeps, what the format can hold, and how a layer
+ * is read from and written to named tensors. Everything that converts, splits or checks goes through it.
+ * A layer's `<prefix>.bias` is the same in every format and is not part of these traits.
+ */
+import { DType } from "../tensor/dtype.js";
+import { Tensor, TypedArray, fromFloat32, toFloat32, toInt32 } from "../tensor/tensor.js";
+import { floatsToHalfs } from "../tensor/dtype.js";
+import { GptqError } from "../util/errors.js";
+import { packUnit } from "./bitpack.js";
+import {
+  GptqVersion,
+  LayerShape,
+  gptqShapeProblem,
+  packGptq,
+  sequentialGroupIndex,
+  unpackGptq,
+} from "./gptq.js";
+import { marlinLayerProblem, marlinShapeProblem, packMarlin, unpackMarlin } from "./marlin.js";
+import { CheckpointFormat, QuantScheme, QuantizedLinear } from "./types.js";
+
+/** One stored tensor of a layer, named by its suffix (`<prefix>.<suffix>`). */
+export interface LayerTensor {
+  suffix: string;
+  dtype: DType;
+  shape: number[];
+  data: TypedArray;
+}
+
+export interface WriteOptions {
+  /** dtype of stored scales where the format allows a choice (GPTQ: F16, BF16 or F32); default F16 */
+  scaleDtype?: DType;
+}
+
+export interface FormatTraits {
+  readonly name: CheckpointFormat;
+  readonly summary: string;
+  /** tensors every layer stores */
+  readonly suffixes: readonly string[];
+  /** tensors a layer may also store; read when present */
+  readonly optionalSuffixes: readonly string[];
+  /** buffers some writers save that carry no weights; dropped when a layer is rewritten */
+  readonly auxiliarySuffixes: readonly string[];
+  /** out_features granularity of the packing: split points must be multiples of this */
+  outAlignment(bits: number): number;
+  /** why a scheme and shape cannot be stored in this format, or undefined (the layer may still fail) */
+  schemeProblem(scheme: QuantScheme, shape: { inFeatures: number; outFeatures: number }): string | undefined;
+  /** why this very layer cannot be stored (zero points, g_idx, shape), or undefined */
+  layerProblem(layer: QuantizedLinear): string | undefined;
+  read(get: (suffix: string) => Tensor | undefined, shape: LayerShape): QuantizedLinear;
+  write(layer: QuantizedLinear, opts?: WriteOptions): LayerTensor[];
+}
+
+function need(get: (suffix: string) => Tensor | undefined, suffix: string, format: string): Tensor {
+  const t = get(suffix);
+  if (!t) throw new GptqError(`${format} layer has no "${suffix}" tensor`);
+  return t;
+}
+
+function expectShape(t: Tensor, want: number[], what: string): void {
+  if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i]))
+    throw new GptqError(`${what} is ${JSON.stringify(t.shape)}, expected ${JSON.stringify(want)}`);
+}
+
+function storedScales(scales: Float32Array, dtype: DType, shape: number[]): LayerTensor {
+  if (dtype !== "F16" && dtype !== "BF16" && dtype !== "F32")
+    throw new GptqError(`scales cannot be stored as ${dtype}`);
+  const t =
+    dtype === "F16" ? { dtype, shape, data: floatsToHalfs(scales) } : fromFloat32(scales, dtype, shape);
+  return { suffix: "scales", ...t };
+}
+
+function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTraits {
+  return {
+    name,
+    summary:
+      version === "v1"
+        ? "GPTQ v1 (AutoGPTQ): qweight/qzeros/scales/g_idx, zero points stored minus one"
+        : "GPTQ v2 (GPTQModel): qweight/qzeros/scales/g_idx, zero points stored as is",
+    suffixes: ["qweight", "qzeros", "scales"],
+    optionalSuffixes: ["g_idx"],
+    auxiliarySuffixes: [],
+    outAlignment: (bits) => packUnit(bits),
+    schemeProblem: (scheme, shape) =>
+      gptqShapeProblem({ ...shape, bits: scheme.bits, groupSize: scheme.groupSize }),
+    layerProblem(layer) {
+      const p = gptqShapeProblem(layer);
+      if (p) return p;
+      if (version === "v1" && layer.zeros.includes(0))
+        return "GPTQ v1 cannot store a zero point of 0 (it stores zero - 1); use gptq_v2";
+      return undefined;
+    },
+    read(get, shape) {
+      const problem = gptqShapeProblem(shape);
+      if (problem) throw new GptqError(`cannot read ${name} layer: ${problem}`);
+      const { inFeatures: K, outFeatures: N, bits, groupSize } = shape;
+      const G = groupSize === -1 ? 1 : Math.ceil(K / groupSize);
+      const qweight = need(get, "qweight", name);
+      const qzeros = need(get, "qzeros", name);
+      const scales = need(get, "scales", name);
+      expectShape(qweight, [(K * bits) / 32, N], "qweight");
+      expectShape(qzeros, [G, (N * bits) / 32], "qzeros");
+      expectShape(scales, [G, N], "scales");
+      const gIdxT = get("g_idx");
+      if (gIdxT) expectShape(gIdxT, [K], "g_idx");
+      const layer = unpackGptq(
+        {
+          qweight: toInt32(qweight),
+          qzeros: toInt32(qzeros),
+          scales: new Uint16Array(G * N), // replaced below: scales may be stored in any float dtype
+          gIdx: gIdxT ? toInt32(gIdxT) : sequentialGroupIndex(K, groupSize),
+        },
+        shape,
+        version,
+      );
+      layer.scales = Float32Array.from(toFloat32(scales));
+      return layer;
+    },
+    write(layer, opts = {}) {
+      const t = packGptq(layer, version);
+      const { inFeatures: K, outFeatures: N, bits } = layer;
+      const G = t.scales.length / N;
+      return [
+        { suffix: "qweight", dtype: "I32", shape: [(K * bits) / 32, N], data: t.qweight },
+        { suffix: "qzeros", dtype: "I32", shape: [G, (N * bits) / 32], data: t.qzeros },
+        opts.scaleDtype && opts.scaleDtype !== "F16"
+          ? storedScales(layer.scales, opts.scaleDtype, [G, N])
+          : { suffix: "scales", dtype: "F16", shape: [G, N], data: t.scales },
+        { suffix: "g_idx", dtype: "I32", shape: [K], data: t.gIdx },
+      ];
+    },
+  };
+}
+
+const marlinTraits: FormatTraits = {
+  name: "marlin",
+  summary: "Marlin (AutoGPTQ serialised form): B int32 [K/16, 2N] tiled and shuffled, s fp16 [G, N]",
+  suffixes: ["B", "s"],
+  optionalSuffixes: [],
+  auxiliarySuffixes: ["workspace"],
+  outAlignment: () => 64,
+  schemeProblem(scheme, shape) {
+    if (!scheme.sym) return "Marlin is symmetric only; this model is asymmetric";
+    return marlinShapeProblem({ ...shape, bits: scheme.bits, groupSize: scheme.groupSize });
+  },
+  layerProblem: marlinLayerProblem,
+  read(get, shape) {
+    const { inFeatures: K, outFeatures: N, groupSize } = shape;
+    if (shape.bits !== 4) throw new GptqError(`Marlin stores 4-bit weights only, not ${shape.bits}-bit`);
+    const problem = marlinShapeProblem(shape);
+    if (problem) throw new GptqError(`cannot read marlin layer: ${problem}`);
+    const G = groupSize === -1 ? 1 : Math.ceil(K / groupSize);
+    const B = need(get, "B", "marlin");
+    const s = need(get, "s", "marlin");
+    expectShape(B, [K / 16, 2 * N], "B");
+    expectShape(s, [G, N], "s");
+    if (s.dtype !== "F16") throw new GptqError(`Marlin s must be F16, not ${s.dtype}`);
+    return unpackMarlin({ B: toInt32(B), s: s.data as Uint16Array }, shape);
+  },
+  write(layer) {
+    const t = packMarlin(layer);
+    const { inFeatures: K, outFeatures: N } = layer;
+    return [
+      { suffix: "B", dtype: "I32", shape: [K / 16, 2 * N], data: t.B },
+      { suffix: "s", dtype: "F16", shape: [t.s.length / N, N], data: t.s },
+    ];
+  },
+};
+
+export const FORMATS: Readonly<Record<CheckpointFormat, FormatTraits>> = {
+  gptq: gptqTraits("gptq", "v1"),
+  gptq_v2: gptqTraits("gptq_v2", "v2"),
+  marlin: marlinTraits,
+};
+
+export function isCheckpointFormat(name: string): name is CheckpointFormat {
+  return Object.prototype.hasOwnProperty.call(FORMATS, name);
+}
+
+export function formatTraits(name: string): FormatTraits {
+  if (!isCheckpointFormat(name))
+    throw new GptqError(`unknown format "${name}"; known: ${Object.keys(FORMATS).join(", ")}`);
+  return FORMATS[name];
+}
