@@ -7,6 +7,7 @@
  * row and every update is a run over the N output rows. GPTQ treats output rows independently: row n's
  * updates only ever involve row n.
  */
+import { dequantize } from "../formats/dequantize.js";
 import { QuantizedLinear, numGroups } from "../formats/types.js";
 import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { GptqError } from "../util/errors.js";
@@ -179,7 +180,7 @@ export function gptqQuantize(
     zeros: zeros8,
     gIdx,
   };
-  return { layer, loss, damp: used, Q: dequantizeRows(layer) };
+  return { layer, loss, damp: used, Q: dequantize(layer) };
 }
 
 /**
@@ -330,16 +331,4 @@ function lazyUpdate(
       }
     }
   }
-}
-
-/** W[n, k] = scales[g, n] * (codes[k, n] - zeros[g, n]), g = gIdx[k], as N x K. */
-export function dequantizeRows(layer: QuantizedLinear): Float32Array {
-  const { inFeatures: K, outFeatures: N, codes, scales, zeros, gIdx } = layer;
-  const out = new Float32Array(N * K);
-  for (let k = 0; k < K; k++) {
-    const g = gIdx[k] * N;
-    const base = k * N;
-    for (let n = 0; n < N; n++) out[n * K + k] = scales[g + n] * (codes[base + n] - zeros[g + n]);
-  }
-  return out;
 }

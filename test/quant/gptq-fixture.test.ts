@@ -1,7 +1,8 @@
 /** GPTQ against AutoGPTQ's `fasterquant` outputs (public-gptq-algorithm.safetensors). */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HessianAccumulator, gptqQuantize, quantizeRtn, dequantizeRows } from "../../src/quant/index.js";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
+import { dequantize } from "../../src/formats/dequantize.js";
 import type { GptqOptions } from "../../src/quant/index.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import { AlgorithmCase, AlgorithmFixture, loadAlgorithmFixture, relativeOutputError } from "./data.js";
@@ -56,7 +57,7 @@ test("fixture: every case has identical g_idx and an output error within 1 % of 
 test("fixture: our round-to-nearest reproduces the reference's RTN error", { skip }, () => {
   const { f } = load();
   for (const c of f.cases) {
-    const e = errorOf(f, dequantizeRows(quantizeRtn(f.W, f.N, f.K, optionsOf(c))));
+    const e = errorOf(f, dequantize(quantizeRtn(f.W, f.N, f.K, optionsOf(c))));
     assert.ok(Math.abs(e - c.rtn_rel_output_error) < 0.002 * c.rtn_rel_output_error, `${c.name}: ${e}`);
   }
 });

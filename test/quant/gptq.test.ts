@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HessianAccumulator, gptqQuantize, quantizeRtn, dequantizeRows } from "../../src/quant/index.js";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
+import { dequantize } from "../../src/formats/dequantize.js";
 import type { GptqOptions } from "../../src/quant/index.js";
 import { floatToHalf, halfToFloat } from "../../src/tensor/dtype.js";
 import { GptqError } from "../../src/util/errors.js";
@@ -75,7 +76,7 @@ for (const c of CONFIGS) {
     const ours = relativeOutputError(X, ROWS, W, r.Q, N, K);
     const theirs = relativeOutputError(X, ROWS, W, ref.Q, N, K);
     assert.ok(Math.abs(ours - theirs) <= 0.01 * theirs, `${ours} vs ${theirs}`);
-    assert.deepEqual([...dequantizeRows(r.layer)], [...r.Q]);
+    assert.deepEqual([...dequantize(r.layer)], [...r.Q]);
     assert.ok(r.layer.scales.every((s) => halfToFloat(floatToHalf(s)) === s));
     assert.ok(r.layer.zeros.every((z) => z <= 2 ** c.bits - 1));
     assert.equal(r.damp, 0.01);
@@ -103,7 +104,7 @@ test("GPTQ beats round-to-nearest on the output error it minimises", () => {
     { bits: 3, groupSize: -1, sym: false },
   ] as GptqOptions[]) {
     const g = relativeOutputError(X, ROWS, W, gptqQuantize(W, N, K, H, o).Q, N, K);
-    const r = relativeOutputError(X, ROWS, W, dequantizeRows(quantizeRtn(W, N, K, o)), N, K);
+    const r = relativeOutputError(X, ROWS, W, dequantize(quantizeRtn(W, N, K, o)), N, K);
     assert.ok(g < 0.95 * r, `gptq ${g} rtn ${r}`);
   }
 });
@@ -117,7 +118,7 @@ test("GPTQ dead columns (never-active inputs) quantize to exactly 0 and leave th
     const r = gptqQuantize(W, N, K, h, { bits: 4, groupSize: 16, sym: false, descAct });
     for (let n = 0; n < N; n++) for (const k of dead) assert.equal(r.Q[n * K + k], 0);
     assert.ok(r.Q.every(Number.isFinite));
-    const rtn = dequantizeRows(quantizeRtn(W, N, K, { bits: 4, groupSize: 16, sym: false }));
+    const rtn = dequantize(quantizeRtn(W, N, K, { bits: 4, groupSize: 16, sym: false }));
     assert.ok(relativeOutputError(x, ROWS, W, r.Q, N, K) < relativeOutputError(x, ROWS, W, rtn, N, K));
   }
 });

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { quantizeRtn, dequantizeRows } from "../../src/quant/index.js";
+import { quantizeRtn } from "../../src/quant/index.js";
+import { dequantize } from "../../src/formats/dequantize.js";
 import { floatToHalf, halfToFloat } from "../../src/tensor/dtype.js";
 import { GptqError } from "../../src/util/errors.js";
 import { llmLike } from "./data.js";
@@ -16,7 +17,7 @@ test("RTN 4-bit symmetric on a hand-worked row: scale 2*max/15 in fp16, zero 8, 
   assert.equal(l.scales[0], 0.25);
   assert.equal(l.zeros[0], 8);
   assert.deepEqual([...l.codes], [2, 8, 10, 15]);
-  assert.deepEqual([...dequantizeRows(l)], [-1.5, 0, 0.5, 1.75]);
+  assert.deepEqual([...dequantize(l)], [-1.5, 0, 0.5, 1.75]);
 });
 
 test("RTN asymmetric: range includes 0, zero = round(-min / scale), partial last group", () => {
@@ -38,7 +39,7 @@ test("RTN matches a plain per-value reference at 2/3/4/8 bits, sym and asym, gro
     for (const sym of [true, false])
       for (const groupSize of [-1, 16, 45]) {
         const l = quantizeRtn(W, N, K, { bits, groupSize, sym });
-        const Q = dequantizeRows(l);
+        const Q = dequantize(l);
         const gs = groupSize === -1 ? K : groupSize;
         assert.equal(l.scales.length, Math.ceil(K / gs) * N);
         for (let n = 0; n < N; n++)
@@ -65,9 +66,9 @@ test("RTN mse: AutoGPTQ's shrink grid never does worse than min/max on its own |
     return s;
   };
   for (const sym of [true, false]) {
-    const plain = dequantizeRows(quantizeRtn(W, N, K, { bits: 4, groupSize: 64, sym }));
+    const plain = dequantize(quantizeRtn(W, N, K, { bits: 4, groupSize: 64, sym }));
     const mse = quantizeRtn(W, N, K, { bits: 4, groupSize: 64, sym, mse: true });
-    const Qm = dequantizeRows(mse);
+    const Qm = dequantize(mse);
     let better = 0;
     for (let n = 0; n < N; n++) {
       assert.ok(err(Qm, n) <= err(plain, n) * (1 + 1e-9), `row ${n}`);
