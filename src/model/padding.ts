@@ -300,7 +300,9 @@ export function padModelIntermediate(model: LlamaModel, to: number): void {
     for (const name of ["gate_proj", "up_proj", "down_proj"] as const) {
       const l = layer.linears[name];
       if (!(l instanceof DenseLinear))
-        throw new GptqError(`${layer.linearPrefix(name)} is quantized; only unquantized layers can be padded`);
+        throw new GptqError(
+          `${layer.linearPrefix(name)} is quantized; only unquantized layers can be padded`,
+        );
       const w = f32(l.weight, [l.outFeatures, l.inFeatures]);
       layer.linears[name] =
         name === "down_proj"

@@ -6,6 +6,7 @@
  * the calibration set at the current layer, and the Hessians of one group.
  */
 import { DenseLinear, Linear } from "../backend/cpu/linear.js";
+import { dequantize } from "../formats/dequantize.js";
 import { Bits, QuantizedLinear } from "../formats/types.js";
 import { LinearName, LlamaModel } from "../model/llama.js";
 import { GptqError } from "../util/errors.js";
@@ -53,7 +54,16 @@ export interface LinearReport {
 }
 
 export type PipelineEvent =
-  | { type: "step"; layer: number; layers: number; step: string; done: number; total: number; elapsed: number; eta: number }
+  | {
+      type: "step";
+      layer: number;
+      layers: number;
+      step: string;
+      done: number;
+      total: number;
+      elapsed: number;
+      eta: number;
+    }
   | { type: "linear"; report: LinearReport };
 
 export interface PipelineResult {
@@ -79,7 +89,13 @@ const ERROR_BUDGET = 5e8;
  * ||(W - Q) X^T||^2 / ||W X^T||^2 from the Hessian (proportional to X^T X): sum over output rows n of
  * d_n^T H d_n / w_n^T H w_n, d = w - q. It costs N K^2, so for large layers every s-th row is used.
  */
-export function relativeOutputError(W: Float32Array, Q: Float32Array, N: number, K: number, H: Float64Array): number {
+export function relativeOutputError(
+  W: Float32Array,
+  Q: Float32Array,
+  N: number,
+  K: number,
+  H: Float64Array,
+): number {
   let num = 0;
   let den = 0;
   const d = new Float64Array(K);
@@ -115,17 +131,6 @@ function relativeWeightError(W: Float32Array, Q: Float32Array): number {
   return den > 0 ? num / den : 0;
 }
 
-/** Dequantized N x K weight of a layer (for the calibration forward of the layers after it). */
-function dequantizeNK(l: QuantizedLinear): Float32Array {
-  const { inFeatures: K, outFeatures: N } = l;
-  const out = new Float32Array(N * K);
-  for (let k = 0; k < K; k++) {
-    const g = l.gIdx[k];
-    for (let n = 0; n < N; n++) out[n * K + k] = l.scales[g * N + n] * (l.codes[k * N + n] - l.zeros[g * N + n]);
-  }
-  return out;
-}
-
 /**
  * Quantizes one projection. A group size above K means one group spanning K (as AutoGPTQ computes it);
  * the layer keeps the requested group size so its config and g_idx (all 0) agree.
@@ -151,9 +156,10 @@ function quantizeOne(
     });
     res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
   } else {
-    if (o.clip === "hessian") throw new GptqError('--clip hessian needs GPTQ (it weights errors by the Hessian)');
+    if (o.clip === "hessian")
+      throw new GptqError("--clip hessian needs GPTQ (it weights errors by the Hessian)");
     const layer = quantizeRtn(W, N, K, q);
-    res = { layer, Q: dequantizeNK(layer) };
+    res = { layer, Q: dequantize(layer) };
   }
   res.layer.groupSize = o.groupSize;
   return res;
@@ -175,7 +181,8 @@ export function quantizeModel(
   const reports: LinearReport[] = [];
   const L = model.layers.length;
   const calibrated = calibration !== undefined && calibration.length > 0;
-  if (opts.method === "gptq" && !calibrated) throw new GptqError("GPTQ needs calibration data (--calib FILE)");
+  if (opts.method === "gptq" && !calibrated)
+    throw new GptqError("GPTQ needs calibration data (--calib FILE)");
   const steps = SEQUENTIAL_GROUPS.length + (calibrated ? 1 : 0);
   const total = L * steps;
   let done = 0;

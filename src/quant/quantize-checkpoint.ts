@@ -55,7 +55,9 @@ export async function quantizeCheckpoint(
   try {
     const stored = detectFormat(store);
     if (stored !== "fp")
-      throw new GptqError(`${req.modelDir} is already quantized (${stored}); quantize an unquantized checkpoint`);
+      throw new GptqError(
+        `${req.modelDir} is already quantized (${stored}); quantize an unquantized checkpoint`,
+      );
   } finally {
     store.close();
   }
@@ -74,7 +76,10 @@ export async function quantizeCheckpoint(
       `intermediate_size ${plan.from} does not fit ${plan.target} (${plan.to} would); use --pad auto to zero-pad it (the model's function is unchanged)`,
     );
   if (plan.to !== plan.from)
-    onEvent({ type: "note", text: `padding intermediate_size ${plan.from} -> ${plan.to} with zeros for ${plan.target}` });
+    onEvent({
+      type: "note",
+      text: `padding intermediate_size ${plan.from} -> ${plan.to} with zeros for ${plan.target}`,
+    });
 
   const cal = req.calib
     ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })

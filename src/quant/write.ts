@@ -85,17 +85,20 @@ export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ fil
       });
     }
     if (layers.size)
-      throw new GptqError(`quantized layer ${[...layers.keys()][0]} has no ${[...layers.keys()][0]}.weight in ${req.sourceDir}`);
+      throw new GptqError(
+        `quantized layer ${[...layers.keys()][0]} has no ${[...layers.keys()][0]}.weight in ${req.sourceDir}`,
+      );
     let files: string[] = [];
     await buildDirAtomic(req.outDir, (tmp) => {
       for (const f of readdirSync(req.sourceDir)) {
         const p = join(req.sourceDir, f);
-        if (f === "config.json" || f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json")) continue;
+        if (f === "config.json" || f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json"))
+          continue;
         if (f === "quantize_config.json" || f === "quant_config.json") continue;
         if (statSync(p).isFile()) copyFileSync(p, join(tmp, f));
       }
       files = writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
-      const raw = { ...config.raw, intermediate_size: to };
+      const raw: Record<string, unknown> = { ...config.raw, intermediate_size: to };
       delete raw.quantization_config;
       writeTextAtomic(join(tmp, "config.json"), JSON.stringify(raw, null, 2) + "\n");
       writeQuantConfig(tmp, req.quantConfig);

@@ -64,7 +64,8 @@ export const quantizeCommand: Command = {
     const bits = intOption(v.bits, "bits", 4)!;
     if (![2, 3, 4, 8].includes(bits)) throw new UsageError(`--bits must be 2, 3, 4 or 8, got ${bits}`);
     const method = v.method ?? "gptq";
-    if (method !== "gptq" && method !== "rtn") throw new UsageError(`--method must be gptq or rtn, got "${method}"`);
+    if (method !== "gptq" && method !== "rtn")
+      throw new UsageError(`--method must be gptq or rtn, got "${method}"`);
     const clip = v.clip ?? (v.mse ? "mse" : "minmax");
     if (clip !== "minmax" && clip !== "mse" && clip !== "hessian")
       throw new UsageError(`--clip must be minmax, mse or hessian, got "${clip}"`);
@@ -88,12 +89,15 @@ export const quantizeCommand: Command = {
         damp: floatOption(v.damp, "damp", 0.01)!,
         clip,
       },
-      calib: v.calib && {
-        file: v.calib,
-        key: v["calib-key"],
-        nsamples: intOption(v.nsamples, "nsamples"),
-        seqlen: intOption(v.seqlen, "seqlen"),
-      },
+      calib:
+        v.calib === undefined
+          ? undefined
+          : {
+              file: v.calib,
+              key: v["calib-key"],
+              nsamples: intOption(v.nsamples, "nsamples"),
+              seqlen: intOption(v.seqlen, "seqlen"),
+            },
       format: format as QuantizeRequest["format"],
       pad,
     };
