@@ -32,6 +32,14 @@ export function intOption(value: string | undefined, name: string, fallback?: nu
   return Number(value);
 }
 
+/** A required comma-separated list option. */
+export function listOption(value: string | undefined, name: string): string[] {
+  if (value === undefined) throw new UsageError(`--${name} is required`);
+  const items = value.split(",").map((s) => s.trim());
+  if (items.some((s) => !s)) throw new UsageError(`--${name} has an empty item: "${value}"`);
+  return items;
+}
+
 export function floatOption(value: string | undefined, name: string, fallback?: number): number | undefined {
   if (value === undefined) return fallback;
   const v = Number(value);

@@ -17,7 +17,7 @@ import {
   unpackGptq,
 } from "./gptq.js";
 import { marlinLayerProblem, marlinShapeProblem, packMarlin, unpackMarlin } from "./marlin.js";
-import { CheckpointFormat, QuantScheme, QuantizedLinear } from "./types.js";
+import { CheckpointFormat, QuantScheme, QuantizedLinear, numGroups } from "./types.js";
 
 /** One stored tensor of a layer, named by its suffix (`<prefix>.<suffix>`). */
 export interface LayerTensor {
@@ -49,6 +49,8 @@ export interface FormatTraits {
   layerProblem(layer: QuantizedLinear): string | undefined;
   read(get: (suffix: string) => Tensor | undefined, shape: LayerShape): QuantizedLinear;
   write(layer: QuantizedLinear, opts?: WriteOptions): LayerTensor[];
+  /** the tensors `write` produces for a layer of this shape, without packing anything */
+  layout(shape: LayerShape, opts?: WriteOptions): Omit<LayerTensor, "data">[];
 }
 
 function need(get: (suffix: string) => Tensor | undefined, suffix: string, format: string): Tensor {
@@ -94,7 +96,7 @@ function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTrait
       const problem = gptqShapeProblem(shape);
       if (problem) throw new GptqError(`cannot read ${name} layer: ${problem}`);
       const { inFeatures: K, outFeatures: N, bits, groupSize } = shape;
-      const G = groupSize === -1 ? 1 : Math.ceil(K / groupSize);
+      const G = numGroups(K, groupSize);
       const qweight = need(get, "qweight", name);
       const qzeros = need(get, "qzeros", name);
       const scales = need(get, "scales", name);
@@ -115,6 +117,15 @@ function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTrait
       );
       layer.scales = Float32Array.from(toFloat32(scales));
       return layer;
+    },
+    layout({ inFeatures: K, outFeatures: N, bits, groupSize }, opts = {}) {
+      const G = numGroups(K, groupSize);
+      return [
+        { suffix: "qweight", dtype: "I32", shape: [(K * bits) / 32, N] },
+        { suffix: "qzeros", dtype: "I32", shape: [G, (N * bits) / 32] },
+        { suffix: "scales", dtype: opts.scaleDtype ?? "F16", shape: [G, N] },
+        { suffix: "g_idx", dtype: "I32", shape: [K] },
+      ];
     },
     write(layer, opts = {}) {
       const t = packGptq(layer, version);
@@ -149,13 +160,19 @@ const marlinTraits: FormatTraits = {
     if (shape.bits !== 4) throw new GptqError(`Marlin stores 4-bit weights only, not ${shape.bits}-bit`);
     const problem = marlinShapeProblem(shape);
     if (problem) throw new GptqError(`cannot read marlin layer: ${problem}`);
-    const G = groupSize === -1 ? 1 : Math.ceil(K / groupSize);
+    const G = numGroups(K, groupSize);
     const B = need(get, "B", "marlin");
     const s = need(get, "s", "marlin");
     expectShape(B, [K / 16, 2 * N], "B");
     expectShape(s, [G, N], "s");
     if (s.dtype !== "F16") throw new GptqError(`Marlin s must be F16, not ${s.dtype}`);
     return unpackMarlin({ B: toInt32(B), s: s.data as Uint16Array }, shape);
+  },
+  layout({ inFeatures: K, outFeatures: N, groupSize }) {
+    return [
+      { suffix: "B", dtype: "I32", shape: [K / 16, 2 * N] },
+      { suffix: "s", dtype: "F16", shape: [numGroups(K, groupSize), N] },
+    ];
   },
   write(layer) {
     const t = packMarlin(layer);

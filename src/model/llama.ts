@@ -4,7 +4,8 @@
  * final norm and a tied or separate lm_head. Every projection is a replaceable `Linear`, so quantized
  * layers drop in, and a layer's forward reports each projection's input to calibration code.
  */
-import { DenseLinear, Linear, gemmNT } from "../backend/cpu/linear.js";
+import { gemmNT } from "../backend/cpu/gemm.js";
+import { DenseLinear, Linear } from "../backend/cpu/linear.js";
 import { TensorStore } from "../io/store.js";
 import { toFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";

@@ -1,0 +1,50 @@
+import { Command, listOption, parse, printJson } from "../command.js";
+import { splitCheckpoint } from "../../transform/split.js";
+import { UsageError } from "../../util/errors.js";
+
+const usage = `usage: gptq split <in> <out> --layer <prefix> --sizes n1,n2,... --names p1,p2,... [--json]
+
+Splits one quantized layer along out_features into layers of the given sizes (a fused qkv_proj into
+q_proj, k_proj, v_proj; kv_b_proj into its two halves). Codes, scales and zero points are moved, not
+recomputed; the bias is split too. Split points must fall on the packing's boundaries: multiples of
+32/bits outputs for GPTQ (32 for 3-bit), of 64 for Marlin. The parts are checked to dequantize to the
+rows of the original before <out> appears; <in> is only read.
+
+  --layer P     tensor prefix of the layer to split, e.g. model.layers.0.self_attn.qkv_proj
+  --sizes LIST  out_features of each part, adding up to the layer's
+  --names LIST  tensor prefix of each part
+  --json        print a JSON summary on stdout
+
+example: gptq split phi3-gptq phi3-split --layer model.layers.0.self_attn.qkv_proj \\
+           --sizes 3072,3072,3072 --names model.layers.0.self_attn.q_proj,model.layers.0.self_attn.k_proj,model.layers.0.self_attn.v_proj`;
+
+export const split: Command = {
+  name: "split",
+  summary: "split a quantized layer along out_features (e.g. fused qkv into q, k, v)",
+  usage,
+  async run(argv) {
+    const { values, positionals } = parse(argv, {
+      layer: { type: "string" },
+      sizes: { type: "string" },
+      names: { type: "string" },
+      json: { type: "boolean" },
+    });
+    if (positionals.length !== 2) throw new UsageError("expected <in> and <out>");
+    if (!values.layer) throw new UsageError("--layer is required");
+    const sizes = listOption(values.sizes, "sizes").map((s) => {
+      if (!/^\d+$/.test(s) || Number(s) === 0)
+        throw new UsageError(`--sizes expects positive integers, got "${s}"`);
+      return Number(s);
+    });
+    const names = listOption(values.names, "names");
+    if (names.length !== sizes.length)
+      throw new UsageError(`${sizes.length} sizes but ${names.length} names; give one name per part`);
+    const [input, output] = positionals;
+    const r = await splitCheckpoint(input, output, values.layer, sizes, names);
+    if (values.json) printJson({ input, output, ...r });
+    else
+      process.stdout.write(
+        `split ${values.layer} (${r.format}) into ${r.layers.map((l) => `${l.name} [${l.outFeatures}]`).join(", ")} in ${output}; parts dequantize to the original rows\n`,
+      );
+  },
+};
