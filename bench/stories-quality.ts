@@ -24,6 +24,8 @@ const METHODS: Record<string, Partial<PipelineOptions>> = {
   mse: { clip: "mse" },
   hessian: { clip: "hessian" },
   static: { clip: "hessian", staticGroups: true },
+  fp: { fpTarget: true },
+  "fp-hessian": { fpTarget: true, clip: "hessian" },
 };
 
 const calib = readTokenRows(TOKENS, "calibration_tokens").rows;

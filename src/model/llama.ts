@@ -73,6 +73,11 @@ export class DecoderLayer {
 
   /** h: T x hidden (one sequence, positions 0..T-1); returns the layer's output, residuals included. */
   forward(h: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    return this.mlpBlock(this.attentionBlock(h, T, capture), T, capture);
+  }
+
+  /** The attention half: h + o_proj(attention(norm(h))), T x hidden. */
+  attentionBlock(h: Float32Array, T: number, capture?: CaptureFn): Float32Array {
     const c = this.config;
     const D = c.hiddenSize;
     if (h.length !== T * D)
@@ -87,7 +92,12 @@ export class DecoderLayer {
     const o = this.run("o_proj", attn, T, capture);
     const h1 = new Float32Array(T * D);
     for (let i = 0; i < h1.length; i++) h1[i] = h[i] + o[i];
+    return h1;
+  }
 
+  /** The MLP half: h1 + down_proj(silu(gate_proj(y)) * up_proj(y)), y = norm(h1); T x hidden. */
+  mlpBlock(h1: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    const c = this.config;
     const y = rmsNorm(h1, T, this.postAttentionNorm, c.rmsNormEps);
     const gate = this.run("gate_proj", y, T, capture);
     const up = this.run("up_proj", y, T, capture);
@@ -96,8 +106,9 @@ export class DecoderLayer {
       gate[i] = (g / (1 + Math.exp(-g))) * up[i]; // silu(gate) * up
     }
     const down = this.run("down_proj", gate, T, capture);
-    for (let i = 0; i < h1.length; i++) h1[i] += down[i];
-    return h1;
+    const out = Float32Array.from(h1);
+    for (let i = 0; i < out.length; i++) out[i] += down[i];
+    return out;
   }
 }
 
