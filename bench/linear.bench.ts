@@ -4,7 +4,6 @@
  * Run: npm run build --silent && node dist/bench/linear.bench.js
  */
 import { A8W4Linear, DenseLinear, Linear, QuantLinear } from "../src/backend/cpu/linear.js";
-import { QuantizedLinear } from "../src/formats/types.js";
 
 function rand(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
@@ -24,26 +23,6 @@ function time(layer: Linear, x: Float32Array, rows: number): number {
   return (performance.now() - t0) / reps;
 }
 
-/** the same int4 weights as a symmetric 4-bit QuantizedLinear (codes + 8, K x N) */
-function asQuantized(l: A8W4Linear): QuantizedLinear {
-  const { inFeatures: K, outFeatures: N, groups: G, paddedK: Kp } = l;
-  const codes = new Uint8Array(K * N);
-  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) codes[k * N + n] = l.codes[n * Kp + k] + 8;
-  const scales = new Float32Array(G * N);
-  for (let g = 0; g < G; g++) for (let n = 0; n < N; n++) scales[g * N + n] = l.scales[n * G + g];
-  const gIdx = Int32Array.from({ length: K }, (_, k) => Math.floor(k / l.groupSize));
-  return {
-    inFeatures: K,
-    outFeatures: N,
-    bits: 4,
-    groupSize: l.groupSize,
-    codes,
-    scales,
-    zeros: new Uint8Array(G * N).fill(8),
-    gIdx,
-  };
-}
-
 const shapes: [number, number, number][] = [
   [256, 64, 172],
   [256, 1024, 1024],
@@ -58,7 +37,7 @@ for (const [rows, K, N] of shapes) {
   const a8w4 = A8W4Linear.fromWeight(W, N, K, 128);
   const layers: [string, Linear][] = [
     ["DenseLinear", new DenseLinear(W, N, K)],
-    ["QuantLinear 4-bit g128", new QuantLinear(asQuantized(a8w4))],
+    ["QuantLinear 4-bit g128", new QuantLinear(a8w4.toQuantized())],
     ["A8W4Linear g128", a8w4],
   ];
   for (const [name, layer] of layers) {

@@ -5,7 +5,10 @@
  * layers drop in, and a layer's forward reports each projection's input to calibration code.
  */
 import { gemmNT } from "../backend/cpu/gemm.js";
-import { DenseLinear, Linear } from "../backend/cpu/linear.js";
+import { A8W4Linear, DenseLinear, Linear, QuantLinear } from "../backend/cpu/linear.js";
+import { FORMATS } from "../formats/registry.js";
+import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
+import { openCheckpoint } from "../io/checkpoint.js";
 import { TensorStore } from "../io/store.js";
 import { toFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
@@ -177,11 +180,11 @@ export function attention(
   return out;
 }
 
-/** Builds one projection from the checkpoint's tensors under `prefix` (e.g. "...self_attn.q_proj"). */
-export type LinearLoader = (store: TensorStore, prefix: string) => Linear;
-
 export interface LoadOptions {
-  /** how quantized layers run: "none" dequantizes group by group; "int8" uses int8 x int4 dot products */
+  /**
+   * How quantized projections run: "none" (default) dequantizes group by group to fp32; "int8" runs
+   * A8W4 (int8 per-token activations x int4 weights), which needs 4-bit symmetric layers.
+   */
   actQuant?: "none" | "int8";
 }
 
@@ -231,14 +234,53 @@ export class LlamaModel {
   }
 
   /**
-   * Loads a checkpoint directory (config.json + safetensors). `linear` builds each decoder projection;
-   * by default an fp projection from `<prefix>.weight`.
+   * Loads a checkpoint directory (config.json + safetensors), unquantized (F32/F16/BF16) or quantized
+   * (gptq, gptq_v2, marlin: config and tensors are checked against each other first). Quantized
+   * projections run from their codes; projections a checkpoint left unquantized run in fp32.
    */
-  static load(dir: string, opts: LoadOptions = {}, linear?: LinearLoader): LlamaModel {
-    void opts;
+  static load(dir: string, opts: LoadOptions = {}): LlamaModel {
+    const actQuant = opts.actQuant ?? "none";
+    if (actQuant !== "none" && actQuant !== "int8")
+      throw new GptqError(`actQuant must be "none" or "int8", not ${JSON.stringify(actQuant)}`);
     const config = readLlamaConfig(dir);
-    const store = TensorStore.open(dir);
+    const ckpt = openCheckpoint(dir);
     try {
+      const store = ckpt.store;
+      if (actQuant === "int8" && ckpt.format === "fp")
+        throw new GptqError(
+          `${dir}: int8 activations (A8W4) need a 4-bit symmetric quantized checkpoint; this one is unquantized`,
+        );
+      const quantized = new Map(ckpt.layers.map((l) => [l.name, l]));
+      const linear = (prefix: string, N: number, K: number): Linear => {
+        const info = quantized.get(prefix);
+        if (!info) return loadDenseLinear(store, prefix, N, K);
+        const format = ckpt.format as CheckpointFormat;
+        // the config's group size: a partial last group makes the tensors' own count ambiguous
+        const groupSize = ckpt.config?.groupSize ?? info.groupSize;
+        const get = (suffix: string) =>
+          store.has(`${prefix}.${suffix}`) ? store.read(`${prefix}.${suffix}`) : undefined;
+        let layer: QuantizedLinear;
+        try {
+          layer = FORMATS[format].read(get, {
+            inFeatures: info.inFeatures,
+            outFeatures: info.outFeatures,
+            bits: info.bits,
+            groupSize,
+          });
+        } catch (e) {
+          if (e instanceof GptqError) throw new GptqError(`${dir}: layer ${prefix}: ${e.message}`);
+          throw e;
+        }
+        if (store.has(`${prefix}.bias`)) layer.bias = readFloats(store, `${prefix}.bias`, [info.outFeatures]);
+        if (actQuant === "int8") {
+          if (layer.bits !== 4 || layer.zeros.some((z) => z !== 8))
+            throw new GptqError(
+              `${dir}: layer ${prefix} is ${layer.bits}-bit ${layer.zeros.every((z) => z === 8) ? "symmetric" : "asymmetric"}; int8 activations (A8W4) need 4-bit symmetric weights`,
+            );
+          return A8W4Linear.fromQuantized(layer);
+        }
+        return new QuantLinear(layer);
+      };
       const shapes = LlamaModel.linearShapes(config);
       const D = config.hiddenSize;
       const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, D]);
@@ -250,12 +292,12 @@ export class LlamaModel {
         for (const name of LINEAR_NAMES) {
           const p = `${prefix}.${LINEAR_MODULE[name]}`;
           const [N, K] = shapes[name];
-          const l = linear ? linear(store, p) : loadDenseLinear(store, p, N, K);
-          if (l.outFeatures !== N || l.inFeatures !== K)
+          const info = quantized.get(p);
+          if (info && (info.outFeatures !== N || info.inFeatures !== K))
             throw new GptqError(
-              `${dir}: ${p} is ${l.outFeatures} x ${l.inFeatures} (out x in), config.json implies ${N} x ${K}`,
+              `${dir}: ${p} is ${info.outFeatures} x ${info.inFeatures} (out x in), config.json implies ${N} x ${K}`,
             );
-          linears[name] = l;
+          linears[name] = linear(p, N, K);
         }
         layers.push(
           new DecoderLayer(
@@ -276,7 +318,7 @@ export class LlamaModel {
         : loadDenseLinear(store, "lm_head", config.vocabSize, D);
       return new LlamaModel(config, embed, layers, finalNorm, lmHead);
     } finally {
-      store.close();
+      ckpt.close();
     }
   }
 

@@ -178,6 +178,34 @@ export class A8W4Linear implements Linear {
     return new A8W4Linear(K, N, gs, codes, scales, identity ? undefined : position, layer.bias);
   }
 
+  /**
+   * The same weights as a symmetric 4-bit QuantizedLinear (codes + 8, K x N, g_idx restoring any
+   * act-order), e.g. to store or to run dequantized for comparison.
+   */
+  toQuantized(): QuantizedLinear {
+    const { inFeatures: K, outFeatures: N, groups: G, paddedK: Kp, groupSize: gs, inputPosition: pos } = this;
+    const codes = new Uint8Array(K * N);
+    const gIdx = new Int32Array(K);
+    for (let k = 0; k < K; k++) {
+      const p = pos ? pos[k] : k;
+      gIdx[k] = Math.floor(p / gs);
+      for (let n = 0; n < N; n++) codes[k * N + n] = this.codes[n * Kp + p] + 8;
+    }
+    const scales = new Float32Array(G * N);
+    for (let g = 0; g < G; g++) for (let n = 0; n < N; n++) scales[g * N + n] = this.scales[n * G + g];
+    return {
+      inFeatures: K,
+      outFeatures: N,
+      bits: 4,
+      groupSize: gs,
+      codes,
+      scales,
+      zeros: new Uint8Array(G * N).fill(8),
+      gIdx,
+      bias: this.bias,
+    };
+  }
+
   /** x laid out as padded rows (rows x paddedK, zeros in the padding), in group order */
   private padded(x: Float32Array, rows: number): Float32Array {
     const { inFeatures: K, paddedK: Kp, inputPosition: pos } = this;

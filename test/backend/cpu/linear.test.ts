@@ -238,3 +238,11 @@ test("A8W4Linear.fromWeight quantizes groups with scale max|w| / 7.5", () => {
   const { exact } = a8w4Reference(x, rows, K, N, wq);
   assert.ok(maxRelErr(layer.forward(x, rows), exact) < 1e-6);
 });
+
+test("A8W4Linear.toQuantized gives back the symmetric 4-bit layer it was built from", () => {
+  for (const actOrder of [false, true]) {
+    const q = randomQuantized(288, 16, 4, 256, { sym: true, actOrder, bias: true, seed: 5 });
+    const back = A8W4Linear.fromQuantized(q).toQuantized();
+    assert.deepEqual(back, q);
+  }
+});
