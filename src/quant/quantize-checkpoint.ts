@@ -63,6 +63,7 @@ export async function quantizeCheckpoint(
   }
   if (o.descAct && !o.staticGroups && req.format === "marlin")
     throw new GptqError("Marlin files cannot hold act-order; drop --desc-act or add --static-groups");
+  if (o.fpTarget && o.method !== "gptq") throw new GptqError("--fp-target needs GPTQ (--method gptq)");
   if (o.method === "gptq" && !req.calib)
     throw new GptqError("GPTQ needs calibration data: pass --calib FILE (or use --method rtn)");
 
@@ -101,6 +102,7 @@ export async function quantizeCheckpoint(
       quantizer: ["gptq-ts:0.1.0"],
       method: o.method,
       clip: o.clip,
+      ...(o.fpTarget ? { fp_target: true } : {}),
       ...(plan.to !== plan.from ? { padded_intermediate_size: { from: plan.from, to: plan.to } } : {}),
     },
   };

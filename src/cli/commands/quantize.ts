@@ -21,6 +21,8 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --method M            gptq (default) or rtn (round-to-nearest, no calibration needed)
   --mse                 search each group's scale over a shrink grid (AutoGPTQ's mse option)
   --clip C              minmax (default) | mse (same as --mse) | hessian (grid weighted by the Hessian)
+  --fp-target           aim each projection at the unquantized model's outputs: quantize the least-squares
+                        weights for the drifted inputs (runs the fp model alongside; needs enough tokens)
   --calib FILE          calibration data: a .safetensors token file ([n, seqlen] int ids) or a text file
                         tokenized with <model-dir>/tokenizer.json
   --calib-key K         tensor name in a token file (default ${DEFAULT_CALIB_KEY})
@@ -50,6 +52,7 @@ export const quantizeCommand: Command = {
       method: { type: "string" },
       mse: { type: "boolean" },
       clip: { type: "string" },
+      "fp-target": { type: "boolean" },
       calib: { type: "string" },
       "calib-key": { type: "string" },
       nsamples: { type: "string" },
@@ -88,6 +91,7 @@ export const quantizeCommand: Command = {
         staticGroups: v["static-groups"] ?? false,
         damp: floatOption(v.damp, "damp", 0.01)!,
         clip,
+        fpTarget: v["fp-target"] ?? false,
       },
       calib:
         v.calib === undefined
@@ -123,7 +127,7 @@ export const quantizeCommand: Command = {
     else {
       const o = req.options;
       const lines = [
-        `quantized ${res.layers} projections of ${res.modelDir} with ${o.method}${o.clip !== "minmax" ? ` (${o.clip} clipping)` : ""}: ${o.bits}-bit, group ${o.groupSize}, ${o.sym ? "sym" : "asym"}${o.descAct ? ", act-order" : ""}${o.staticGroups ? ", static groups" : ""}`,
+        `quantized ${res.layers} projections of ${res.modelDir} with ${o.method}${o.clip !== "minmax" ? ` (${o.clip} clipping)` : ""}${o.fpTarget ? " aimed at fp outputs" : ""}: ${o.bits}-bit, group ${o.groupSize}, ${o.sym ? "sym" : "asym"}${o.descAct ? ", act-order" : ""}${o.staticGroups ? ", static groups" : ""}`,
         `calibration: ${res.calibration ?? "none"}`,
         res.pad
           ? res.pad.from === res.pad.to
