@@ -1,7 +1,8 @@
 /**
  * Perplexity of stories260K quantized by the calibration pipeline at the three reference configurations,
  * evaluated in memory on the dequantized weights (what the written checkpoint holds).
- *   node dist/bench/stories-quality.js [method ...]   methods: rtn gptq mse hessian static (default: all)
+ *   node dist/bench/stories-quality.js [method ...]   methods: see METHODS (default: all)
+ * CONFIGS=0,2 picks configurations by index; GPTQ_SHARED_DIR points at the reference data.
  */
 import { readTokenRows } from "../src/quant/calibration.js";
 import { LlamaModel } from "../src/model/llama.js";
@@ -35,7 +36,8 @@ console.log(
   "| bits | group | sym | act-order | method | ppl | reference RTN / GPTQ / GPTQ+MSE | quantize s |",
 );
 console.log("|---|---|---|---|---|---|---|---|");
-for (const c of CONFIGS) {
+const picked = process.env.CONFIGS?.split(",").map(Number) ?? CONFIGS.map((_, i) => i);
+for (const c of CONFIGS.filter((_, i) => picked.includes(i))) {
   for (const m of methods) {
     const opts: PipelineOptions = {
       method: "gptq",
