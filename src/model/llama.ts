@@ -1,0 +1,358 @@
+/**
+ * A Llama-family decoder (Llama, Mistral, Qwen2) in fp32 on the CPU, for calibration and evaluation:
+ * embeddings, pre-norm decoder layers (RMSNorm, rotary grouped-query causal attention, SwiGLU MLP),
+ * final norm and a tied or separate lm_head. Every projection is a replaceable `Linear`, so quantized
+ * layers drop in, and a layer's forward reports each projection's input to calibration code.
+ */
+import { gemmNT } from "../backend/cpu/gemm.js";
+import { A8W4Linear, DenseLinear, Linear, QuantLinear } from "../backend/cpu/linear.js";
+import { FORMATS } from "../formats/registry.js";
+import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
+import { openCheckpoint } from "../io/checkpoint.js";
+import { TensorStore } from "../io/store.js";
+import { toFloat32 } from "../tensor/tensor.js";
+import { GptqError } from "../util/errors.js";
+import { LlamaConfig, readLlamaConfig } from "./config.js";
+import { Rotary } from "./rope.js";
+
+export const LINEAR_NAMES = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+] as const;
+export type LinearName = (typeof LINEAR_NAMES)[number];
+
+/** Where each projection sits under a layer's prefix in HF tensor names. */
+export const LINEAR_MODULE: Record<LinearName, string> = {
+  q_proj: "self_attn.q_proj",
+  k_proj: "self_attn.k_proj",
+  v_proj: "self_attn.v_proj",
+  o_proj: "self_attn.o_proj",
+  gate_proj: "mlp.gate_proj",
+  up_proj: "mlp.up_proj",
+  down_proj: "mlp.down_proj",
+};
+
+export type CaptureFn = (linear: string, x: Float32Array, rows: number) => void;
+
+/** y = w * x / sqrt(mean(x^2) + eps) per row of `dim` values (statistics in float64). */
+export function rmsNorm(x: Float32Array, rows: number, weight: Float32Array, eps: number): Float32Array {
+  const dim = weight.length;
+  const out = new Float32Array(rows * dim);
+  for (let r = 0; r < rows; r++) {
+    const o = r * dim;
+    let ss = 0;
+    for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
+    const inv = 1 / Math.sqrt(ss / dim + eps);
+    for (let i = 0; i < dim; i++) out[o + i] = weight[i] * Math.fround(x[o + i] * inv);
+  }
+  return out;
+}
+
+export class DecoderLayer {
+  constructor(
+    readonly config: LlamaConfig,
+    /** tensor-name prefix of this layer, e.g. "model.layers.0" */
+    readonly prefix: string,
+    readonly linears: Record<LinearName, Linear>,
+    readonly inputNorm: Float32Array,
+    readonly postAttentionNorm: Float32Array,
+    private readonly rotary: Rotary,
+  ) {}
+
+  /** full tensor-name prefix of one projection, e.g. "model.layers.0.self_attn.q_proj" */
+  linearPrefix(name: LinearName): string {
+    return `${this.prefix}.${LINEAR_MODULE[name]}`;
+  }
+
+  private run(name: LinearName, x: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    capture?.(name, x, T);
+    return this.linears[name].forward(x, T);
+  }
+
+  /** h: T x hidden (one sequence, positions 0..T-1); returns the layer's output, residuals included. */
+  forward(h: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    return this.mlpBlock(this.attentionBlock(h, T, capture), T, capture);
+  }
+
+  /** The attention half: h + o_proj(attention(norm(h))), T x hidden. */
+  attentionBlock(h: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    const c = this.config;
+    const D = c.hiddenSize;
+    if (h.length !== T * D)
+      throw new GptqError(`decoder layer: input has ${h.length} values, expected ${T} x ${D}`);
+    const x = rmsNorm(h, T, this.inputNorm, c.rmsNormEps);
+    const q = this.run("q_proj", x, T, capture);
+    const k = this.run("k_proj", x, T, capture);
+    const v = this.run("v_proj", x, T, capture);
+    this.rotary.apply(q, T, c.numHeads);
+    this.rotary.apply(k, T, c.numKvHeads);
+    const attn = attention(q, k, v, T, c);
+    const o = this.run("o_proj", attn, T, capture);
+    const h1 = new Float32Array(T * D);
+    for (let i = 0; i < h1.length; i++) h1[i] = h[i] + o[i];
+    return h1;
+  }
+
+  /** The MLP half: h1 + down_proj(silu(gate_proj(y)) * up_proj(y)), y = norm(h1); T x hidden. */
+  mlpBlock(h1: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    const c = this.config;
+    const y = rmsNorm(h1, T, this.postAttentionNorm, c.rmsNormEps);
+    const gate = this.run("gate_proj", y, T, capture);
+    const up = this.run("up_proj", y, T, capture);
+    for (let i = 0; i < gate.length; i++) {
+      const g = gate[i];
+      gate[i] = (g / (1 + Math.exp(-g))) * up[i]; // silu(gate) * up
+    }
+    const down = this.run("down_proj", gate, T, capture);
+    const out = Float32Array.from(h1);
+    for (let i = 0; i < out.length; i++) out[i] += down[i];
+    return out;
+  }
+}
+
+/** query rows handled per block: scores for a block are (rows x keys so far), never T x T */
+const ATTN_BLOCK = 64;
+
+/**
+ * Causal grouped-query attention: query head h reads key/value head h / (heads / kvHeads).
+ * q: T x heads*hd, k and v: T x kvHeads*hd; returns T x heads*hd. Per head, scores and the weighted sum
+ * of values are two matrix products over contiguous copies of the head; softmax is taken in float64.
+ */
+export function attention(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  T: number,
+  c: LlamaConfig,
+): Float32Array {
+  const { numHeads: H, numKvHeads: KV, headDim: hd } = c;
+  const group = H / KV;
+  const scale = 1 / Math.sqrt(hd);
+  const window = c.slidingWindow ?? Infinity;
+  const out = new Float32Array(T * H * hd);
+  const qh = new Float32Array(T * hd);
+  const kh = new Float32Array(T * hd);
+  const vt = new Float32Array(hd * T); // hd x T: values transposed so P x V is a dot-product kernel
+  const s = new Float32Array(ATTN_BLOCK * T);
+  const o = new Float32Array(ATTN_BLOCK * hd);
+  const p = new Float64Array(T);
+  for (let head = 0; head < H; head++) {
+    const kvh = Math.floor(head / group);
+    if (head % group === 0) {
+      for (let t = 0; t < T; t++) {
+        const src = (t * KV + kvh) * hd;
+        for (let d = 0; d < hd; d++) {
+          kh[t * hd + d] = k[src + d];
+          vt[d * T + t] = v[src + d];
+        }
+      }
+    }
+    for (let t = 0; t < T; t++) qh.set(q.subarray((t * H + head) * hd, (t * H + head + 1) * hd), t * hd);
+    for (let i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
+      const rows = Math.min(ATTN_BLOCK, T - i0);
+      const keys = i0 + rows; // causal: this block sees keys [0, keys)
+      gemmNT(qh, i0 * hd, hd, rows, kh, hd, keys, hd, s, false);
+      for (let r = 0; r < rows; r++) {
+        const i = i0 + r;
+        const row = r * keys;
+        const j0 = Math.max(0, i - window + 1);
+        let max = -Infinity;
+        for (let j = j0; j <= i; j++) if (s[row + j] > max) max = s[row + j];
+        let sum = 0;
+        for (let j = j0; j <= i; j++) {
+          const e = Math.exp((s[row + j] - max) * scale);
+          p[j] = e;
+          sum += e;
+        }
+        const inv = 1 / sum;
+        s.fill(0, row, row + keys);
+        for (let j = j0; j <= i; j++) s[row + j] = p[j] * inv;
+      }
+      gemmNT(s, 0, keys, rows, vt, T, hd, keys, o, false);
+      for (let r = 0; r < rows; r++) out.set(o.subarray(r * hd, (r + 1) * hd), ((i0 + r) * H + head) * hd);
+    }
+  }
+  return out;
+}
+
+export interface LoadOptions {
+  /**
+   * How quantized projections run: "none" (default) dequantizes group by group to fp32; "int8" runs
+   * A8W4 (int8 per-token activations x int4 weights), which needs 4-bit symmetric layers.
+   */
+  actQuant?: "none" | "int8";
+}
+
+function readFloats(store: TensorStore, name: string, shape: number[]): Float32Array {
+  const t = store.read(name);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+    throw new GptqError(
+      `${store.dir}: tensor ${name} has shape [${t.shape}], config.json implies [${shape}]`,
+    );
+  if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16")
+    throw new GptqError(`${store.dir}: tensor ${name} is ${t.dtype}, expected F32, F16 or BF16`);
+  return toFloat32(t);
+}
+
+/** An unquantized projection: `<prefix>.weight` [N, K] and an optional `<prefix>.bias` [N]. */
+export function loadDenseLinear(store: TensorStore, prefix: string, N: number, K: number): DenseLinear {
+  const weight = readFloats(store, `${prefix}.weight`, [N, K]);
+  const bias = store.has(`${prefix}.bias`) ? readFloats(store, `${prefix}.bias`, [N]) : undefined;
+  return new DenseLinear(weight, N, K, bias);
+}
+
+export class LlamaModel {
+  constructor(
+    readonly config: LlamaConfig,
+    /** vocab x hidden */
+    readonly embedTokens: Float32Array,
+    readonly layers: DecoderLayer[],
+    readonly finalNorm: Float32Array,
+    public lmHead: Linear,
+  ) {}
+
+  /** shapes [N, K] of each projection of a decoder layer */
+  static linearShapes(c: LlamaConfig): Record<LinearName, [number, number]> {
+    const D = c.hiddenSize;
+    const I = c.intermediateSize;
+    const q = c.numHeads * c.headDim;
+    const kv = c.numKvHeads * c.headDim;
+    return {
+      q_proj: [q, D],
+      k_proj: [kv, D],
+      v_proj: [kv, D],
+      o_proj: [D, q],
+      gate_proj: [I, D],
+      up_proj: [I, D],
+      down_proj: [D, I],
+    };
+  }
+
+  /**
+   * Loads a checkpoint directory (config.json + safetensors), unquantized (F32/F16/BF16) or quantized
+   * (gptq, gptq_v2, marlin: config and tensors are checked against each other first). Quantized
+   * projections run from their codes; projections a checkpoint left unquantized run in fp32.
+   */
+  static load(dir: string, opts: LoadOptions = {}): LlamaModel {
+    const actQuant = opts.actQuant ?? "none";
+    if (actQuant !== "none" && actQuant !== "int8")
+      throw new GptqError(`actQuant must be "none" or "int8", not ${JSON.stringify(actQuant)}`);
+    const config = readLlamaConfig(dir);
+    const ckpt = openCheckpoint(dir);
+    try {
+      const store = ckpt.store;
+      if (actQuant === "int8" && ckpt.format === "fp")
+        throw new GptqError(
+          `${dir}: int8 activations (A8W4) need a 4-bit symmetric quantized checkpoint; this one is unquantized`,
+        );
+      const quantized = new Map(ckpt.layers.map((l) => [l.name, l]));
+      const linear = (prefix: string, N: number, K: number): Linear => {
+        const info = quantized.get(prefix);
+        if (!info) return loadDenseLinear(store, prefix, N, K);
+        const format = ckpt.format as CheckpointFormat;
+        // the config's group size: a partial last group makes the tensors' own count ambiguous
+        const groupSize = ckpt.config?.groupSize ?? info.groupSize;
+        const get = (suffix: string) =>
+          store.has(`${prefix}.${suffix}`) ? store.read(`${prefix}.${suffix}`) : undefined;
+        let layer: QuantizedLinear;
+        try {
+          layer = FORMATS[format].read(get, {
+            inFeatures: info.inFeatures,
+            outFeatures: info.outFeatures,
+            bits: info.bits,
+            groupSize,
+          });
+        } catch (e) {
+          if (e instanceof GptqError) throw new GptqError(`${dir}: layer ${prefix}: ${e.message}`);
+          throw e;
+        }
+        if (store.has(`${prefix}.bias`)) layer.bias = readFloats(store, `${prefix}.bias`, [info.outFeatures]);
+        if (actQuant === "int8") {
+          if (layer.bits !== 4 || layer.zeros.some((z) => z !== 8))
+            throw new GptqError(
+              `${dir}: layer ${prefix} is ${layer.bits}-bit ${layer.zeros.every((z) => z === 8) ? "symmetric" : "asymmetric"}; int8 activations (A8W4) need 4-bit symmetric weights`,
+            );
+          return A8W4Linear.fromQuantized(layer);
+        }
+        return new QuantLinear(layer);
+      };
+      const shapes = LlamaModel.linearShapes(config);
+      const D = config.hiddenSize;
+      const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, D]);
+      const rotary = Rotary.fromConfig(config);
+      const layers: DecoderLayer[] = [];
+      for (let i = 0; i < config.numLayers; i++) {
+        const prefix = `model.layers.${i}`;
+        const linears = {} as Record<LinearName, Linear>;
+        for (const name of LINEAR_NAMES) {
+          const p = `${prefix}.${LINEAR_MODULE[name]}`;
+          const [N, K] = shapes[name];
+          const info = quantized.get(p);
+          if (info && (info.outFeatures !== N || info.inFeatures !== K))
+            throw new GptqError(
+              `${dir}: ${p} is ${info.outFeatures} x ${info.inFeatures} (out x in), config.json implies ${N} x ${K}`,
+            );
+          linears[name] = linear(p, N, K);
+        }
+        layers.push(
+          new DecoderLayer(
+            config,
+            prefix,
+            linears,
+            readFloats(store, `${prefix}.input_layernorm.weight`, [D]),
+            readFloats(store, `${prefix}.post_attention_layernorm.weight`, [D]),
+            rotary,
+          ),
+        );
+      }
+      const finalNorm = readFloats(store, "model.norm.weight", [D]);
+      // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says
+      const tied = config.tieWordEmbeddings || !store.has("lm_head.weight");
+      const lmHead = tied
+        ? new DenseLinear(embed, config.vocabSize, D)
+        : loadDenseLinear(store, "lm_head", config.vocabSize, D);
+      return new LlamaModel(config, embed, layers, finalNorm, lmHead);
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  private checkTokens(tokens: Int32Array): void {
+    const V = this.config.vocabSize;
+    for (let t = 0; t < tokens.length; t++)
+      if (tokens[t] < 0 || tokens[t] >= V)
+        throw new GptqError(`token ${tokens[t]} at position ${t} is outside the vocabulary [0, ${V})`);
+  }
+
+  /** tokens -> T x hidden embeddings */
+  embed(tokens: Int32Array): Float32Array {
+    this.checkTokens(tokens);
+    const D = this.config.hiddenSize;
+    const out = new Float32Array(tokens.length * D);
+    for (let t = 0; t < tokens.length; t++)
+      out.set(this.embedTokens.subarray(tokens[t] * D, (tokens[t] + 1) * D), t * D);
+    return out;
+  }
+
+  /** the last decoder layer's output for one sequence: T x hidden */
+  hidden(tokens: Int32Array): Float32Array {
+    let h = this.embed(tokens);
+    for (const layer of this.layers) h = layer.forward(h, tokens.length);
+    return h;
+  }
+
+  /** final norm + lm_head: T x hidden -> T x vocab */
+  logits(h: Float32Array, T: number): Float32Array {
+    return this.lmHead.forward(rmsNorm(h, T, this.finalNorm, this.config.rmsNormEps), T);
+  }
+
+  /** tokens of one sequence -> T x vocab logits */
+  forward(tokens: Int32Array): Float32Array {
+    return this.logits(this.hidden(tokens), tokens.length);
+  }
+}
