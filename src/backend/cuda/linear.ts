@@ -151,7 +151,7 @@ export class W4A16Linear implements CudaLinear {
   }
 }
 
-/** Any GPTQ layer: dequantize to fp16 (K x N) per call, then cuBLAS. */
+/** Any GPTQ layer: dequantize to fp16 (K x N) per call, then cuBLAS. No bias. */
 export class DequantLinear implements CudaLinear {
   readonly kernel = "gptq-ts-dequant";
   readonly inFeatures: number;
@@ -212,5 +212,9 @@ export function cudaLinear(
   }
   if (rule === GPTQ_TS_W4A16 && !w4a16Unsupported(layer)) return W4A16Linear.fromLayer(dev, layer);
   if (kernel === GPTQ_TS_W4A16.name) throw new GptqError(`W4A16 kernel: ${w4a16Unsupported(layer)}`);
+  if (layer.bias)
+    throw new GptqError(
+      "the dequant + cuBLAS path takes no bias: add it to the output (as CudaModelLinear does)",
+    );
   return new DequantLinear(dev, gptq());
 }
