@@ -12,7 +12,7 @@ export const MARLIN_ZERO = 8;
 export const MARLIN_GROUP_SIZES: readonly number[] = [128, -1];
 
 /** Position in the tiled row of the value that lands at each of the 1024 slots of a chunk. */
-const PERM: Int32Array = (() => {
+export const PERM: Int32Array = (() => {
   const perm: number[] = [];
   for (let i = 0; i < 32; i++) {
     const lane: number[] = [];
@@ -29,8 +29,8 @@ const PERM: Int32Array = (() => {
 })();
 
 /** Column order of grouped scales, per 64 columns, and of per-channel scales, per 32 columns. */
-const SCALE_PERM: Int32Array = Int32Array.from({ length: 64 }, (_, x) => (x >> 3) + 8 * (x & 7));
-const SCALE_PERM_SINGLE: Int32Array = Int32Array.from(
+export const SCALE_PERM: Int32Array = Int32Array.from({ length: 64 }, (_, x) => (x >> 3) + 8 * (x & 7));
+export const SCALE_PERM_SINGLE: Int32Array = Int32Array.from(
   { length: 32 },
   (_, x) => 2 * (x >> 3) + [0, 1, 8, 9, 16, 17, 24, 25][x & 7],
 );

@@ -9,6 +9,7 @@ import { EXLLAMA, EXLLAMA_V2 } from "./rules/exllama.js";
 import { MACHETE } from "./rules/machete.js";
 import { IST_MARLIN, VLLM_MARLIN } from "./rules/marlin.js";
 import { ORT } from "./rules/ort.js";
+import { GPTQ_TS_KERNELS } from "./gptq-ts.js";
 import { KernelQuery, KernelRule, KernelVerdict } from "./types.js";
 
 /** In registration order: the order `check` lists them. */
@@ -61,5 +62,6 @@ for (const rule of [
   TRITON,
   ORT,
   XNNPACK_A8W4,
+  ...GPTQ_TS_KERNELS,
 ])
   registerKernel(rule);

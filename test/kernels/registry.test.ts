@@ -19,13 +19,25 @@ const verdict = (kernel: string, q: KernelQuery) => getKernel(kernel).supports(q
 test("registry holds the ecosystem's kernels and refuses a duplicate name", () => {
   assert.deepEqual(
     KERNELS.map((k) => k.name),
-    ["marlin", "marlin-ist", "machete", "exllama", "exllamav2", "cuda-old", "triton", "ort", "xnnpack-a8w4"],
+    [
+      "marlin",
+      "marlin-ist",
+      "machete",
+      "exllama",
+      "exllamav2",
+      "cuda-old",
+      "triton",
+      "ort",
+      "xnnpack-a8w4",
+      "gptq-ts-w4a16",
+      "gptq-ts-dequant",
+    ],
   );
   assert.equal(findKernel("exllama")!.name, "exllama");
   assert.equal(findKernel("nope"), undefined);
   assert.throws(() => getKernel("nope"), /unknown kernel "nope"; known kernels: marlin, marlin-ist/);
   assert.throws(() => registerKernel({ ...KERNELS[0] }), /already registered/);
-  assert.equal(KERNELS.length, 9);
+  assert.equal(KERNELS.length, 11);
 });
 
 test("Falcon-7B (hidden 4544, group 128): exllama needs group 64 or padding to 4608, Marlin needs in % 128", () => {

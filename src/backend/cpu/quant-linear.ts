@@ -3,7 +3,7 @@
  * time into a small fp32 buffer and multiplying with it, so only the codes (one byte per weight), the
  * group scales and zeros are held — never an fp32 copy of the whole weight.
  */
-import { QuantizedLinear, numGroups } from "../../formats/types.js";
+import { Bits, QuantizedLinear, numGroups } from "../../formats/types.js";
 import { GptqError } from "../../util/errors.js";
 import { WeightRows, addBias, checkInput, gemmNTRows } from "./gemm.js";
 import type { Linear } from "./linear.js";
@@ -69,7 +69,7 @@ export function checkQuantizedLinear(q: QuantizedLinear): number {
 export class QuantLinear implements Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
-  readonly bits: number;
+  readonly bits: Bits;
   readonly groupSize: number;
   private readonly order: GroupOrder;
   /** codes transposed to N x K with K in group order, so a block of a group is contiguous per output */
@@ -101,6 +101,22 @@ export class QuantLinear implements Linear {
     for (let g = 0; g < G; g++)
       for (let s = starts[g]; s < starts[g + 1]; s += BLOCK_ROWS)
         this.blocks.push({ start: s, end: Math.min(s + BLOCK_ROWS, starts[g + 1]), group: g });
+  }
+
+  /** The layer this was built from (codes back in K x N order, g_idx rebuilt), e.g. to move it to a GPU. */
+  toQuantized(): QuantizedLinear {
+    const { inFeatures: K, outFeatures: N } = this;
+    const { perm, starts } = this.order;
+    const codes = new Uint8Array(K * N);
+    const gIdx = new Int32Array(K);
+    for (let g = 0; g + 1 < starts.length; g++)
+      for (let j = starts[g]; j < starts[g + 1]; j++) {
+        const k = perm ? perm[j] : j;
+        gIdx[k] = g;
+        for (let n = 0; n < N; n++) codes[k * N + n] = this.codes[n * K + j];
+      }
+    const { bits, groupSize, scales, zeros, bias } = this;
+    return { inFeatures: K, outFeatures: N, bits, groupSize, codes, scales, zeros, gIdx, bias };
   }
 
   forward(x: Float32Array, rows: number): Float32Array {

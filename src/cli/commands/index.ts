@@ -6,14 +6,22 @@ import { convertCommand } from "./convert.js";
 import { dequantizeCommand } from "./dequantize.js";
 import { splitCommand } from "./split.js";
 import { mergeCommand } from "./merge.js";
+import { quantizeCommand } from "./quantize.js";
+import { evalCommand } from "./eval.js";
+import { padCommand } from "./pad.js";
+import { bench } from "./bench.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
 export const COMMANDS: Command[] = [
   inspectCommand,
   checkCommand,
   fixConfigCommand,
+  quantizeCommand,
+  evalCommand,
   convertCommand,
   dequantizeCommand,
   splitCommand,
   mergeCommand,
+  padCommand,
+  bench,
 ];

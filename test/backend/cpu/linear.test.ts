@@ -270,3 +270,11 @@ test("A8W4Linear.toQuantized gives back the symmetric 4-bit layer it was built f
     assert.deepEqual(back, q);
   }
 });
+
+test("QuantLinear.toQuantized gives back the layer it was built from", () => {
+  for (const actOrder of [false, true])
+    for (const bits of [3, 4] as Bits[]) {
+      const q = randomQuantized(160, 24, bits, 32, { sym: false, actOrder, bias: true, seed: 9 });
+      assert.deepEqual(new QuantLinear(q).toQuantized(), q);
+    }
+});

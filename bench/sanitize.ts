@@ -1,0 +1,32 @@
+// Runs the W4A16 GEMM (every configuration) and the dequant kernels once at a few shapes, ragged M and N
+// included, for `compute-sanitizer --tool memcheck`:
+//   compute-sanitizer --tool memcheck node dist/bench/sanitize.js
+import { CudaDevice } from "../src/backend/cuda/device.js";
+import { W4A16_CONFIGS, configName } from "../src/backend/cuda/layout.js";
+import { W4A16Linear } from "../src/backend/cuda/linear.js";
+import { randomLayer } from "../src/backend/cuda/bench.js";
+import { floatToHalf } from "../src/tensor/dtype.js";
+
+const dev = CudaDevice.get();
+for (const [K, N, gs] of [
+  [4096, 4096, 128],
+  [1024, 200, -1],
+  [512, 96, 32],
+]) {
+  const lin = W4A16Linear.fromLayer(dev, randomLayer(K, N, gs));
+  for (const M of [1, 7, 16, 17, 33, 65, 130]) {
+    const a = dev.upload(Uint16Array.from({ length: M * K }, () => floatToHalf(Math.random() - 0.5)));
+    const out = dev.alloc(M * N * 2);
+    for (const c of W4A16_CONFIGS) {
+      lin.config = c;
+      lin.forward(a, M, out);
+    }
+    dev.synchronize();
+    dev.free(a);
+    dev.free(out);
+  }
+  lin.dispose();
+  console.log(
+    `ran ${K}x${N} g${gs}, M in 1..130, ${W4A16_CONFIGS.length} configurations (${W4A16_CONFIGS.map(configName).join(" ")})`,
+  );
+}

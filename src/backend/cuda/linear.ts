@@ -1,0 +1,220 @@
+/**
+ * Quantized linear layers on the GPU. `cudaLinear` picks our kernel by the same rules `check` reports:
+ * the W4A16 tensor-core GEMM on its prepared layout when it applies, else the GPTQ tensors stay as they
+ * are and each call dequantizes them to an fp16 scratch that cuBLAS multiplies.
+ */
+import { QuantizedLinear } from "../../formats/types.js";
+import { GPTQ_TS_W4A16, pickKernel } from "../../kernels/gptq-ts.js";
+import { GptqError } from "../../util/errors.js";
+import { Cublas } from "./cublas.js";
+import { CudaDevice, DeviceBuffer, i32, ptr } from "./device.js";
+import { DeviceGptq, dequantGptq } from "./dequant.js";
+import {
+  W4A16Config,
+  W4A16Layout,
+  chooseConfig,
+  configName,
+  geometry,
+  packW4A16,
+  w4a16Unsupported,
+} from "./layout.js";
+
+/** fp16 activations in, fp16 outputs out, all on the device. */
+export interface CudaLinear {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly kernel: string;
+  /** out[M, N] = a[M, K] · W (+ bias); both fp16 row-major device buffers */
+  forward(a: DeviceBuffer, M: number, out: DeviceBuffer): void;
+  /** weight (+scale) bytes one forward reads */
+  readonly weightBytes: number;
+  dispose(): void;
+}
+
+/** Scratch that grows to the largest request and is shared by every layer of a device. */
+class Scratch {
+  private buf?: DeviceBuffer;
+  constructor(private readonly dev: CudaDevice) {}
+  get(bytes: number, zero = false): DeviceBuffer {
+    if (!this.buf || this.buf.bytes < bytes) {
+      if (this.buf) {
+        this.dev.synchronize();
+        this.dev.free(this.buf);
+      }
+      this.buf = this.dev.alloc(Math.max(bytes, 4096));
+      if (zero) this.dev.fill32(this.buf, 0);
+    }
+    return this.buf;
+  }
+}
+
+const scratch = new WeakMap<CudaDevice, { ws: Scratch; counters: Scratch; act: Scratch; dense: Scratch }>();
+function scratchOf(dev: CudaDevice) {
+  let s = scratch.get(dev);
+  if (!s)
+    scratch.set(
+      dev,
+      (s = {
+        ws: new Scratch(dev),
+        counters: new Scratch(dev),
+        act: new Scratch(dev),
+        dense: new Scratch(dev),
+      }),
+    );
+  return s;
+}
+
+export class W4A16Linear implements CudaLinear {
+  readonly kernel = GPTQ_TS_W4A16.name;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly weightBytes: number;
+  private readonly B: DeviceBuffer;
+  private readonly S: DeviceBuffer;
+  private readonly perm: DeviceBuffer | null;
+  private readonly bias: DeviceBuffer | null;
+  /** a fixed configuration (benchmarks, tests); else chosen per M */
+  config?: W4A16Config;
+
+  constructor(
+    private readonly dev: CudaDevice,
+    readonly layout: W4A16Layout,
+  ) {
+    this.inFeatures = layout.K;
+    this.outFeatures = layout.N;
+    this.B = dev.upload(layout.B);
+    this.S = dev.upload(layout.S);
+    this.perm = layout.perm ? dev.upload(layout.perm) : null;
+    this.bias = layout.bias ? dev.upload(layout.bias) : null;
+    this.weightBytes = layout.B.byteLength + layout.S.byteLength;
+  }
+
+  static fromLayer(dev: CudaDevice, layer: QuantizedLinear): W4A16Linear {
+    return new W4A16Linear(dev, packW4A16(layer));
+  }
+
+  /** The same layer reading other copies of B and S (rotated through in benchmarks). */
+  withWeights(B: DeviceBuffer, S: DeviceBuffer): W4A16Linear {
+    const c = Object.create(W4A16Linear.prototype) as W4A16Linear;
+    Object.assign(c, this, { B, S });
+    return c;
+  }
+
+  get buffers(): { B: DeviceBuffer; S: DeviceBuffer } {
+    return { B: this.B, S: this.S };
+  }
+
+  configFor(M: number): W4A16Config {
+    if (this.config) return this.config;
+    return chooseConfig(M);
+  }
+
+  forward(a: DeviceBuffer, M: number, out: DeviceBuffer): void {
+    const { K, N, groupSize } = this.layout;
+    if (M < 1) throw new GptqError(`batch of ${M} rows`);
+    const s = scratchOf(this.dev);
+    let act = a;
+    if (this.perm) {
+      act = s.act.get(M * K * 2);
+      const pk = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", "permute_columns");
+      this.dev.launch(pk, [Math.ceil(K / 256), M, 1], 256, 0, [
+        ptr(a),
+        ptr(this.perm),
+        ptr(act),
+        i32(M),
+        i32(K),
+      ]);
+    }
+    const c = this.configFor(M);
+    const g = geometry(c, M, N, K, this.dev.info.smCount);
+    const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes) : null;
+    const counters = s.counters.get(g.counters * 4, true);
+    const k = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", configName(c));
+    this.dev.launch(k, g.grid, g.block, g.sharedBytes, [
+      ptr(this.B),
+      ptr(this.S),
+      ptr(act),
+      ptr(out),
+      ptr(this.bias ? this.bias.ptr : 0),
+      ptr(ws ? ws.ptr : 0),
+      ptr(counters),
+      i32(M),
+      i32(N),
+      i32(K),
+      i32(groupSize / 16),
+      i32(g.ktPerWarp),
+    ]);
+  }
+
+  dispose(): void {
+    for (const b of [this.B, this.S, this.perm, this.bias]) if (b) this.dev.free(b);
+  }
+}
+
+/** Any GPTQ layer: dequantize to fp16 (K x N) per call, then cuBLAS. No bias. */
+export class DequantLinear implements CudaLinear {
+  readonly kernel = "gptq-ts-dequant";
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly weightBytes: number;
+  constructor(
+    private readonly dev: CudaDevice,
+    private readonly g: DeviceGptq,
+  ) {
+    this.inFeatures = g.shape.inFeatures;
+    this.outFeatures = g.shape.outFeatures;
+    this.weightBytes = g.qweight.bytes + g.qzeros.bytes + g.scales.bytes;
+  }
+
+  forward(a: DeviceBuffer, M: number, out: DeviceBuffer): void {
+    const K = this.inFeatures;
+    const N = this.outFeatures;
+    const w = scratchOf(this.dev).dense.get(K * N * 2);
+    dequantGptq(this.dev, this.g, w);
+    Cublas.get(this.dev).matmul(a, w, out, M, N, K);
+  }
+
+  dispose(): void {
+    for (const b of [this.g.qweight, this.g.qzeros, this.g.scales, this.g.gIdx]) this.dev.free(b);
+  }
+}
+
+/**
+ * The layer on the GPU with the first of our kernels whose rules it passes (`kernel` forces one).
+ * `gptq` gives the stored tensors for the generic path (it is only needed when W4A16 does not apply).
+ */
+export function cudaLinear(
+  dev: CudaDevice,
+  layer: QuantizedLinear,
+  gptq: () => DeviceGptq,
+  kernel?: string,
+): CudaLinear {
+  let sym = true;
+  for (let i = 0; i < layer.zeros.length && sym; i++) sym = layer.zeros[i] === 1 << (layer.bits - 1);
+  let actOrder = false;
+  const gs = layer.groupSize === -1 ? layer.inFeatures : layer.groupSize;
+  for (let k = 0; k < layer.inFeatures && !actOrder; k++) actOrder = layer.gIdx[k] !== Math.floor(k / gs);
+  const q = {
+    inFeatures: layer.inFeatures,
+    outFeatures: layer.outFeatures,
+    bits: layer.bits,
+    groupSize: layer.groupSize,
+    sym,
+    actOrder,
+  };
+  let rule;
+  try {
+    rule = pickKernel(q, kernel);
+  } catch (e) {
+    throw new GptqError(
+      `no CUDA kernel runs ${layer.inFeatures}x${layer.outFeatures}: ${(e as Error).message}`,
+    );
+  }
+  if (rule === GPTQ_TS_W4A16 && !w4a16Unsupported(layer)) return W4A16Linear.fromLayer(dev, layer);
+  if (kernel === GPTQ_TS_W4A16.name) throw new GptqError(`W4A16 kernel: ${w4a16Unsupported(layer)}`);
+  if (layer.bias)
+    throw new GptqError(
+      "the dequant + cuBLAS path takes no bias: add it to the output (as CudaModelLinear does)",
+    );
+  return new DequantLinear(dev, gptq());
+}

@@ -1,0 +1,63 @@
+/** `gptq bench`: time our CUDA W4A16 kernel against cuBLAS fp16 on layer shapes. */
+import { Command, intOption, parse, printJson } from "../command.js";
+import { HEADER, RULE, parseShapes, runBench, setTotals } from "../../backend/cuda/bench.js";
+import { parseConfig } from "../../backend/cuda/layout.js";
+import { UsageError } from "../../util/errors.js";
+
+const usage = `usage: gptq bench [--shapes llama2-7b,llama2-70b,KxN,...] [--batch 1,2,4,...] [--group 128]
+                  [--kernel gptq-ts-w4a16[:CONFIG]] [--json]
+
+Checks our W4A16 kernel and cuBLAS fp16 against a float32 reference on random data, then times both
+with CUDA events (graph replays of 50 launches, weights rotated beyond the L2, median of 7) and prints
+µs, speedup over fp16, effective weight bandwidth and its share of the measured copy bandwidth.
+  --shapes  sets (llama2-7b, llama2-70b) and/or KxN (K = in_features); default llama2-7b
+  --batch   rows of activations (M); default 1,2,4,8,16,32,64,128
+  --group   group size (-1 = per channel); default 128
+  --kernel  gptq-ts-w4a16, optionally with a fixed configuration, e.g. gptq-ts-w4a16:m1_w8_k8
+  --json    print the rows as JSON
+  --sweep   also time every compiled kernel configuration (tuning)`;
+
+export const bench: Command = {
+  name: "bench",
+  summary: "time our CUDA W4A16 GEMM against cuBLAS fp16 (needs an NVIDIA GPU)",
+  usage,
+  run(argv) {
+    const { values } = parse(argv, {
+      shapes: { type: "string" },
+      batch: { type: "string" },
+      group: { type: "string" },
+      kernel: { type: "string" },
+      json: { type: "boolean" },
+      sweep: { type: "boolean" },
+    });
+    const shapes = parseShapes(values.shapes ?? "llama2-7b");
+    const batches = (values.batch ?? "1,2,4,8,16,32,64,128")
+      .split(",")
+      .map((s) => intOption(s.trim(), "batch")!);
+    if (batches.some((b) => b < 1)) throw new UsageError("--batch values must be positive");
+    const group = intOption(values.group, "group", 128)!;
+    if (group !== -1 && (group < 16 || group % 16 !== 0))
+      throw new UsageError("--group must be -1 or a multiple of 16");
+    let config;
+    if (values.kernel) {
+      const [name, cfg] = values.kernel.split(":");
+      if (name !== "gptq-ts-w4a16")
+        throw new UsageError(`--kernel: only gptq-ts-w4a16 is timed, got "${name}"`);
+      if (cfg) config = parseConfig(cfg);
+    }
+    const log = values.json ? undefined : (l: string) => process.stdout.write(l + "\n");
+    let header = 0;
+    const res = runBench({
+      shapes,
+      batches,
+      group,
+      config,
+      sweep: values.sweep,
+      // the first line names the device; the table starts under it
+      log: log ? (l) => log(header++ === 0 ? `${l}\n\n${HEADER}\n${RULE}` : l) : undefined,
+    });
+    if (values.json) printJson(res);
+    else for (const l of ["", ...setTotals(res)]) process.stdout.write(l + "\n");
+    return 0;
+  },
+};

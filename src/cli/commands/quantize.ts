@@ -1,0 +1,143 @@
+import { Command, floatOption, intOption, parse, printJson } from "../command.js";
+import { ProgressBar, formatSeconds } from "../progress.js";
+import { UsageError } from "../../util/errors.js";
+import { quantizeCheckpoint, QuantizeRequest } from "../../quant/quantize-checkpoint.js";
+import { DEFAULT_CALIB_KEY } from "../../quant/calibration.js";
+import { Bits } from "../../formats/types.js";
+
+const USAGE = `usage: gptq quantize <model-dir> --out <dir> [options]
+
+Quantizes an unquantized Llama-family checkpoint (Llama, Mistral, Qwen2) layer by layer, true-sequential
+(q/k/v, then o, then gate/up, then down), each projection calibrated on the outputs of the already
+quantized projections before it, and writes a GPTQ or Marlin checkpoint.
+
+  --out DIR             output directory (must not exist or be empty)
+  --bits N              2, 3, 4 or 8 (default 4)
+  --group-size N        input rows per scale, -1 for one group (default 128)
+  --sym | --asym        symmetric (default) or asymmetric zero points
+  --desc-act            act-order: quantize columns by decreasing Hessian diagonal (writes g_idx)
+  --static-groups       with --desc-act: fix group parameters before reordering (g_idx stays k // group)
+  --damp F              dampening, fraction of the mean Hessian diagonal (default 0.01; raised if needed)
+  --method M            gptq (default) or rtn (round-to-nearest, no calibration needed)
+  --mse                 search each group's scale over a shrink grid (AutoGPTQ's mse option)
+  --clip C              minmax (default) | mse (same as --mse) | hessian (grid weighted by the Hessian)
+  --fp-target           aim each projection at the unquantized model's outputs: quantize the least-squares
+                        weights for the drifted inputs (runs the fp model alongside; needs enough tokens)
+  --calib FILE          calibration data: a .safetensors token file ([n, seqlen] int ids) or a text file
+                        tokenized with <model-dir>/tokenizer.json
+  --calib-key K         tensor name in a token file (default ${DEFAULT_CALIB_KEY})
+  --nsamples N          calibration sequences (default 128)
+  --seqlen N            tokens per sequence (token file: its width; text: 2048)
+  --format F            gptq (v1) | gptq_v2 | marlin (default: gptq, or gptq_v2 when zero points of 0 need it)
+  --pad P               auto (default): zero-pad the MLP intermediate so every layer packs; none: refuse instead
+  --json                print the result as JSON on stdout
+
+Progress and one line per projection go to stderr; the summary to stdout.
+`;
+
+export const quantizeCommand: Command = {
+  name: "quantize",
+  summary: "quantize a checkpoint with GPTQ or RTN (calibration layer by layer)",
+  usage: USAGE,
+  async run(argv) {
+    const { values: v, positionals } = parse(argv, {
+      out: { type: "string" },
+      bits: { type: "string" },
+      "group-size": { type: "string" },
+      sym: { type: "boolean" },
+      asym: { type: "boolean" },
+      "desc-act": { type: "boolean" },
+      "static-groups": { type: "boolean" },
+      damp: { type: "string" },
+      method: { type: "string" },
+      mse: { type: "boolean" },
+      clip: { type: "string" },
+      "fp-target": { type: "boolean" },
+      calib: { type: "string" },
+      "calib-key": { type: "string" },
+      nsamples: { type: "string" },
+      seqlen: { type: "string" },
+      format: { type: "string" },
+      pad: { type: "string" },
+      json: { type: "boolean" },
+    });
+    if (positionals.length !== 1) throw new UsageError("expected one <model-dir>");
+    if (!v.out) throw new UsageError("--out DIR is required");
+    if (v.sym && v.asym) throw new UsageError("--sym and --asym exclude each other");
+    const bits = intOption(v.bits, "bits", 4)!;
+    if (![2, 3, 4, 8].includes(bits)) throw new UsageError(`--bits must be 2, 3, 4 or 8, got ${bits}`);
+    const method = v.method ?? "gptq";
+    if (method !== "gptq" && method !== "rtn")
+      throw new UsageError(`--method must be gptq or rtn, got "${method}"`);
+    const clip = v.clip ?? (v.mse ? "mse" : "minmax");
+    if (clip !== "minmax" && clip !== "mse" && clip !== "hessian")
+      throw new UsageError(`--clip must be minmax, mse or hessian, got "${clip}"`);
+    if (v.mse && clip !== "mse") throw new UsageError("--mse and --clip disagree");
+    const format = v.format ?? "auto";
+    if (!["auto", "gptq", "gptq_v2", "marlin"].includes(format))
+      throw new UsageError(`--format must be gptq, gptq_v2 or marlin, got "${format}"`);
+    const pad = v.pad ?? "auto";
+    if (pad !== "auto" && pad !== "none") throw new UsageError(`--pad must be auto or none, got "${pad}"`);
+
+    const req: QuantizeRequest = {
+      modelDir: positionals[0],
+      outDir: v.out,
+      options: {
+        method,
+        bits: bits as Bits,
+        groupSize: intOption(v["group-size"], "group-size", 128)!,
+        sym: !v.asym,
+        descAct: v["desc-act"] ?? false,
+        staticGroups: v["static-groups"] ?? false,
+        damp: floatOption(v.damp, "damp", 0.01)!,
+        clip,
+        fpTarget: v["fp-target"] ?? false,
+      },
+      calib:
+        v.calib === undefined
+          ? undefined
+          : {
+              file: v.calib,
+              key: v["calib-key"],
+              nsamples: intOption(v.nsamples, "nsamples"),
+              seqlen: intOption(v.seqlen, "seqlen"),
+            },
+      format: format as QuantizeRequest["format"],
+      pad,
+    };
+    const bar = new ProgressBar();
+    const res = await quantizeCheckpoint(req, (e) => {
+      if (e.type === "note") bar.log(e.text);
+      else if (e.type === "step")
+        bar.update(
+          e.done / e.total,
+          `layer ${e.layer + 1}/${e.layers} ${e.step}  elapsed ${formatSeconds(e.elapsed)}  left ${formatSeconds(e.eta)}`,
+        );
+      else {
+        const r = e.report;
+        const loss = r.loss !== undefined ? `  loss ${r.loss.toExponential(3)}` : "";
+        const damp = r.damp !== undefined ? `  damp raised to ${r.damp}` : "";
+        bar.log(
+          `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`,
+        );
+      }
+    });
+    bar.done();
+    if (v.json) printJson(res);
+    else {
+      const o = req.options;
+      const lines = [
+        `quantized ${res.layers} projections of ${res.modelDir} with ${o.method}${o.clip !== "minmax" ? ` (${o.clip} clipping)` : ""}${o.fpTarget ? " aimed at fp outputs" : ""}: ${o.bits}-bit, group ${o.groupSize}, ${o.sym ? "sym" : "asym"}${o.descAct ? ", act-order" : ""}${o.staticGroups ? ", static groups" : ""}`,
+        `calibration: ${res.calibration ?? "none"}`,
+        res.pad
+          ? res.pad.from === res.pad.to
+            ? `padding: none needed (${res.pad.target})`
+            : `padding: intermediate_size ${res.pad.from} -> ${res.pad.to} with zeros for ${res.pad.target} (function unchanged)`
+          : "padding: off",
+        `mean relative ${res.errorOf} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
+        `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
+      ];
+      process.stdout.write(lines.join("\n") + "\n");
+    }
+  },
+};

@@ -1,0 +1,161 @@
+/**
+ * A small deterministic Llama checkpoint with the statistics that make quantization hard in real LLMs:
+ * a few heavy input columns in every weight matrix, and outlier activation channels (a few hidden
+ * channels carried large through the embeddings and the norms). Plus token sequences from a fixed
+ * Markov chain to calibrate and evaluate on. For the demo and for tests; not a trained model.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { writeTextAtomic } from "../io/atomic.js";
+import { TensorEntry, writeSafetensors } from "../io/safetensors.js";
+import { writeCheckpointTensors } from "../io/store.js";
+
+export interface SyntheticSpec {
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  vocabSize: number;
+  seed: number;
+}
+
+/** Shapes every packing and Marlin accept (K % 128, N % 64), small enough to run in a second. */
+export const DEMO_SPEC: SyntheticSpec = {
+  hiddenSize: 128,
+  intermediateSize: 384,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  vocabSize: 256,
+  seed: 1,
+};
+
+/** A small deterministic generator (mulberry32) with a Gaussian sampler. */
+export class Rng {
+  private s: number;
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
+  uniform(): number {
+    let t = (this.s = (this.s + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  normal(): number {
+    const u = Math.max(this.uniform(), 1e-12);
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.uniform());
+  }
+}
+
+/** N x K Gaussian weights with std 1/sqrt(K), a few input columns scaled up (heavy columns). */
+function weight(rng: Rng, N: number, K: number, heavy: number): Float32Array {
+  const w = new Float32Array(N * K);
+  const std = 1 / Math.sqrt(K);
+  for (let i = 0; i < w.length; i++) w[i] = rng.normal() * std;
+  for (let h = 0; h < heavy; h++) {
+    const k = Math.floor(rng.uniform() * K);
+    const f = 4 + 4 * rng.uniform();
+    for (let n = 0; n < N; n++) w[n * K + k] *= f;
+  }
+  return w;
+}
+
+/** RMSNorm weights near 1 with a few outlier channels (large activations, as in LLMs). */
+function norm(rng: Rng, D: number, outliers: readonly number[]): Float32Array {
+  const w = Float32Array.from({ length: D }, () => 1 + 0.1 * rng.normal());
+  for (const c of outliers) w[c] = 8 + 4 * rng.uniform();
+  return w;
+}
+
+export function syntheticConfig(spec: SyntheticSpec): Record<string, unknown> {
+  return {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    hidden_size: spec.hiddenSize,
+    intermediate_size: spec.intermediateSize,
+    num_hidden_layers: spec.numLayers,
+    num_attention_heads: spec.numHeads,
+    num_key_value_heads: spec.numKvHeads,
+    head_dim: spec.hiddenSize / spec.numHeads,
+    vocab_size: spec.vocabSize,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    max_position_embeddings: 2048,
+    tie_word_embeddings: false,
+    hidden_act: "silu",
+    bos_token_id: 0,
+    torch_dtype: "float32",
+  };
+}
+
+/** Writes config.json and model.safetensors (fp32) of the synthetic model into `dir` (created if absent). */
+export function writeSyntheticLlama(dir: string, spec: SyntheticSpec = DEMO_SPEC): void {
+  const rng = new Rng(spec.seed);
+  const { hiddenSize: D, intermediateSize: I, vocabSize: V } = spec;
+  const hd = D / spec.numHeads;
+  const outliers = [3, Math.floor(D / 2) + 1];
+  const entries: TensorEntry[] = [];
+  const add = (name: string, shape: number[], data: Float32Array) =>
+    entries.push({ name, dtype: "F32", shape, data });
+  const embed = weight(rng, V, D, 0);
+  for (let v = 0; v < V; v++) for (const c of outliers) embed[v * D + c] *= 6;
+  add("model.embed_tokens.weight", [V, D], embed);
+  for (let l = 0; l < spec.numLayers; l++) {
+    const p = `model.layers.${l}`;
+    add(`${p}.input_layernorm.weight`, [D], norm(rng, D, outliers));
+    add(`${p}.self_attn.q_proj.weight`, [spec.numHeads * hd, D], weight(rng, spec.numHeads * hd, D, 3));
+    add(`${p}.self_attn.k_proj.weight`, [spec.numKvHeads * hd, D], weight(rng, spec.numKvHeads * hd, D, 3));
+    add(`${p}.self_attn.v_proj.weight`, [spec.numKvHeads * hd, D], weight(rng, spec.numKvHeads * hd, D, 3));
+    add(`${p}.self_attn.o_proj.weight`, [D, spec.numHeads * hd], weight(rng, D, spec.numHeads * hd, 2));
+    add(`${p}.post_attention_layernorm.weight`, [D], norm(rng, D, outliers));
+    add(`${p}.mlp.gate_proj.weight`, [I, D], weight(rng, I, D, 3));
+    add(`${p}.mlp.up_proj.weight`, [I, D], weight(rng, I, D, 3));
+    add(`${p}.mlp.down_proj.weight`, [D, I], weight(rng, D, I, 4));
+  }
+  add("model.norm.weight", [D], norm(rng, D, []));
+  // A scaled head gives peaked next-token distributions, so quantization damage shows in perplexity.
+  const head = weight(rng, V, D, 0);
+  for (let i = 0; i < head.length; i++) head[i] *= 4;
+  add("lm_head.weight", [V, D], head);
+  mkdirSync(dir, { recursive: true });
+  writeCheckpointTensors(dir, entries);
+  writeTextAtomic(join(dir, "config.json"), JSON.stringify(syntheticConfig(spec), null, 2) + "\n");
+}
+
+/**
+ * `n` sequences of `seqlen` tokens from a fixed sparse Markov chain over the vocabulary (each token has a
+ * few likely successors), each starting with BOS 0.
+ */
+export function syntheticTokens(spec: SyntheticSpec, n: number, seqlen: number, seed: number): Int32Array[] {
+  const table = new Rng(spec.seed + 7919);
+  const V = spec.vocabSize;
+  const next = Array.from({ length: V }, () =>
+    Array.from({ length: 4 }, () => Math.floor(table.uniform() * V)),
+  );
+  const rng = new Rng(seed);
+  const out: Int32Array[] = [];
+  for (let s = 0; s < n; s++) {
+    const seq = new Int32Array(seqlen);
+    for (let t = 1; t < seqlen; t++) {
+      const u = rng.uniform();
+      seq[t] = u < 0.9 ? next[seq[t - 1]][Math.floor(u * 4.44) % 4] : Math.floor(rng.uniform() * V);
+    }
+    out.push(seq);
+  }
+  return out;
+}
+
+/** A token file in the layout `--calib` and `eval --tokens` read: named int32 [n, seqlen] tensors. */
+export function writeTokenFile(path: string, sets: Record<string, Int32Array[]>): void {
+  writeSafetensors(
+    path,
+    Object.entries(sets).map(([name, seqs]) => {
+      const L = seqs[0].length;
+      const data = new Int32Array(seqs.length * L);
+      seqs.forEach((s, i) => data.set(s, i * L));
+      return { name, dtype: "I32" as const, shape: [seqs.length, L], data };
+    }),
+  );
+}

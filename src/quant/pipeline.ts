@@ -1,0 +1,401 @@
+/**
+ * The calibration pipeline: quantize a Llama-family model decoder layer by decoder layer, true-sequential
+ * inside each layer (q/k/v, then o, then gate/up, then down). Each group's Hessian is taken from its
+ * inputs as they are once every projection before it (in this layer and all earlier ones) is already
+ * quantized, so each projection compensates the error of those before it. Memory: the hidden states of
+ * the calibration set at the current layer, and the Hessians of one group.
+ */
+import { DenseLinear, Linear } from "../backend/cpu/linear.js";
+import { dequantize } from "../formats/dequantize.js";
+import { Bits, QuantizedLinear } from "../formats/types.js";
+import { DecoderLayer, LinearName, LlamaModel } from "../model/llama.js";
+import { GptqError } from "../util/errors.js";
+import { choleskyLowerInPlace } from "../tensor/linalg.js";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "./index.js";
+import type { ClipMethod } from "./index.js";
+
+export interface PipelineOptions {
+  method: "gptq" | "rtn";
+  bits: Bits;
+  /** -1 = one group over all of K */
+  groupSize: number;
+  sym: boolean;
+  descAct: boolean;
+  staticGroups: boolean;
+  /** dampening fraction of the mean Hessian diagonal (GPTQ) */
+  damp: number;
+  /** how each group's range is chosen: "minmax" (AutoGPTQ default), "mse" grid, "hessian"-weighted grid */
+  clip: ClipMethod;
+  blockSize?: number;
+  /**
+   * Aim every projection at the unquantized model's outputs: its inputs X_q have drifted from the fp
+   * model's X_f through the quantized layers before it, so GPTQ quantizes the least-squares target
+   * W* = W (X_f^T X_q) (X_q^T X_q + damp)^-1 instead of W (the minimiser of ||X_f W^T - X_q W*^T||).
+   */
+  fpTarget?: boolean;
+}
+
+/**
+ * The true-sequential groups of one decoder layer, in order; each group shares one input (one Hessian)
+ * and sits in the attention or the MLP half of the layer.
+ */
+export const SEQUENTIAL_GROUPS: readonly { linears: readonly LinearName[]; block: "attention" | "mlp" }[] = [
+  { linears: ["q_proj", "k_proj", "v_proj"], block: "attention" },
+  { linears: ["o_proj"], block: "attention" },
+  { linears: ["gate_proj", "up_proj"], block: "mlp" },
+  { linears: ["down_proj"], block: "mlp" },
+];
+
+export interface LinearReport {
+  layer: number;
+  /** tensor prefix, e.g. "model.layers.0.self_attn.q_proj" */
+  name: string;
+  linear: LinearName;
+  inFeatures: number;
+  outFeatures: number;
+  /** ||X Q^T - X W^T||^2 / ||X W^T||^2 on the calibration inputs; weight error when there are none */
+  relError: number;
+  relErrorOf: "outputs" | "weights";
+  /** GPTQ's loss (sum of (w - q)^2 / d^2 / 2) */
+  loss?: number;
+  /** dampening used, when raised above the requested one */
+  damp?: number;
+  seconds: number;
+}
+
+export type PipelineEvent =
+  | {
+      type: "step";
+      layer: number;
+      layers: number;
+      step: string;
+      done: number;
+      total: number;
+      elapsed: number;
+      eta: number;
+    }
+  | { type: "linear"; report: LinearReport };
+
+export interface PipelineResult {
+  /** quantized layers by tensor prefix */
+  layers: Map<string, QuantizedLinear>;
+  reports: LinearReport[];
+  seconds: number;
+}
+
+/** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */
+class StopForward extends Error {}
+
+/** The input of projection `name` when the attention (or MLP) half of `layer` runs on `h`. */
+function inputOf(
+  layer: DecoderLayer,
+  h: Float32Array,
+  T: number,
+  mlp: boolean,
+  name: LinearName,
+): Float32Array {
+  let x: Float32Array | undefined;
+  const capture = (n: string, input: Float32Array, rows: number) => {
+    if (n !== name) return;
+    x = input.subarray(0, rows * layer.linears[name].inFeatures);
+    throw new StopForward();
+  };
+  try {
+    if (mlp) layer.mlpBlock(h, T, capture);
+    else layer.attentionBlock(h, T, capture);
+  } catch (e) {
+    if (!(e instanceof StopForward)) throw e;
+  }
+  if (!x) throw new Error(`${layer.linearPrefix(name)} was never reached`);
+  return x;
+}
+
+function denseOf(l: Linear, name: string): DenseLinear {
+  if (!(l instanceof DenseLinear))
+    throw new GptqError(`${name} is already quantized; quantize an unquantized (fp16/bf16/fp32) checkpoint`);
+  return l;
+}
+
+/** Work (multiply-adds) spent on one layer's error figure; large layers are measured on a row sample. */
+const ERROR_BUDGET = 5e8;
+
+/**
+ * ||(W - Q) X^T||^2 / ||W X^T||^2 from the Hessian (proportional to X^T X): sum over output rows n of
+ * d_n^T H d_n / w_n^T H w_n, d = w - q. It costs N K^2, so for large layers every s-th row is used.
+ */
+export function relativeOutputError(
+  W: Float32Array,
+  Q: Float32Array,
+  N: number,
+  K: number,
+  H: Float64Array,
+): number {
+  let num = 0;
+  let den = 0;
+  const d = new Float64Array(K);
+  const w = new Float64Array(K);
+  const stride = Math.max(1, Math.ceil((N * K * K) / ERROR_BUDGET));
+  for (let n = 0; n < N; n += stride) {
+    for (let k = 0; k < K; k++) {
+      w[k] = W[n * K + k];
+      d[k] = w[k] - Q[n * K + k];
+    }
+    for (let i = 0; i < K; i++) {
+      const row = i * K;
+      let hd = 0;
+      let hw = 0;
+      for (let j = 0; j < K; j++) {
+        hd += H[row + j] * d[j];
+        hw += H[row + j] * w[j];
+      }
+      num += d[i] * hd;
+      den += w[i] * hw;
+    }
+  }
+  return den > 0 ? num / den : 0;
+}
+
+/** C = 2/n sum_r f_r q_r^T (K x K), scaled as the Hessian is, from row-aligned fp and quantized-path inputs. */
+class CrossAccumulator {
+  readonly C: Float64Array;
+  private n = 0;
+  constructor(readonly K: number) {
+    this.C = new Float64Array(K * K);
+  }
+  add(f: Float32Array, q: Float32Array, rows: number): void {
+    const K = this.K;
+    const total = this.n + rows;
+    const keep = this.n / total;
+    const alpha = 2 / total;
+    const C = this.C;
+    if (keep !== 1) for (let i = 0; i < C.length; i++) C[i] *= keep;
+    for (let r = 0; r < rows; r++) {
+      const o = r * K;
+      for (let i = 0; i < K; i++) {
+        const a = alpha * f[o + i];
+        if (a === 0) continue;
+        const row = i * K;
+        for (let j = 0; j < K; j++) C[row + j] += a * q[o + j];
+      }
+    }
+    this.n = total;
+  }
+}
+
+/**
+ * W* = W C (H + damp * mean(diag H) I)^-1 for W (N x K): the weights that on the quantized-path inputs
+ * best reproduce the fp outputs. Solved row by row with one Cholesky factor of the damped H.
+ */
+export function fpTargetWeights(
+  W: Float32Array,
+  N: number,
+  K: number,
+  C: Float64Array,
+  H: Float64Array,
+  damp: number,
+): Float32Array {
+  let mean = 0;
+  for (let i = 0; i < K; i++) mean += H[i * K + i];
+  mean /= K;
+  const L = Float64Array.from(H);
+  for (let i = 0; i < K; i++) L[i * K + i] += Math.max(damp, 1e-6) * mean + (H[i * K + i] === 0 ? 1 : 0);
+  if (!choleskyLowerInPlace(L, K)) return W; // degenerate inputs: keep the plain target
+  const out = new Float32Array(N * K);
+  const r = new Float64Array(K);
+  for (let n = 0; n < N; n++) {
+    // r = w C
+    r.fill(0);
+    for (let i = 0; i < K; i++) {
+      const w = W[n * K + i];
+      if (w === 0) continue;
+      const row = i * K;
+      for (let j = 0; j < K; j++) r[j] += w * C[row + j];
+    }
+    // solve L y = r, then L^T x = y
+    for (let i = 0; i < K; i++) {
+      let v = r[i];
+      const row = i * K;
+      for (let j = 0; j < i; j++) v -= L[row + j] * r[j];
+      r[i] = v / L[row + i];
+    }
+    for (let i = K - 1; i >= 0; i--) {
+      let v = r[i];
+      for (let j = i + 1; j < K; j++) v -= L[j * K + i] * r[j];
+      r[i] = v / L[i * K + i];
+    }
+    for (let k = 0; k < K; k++) out[n * K + k] = r[k];
+  }
+  return out;
+}
+
+function relativeWeightError(W: Float32Array, Q: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < W.length; i++) {
+    num += (W[i] - Q[i]) ** 2;
+    den += W[i] ** 2;
+  }
+  return den > 0 ? num / den : 0;
+}
+
+/**
+ * Quantizes one projection. A group size above K means one group spanning K (as AutoGPTQ computes it);
+ * the layer keeps the requested group size so its config and g_idx (all 0) agree.
+ */
+function quantizeOne(
+  W: Float32Array,
+  N: number,
+  K: number,
+  H: Float64Array | undefined,
+  o: PipelineOptions,
+): { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number } {
+  const groupSize = o.groupSize > K ? -1 : o.groupSize;
+  const q = { bits: o.bits, groupSize, sym: o.sym, clip: o.clip };
+  let res: { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number };
+  if (o.method === "gptq") {
+    if (!H) throw new GptqError("GPTQ needs calibration data (--calib FILE)");
+    const r = gptqQuantize(W, N, K, H, {
+      ...q,
+      descAct: o.descAct,
+      staticGroups: o.staticGroups,
+      damp: o.damp,
+      blockSize: o.blockSize,
+    });
+    res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
+  } else {
+    if (o.clip === "hessian")
+      throw new GptqError("--clip hessian needs GPTQ (it weights errors by the Hessian)");
+    const layer = quantizeRtn(W, N, K, q);
+    res = { layer, Q: dequantize(layer) };
+  }
+  res.layer.groupSize = o.groupSize;
+  return res;
+}
+
+/**
+ * Quantizes every decoder projection of `model` in place (each replaced by its dequantized weights, so the
+ * model afterwards computes what the quantized checkpoint will) and returns the quantized layers.
+ * `calibration` may be omitted for RTN only.
+ */
+export function quantizeModel(
+  model: LlamaModel,
+  calibration: readonly Int32Array[] | undefined,
+  opts: PipelineOptions,
+  onEvent: (e: PipelineEvent) => void = () => {},
+): PipelineResult {
+  const t0 = Date.now();
+  const layers = new Map<string, QuantizedLinear>();
+  const reports: LinearReport[] = [];
+  const L = model.layers.length;
+  const calibrated = calibration !== undefined && calibration.length > 0;
+  if (opts.method === "gptq" && !calibrated)
+    throw new GptqError("GPTQ needs calibration data (--calib FILE)");
+  // per layer: the four groups, then (with calibration) the attention half's and the layer's outputs
+  const steps = SEQUENTIAL_GROUPS.length + (calibrated ? 2 : 0);
+  const total = L * steps;
+  let done = 0;
+  const progress = (layer: number, step: string) => {
+    const elapsed = (Date.now() - t0) / 1000;
+    onEvent({
+      type: "step",
+      layer,
+      layers: L,
+      step,
+      done,
+      total,
+      elapsed,
+      eta: done ? (elapsed / done) * (total - done) : NaN,
+    });
+  };
+
+  // Hidden states entering the current layer (one T x hidden array per calibration sequence), and after
+  // its attention half once that half is quantized: the MLP groups calibrate from there, so attention
+  // is not recomputed for them. With fpTarget, the same for the unquantized model alongside.
+  let hs: Float32Array[] = calibrated ? calibration.map((s) => model.embed(s)) : [];
+  let mid: Float32Array[] = [];
+  let hsF: Float32Array[] = opts.fpTarget ? hs : [];
+  let midF: Float32Array[] = [];
+  const T = (s: number) => calibration![s].length;
+
+  for (let li = 0; li < L; li++) {
+    const layer = model.layers[li];
+    const fpLinears = { ...layer.linears };
+    /** runs `fn` with the layer's unquantized projections in place */
+    const asFp = <R>(fn: () => R): R => {
+      const saved = { ...layer.linears };
+      Object.assign(layer.linears, fpLinears);
+      try {
+        return fn();
+      } finally {
+        Object.assign(layer.linears, saved);
+      }
+    };
+    for (const group of SEQUENTIAL_GROUPS) {
+      let H: Float64Array | undefined;
+      let C: Float64Array | undefined;
+      if (calibrated) {
+        if (group.block === "mlp" && !mid.length) {
+          progress(li, "attention outputs");
+          mid = hs.map((h, s) => layer.attentionBlock(h, T(s)));
+          if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
+          done++;
+        }
+        progress(li, group.linears.join("/"));
+        const first = group.linears[0];
+        const K = layer.linears[first].inFeatures;
+        const acc = new HessianAccumulator(K);
+        const cross = opts.fpTarget ? new CrossAccumulator(K) : undefined;
+        const mlp = group.block === "mlp";
+        for (let s = 0; s < hs.length; s++) {
+          const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), mlp, first);
+          acc.add(xq, T(s));
+          if (cross)
+            cross.add(
+              asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), mlp, first)),
+              xq,
+              T(s),
+            );
+        }
+        H = acc.H;
+        C = cross?.C;
+      } else progress(li, group.linears.join("/"));
+      for (const name of group.linears) {
+        const t1 = Date.now();
+        const prefix = layer.linearPrefix(name);
+        const dense = denseOf(layer.linears[name], prefix);
+        const { outFeatures: N, inFeatures: K } = dense;
+        const W = C && H ? fpTargetWeights(dense.weight, N, K, C, H, opts.damp) : dense.weight;
+        const r = quantizeOne(W, N, K, H, opts);
+        if (dense.bias) r.layer.bias = dense.bias;
+        layers.set(prefix, r.layer);
+        layer.linears[name] = new DenseLinear(r.Q, N, K, dense.bias);
+        const report: LinearReport = {
+          layer: li,
+          name: prefix,
+          linear: name,
+          inFeatures: K,
+          outFeatures: N,
+          relError: H ? relativeOutputError(W, r.Q, N, K, H) : relativeWeightError(W, r.Q),
+          relErrorOf: H ? "outputs" : "weights",
+          loss: r.loss,
+          damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,
+          seconds: (Date.now() - t1) / 1000,
+        };
+        reports.push(report);
+        onEvent({ type: "linear", report });
+      }
+      done++;
+    }
+    if (calibrated) {
+      progress(li, "outputs");
+      // The next layer calibrates on this layer's outputs with its weights already quantized.
+      hs = mid.map((h, s) => layer.mlpBlock(h, T(s)));
+      mid = [];
+      if (opts.fpTarget) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
+      midF = [];
+      done++;
+    }
+  }
+  progress(L - 1, "done");
+  return { layers, reports, seconds: (Date.now() - t0) / 1000 };
+}

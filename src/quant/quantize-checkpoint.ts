@@ -1,0 +1,134 @@
+/**
+ * Checkpoint in, checkpoint out: checks the scheme against the output format before any work, plans the
+ * MLP padding the packing needs, loads calibration data and the model, runs the layer-by-layer pipeline
+ * and writes the result.
+ */
+import { CheckpointFormat } from "../formats/types.js";
+import { TensorStore } from "../io/store.js";
+import { detectFormat } from "../io/checkpoint.js";
+import { readLlamaConfig } from "../model/config.js";
+import { LlamaModel } from "../model/llama.js";
+import { PadPlan, formatTarget, padModelIntermediate, planPadding } from "../model/padding.js";
+import { GptqError } from "../util/errors.js";
+import { CalibrationRequest, loadCalibration } from "./calibration.js";
+import { LinearReport, PipelineEvent, PipelineOptions, quantizeModel } from "./pipeline.js";
+import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write.js";
+
+export interface QuantizeRequest {
+  modelDir: string;
+  outDir: string;
+  options: PipelineOptions;
+  /** calibration data; required for GPTQ */
+  calib?: Omit<CalibrationRequest, "modelDir" | "vocabSize">;
+  format: FormatChoice;
+  /** "auto": pad the MLP intermediate so every layer packs; "none": refuse shapes that do not */
+  pad: "auto" | "none";
+}
+
+export interface QuantizeResult {
+  modelDir: string;
+  out: string;
+  format: CheckpointFormat;
+  formatNote?: string;
+  pad?: PadPlan;
+  calibration?: string;
+  layers: number;
+  errorOf: "outputs" | "weights";
+  meanRelError: number;
+  worst: { name: string; relError: number };
+  /** seconds in the layer-by-layer pipeline, and end to end (load, quantize, write) */
+  quantizeSeconds: number;
+  seconds: number;
+  reports: LinearReport[];
+}
+
+export type QuantizeEvent = PipelineEvent | { type: "note"; text: string };
+
+export async function quantizeCheckpoint(
+  req: QuantizeRequest,
+  onEvent: (e: QuantizeEvent) => void = () => {},
+): Promise<QuantizeResult> {
+  const t0 = Date.now();
+  const o = req.options;
+  const config = readLlamaConfig(req.modelDir);
+  const store = TensorStore.open(req.modelDir);
+  try {
+    const stored = detectFormat(store);
+    if (stored !== "fp")
+      throw new GptqError(
+        `${req.modelDir} is already quantized (${stored}); quantize an unquantized checkpoint`,
+      );
+  } finally {
+    store.close();
+  }
+  if (o.descAct && !o.staticGroups && req.format === "marlin")
+    throw new GptqError("Marlin files cannot hold act-order; drop --desc-act or add --static-groups");
+  if (o.fpTarget && o.method !== "gptq") throw new GptqError("--fp-target needs GPTQ (--method gptq)");
+  if (o.method === "gptq" && !req.calib)
+    throw new GptqError("GPTQ needs calibration data: pass --calib FILE (or use --method rtn)");
+
+  // The packing decides which shapes are storable ("auto" writes GPTQ, whose packing v1 and v2 share);
+  // a scheme it cannot hold at all (Marlin with group 32, say) fails here too, before any work.
+  const packing: CheckpointFormat = req.format === "auto" ? "gptq" : req.format;
+  const scheme = { bits: o.bits, groupSize: o.groupSize, sym: o.sym, descAct: o.descAct };
+  const plan = planPadding(config, formatTarget(packing, scheme));
+  if (req.pad === "none" && plan.to !== plan.from)
+    throw new GptqError(
+      `intermediate_size ${plan.from} does not fit ${plan.target} (${plan.to} would); use --pad auto to zero-pad it (the model's function is unchanged)`,
+    );
+  if (plan.to !== plan.from)
+    onEvent({
+      type: "note",
+      text: `padding intermediate_size ${plan.from} -> ${plan.to} with zeros for ${plan.target}`,
+    });
+
+  const cal = req.calib
+    ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
+    : undefined;
+  if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
+
+  const model = LlamaModel.load(req.modelDir);
+  padModelIntermediate(model, plan.to);
+  const run = quantizeModel(model, cal?.sequences, o, onEvent);
+  const chosen = chooseFormat(req.format, run.layers);
+  const quantConfig = {
+    ...scheme,
+    staticGroups: o.staticGroups,
+    trueSequential: true,
+    dampPercent: o.method === "gptq" ? o.damp : undefined,
+    quantMethod: "gptq" as const,
+    checkpointFormat: chosen.format,
+    meta: {
+      quantizer: ["gptq-ts:0.1.0"],
+      method: o.method,
+      clip: o.clip,
+      ...(o.fpTarget ? { fp_target: true } : {}),
+      ...(plan.to !== plan.from ? { padded_intermediate_size: { from: plan.from, to: plan.to } } : {}),
+    },
+  };
+  await writeQuantizedCheckpoint({
+    sourceDir: req.modelDir,
+    outDir: req.outDir,
+    layers: run.layers,
+    format: chosen.format,
+    quantConfig,
+    pad: plan,
+  });
+  const reports = run.reports;
+  const worst = reports.reduce((a, b) => (b.relError > a.relError ? b : a), reports[0]);
+  return {
+    modelDir: req.modelDir,
+    out: req.outDir,
+    format: chosen.format,
+    formatNote: chosen.why,
+    pad: plan,
+    calibration: cal?.source,
+    layers: reports.length,
+    errorOf: reports[0]?.relErrorOf ?? "weights",
+    meanRelError: reports.reduce((s, r) => s + r.relError, 0) / Math.max(1, reports.length),
+    worst: { name: worst.name, relError: worst.relError },
+    quantizeSeconds: run.seconds,
+    seconds: (Date.now() - t0) / 1000,
+    reports,
+  };
+}

@@ -1,0 +1,182 @@
+/**
+ * Per-group uniform quantizer parameters (scale, zero point) as AutoGPTQ's `Quantizer.find_params` defines
+ * them, with scales rounded to fp16 before any code is computed so a packed checkpoint holds exactly the
+ * weights we quantized to.
+ *
+ * Data layout: a group's columns are consecutive rows of length N in a K x N buffer (column k of the
+ * nn.Linear weight is contiguous), so every loop runs over the N output rows at once.
+ */
+import { Bits } from "../formats/types.js";
+import { floatToHalf, halfToFloat } from "../tensor/dtype.js";
+import { GptqError } from "../util/errors.js";
+
+/**
+ * How a group's range is chosen: "minmax" (the range of the weights), "mse" (AutoGPTQ's shrink grid
+ * minimising sum |w - q|^norm), "hessian" (the same grid minimising the Hessian-weighted squared error
+ * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error).
+ */
+export type ClipMethod = "minmax" | "mse" | "hessian";
+
+export interface QuantizerOptions {
+  bits: Bits;
+  /** -1 = one group over all of K */
+  groupSize: number;
+  sym: boolean;
+  /** shorthand for clip: "mse" (AutoGPTQ's `mse=True`) */
+  mse?: boolean;
+  clip?: ClipMethod;
+  /** grid points per unit of shrink (AutoGPTQ: 100) */
+  grid?: number;
+  /** the largest fraction of the range the grid may cut away (AutoGPTQ: 0.8) */
+  maxShrink?: number;
+  /** the error norm of the "mse" search (AutoGPTQ: 2.4) */
+  norm?: number;
+}
+
+export interface Quantizer {
+  bits: Bits;
+  maxq: number;
+  groupSize: number;
+  sym: boolean;
+  clip: ClipMethod;
+  grid: number;
+  maxShrink: number;
+  norm: number;
+}
+
+const BITS = [2, 3, 4, 8];
+
+/** Validates options and fills in AutoGPTQ's defaults. */
+export function resolveQuantizer(opts: QuantizerOptions, inFeatures: number): Quantizer {
+  if (!BITS.includes(opts.bits)) throw new GptqError(`bits must be 2, 3, 4 or 8, got ${opts.bits}`);
+  const g = opts.groupSize;
+  if (!(g === -1 || (Number.isInteger(g) && g > 0)))
+    throw new GptqError(`group size must be -1 or a positive integer, got ${g}`);
+  if (g > inFeatures)
+    throw new GptqError(`group size ${g} is larger than in_features ${inFeatures}; use -1 for one group`);
+  const clip = opts.clip ?? (opts.mse ? "mse" : "minmax");
+  if (!["minmax", "mse", "hessian"].includes(clip))
+    throw new GptqError(`clip must be "minmax", "mse" or "hessian", got "${String(clip)}"`);
+  const grid = opts.grid ?? 100;
+  const maxShrink = opts.maxShrink ?? 0.8;
+  const norm = opts.norm ?? 2.4;
+  if (!(Number.isInteger(grid) && grid > 0))
+    throw new GptqError(`grid must be a positive integer, got ${grid}`);
+  if (!(maxShrink > 0 && maxShrink < 1)) throw new GptqError(`maxShrink must be in (0, 1), got ${maxShrink}`);
+  if (!(norm > 0)) throw new GptqError(`norm must be positive, got ${norm}`);
+  return {
+    bits: opts.bits,
+    maxq: 2 ** opts.bits - 1,
+    groupSize: g,
+    sym: opts.sym,
+    clip,
+    grid,
+    maxShrink,
+    norm,
+  };
+}
+
+/** Round half to even, as torch.round. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+const FP16_MAX = 65504;
+const FP16_MIN_SUBNORMAL = 2 ** -24;
+
+/** The nearest fp16 value, kept positive and finite (a scale of 0 or infinity could not dequantize). */
+export function halfScale(s: number): number {
+  const h = halfToFloat(floatToHalf(s));
+  if (h < FP16_MIN_SUBNORMAL) return FP16_MIN_SUBNORMAL;
+  return h > FP16_MAX ? FP16_MAX : h;
+}
+
+/** Integer code of x: clamp(round(x / scale) + zero, 0, maxq). */
+export function quantCode(x: number, scale: number, zero: number, maxq: number): number {
+  const q = roundHalfEven(x / scale) + zero;
+  return q < 0 ? 0 : q > maxq ? maxq : q;
+}
+
+function asymZero(xmin: number, scale: number, maxq: number): number {
+  const z = roundHalfEven(-xmin / scale);
+  return z < 0 ? 0 : z > maxq ? maxq : z;
+}
+
+/**
+ * Scale and zero point of each of the N rows over `cols` columns starting at `offset` in `src`
+ * (column k of the group at src[offset + k * N ...]). `colWeights` (length cols) weights each column's
+ * error for clip "hessian". Results go to scale[n], zero[n].
+ */
+export function findParams(
+  q: Quantizer,
+  src: Float32Array,
+  offset: number,
+  cols: number,
+  N: number,
+  scale: Float32Array,
+  zero: Float32Array,
+  colWeights?: Float64Array,
+): void {
+  const { maxq, sym } = q;
+  const xmin = new Float64Array(N);
+  const xmax = new Float64Array(N);
+  for (let k = 0; k < cols; k++) {
+    const base = offset + k * N;
+    for (let n = 0; n < N; n++) {
+      const v = src[base + n];
+      if (v < xmin[n]) xmin[n] = v;
+      if (v > xmax[n]) xmax[n] = v;
+    }
+  }
+  const symZero = (maxq + 1) / 2;
+  for (let n = 0; n < N; n++) {
+    if (sym) {
+      xmax[n] = Math.max(-xmin[n], xmax[n]);
+      if (xmin[n] < 0) xmin[n] = -xmax[n];
+    }
+    if (xmin[n] === 0 && xmax[n] === 0) {
+      xmin[n] = -1;
+      xmax[n] = 1;
+    }
+    const s = halfScale((xmax[n] - xmin[n]) / maxq);
+    scale[n] = s;
+    zero[n] = sym ? symZero : asymZero(xmin[n], s, maxq);
+  }
+  if (q.clip === "minmax") return;
+  if (q.clip === "hessian" && (!colWeights || colWeights.length < cols))
+    throw new GptqError('clip "hessian" needs per-column Hessian weights (use it with GPTQ)');
+  const weights = q.clip === "hessian" ? colWeights : undefined;
+  const norm = q.clip === "hessian" ? 2 : q.norm;
+  const best = new Float64Array(N).fill(Infinity);
+  const err = new Float64Array(N);
+  const s1 = new Float64Array(N);
+  const z1 = new Float64Array(N);
+  const steps = Math.floor(q.maxShrink * q.grid);
+  for (let i = 0; i < steps; i++) {
+    const p = 1 - i / q.grid;
+    for (let n = 0; n < N; n++) {
+      const s = halfScale((p * xmax[n] - p * xmin[n]) / maxq);
+      s1[n] = s;
+      z1[n] = sym ? symZero : asymZero(p * xmin[n], s, maxq);
+    }
+    err.fill(0);
+    for (let k = 0; k < cols; k++) {
+      const base = offset + k * N;
+      const wk = weights ? weights[k] : 1;
+      for (let n = 0; n < N; n++) {
+        const x = src[base + n];
+        const s = s1[n];
+        const d = Math.abs(s * (quantCode(x, s, z1[n], maxq) - z1[n]) - x);
+        err[n] += wk * (norm === 2 ? d * d : Math.pow(d, norm));
+      }
+    }
+    for (let n = 0; n < N; n++) {
+      if (err[n] < best[n]) {
+        best[n] = err[n];
+        scale[n] = s1[n];
+        zero[n] = z1[n];
+      }
+    }
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * Writes a quantized checkpoint: the source checkpoint's tensors with every quantized projection's
+ * `<prefix>.weight` replaced by the chosen format's tensors, MLP tensors padded when the intermediate was
+ * padded, config.json with the quantization config (and the new intermediate_size), every other file
+ * copied. Built in a temporary directory and renamed into place.
+ */
+import { copyFileSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { buildDirAtomic, writeTextAtomic } from "../io/atomic.js";
+import { QuantConfig, writeQuantConfig } from "../io/quant-config.js";
+import { TensorEntry } from "../io/safetensors.js";
+import { TensorStore, writeCheckpointTensors } from "../io/store.js";
+import { FORMATS } from "../formats/registry.js";
+import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
+import { readLlamaConfig } from "../model/config.js";
+import { PadPlan, padMlpTensor, paddedMlpShape } from "../model/padding.js";
+import { GptqError } from "../util/errors.js";
+
+/** "auto": GPTQ v1 (what most loaders expect) unless a zero point of 0 needs v2. */
+export type FormatChoice = CheckpointFormat | "auto";
+
+/**
+ * The format to write: `auto` picks gptq (v1) unless some layer has an asymmetric zero point of 0, which
+ * v1 cannot store (it keeps zero - 1), and then gptq_v2. Explicit formats are checked layer by layer.
+ */
+export function chooseFormat(
+  choice: FormatChoice,
+  layers: ReadonlyMap<string, QuantizedLinear>,
+): { format: CheckpointFormat; why?: string } {
+  if (choice === "auto") {
+    for (const [name, l] of layers)
+      if (l.zeros.includes(0))
+        return {
+          format: "gptq_v2",
+          why: `${name} has zero points of 0, which GPTQ v1 cannot store; wrote gptq_v2`,
+        };
+    return { format: "gptq" };
+  }
+  const traits = FORMATS[choice];
+  for (const [name, l] of layers) {
+    const p = traits.layerProblem(l);
+    if (p)
+      throw new GptqError(
+        `cannot write ${name} as ${choice}: ${p}${choice === "gptq" && /zero point of 0/.test(p) ? " (--format gptq_v2)" : ""}`,
+      );
+  }
+  return { format: choice };
+}
+
+export interface WriteRequest {
+  sourceDir: string;
+  outDir: string;
+  /** quantized layers by tensor prefix; emptied as they are packed */
+  layers: Map<string, QuantizedLinear>;
+  format: CheckpointFormat;
+  quantConfig: QuantConfig;
+  /** the MLP padding applied before quantizing, if any */
+  pad?: PadPlan;
+}
+
+export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ files: string[] }> {
+  const { layers, format } = req;
+  const traits = FORMATS[format];
+  const config = readLlamaConfig(req.sourceDir);
+  const from = req.pad?.from ?? config.intermediateSize;
+  const to = req.pad?.to ?? config.intermediateSize;
+  const store = TensorStore.open(req.sourceDir);
+  try {
+    const entries: TensorEntry[] = [];
+    for (const name of store.names()) {
+      const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : undefined;
+      const layer = prefix !== undefined ? layers.get(prefix) : undefined;
+      if (prefix !== undefined && layer) {
+        for (const t of traits.write(layer))
+          entries.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape, data: t.data });
+        layers.delete(prefix); // the packed tensors replace the codes
+        continue;
+      }
+      const info = store.info(name);
+      entries.push({
+        name,
+        dtype: info.dtype,
+        shape: paddedMlpShape(name, info.shape, from, to) ?? info.shape,
+        data: () => padMlpTensor(name, store.read(name), from, to).data,
+      });
+    }
+    if (layers.size)
+      throw new GptqError(
+        `quantized layer ${[...layers.keys()][0]} has no ${[...layers.keys()][0]}.weight in ${req.sourceDir}`,
+      );
+    let files: string[] = [];
+    await buildDirAtomic(req.outDir, (tmp) => {
+      for (const f of readdirSync(req.sourceDir)) {
+        const p = join(req.sourceDir, f);
+        if (f === "config.json" || f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json"))
+          continue;
+        if (f === "quantize_config.json" || f === "quant_config.json") continue;
+        if (statSync(p).isFile()) copyFileSync(p, join(tmp, f));
+      }
+      files = writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
+      const raw: Record<string, unknown> = { ...config.raw, intermediate_size: to };
+      delete raw.quantization_config;
+      writeTextAtomic(join(tmp, "config.json"), JSON.stringify(raw, null, 2) + "\n");
+      writeQuantConfig(tmp, req.quantConfig);
+    });
+    return { files };
+  } finally {
+    store.close();
+  }
+}

@@ -1,0 +1,72 @@
+/** GPTQ against AutoGPTQ's `fasterquant` outputs (public-gptq-algorithm.safetensors). */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
+import { dequantize } from "../../src/formats/dequantize.js";
+import type { GptqOptions } from "../../src/quant/index.js";
+import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+import { AlgorithmCase, AlgorithmFixture, loadAlgorithmFixture, relativeOutputError } from "./data.js";
+
+const FILE = ["fixtures", "public-gptq-algorithm.safetensors"];
+const skip = skipUnlessShared(...FILE);
+
+let fixture: AlgorithmFixture | undefined;
+let hessian: Float64Array | undefined;
+function load(): { f: AlgorithmFixture; H: Float64Array } {
+  if (!fixture || !hessian) {
+    fixture = loadAlgorithmFixture(sharedPath(...FILE));
+    // the reference fed X in batches of 128 rows
+    const acc = new HessianAccumulator(fixture.K);
+    for (let r = 0; r < fixture.rows; r += 128)
+      acc.add(fixture.X.subarray(r * fixture.K, (r + 128) * fixture.K), 128);
+    hessian = acc.H;
+  }
+  return { f: fixture, H: hessian };
+}
+
+function optionsOf(c: AlgorithmCase): GptqOptions {
+  return {
+    bits: c.bits,
+    groupSize: c.group_size,
+    sym: c.sym,
+    descAct: c.desc_act,
+    staticGroups: c.static_groups,
+  };
+}
+
+function errorOf(f: AlgorithmFixture, Q: Float32Array): number {
+  return relativeOutputError(f.X, f.rows, f.W, Q, f.N, f.K);
+}
+
+test("fixture: every case has identical g_idx and an output error within 1 % of AutoGPTQ's", { skip }, () => {
+  const { f, H } = load();
+  assert.equal(f.cases.length, 6);
+  for (const c of f.cases) {
+    const r = gptqQuantize(f.W, f.N, f.K, H, optionsOf(c));
+    assert.deepEqual([...r.layer.gIdx], [...c.gIdx], c.name);
+    const ours = errorOf(f, r.Q);
+    assert.ok(ours <= c.rel_output_error * 1.01, `${c.name}: ${ours} vs reference ${c.rel_output_error}`);
+    // the same weights: most values agree exactly (a few sit on rounding boundaries)
+    let same = 0;
+    for (let i = 0; i < c.Q.length; i++)
+      if (Math.abs(c.Q[i] - r.Q[i]) <= 1e-3 * Math.abs(c.Q[i]) + 1e-6) same++;
+    assert.ok(same / c.Q.length > 0.9, `${c.name}: ${same} of ${c.Q.length} weights agree`);
+  }
+});
+
+test("fixture: our round-to-nearest reproduces the reference's RTN error", { skip }, () => {
+  const { f } = load();
+  for (const c of f.cases) {
+    const e = errorOf(f, dequantize(quantizeRtn(f.W, f.N, f.K, optionsOf(c))));
+    assert.ok(Math.abs(e - c.rtn_rel_output_error) < 0.002 * c.rtn_rel_output_error, `${c.name}: ${e}`);
+  }
+});
+
+test("fixture: GPTQ beats round-to-nearest wherever AutoGPTQ does", { skip }, () => {
+  const { f, H } = load();
+  for (const c of f.cases) {
+    if (c.rel_output_error >= c.rtn_rel_output_error) continue;
+    const ours = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, optionsOf(c)).Q);
+    assert.ok(ours < c.rtn_rel_output_error, `${c.name}: ${ours} vs RTN ${c.rtn_rel_output_error}`);
+  }
+});

@@ -1,0 +1,147 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DenseLinear } from "../../src/backend/cpu/linear.js";
+import { LINEAR_NAMES, LinearName, LlamaModel } from "../../src/model/llama.js";
+import { SyntheticSpec, syntheticTokens, writeSyntheticLlama } from "../../src/model/synthetic.js";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
+import { PipelineOptions, fpTargetWeights, quantizeModel } from "../../src/quant/pipeline.js";
+
+const SPEC: SyntheticSpec = {
+  hiddenSize: 32,
+  intermediateSize: 64,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  vocabSize: 64,
+  seed: 3,
+};
+const OPTS: PipelineOptions = {
+  method: "gptq",
+  bits: 4,
+  groupSize: 16,
+  sym: true,
+  descAct: false,
+  staticGroups: false,
+  damp: 0.01,
+  clip: "minmax",
+};
+
+const dir = mkdtempSync(join(tmpdir(), "gptq-pipe-"));
+writeSyntheticLlama(dir, SPEC);
+process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+const CALIB = syntheticTokens(SPEC, 6, 24, 11);
+
+/** Hessians of every projection's inputs when `model` runs the calibration set. */
+function hessians(model: LlamaModel): Map<string, Float64Array> {
+  const acc = new Map<string, HessianAccumulator>();
+  for (const seq of CALIB) {
+    let h = model.embed(seq);
+    for (const layer of model.layers)
+      h = layer.forward(h, seq.length, (name, x, rows) => {
+        const key = `${layer.prefix}.${name}`;
+        const K = layer.linears[name as LinearName].inFeatures;
+        if (!acc.has(key)) acc.set(key, new HessianAccumulator(K));
+        acc.get(key)!.add(x.subarray(0, rows * K), rows);
+      });
+  }
+  return new Map([...acc].map(([k, a]) => [k, a.H]));
+}
+
+test("true-sequential: every projection is GPTQ on the inputs it sees once all before it are quantized", () => {
+  const fp = LlamaModel.load(dir);
+  const model = LlamaModel.load(dir);
+  const run = quantizeModel(model, CALIB, OPTS);
+  assert.equal(run.layers.size, SPEC.numLayers * 7);
+  // In the quantized model a projection's input depends only on projections before it, so these are
+  // exactly the inputs the pipeline calibrated each one on.
+  const Hq = hessians(model);
+  const Hfp = hessians(fp);
+  let differs = 0;
+  for (const [li, layer] of fp.layers.entries())
+    for (const name of LINEAR_NAMES) {
+      const key = `${layer.prefix}.${name}`;
+      const w = layer.linears[name] as DenseLinear;
+      const ref = gptqQuantize(w.weight, w.outFeatures, w.inFeatures, Hq.get(key)!, OPTS);
+      const got = run.layers.get(layer.linearPrefix(name))!;
+      assert.deepEqual(got.codes, ref.layer.codes, `${key} codes`);
+      assert.deepEqual(got.scales, ref.layer.scales, `${key} scales`);
+      if (li > 0 || name !== "q_proj") {
+        const a = Hq.get(key)!;
+        const b = Hfp.get(key)!;
+        if (a.some((v, i) => Math.abs(v - b[i]) > 1e-6 * Math.abs(b[i]) + 1e-9)) differs++;
+      }
+    }
+  // the fp model's inputs (what a non-sequential pipeline would use) differ after the first projection
+  assert.ok(differs >= SPEC.numLayers * 7 - 3, `only ${differs} Hessians differ from the fp model's`);
+  const report = run.reports.find((r) => r.name === "model.layers.1.mlp.down_proj")!;
+  assert.equal(report.relErrorOf, "outputs");
+  assert.ok(report.relError > 0 && report.relError < 0.05, `relative error ${report.relError}`);
+});
+
+test("RTN without calibration quantizes each weight on its own and reports weight error", () => {
+  const fp = LlamaModel.load(dir);
+  const model = LlamaModel.load(dir);
+  const run = quantizeModel(model, undefined, { ...OPTS, method: "rtn" });
+  const w = fp.layers[1].linears.up_proj as DenseLinear;
+  const ref = quantizeRtn(w.weight, w.outFeatures, w.inFeatures, OPTS);
+  assert.deepEqual(run.layers.get("model.layers.1.mlp.up_proj")!.codes, ref.codes);
+  assert.ok(run.reports.every((r) => r.relErrorOf === "weights"));
+  assert.throws(() => quantizeModel(LlamaModel.load(dir), undefined, OPTS), /calibration/);
+});
+
+test("fpTargetWeights solves the least-squares problem min ||Xf W^T - Xq W*^T||", () => {
+  const N = 3;
+  const K = 5;
+  const rows = 40;
+  let seed = 5;
+  const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+  const Xf = Float32Array.from({ length: rows * K }, rnd);
+  const Xq = Xf.map((v) => v + 0.1 * rnd());
+  const W = Float32Array.from({ length: N * K }, rnd);
+  const H = new HessianAccumulator(K);
+  H.add(Xq, rows);
+  // C = 2/n Xf^T Xq, scaled as the Hessian is
+  const C = new Float64Array(K * K);
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < K; i++)
+      for (let j = 0; j < K; j++) C[i * K + j] += (2 / rows) * Xf[r * K + i] * Xq[r * K + j];
+  const Ws = fpTargetWeights(W, N, K, C, H.H, 0);
+  // at the minimiser the gradient Xq^T (Xq W*^T - Xf W^T) vanishes
+  for (let n = 0; n < N; n++)
+    for (let k = 0; k < K; k++) {
+      let g = 0;
+      for (let r = 0; r < rows; r++) {
+        let e = 0;
+        for (let j = 0; j < K; j++) e += Xq[r * K + j] * Ws[n * K + j] - Xf[r * K + j] * W[n * K + j];
+        g += Xq[r * K + k] * e;
+      }
+      assert.ok(Math.abs(g) < 1e-3, `gradient ${g} at (${n}, ${k})`);
+    }
+});
+
+test("fpTarget brings the quantized model's outputs closer to the unquantized model's", () => {
+  const fp = LlamaModel.load(dir);
+  const err = (m: LlamaModel) => {
+    let num = 0;
+    let den = 0;
+    for (const seq of syntheticTokens(SPEC, 4, 24, 99)) {
+      const a = fp.hidden(seq);
+      const b = m.hidden(seq);
+      for (let i = 0; i < a.length; i++) {
+        num += (a[i] - b[i]) ** 2;
+        den += a[i] ** 2;
+      }
+    }
+    return num / den;
+  };
+  // enough calibration tokens (32 x 32) that the least-squares target does not overfit K = 64 inputs
+  const calib = syntheticTokens(SPEC, 32, 32, 12);
+  const plain = LlamaModel.load(dir);
+  quantizeModel(plain, calib, { ...OPTS, bits: 3 });
+  const targeted = LlamaModel.load(dir);
+  quantizeModel(targeted, calib, { ...OPTS, bits: 3, fpTarget: true });
+  assert.ok(err(targeted) < err(plain), `fpTarget ${err(targeted)} vs plain ${err(plain)}`);
+});

@@ -1,0 +1,135 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { FORMATS } from "../../src/formats/registry.js";
+import { QuantizedLinear } from "../../src/formats/types.js";
+import { readQuantConfig } from "../../src/io/quant-config.js";
+import { TensorStore } from "../../src/io/store.js";
+import { LlamaModel } from "../../src/model/llama.js";
+import { padModelIntermediate } from "../../src/model/padding.js";
+import { perplexity } from "../../src/model/perplexity.js";
+import {
+  SyntheticSpec,
+  syntheticTokens,
+  writeSyntheticLlama,
+  writeTokenFile,
+} from "../../src/model/synthetic.js";
+import { PipelineOptions, quantizeModel } from "../../src/quant/pipeline.js";
+import { QuantizeRequest, quantizeCheckpoint } from "../../src/quant/quantize-checkpoint.js";
+import { chooseFormat } from "../../src/quant/write.js";
+
+// intermediate 44 is not a multiple of 8: 4-bit GPTQ packing needs it padded to 48
+const SPEC: SyntheticSpec = {
+  hiddenSize: 32,
+  intermediateSize: 44,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  vocabSize: 64,
+  seed: 5,
+};
+const OPTS: PipelineOptions = {
+  method: "gptq",
+  bits: 4,
+  groupSize: 16,
+  sym: false,
+  descAct: true,
+  staticGroups: false,
+  damp: 0.01,
+  clip: "minmax",
+};
+
+const root = mkdtempSync(join(tmpdir(), "gptq-qc-"));
+process.on("exit", () => rmSync(root, { recursive: true, force: true }));
+const src = join(root, "fp");
+writeSyntheticLlama(src, SPEC);
+writeFileSync(join(src, "tokenizer.json"), "{}");
+const tokens = join(root, "tokens.safetensors");
+const CALIB = syntheticTokens(SPEC, 6, 24, 1);
+const EVAL = syntheticTokens(SPEC, 3, 24, 2);
+writeTokenFile(tokens, { calibration_tokens: CALIB, evaluation_tokens: EVAL });
+
+function request(out: string, over: Partial<QuantizeRequest> = {}): QuantizeRequest {
+  return {
+    modelDir: src,
+    outDir: join(root, out),
+    options: OPTS,
+    calib: { file: tokens },
+    format: "auto",
+    pad: "auto",
+    ...over,
+  };
+}
+
+test("quantize writes a checkpoint whose layers are the pipeline's, padded, with its config", async () => {
+  const res = await quantizeCheckpoint(request("q"));
+  assert.deepEqual([res.pad!.from, res.pad!.to], [44, 48]);
+  assert.equal(res.layers, 14);
+  const out = join(root, "q");
+  const cfg = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
+  assert.equal(cfg.intermediate_size, 48);
+  assert.ok(existsSync(join(out, "tokenizer.json")));
+  const qc = readQuantConfig(out)!;
+  assert.deepEqual(
+    [qc.bits, qc.groupSize, qc.sym, qc.descAct, qc.checkpointFormat],
+    [4, 16, false, true, res.format],
+  );
+
+  // The same pipeline in memory: the stored layers must unpack to exactly its layers.
+  const model = LlamaModel.load(src);
+  padModelIntermediate(model, 48);
+  const ref = quantizeModel(model, CALIB, OPTS);
+  const store = TensorStore.open(out);
+  try {
+    for (const [prefix, want] of ref.layers) {
+      const got: QuantizedLinear = FORMATS[res.format].read(
+        (s) => (store.has(`${prefix}.${s}`) ? store.read(`${prefix}.${s}`) : undefined),
+        { inFeatures: want.inFeatures, outFeatures: want.outFeatures, bits: 4, groupSize: 16 },
+      );
+      assert.deepEqual(got.codes, want.codes, `${prefix} codes`);
+      assert.deepEqual(got.scales, want.scales, `${prefix} scales`);
+      assert.deepEqual(got.zeros, want.zeros, `${prefix} zeros`);
+      assert.deepEqual(got.gIdx, want.gIdx, `${prefix} g_idx`);
+    }
+  } finally {
+    store.close();
+  }
+  // Evaluating the written checkpoint gives what the in-memory quantized model gives.
+  const a = perplexity(LlamaModel.load(out), EVAL).ppl;
+  const b = perplexity(model, EVAL).ppl;
+  assert.ok(Math.abs(a - b) / b < 1e-4, `checkpoint ppl ${a} vs in-memory ${b}`);
+});
+
+test("impossible requests fail before any work and leave nothing behind", async () => {
+  await assert.rejects(
+    quantizeCheckpoint(request("n1", { pad: "none" })),
+    /intermediate_size 44 .*--pad auto/,
+  );
+  await assert.rejects(
+    quantizeCheckpoint(request("n2", { format: "marlin", options: { ...OPTS, sym: true, descAct: false } })),
+    /group size 128 or -1/,
+  );
+  await assert.rejects(quantizeCheckpoint(request("n3", { calib: undefined })), /calibration/);
+  await assert.rejects(quantizeCheckpoint(request("q")), /already exists/);
+  for (const d of ["n1", "n2", "n3"]) assert.ok(!existsSync(join(root, d)));
+});
+
+test("format auto writes v1 unless a zero point of 0 needs v2; explicit v1 refuses it", () => {
+  const layer = (zero: number): QuantizedLinear => ({
+    inFeatures: 8,
+    outFeatures: 8,
+    bits: 4,
+    groupSize: -1,
+    codes: new Uint8Array(64),
+    scales: new Float32Array(8).fill(1),
+    zeros: new Uint8Array(8).fill(zero),
+    gIdx: new Int32Array(8),
+  });
+  assert.deepEqual(chooseFormat("auto", new Map([["a", layer(8)]])), { format: "gptq" });
+  const v2 = chooseFormat("auto", new Map([["a", layer(0)]]));
+  assert.equal(v2.format, "gptq_v2");
+  assert.match(v2.why!, /zero points of 0/);
+  assert.throws(() => chooseFormat("gptq", new Map([["a", layer(0)]])), /cannot write a as gptq.*gptq_v2/);
+});

@@ -1,0 +1,49 @@
+/**
+ * Quality bar on the real stories260K model at 4-bit, group 32, symmetric (the other two reference
+ * configurations are measured by bench/stories-quality.ts and recorded in BENCHMARKS.md: too slow here).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { LlamaModel } from "../../src/model/llama.js";
+import { formatTarget, padModelIntermediate, planPadding } from "../../src/model/padding.js";
+import { perplexity } from "../../src/model/perplexity.js";
+import { readTokenRows } from "../../src/quant/calibration.js";
+import { PipelineOptions, quantizeModel } from "../../src/quant/pipeline.js";
+import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+
+const skip = skipUnlessShared("models", "stories260K-eval.safetensors");
+const OPTS: PipelineOptions = {
+  method: "gptq",
+  bits: 4,
+  groupSize: 32,
+  sym: true,
+  descAct: false,
+  staticGroups: false,
+  damp: 0.01,
+  clip: "minmax",
+};
+// from the model's metadata report and ../shared/models/README.md
+const REFERENCE_GPTQ = 144.8;
+const REFERENCE_GPTQ_MSE = 116.8;
+
+function quantizedPpl(opts: PipelineOptions): number {
+  const tokens = sharedPath("models", "stories260K-eval.safetensors");
+  const model = LlamaModel.load(sharedPath("models", "stories260K"));
+  padModelIntermediate(model, planPadding(model.config, formatTarget("gptq", opts)).to);
+  quantizeModel(model, readTokenRows(tokens, "calibration_tokens").rows, opts);
+  return perplexity(model, readTokenRows(tokens, "evaluation_tokens").rows).ppl;
+}
+
+test("stories260K 4-bit g32 sym: default GPTQ within 2 % of the reference GPTQ", { skip }, () => {
+  const ppl = quantizedPpl(OPTS);
+  assert.ok(ppl <= 1.02 * REFERENCE_GPTQ, `ppl ${ppl} > 1.02 x ${REFERENCE_GPTQ}`);
+});
+
+test(
+  "stories260K 4-bit g32 sym: fp-target GPTQ beats the reference GPTQ + MSE grid by 10 %",
+  { skip },
+  () => {
+    const ppl = quantizedPpl({ ...OPTS, fpTarget: true });
+    assert.ok(ppl <= 0.9 * REFERENCE_GPTQ_MSE, `ppl ${ppl} > 0.9 x ${REFERENCE_GPTQ_MSE}`);
+  },
+);
