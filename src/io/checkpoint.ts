@@ -6,6 +6,7 @@
  * only `inferQuantConfig` (the repair) reads every layer's `qzeros`.
  */
 import { Bits, CheckpointFormat, numGroups } from "../formats/types.js";
+import { unpackCols } from "../formats/bitpack.js";
 import { TensorInfo } from "./safetensors.js";
 import { TensorStore } from "./store.js";
 import { toInt32 } from "../tensor/tensor.js";
@@ -233,21 +234,7 @@ export function listLinearWeights(store: TensorStore): LinearWeightInfo[] {
 /** The zero points of one GPTQ layer, unpacked (v1 values as stored, i.e. zero − 1). */
 function readStoredZeros(store: TensorStore, layer: QuantizedLayerInfo): Uint8Array {
   const words = toInt32(store.read(`${layer.name}.qzeros`));
-  const { bits, outFeatures: N, groups: G } = layer;
-  const out = new Uint8Array(G * N);
-  const mask = (1 << bits) - 1;
-  const perRow = (N * bits) / 32;
-  // Each row of qzeros is one little-endian bit stream of N fields (3-bit fields straddle words).
-  for (let g = 0; g < G; g++)
-    for (let n = 0; n < N; n++) {
-      const bit = n * bits;
-      const w = g * perRow + (bit >>> 5);
-      const off = bit & 31;
-      let v = words[w] >>> off;
-      if (off + bits > 32) v |= words[w + 1] << (32 - off);
-      out[g * N + n] = v & mask;
-    }
-  return out;
+  return unpackCols(words, layer.groups, layer.outFeatures, layer.bits);
 }
 
 /** What one layer's stored zero points say about the scheme: symmetric as v1, as v2, or neither. */
