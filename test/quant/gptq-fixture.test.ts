@@ -5,16 +5,24 @@ import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/i
 import { dequantize } from "../../src/formats/dequantize.js";
 import type { GptqOptions } from "../../src/quant/index.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
-import { AlgorithmCase, AlgorithmFixture, loadAlgorithmFixture, relativeOutputError } from "./data.js";
+import {
+  AlgorithmCase,
+  AlgorithmFixture,
+  loadAlgorithmFixture,
+  gram,
+  relativeOutputErrorGram,
+} from "./data.js";
 
 const FILE = ["fixtures", "public-gptq-algorithm.safetensors"];
 const skip = skipUnlessShared(...FILE);
 
 let fixture: AlgorithmFixture | undefined;
 let hessian: Float64Array | undefined;
+let xtx: Float64Array | undefined;
 function load(): { f: AlgorithmFixture; H: Float64Array } {
   if (!fixture || !hessian) {
     fixture = loadAlgorithmFixture(sharedPath(...FILE));
+    xtx = gram(fixture.X, fixture.rows, fixture.K);
     // the reference fed X in batches of 128 rows
     const acc = new HessianAccumulator(fixture.K);
     for (let r = 0; r < fixture.rows; r += 128)
@@ -34,8 +42,9 @@ function optionsOf(c: AlgorithmCase): GptqOptions {
   };
 }
 
+/** ||X Q^T - X W^T||^2 / ||X W^T||^2 (through X^T X, computed directly from X) */
 function errorOf(f: AlgorithmFixture, Q: Float32Array): number {
-  return relativeOutputError(f.X, f.rows, f.W, Q, f.N, f.K);
+  return relativeOutputErrorGram(xtx as Float64Array, f.W, Q, f.N, f.K);
 }
 
 test("fixture: every case has identical g_idx and an output error within 1 % of AutoGPTQ's", { skip }, () => {
@@ -70,3 +79,48 @@ test("fixture: GPTQ beats round-to-nearest wherever AutoGPTQ does", { skip }, ()
     assert.ok(ours < c.rtn_rel_output_error, `${c.name}: ${ours} vs RTN ${c.rtn_rel_output_error}`);
   }
 });
+
+test(
+  "fixture: Hessian-aware clipping beats AutoGPTQ's reference and RTN everywhere, and plain MSE at 4 bits",
+  { skip },
+  () => {
+    const { f, H } = load();
+    for (const c of f.cases) {
+      const base = optionsOf(c);
+      const hessian = gptqQuantize(f.W, f.N, f.K, H, { ...base, clip: "hessian" });
+      assert.deepEqual([...hessian.layer.gIdx], [...c.gIdx], c.name);
+      const e = errorOf(f, hessian.Q);
+      const msg = `${c.name}: hessian ${e}, reference ${c.rel_output_error}, RTN ${c.rtn_rel_output_error}`;
+      assert.ok(e < c.rtn_rel_output_error && e <= c.rel_output_error, msg);
+      if (c.bits !== 4) continue;
+      const mse = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, { ...base, mse: true }).Q);
+      assert.ok(mse < c.rel_output_error, `${c.name}: mse ${mse} vs reference ${c.rel_output_error}`);
+      assert.ok(e < 0.9 * c.rel_output_error && e < 0.9 * mse, `${msg}, mse ${mse}`);
+    }
+  },
+);
+
+test(
+  "fixture: GPTQ-loss clipping, fresh group parameters and split ranges each improve on Hessian clipping",
+  { skip },
+  () => {
+    const { f, H } = load();
+    const variants: [string, (c: AlgorithmCase) => boolean, Partial<GptqOptions>][] = [
+      ["gptq clip", (c) => c.bits === 4 && !c.desc_act, { clip: "gptq" }],
+      [
+        "fresh groups",
+        (c) => c.group_size > 0 && c.group_size < 128 && !c.static_groups,
+        { clip: "hessian", freshGroups: true },
+      ],
+      ["split range", (c) => !c.sym, { clip: "hessian", splitRange: true }],
+    ];
+    for (const [name, applies, extra] of variants) {
+      for (const c of f.cases.filter(applies)) {
+        const base = optionsOf(c);
+        const hessian = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, { ...base, clip: "hessian" }).Q);
+        const e = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, { ...base, ...extra }).Q);
+        assert.ok(e < hessian, `${c.name} ${name}: ${e} vs hessian clip ${hessian}`);
+      }
+    }
+  },
+);
