@@ -12,6 +12,7 @@ import { QuantizedLinear, numGroups } from "../formats/types.js";
 import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
+import { refitScales } from "./refit.js";
 import { Quantizer, QuantizerOptions, Scorer, findParams, quantCode, resolveQuantizer } from "./quantizer.js";
 
 export interface GptqOptions extends QuantizerOptions {
@@ -29,6 +30,11 @@ export interface GptqOptions extends QuantizerOptions {
    * two differ when a group starts inside a block).
    */
   freshGroups?: boolean;
+  /**
+   * rounds of refinement (default 0): refit every scale by least squares on the output error with the
+   * codes fixed, then quantize again with GPTQ using the refit scales; the best round is kept
+   */
+  refine?: number;
 }
 
 export interface GptqResult {
@@ -49,7 +55,11 @@ function nextDamp(d: number): number {
 }
 
 /** Factorises with the requested damping, raising it until H + damp * mean(diag) I is positive definite. */
-function dampedInverseFactor(H: Float64Array, K: number, damp: number): { U: Float64Array; damp: number } {
+function dampedInverseFactor(
+  H: Float64Array,
+  K: number,
+  damp: number,
+): { U: Float64Array; damp: number; damped: Float64Array } {
   let mean = 0;
   for (let i = 0; i < K; i++) mean += H[i * K + i];
   mean /= K;
@@ -58,7 +68,7 @@ function dampedInverseFactor(H: Float64Array, K: number, damp: number): { U: Flo
     work.set(H);
     for (let i = 0; i < K; i++) work[i * K + i] += d * mean;
     const U = upperCholeskyOfInverse(work, K);
-    if (U) return { U, damp: d };
+    if (U) return { U, damp: d, damped: work };
   }
   throw new GptqError(
     `the Hessian is not positive definite even with damp ${DAMP_LIMIT} x its mean diagonal: ` +
@@ -96,6 +106,9 @@ export function gptqQuantize(
   const staticGroups = opts.staticGroups ?? false;
   const damp = opts.damp ?? 0.01;
   const blockSize = opts.blockSize ?? 128;
+  const refine = opts.refine ?? 0;
+  if (!(Number.isInteger(refine) && refine >= 0))
+    throw new GptqError(`refine must be a non-negative integer, got ${refine}`);
   if (!(damp >= 0 && Number.isFinite(damp))) throw new GptqError(`damp must be >= 0, got ${damp}`);
   if (!(Number.isInteger(blockSize) && blockSize > 0))
     throw new GptqError(`block size must be a positive integer, got ${blockSize}`);
@@ -135,8 +148,9 @@ export function gptqQuantize(
     }
   }
 
-  const { U, damp: used } = dampedInverseFactor(hp, K, damp);
-  const sweep = new Sweep(q, w, U, N, K, scales, zeros);
+  const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
+  const w0 = refine > 0 ? Float32Array.from(w) : w;
+  let sweep = new Sweep(q, w, U, N, K, scales, zeros);
 
   // Groups fixed before the sweep: static ones on the unpermuted weight, or the single group of -1.
   if (staticGroups && q.groupSize !== -1) {
@@ -154,10 +168,27 @@ export function gptqQuantize(
     );
   }
 
-  const loss = sweep.run(blockSize, q.groupSize === -1 || staticGroups ? "fixed" : "dynamic", gs, {
+  let loss = sweep.run(blockSize, q.groupSize === -1 || staticGroups ? "fixed" : "dynamic", gs, {
     staticOf: staticGroups && q.groupSize !== -1 ? (c) => Math.floor((perm ? perm[c] : c) / gs) : () => 0,
     fresh: opts.freshGroups ?? false,
   });
+
+  if (refine > 0) {
+    const refit = (s: Sweep) =>
+      refitScales({ w: w0, H: damped, codes: s.codes, groupOf: s.groupOf, scales, zeros, N, K, G });
+    let best = { error: refit(sweep), sweep, loss, scales: Float32Array.from(scales) };
+    for (let round = 0; round < refine; round++) {
+      const again = new Sweep(q, Float32Array.from(w0), U, N, K, scales, zeros);
+      const groupOf = best.sweep.groupOf;
+      const l = again.run(blockSize, "fixed", gs, { staticOf: (c) => groupOf[c], fresh: false });
+      const error = refit(again);
+      if (!(error < best.error)) break;
+      best = { error, sweep: again, loss: l, scales: Float32Array.from(scales) };
+    }
+    scales.set(best.scales);
+    sweep = best.sweep;
+    loss = best.loss;
+  }
 
   // Back to the original column order.
   const codes = new Uint8Array(K * N);

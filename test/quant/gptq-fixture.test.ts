@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
 import { dequantize } from "../../src/formats/dequantize.js";
-import type { GptqOptions } from "../../src/quant/index.js";
+import type { GptqOptions, GptqResult } from "../../src/quant/index.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import {
   AlgorithmCase,
@@ -32,6 +32,19 @@ function load(): { f: AlgorithmFixture; H: Float64Array } {
   return { f: fixture, H: hessian };
 }
 
+/** GPTQ on a case with extra options, computed once per (case, options) across the tests below. */
+const results = new Map<string, GptqResult>();
+function quantize(c: AlgorithmCase, extra: Partial<GptqOptions> = {}): GptqResult {
+  const key = `${c.name} ${JSON.stringify(extra)}`;
+  let r = results.get(key);
+  if (!r) {
+    const { f, H } = load();
+    r = gptqQuantize(f.W, f.N, f.K, H, { ...optionsOf(c), ...extra });
+    results.set(key, r);
+  }
+  return r;
+}
+
 function optionsOf(c: AlgorithmCase): GptqOptions {
   return {
     bits: c.bits,
@@ -48,10 +61,10 @@ function errorOf(f: AlgorithmFixture, Q: Float32Array): number {
 }
 
 test("fixture: every case has identical g_idx and an output error within 1 % of AutoGPTQ's", { skip }, () => {
-  const { f, H } = load();
+  const { f } = load();
   assert.equal(f.cases.length, 6);
   for (const c of f.cases) {
-    const r = gptqQuantize(f.W, f.N, f.K, H, optionsOf(c));
+    const r = quantize(c);
     assert.deepEqual([...r.layer.gIdx], [...c.gIdx], c.name);
     const ours = errorOf(f, r.Q);
     assert.ok(ours <= c.rel_output_error * 1.01, `${c.name}: ${ours} vs reference ${c.rel_output_error}`);
@@ -72,10 +85,10 @@ test("fixture: our round-to-nearest reproduces the reference's RTN error", { ski
 });
 
 test("fixture: GPTQ beats round-to-nearest wherever AutoGPTQ does", { skip }, () => {
-  const { f, H } = load();
+  const { f } = load();
   for (const c of f.cases) {
     if (c.rel_output_error >= c.rtn_rel_output_error) continue;
-    const ours = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, optionsOf(c)).Q);
+    const ours = errorOf(f, quantize(c).Q);
     assert.ok(ours < c.rtn_rel_output_error, `${c.name}: ${ours} vs RTN ${c.rtn_rel_output_error}`);
   }
 });
@@ -84,16 +97,15 @@ test(
   "fixture: Hessian-aware clipping beats AutoGPTQ's reference and RTN everywhere, and plain MSE at 4 bits",
   { skip },
   () => {
-    const { f, H } = load();
+    const { f } = load();
     for (const c of f.cases) {
-      const base = optionsOf(c);
-      const hessian = gptqQuantize(f.W, f.N, f.K, H, { ...base, clip: "hessian" });
+      const hessian = quantize(c, { clip: "hessian" });
       assert.deepEqual([...hessian.layer.gIdx], [...c.gIdx], c.name);
       const e = errorOf(f, hessian.Q);
       const msg = `${c.name}: hessian ${e}, reference ${c.rel_output_error}, RTN ${c.rtn_rel_output_error}`;
       assert.ok(e < c.rtn_rel_output_error && e <= c.rel_output_error, msg);
       if (c.bits !== 4) continue;
-      const mse = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, { ...base, mse: true }).Q);
+      const mse = errorOf(f, quantize(c, { mse: true }).Q);
       assert.ok(mse < c.rel_output_error, `${c.name}: mse ${mse} vs reference ${c.rel_output_error}`);
       assert.ok(e < 0.9 * c.rel_output_error && e < 0.9 * mse, `${msg}, mse ${mse}`);
     }
@@ -104,7 +116,7 @@ test(
   "fixture: GPTQ-loss clipping, fresh group parameters and split ranges each improve on Hessian clipping",
   { skip },
   () => {
-    const { f, H } = load();
+    const { f } = load();
     const variants: [string, (c: AlgorithmCase) => boolean, Partial<GptqOptions>][] = [
       ["gptq clip", (c) => c.bits === 4 && !c.desc_act, { clip: "gptq" }],
       [
@@ -116,10 +128,27 @@ test(
     ];
     for (const [name, applies, extra] of variants) {
       for (const c of f.cases.filter(applies)) {
-        const base = optionsOf(c);
-        const hessian = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, { ...base, clip: "hessian" }).Q);
-        const e = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, { ...base, ...extra }).Q);
+        const hessian = errorOf(f, quantize(c, { clip: "hessian" }).Q);
+        const e = errorOf(f, quantize(c, extra).Q);
         assert.ok(e < hessian, `${c.name} ${name}: ${e} vs hessian clip ${hessian}`);
+      }
+    }
+  },
+);
+
+test(
+  "fixture: refining (least-squares scale refit, then GPTQ again with those scales) lowers the error",
+  { skip },
+  () => {
+    const { f } = load();
+    for (const c of f.cases.filter((x) => x.bits === 4)) {
+      for (const clip of ["minmax", "hessian"] as const) {
+        const extra: Partial<GptqOptions> = clip === "minmax" ? {} : { clip };
+        const plain = errorOf(f, quantize(c, extra).Q);
+        const refined = quantize(c, { ...extra, refine: 1 });
+        assert.deepEqual([...refined.layer.gIdx], [...c.gIdx], c.name);
+        const e = errorOf(f, refined.Q);
+        assert.ok(e < plain, `${c.name} clip ${clip}: refined ${e} vs ${plain}`);
       }
     }
   },
