@@ -203,6 +203,18 @@ export function findParams(
       () => p,
     );
   }
+  if (sym && q.clip !== "mse") {
+    // The symmetric grid of AutoGPTQ reaches (maxq - 1) / maxq of the largest |w| on the positive side
+    // (codes -8..7 at 4 bits): let the Hessian-aware searches also widen the range until it covers it.
+    const widen = Math.ceil((maxq / (maxq - 1) - 1) * q.grid);
+    for (let i = 1; i <= widen; i++) {
+      const p = 1 + i / q.grid;
+      tryCandidates(
+        () => p,
+        () => p,
+      );
+    }
+  }
   if (!q.splitRange || sym) return;
   for (let round = 0; round < 2; round++) {
     const hiNow = Float64Array.from(bestHi);
