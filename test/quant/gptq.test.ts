@@ -157,3 +157,20 @@ test("GPTQ refuses bad input with a GptqError and leaves its inputs untouched", 
   neg[0] = -1;
   assert.throws(() => gptqQuantize(W, N, K, neg, o), /diagonal 0/);
 });
+
+test("GPTQ freshGroups finds dynamic group parameters on the weights as updated so far", () => {
+  // The plain reference with a one-column block takes a snapshot before every column, which is exactly
+  // "the weights as updated so far"; groups of 24 straddle our blocks of 16.
+  const o = { bits: 3 as const, groupSize: 24, sym: false };
+  const r = gptqQuantize(W, N, K, H, { ...o, blockSize: 16, freshGroups: true });
+  const ref = referenceGptq(W, N, K, H, {
+    ...o,
+    descAct: false,
+    staticGroups: false,
+    damp: 0.01,
+    blockSize: 1,
+  });
+  assert.ok(codesAgreement(r.Q, ref.Q) > 0.99, `agreement ${codesAgreement(r.Q, ref.Q)}`);
+  const stale = gptqQuantize(W, N, K, H, { ...o, blockSize: 16 });
+  assert.ok(codesAgreement(stale.Q, ref.Q) < codesAgreement(r.Q, ref.Q));
+});
