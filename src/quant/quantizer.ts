@@ -15,7 +15,10 @@ import { GptqError } from "../util/errors.js";
  * minimising sum |w - q|^norm), "hessian" (the same grid minimising the Hessian-weighted squared error
  * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error), "gptq" (the same grid,
  * each candidate scored by GPTQ's own loss over the group: its columns quantized in order, each one's
- * error fed back into the rest of the group). "hessian" and "gptq" need a Hessian, so GPTQ only.
+ * error fed back into the rest of the group; about groupSize / 2 times the cost of "hessian", so keep it
+ * to grouped layers). "hessian" and "gptq" need a Hessian, so GPTQ only; for symmetric groups they also
+ * try ranges slightly wider than the weights': with AutoGPTQ's symmetric scale 2 max|w| / maxq the top
+ * code stands for only (maxq - 1) / maxq of max|w|.
  */
 export type ClipMethod = "minmax" | "mse" | "hessian" | "gptq";
 
