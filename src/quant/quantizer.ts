@@ -13,12 +13,12 @@ import { GptqError } from "../util/errors.js";
 /**
  * How a group's range is chosen: "minmax" (the range of the weights), "mse" (AutoGPTQ's shrink grid
  * minimising sum |w - q|^norm), "hessian" (the same grid minimising the Hessian-weighted squared error
- * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error), "gptq" (the same grid,
- * each candidate scored by GPTQ's own loss over the group: its columns quantized in order, each one's
- * error fed back into the rest of the group; about groupSize / 2 times the cost of "hessian", so keep it
- * to grouped layers). "hessian" and "gptq" need a Hessian, so GPTQ only; for symmetric groups they also
- * try ranges slightly wider than the weights': with AutoGPTQ's symmetric scale 2 max|w| / maxq the top
- * code stands for only (maxq - 1) / maxq of max|w|.
+ * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error), "gptq" (the "hessian" search,
+ * then the grid points within 4 steps of its choice scored by GPTQ's own loss over the group: its columns
+ * quantized in order, each one's error fed back into the rest of the group; that costs about
+ * groupSize^2 / 2 x N per candidate). "hessian" and "gptq" need a Hessian, so GPTQ only; for symmetric
+ * groups they also try ranges slightly wider than the weights': with AutoGPTQ's symmetric scale
+ * 2 max|w| / maxq the top code stands for only (maxq - 1) / maxq of max|w|.
  */
 export type ClipMethod = "minmax" | "mse" | "hessian" | "gptq";
 
@@ -160,27 +160,23 @@ export function findParams(
     zero[n] = sym ? symZero : asymZero(xmin[n], s, maxq);
   }
   if (q.clip === "minmax") return;
-  let score: Scorer;
-  if (q.clip === "gptq") {
-    if (!scorer) throw new GptqError('clip "gptq" scores candidates by GPTQ\'s loss: use it with GPTQ');
-    score = scorer;
-  } else if (q.clip === "hessian") {
-    if (!colWeights || colWeights.length < cols)
-      throw new GptqError('clip "hessian" needs per-column Hessian weights: use it with GPTQ');
-    score = weightedError(src, offset, cols, N, maxq, colWeights, 2);
-  } else {
-    score = weightedError(src, offset, cols, N, maxq, undefined, q.norm);
-  }
+  if (q.clip === "gptq" && !scorer)
+    throw new GptqError('clip "gptq" scores candidates by GPTQ\'s loss: use it with GPTQ');
+  if ((q.clip === "hessian" || q.clip === "gptq") && (!colWeights || colWeights.length < cols))
+    throw new GptqError(`clip "${q.clip}" needs per-column Hessian weights: use it with GPTQ`);
+  const proxy =
+    q.clip === "mse"
+      ? weightedError(src, offset, cols, N, maxq, undefined, q.norm)
+      : weightedError(src, offset, cols, N, maxq, colWeights, 2);
 
   // Candidates shrink the range's ends by factors lo[n], hi[n] (jointly unless splitRange).
-  const best = new Float64Array(N).fill(Infinity);
+  let best = new Float64Array(N).fill(Infinity);
   const bestLo = new Float64Array(N).fill(1);
   const bestHi = new Float64Array(N).fill(1);
   const err = new Float64Array(N);
   const s1 = new Float64Array(N);
   const z1 = new Float64Array(N);
-  const steps = Math.floor(q.maxShrink * q.grid);
-  const tryCandidates = (lo: (n: number) => number, hi: (n: number) => number) => {
+  const tryCandidates = (score: Scorer, lo: (n: number) => number, hi: (n: number) => number) => {
     for (let n = 0; n < N; n++) {
       const l = lo(n) * xmin[n];
       const s = halfScale((hi(n) * xmax[n] - l) / maxq);
@@ -199,45 +195,73 @@ export function findParams(
       }
     }
   };
-  for (let i = 0; i < steps; i++) {
-    const p = 1 - i / q.grid;
+  // AutoGPTQ's grid: p = 1, 1 - 1/grid, ... down to 1 - maxShrink
+  const shrinks = Array.from({ length: Math.floor(q.maxShrink * q.grid) }, (_, i) => 1 - i / q.grid);
+  for (const p of shrinks)
     tryCandidates(
+      proxy,
       () => p,
       () => p,
     );
-  }
   if (sym && q.clip !== "mse") {
-    // The symmetric grid of AutoGPTQ reaches (maxq - 1) / maxq of the largest |w| on the positive side
-    // (codes -8..7 at 4 bits): let the Hessian-aware searches also widen the range until it covers it.
+    // With AutoGPTQ's symmetric scale the top code stands for (maxq - 1) / maxq of max |w|: let the
+    // Hessian-aware searches widen the range until it is covered.
     const widen = Math.ceil((maxq / (maxq - 1) - 1) * q.grid);
-    for (let i = 1; i <= widen; i++) {
-      const p = 1 + i / q.grid;
+    for (let i = 1; i <= widen; i++)
       tryCandidates(
-        () => p,
-        () => p,
+        proxy,
+        () => 1 + i / q.grid,
+        () => 1 + i / q.grid,
       );
+  }
+  if (q.splitRange && !sym) {
+    for (let round = 0; round < 2; round++) {
+      const hiNow = Float64Array.from(bestHi);
+      for (const p of shrinks)
+        tryCandidates(
+          proxy,
+          () => p,
+          (n) => hiNow[n],
+        );
+      const loNow = Float64Array.from(bestLo);
+      for (const p of shrinks)
+        tryCandidates(
+          proxy,
+          (n) => loNow[n],
+          () => p,
+        );
     }
   }
+  if (q.clip !== "gptq") return;
+  // GPTQ's loss is costly: score only a window of the grid around each row's Hessian-weighted choice.
+  const lo0 = Float64Array.from(bestLo);
+  const hi0 = Float64Array.from(bestHi);
+  best = new Float64Array(N).fill(Infinity);
+  const exact = scorer as Scorer;
+  const at = (v: number, i: number) => Math.max(1 - q.maxShrink, v + i / q.grid);
+  for (let i = -GPTQ_WINDOW; i <= GPTQ_WINDOW; i++)
+    tryCandidates(
+      exact,
+      (n) => at(lo0[n], i),
+      (n) => at(hi0[n], i),
+    );
   if (!q.splitRange || sym) return;
-  for (let round = 0; round < 2; round++) {
-    const hiNow = Float64Array.from(bestHi);
-    for (let i = 0; i < steps; i++) {
-      const p = 1 - i / q.grid;
+  for (const end of ["lo", "hi"]) {
+    const lo1 = Float64Array.from(bestLo);
+    const hi1 = Float64Array.from(bestHi);
+    for (let i = -GPTQ_WINDOW; i <= GPTQ_WINDOW; i++) {
+      if (i === 0) continue;
       tryCandidates(
-        () => p,
-        (n) => hiNow[n],
-      );
-    }
-    const loNow = Float64Array.from(bestLo);
-    for (let i = 0; i < steps; i++) {
-      const p = 1 - i / q.grid;
-      tryCandidates(
-        (n) => loNow[n],
-        () => p,
+        exact,
+        (n) => (end === "lo" ? at(lo1[n], i) : lo1[n]),
+        (n) => (end === "hi" ? at(hi1[n], i) : hi1[n]),
       );
     }
   }
 }
+
+/** Grid steps either side of the Hessian-weighted choice that clip "gptq" scores by GPTQ's loss. */
+const GPTQ_WINDOW = 4;
 
 /** sum_k w_k |x - q(x)|^norm per row (w_k = 1 without weights). */
 function weightedError(
