@@ -39,7 +39,10 @@ export interface GptqOptions extends QuantizerOptions {
 
 export interface GptqResult {
   layer: QuantizedLinear;
-  /** AutoGPTQ's loss: sum over weights of (w - q)^2 / (2 d^2), d the diagonal of H^-1's Cholesky factor */
+  /**
+   * AutoGPTQ's loss: sum over weights of (w - q)^2 / (2 d^2), d the diagonal of H^-1's Cholesky factor
+   * (with refine: of the GPTQ pass kept, before its scales were refit)
+   */
   loss: number;
   /** the dampening fraction actually used, after automatic raises */
   damp: number;
@@ -47,7 +50,7 @@ export interface GptqResult {
   Q: Float32Array;
 }
 
-/** Damping fractions tried after `damp` fails, until one factorises. */
+/** The largest dampening fraction tried: failures double it, starting from 0.01 when 0 was asked for. */
 const DAMP_LIMIT = 100;
 
 function nextDamp(d: number): number {
