@@ -169,6 +169,10 @@ export function findParams(
       ? weightedError(src, offset, cols, N, maxq, undefined, q.norm)
       : weightedError(src, offset, cols, N, maxq, colWeights, 2);
 
+  // AutoGPTQ keeps a symmetric row's range at [0, max] when no weight is negative, which leaves half
+  // the codes unused; the Hessian-aware searches start from [-max, max] (shrinking reaches [0, max]'s scale).
+  if (sym && q.clip !== "mse") for (let n = 0; n < N; n++) if (xmin[n] === 0) xmin[n] = -xmax[n];
+
   // Candidates shrink the range's ends by factors lo[n], hi[n] (jointly unless splitRange).
   let best = new Float64Array(N).fill(Infinity);
   const bestLo = new Float64Array(N).fill(1);

@@ -174,3 +174,15 @@ test("GPTQ freshGroups finds dynamic group parameters on the weights as updated 
   const stale = gptqQuantize(W, N, K, H, { ...o, blockSize: 16 });
   assert.ok(codesAgreement(stale.Q, ref.Q) < codesAgreement(r.Q, ref.Q));
 });
+
+test("GPTQ Hessian-aware searches use all symmetric codes on rows with no negative weight", () => {
+  // AutoGPTQ keeps the range [0, 0.5] with zero point 8: scale 0.5 / 15, and the top code 15 stands for
+  // 7 / 15 * 0.5. From [-0.5, 0.5], widened a little, the search finds a scale that holds 0.5 exactly.
+  const w = Float32Array.from([0.5]);
+  const h = Float64Array.from([1]);
+  const minmax = gptqQuantize(w, 1, 1, h, { bits: 4, groupSize: -1, sym: true });
+  assert.equal(minmax.layer.codes[0], 15);
+  assert.ok(Math.abs(minmax.Q[0] - (7 / 15) * 0.5) < 1e-3);
+  const hessian = gptqQuantize(w, 1, 1, h, { bits: 4, groupSize: -1, sym: true, clip: "hessian" });
+  assert.ok(Math.abs(hessian.Q[0] - 0.5) < 1e-3, `${hessian.Q[0]}`);
+});
