@@ -13,12 +13,12 @@ import { GptqError } from "../util/errors.js";
 /**
  * How a group's range is chosen: "minmax" (the range of the weights), "mse" (AutoGPTQ's shrink grid
  * minimising sum |w - q|^norm), "hessian" (the same grid minimising the Hessian-weighted squared error
- * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error), "gptq" (the "hessian" search,
- * then the grid points within 4 steps of its choice scored by GPTQ's own loss over the group: its columns
- * quantized in order, each one's error fed back into the rest of the group; that costs about
- * groupSize^2 / 2 x N per candidate). "hessian" and "gptq" need a Hessian, so GPTQ only; for symmetric
- * groups they also try ranges slightly wider than the weights': with AutoGPTQ's symmetric scale
- * 2 max|w| / maxq the top code stands for only (maxq - 1) / maxq of max|w|.
+ * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error), "gptq" (the same grid, each
+ * candidate scored by GPTQ's own loss over the group: its columns quantized in order, each one's error
+ * fed back into the rest of the group; about groupSize^2 / 2 x N per candidate, so keep it to grouped
+ * layers). "hessian" and "gptq" need a Hessian, so GPTQ only; for symmetric groups they also try ranges
+ * slightly wider than the weights': with AutoGPTQ's symmetric scale 2 max|w| / maxq the top code stands
+ * for only (maxq - 1) / maxq of max|w|.
  */
 export type ClipMethod = "minmax" | "mse" | "hessian" | "gptq";
 
@@ -164,23 +164,26 @@ export function findParams(
     throw new GptqError('clip "gptq" scores candidates by GPTQ\'s loss: use it with GPTQ');
   if ((q.clip === "hessian" || q.clip === "gptq") && (!colWeights || colWeights.length < cols))
     throw new GptqError(`clip "${q.clip}" needs per-column Hessian weights: use it with GPTQ`);
-  const proxy =
+  // AutoGPTQ's |w - q|^norm, the Hessian-weighted squared error, or GPTQ's loss over the group
+  const score =
     q.clip === "mse"
       ? weightedError(src, offset, cols, N, maxq, undefined, q.norm)
-      : weightedError(src, offset, cols, N, maxq, colWeights, 2);
+      : q.clip === "hessian"
+        ? weightedError(src, offset, cols, N, maxq, colWeights, 2)
+        : (scorer as Scorer);
 
   // AutoGPTQ keeps a symmetric row's range at [0, max] when no weight is negative, which leaves half
   // the codes unused; the Hessian-aware searches start from [-max, max] (shrinking reaches [0, max]'s scale).
   if (sym && q.clip !== "mse") for (let n = 0; n < N; n++) if (xmin[n] === 0) xmin[n] = -xmax[n];
 
   // Candidates shrink the range's ends by factors lo[n], hi[n] (jointly unless splitRange).
-  let best = new Float64Array(N).fill(Infinity);
+  const best = new Float64Array(N).fill(Infinity);
   const bestLo = new Float64Array(N).fill(1);
   const bestHi = new Float64Array(N).fill(1);
   const err = new Float64Array(N);
   const s1 = new Float64Array(N);
   const z1 = new Float64Array(N);
-  const tryCandidates = (score: Scorer, lo: (n: number) => number, hi: (n: number) => number) => {
+  const tryCandidates = (lo: (n: number) => number, hi: (n: number) => number) => {
     for (let n = 0; n < N; n++) {
       const l = lo(n) * xmin[n];
       const s = halfScale((hi(n) * xmax[n] - l) / maxq);
@@ -203,7 +206,6 @@ export function findParams(
   const shrinks = Array.from({ length: Math.floor(q.maxShrink * q.grid) }, (_, i) => 1 - i / q.grid);
   for (const p of shrinks)
     tryCandidates(
-      proxy,
       () => p,
       () => p,
     );
@@ -213,59 +215,26 @@ export function findParams(
     const widen = Math.ceil((maxq / (maxq - 1) - 1) * q.grid);
     for (let i = 1; i <= widen; i++)
       tryCandidates(
-        proxy,
         () => 1 + i / q.grid,
         () => 1 + i / q.grid,
       );
   }
-  if (q.splitRange && !sym) {
-    for (let round = 0; round < 2; round++) {
-      const hiNow = Float64Array.from(bestHi);
-      for (const p of shrinks)
-        tryCandidates(
-          proxy,
-          () => p,
-          (n) => hiNow[n],
-        );
-      const loNow = Float64Array.from(bestLo);
-      for (const p of shrinks)
-        tryCandidates(
-          proxy,
-          (n) => loNow[n],
-          () => p,
-        );
-    }
-  }
-  if (q.clip !== "gptq") return;
-  // GPTQ's loss is costly: score only a window of the grid around each row's Hessian-weighted choice.
-  const lo0 = Float64Array.from(bestLo);
-  const hi0 = Float64Array.from(bestHi);
-  best = new Float64Array(N).fill(Infinity);
-  const exact = scorer as Scorer;
-  const at = (v: number, i: number) => Math.max(1 - q.maxShrink, v + i / q.grid);
-  for (let i = -GPTQ_WINDOW; i <= GPTQ_WINDOW; i++)
-    tryCandidates(
-      exact,
-      (n) => at(lo0[n], i),
-      (n) => at(hi0[n], i),
-    );
   if (!q.splitRange || sym) return;
-  for (const end of ["lo", "hi"]) {
-    const lo1 = Float64Array.from(bestLo);
-    const hi1 = Float64Array.from(bestHi);
-    for (let i = -GPTQ_WINDOW; i <= GPTQ_WINDOW; i++) {
-      if (i === 0) continue;
+  for (let round = 0; round < 2; round++) {
+    const hiNow = Float64Array.from(bestHi);
+    for (const p of shrinks)
       tryCandidates(
-        exact,
-        (n) => (end === "lo" ? at(lo1[n], i) : lo1[n]),
-        (n) => (end === "hi" ? at(hi1[n], i) : hi1[n]),
+        () => p,
+        (n) => hiNow[n],
       );
-    }
+    const loNow = Float64Array.from(bestLo);
+    for (const p of shrinks)
+      tryCandidates(
+        (n) => loNow[n],
+        () => p,
+      );
   }
 }
-
-/** Grid steps either side of the Hessian-weighted choice that clip "gptq" scores by GPTQ's loss. */
-const GPTQ_WINDOW = 4;
 
 /** sum_k w_k |x - q(x)|^norm per row (w_k = 1 without weights). */
 function weightedError(
