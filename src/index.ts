@@ -1,0 +1,51 @@
+/**
+ * gptq-ts as a library: the public surface of each room (io, formats, kernels, quant, model, backends).
+ * The CLI (`src/cli/`) is a thin layer over exactly these.
+ */
+
+// io: safetensors files, sharded stores, checkpoint directories and their config files
+export { SafetensorsFile, writeSafetensors, readAllTensors } from "./io/safetensors.js";
+export type { TensorInfo, TensorEntry } from "./io/safetensors.js";
+export { TensorStore, writeCheckpointTensors } from "./io/store.js";
+export { openCheckpoint, detectFormat, listQuantizedLayers, listLinearWeights } from "./io/checkpoint.js";
+export type { Checkpoint, QuantizedLayerInfo, LinearWeightInfo } from "./io/checkpoint.js";
+export { readQuantConfig, writeQuantConfig } from "./io/quant-config.js";
+export type { QuantConfig } from "./io/quant-config.js";
+
+// formats: GPTQ v1/v2 and Marlin, one registry
+export * from "./formats/types.js";
+export { FORMATS, formatTraits } from "./formats/registry.js";
+export type { FormatTraits } from "./formats/registry.js";
+export { packGptq, unpackGptq, qzerosV1ToV2, qzerosV2ToV1 } from "./formats/gptq.js";
+export { packMarlin, unpackMarlin } from "./formats/marlin.js";
+export { gptqToMarlin, marlinToGptq } from "./formats/repack.js";
+export { dequantize, dequantizeAs } from "./formats/dequantize.js";
+export { splitLayer, mergeLayers } from "./formats/split.js";
+
+// whole-checkpoint rewrites behind convert / dequantize / split / merge
+export { convertCheckpoint } from "./transform/convert.js";
+export { dequantizeCheckpoint } from "./transform/dequantize.js";
+export { splitCheckpoint, mergeCheckpoint } from "./transform/split.js";
+
+// kernels: every kernel's compatibility rules, queried by `check` and by our dispatch
+export type { KernelRule, KernelQuery, KernelVerdict } from "./kernels/types.js";
+export { KERNELS, registerKernel, findKernel, checkKernel } from "./kernels/registry.js";
+export { checkLayers } from "./kernels/check.js";
+
+// quant: RTN, GPTQ and the calibration pipeline
+export * from "./quant/index.js";
+export { quantizeCheckpoint } from "./quant/quantize-checkpoint.js";
+
+// model: Llama-family forward, perplexity, padding, tokenizer
+export { LlamaModel, DecoderLayer } from "./model/llama.js";
+export { perplexity } from "./model/perplexity.js";
+export { padCheckpoint, planPadding } from "./model/padding.js";
+export { Tokenizer } from "./model/tokenizer.js";
+
+// backends: CPU linears (the CUDA backend loads its driver lazily: import src/backend/cuda/* directly)
+export { DenseLinear } from "./backend/cpu/linear.js";
+export type { Linear } from "./backend/cpu/linear.js";
+export { QuantLinear } from "./backend/cpu/quant-linear.js";
+export { A8W4Linear } from "./backend/cpu/a8w4.js";
+
+export { GptqError } from "./util/errors.js";
