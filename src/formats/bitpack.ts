@@ -39,10 +39,9 @@ export function packRows(
     }
     return out;
   }
-  const per = 32 / bits;
-  const words = rows / per;
-  if (bits === 4) {
-    // the common case, unrolled: eight row streams read, one word written
+  const words = (rows * bits) / 32;
+  // 2, 4 and 8 bits unrolled: each output word is one expression over its rows' values
+  if (bits === 4)
     for (let w = 0; w < words; w++) {
       const s = w * 8 * cols;
       const d = w * cols;
@@ -59,17 +58,38 @@ export function packRows(
           (values[i + 7 * cols] << 28);
       }
     }
-    return out;
-  }
-  for (let w = 0; w < words; w++) {
-    const d = w * cols;
-    for (let c = 0; c < cols; c++) out[d + c] = 0;
-    for (let i = 0; i < per; i++) {
-      const s = (w * per + i) * cols;
-      const shift = i * bits;
-      for (let c = 0; c < cols; c++) out[d + c] |= values[s + c] << shift;
+  else if (bits === 8)
+    for (let w = 0; w < words; w++) {
+      const s = w * 4 * cols;
+      const d = w * cols;
+      for (let c = 0; c < cols; c++) {
+        const i = s + c;
+        out[d + c] =
+          values[i] | (values[i + cols] << 8) | (values[i + 2 * cols] << 16) | (values[i + 3 * cols] << 24);
+      }
     }
-  }
+  else
+    for (let w = 0; w < words; w++) {
+      // 2 bits: two passes of eight rows keep the expression short
+      const d = w * cols;
+      for (let half = 0; half < 2; half++) {
+        const s = (w * 16 + half * 8) * cols;
+        const sh = half * 16;
+        for (let c = 0; c < cols; c++) {
+          const i = s + c;
+          const v =
+            values[i] |
+            (values[i + cols] << 2) |
+            (values[i + 2 * cols] << 4) |
+            (values[i + 3 * cols] << 6) |
+            (values[i + 4 * cols] << 8) |
+            (values[i + 5 * cols] << 10) |
+            (values[i + 6 * cols] << 12) |
+            (values[i + 7 * cols] << 14);
+          out[d + c] = half ? out[d + c] | (v << sh) : v;
+        }
+      }
+    }
   return out;
 }
 
@@ -98,6 +118,22 @@ export function unpackRows(
         out[i + 5 * cols] = (x >>> 20) & 15;
         out[i + 6 * cols] = (x >>> 24) & 15;
         out[i + 7 * cols] = x >>> 28;
+      }
+    }
+    return out;
+  }
+  if (bits === 8) {
+    const nw = rows / 4;
+    for (let w = 0; w < nw; w++) {
+      const s = w * cols;
+      const d = w * 4 * cols;
+      for (let c = 0; c < cols; c++) {
+        const x = words[s + c];
+        const i = d + c;
+        out[i] = x & 255;
+        out[i + cols] = (x >>> 8) & 255;
+        out[i + 2 * cols] = (x >>> 16) & 255;
+        out[i + 3 * cols] = x >>> 24;
       }
     }
     return out;

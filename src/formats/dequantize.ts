@@ -2,6 +2,7 @@
  * W[n, k] = scales[g, n] · (codes[k, n] − zeros[g, n]), g = g_idx[k]. With fp16 scales and codes below
  * 2^8 the product is exact in fp32, so storing the result as fp16 rounds once, as the reference does.
  */
+import { floatsToBf16s, floatsToHalfs } from "../tensor/dtype.js";
 import { QuantizedLinear } from "./types.js";
 
 /** Rows k0..k1 of the dequantized matrix in qweight orientation: (k1 − k0) x N, index (k − k0)·N + n. */
@@ -24,20 +25,47 @@ export function dequantizeRows(
 
 /** The full weight, N x K row-major (nn.Linear's orientation). */
 export function dequantize(layer: QuantizedLinear): Float32Array {
+  const out = new Float32Array(layer.outFeatures * layer.inFeatures);
+  transposeRows(layer, out, (block) => block);
+  return out;
+}
+
+/**
+ * The full weight, N x K, stored as F32, F16 or BF16 (raw bits for the 16-bit types) without an fp32
+ * copy of the whole matrix.
+ */
+export type FloatDType = "F32" | "F16" | "BF16";
+
+export function dequantizeAs(layer: QuantizedLinear, dtype: FloatDType): Float32Array | Uint16Array {
+  const n = layer.outFeatures * layer.inFeatures;
+  if (dtype === "F32") return dequantize(layer);
+  const out = new Uint16Array(n);
+  const bits = new Uint16Array(BLOCK * layer.outFeatures);
+  const convert = dtype === "F16" ? floatsToHalfs : floatsToBf16s;
+  transposeRows(layer, out, (block, rows) => convert(block.subarray(0, rows * layer.outFeatures), bits));
+  return out;
+}
+
+const BLOCK = 32;
+
+// Dequantizes BLOCK rows of K at a time and writes them transposed, so reads and writes both stay
+// within a few cache lines.
+function transposeRows<T extends Float32Array | Uint16Array>(
+  layer: QuantizedLinear,
+  out: T,
+  convert: (block: Float32Array, rows: number) => T,
+): void {
   const { inFeatures: K, outFeatures: N } = layer;
-  const out = new Float32Array(N * K);
-  // transpose through blocks of rows so reads and writes both stay within a few cache lines
-  const B = 32;
-  const block = new Float32Array(B * N);
-  for (let k0 = 0; k0 < K; k0 += B) {
-    const k1 = Math.min(K, k0 + B);
+  const block = new Float32Array(BLOCK * N);
+  for (let k0 = 0; k0 < K; k0 += BLOCK) {
+    const k1 = Math.min(K, k0 + BLOCK);
     dequantizeRows(layer, k0, k1, block);
+    const b = convert(block, k1 - k0);
     for (let n = 0; n < N; n++) {
       const d = n * K;
-      for (let k = k0; k < k1; k++) out[d + k] = block[(k - k0) * N + n];
+      for (let k = k0; k < k1; k++) out[d + k] = b[(k - k0) * N + n];
     }
   }
-  return out;
 }
 
 /**

@@ -50,7 +50,9 @@ export class SafetensorsFile {
       throw new GptqError(`cannot open ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     }
     try {
-      const size = fstatSync(fd).size;
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new GptqError(`${path}: not a regular file`);
+      const size = st.size;
       const { tensors, metadata } = parseHeader(path, (pos, len) => readExact(fd, path, pos, len), size);
       return new SafetensorsFile(path, fd, tensors, metadata, size);
     } catch (e) {
@@ -79,6 +81,24 @@ export class SafetensorsFile {
     return readExact(this.fd, this.path, t.start, t.end - t.start);
   }
 
+  /** A tensor's bytes in pieces of at most `chunkBytes`, for copying without holding it whole. */
+  *readChunks(name: string, chunkBytes = 64 << 20): Generator<Uint8Array> {
+    const t = this.info(name);
+    const buf = new Uint8Array(Math.max(1, Math.min(chunkBytes, t.end - t.start)));
+    for (let pos = t.start; pos < t.end; pos += buf.length) {
+      if (this.fd === undefined) throw new Error(`${this.path} is closed`);
+      const len = Math.min(buf.length, t.end - pos);
+      let done = 0;
+      while (done < len) {
+        const n = readSync(this.fd, buf, done, len - done, pos + done);
+        if (n === 0)
+          throw new GptqError(`${this.path}: file ends at byte ${pos + done} inside tensor "${name}"`);
+        done += n;
+      }
+      yield buf.subarray(0, len);
+    }
+  }
+
   read(name: string): Tensor {
     const t = this.info(name);
     return { dtype: t.dtype, shape: [...t.shape], data: viewAs(t.dtype, this.readBytes(name)) };
@@ -95,7 +115,14 @@ function readExact(fd: number, path: string, pos: number, len: number): Uint8Arr
   const out = new Uint8Array(new ArrayBuffer(len));
   let done = 0;
   while (done < len) {
-    const n = readSync(fd, out, done, Math.min(len - done, 1 << 30), pos + done);
+    let n: number;
+    try {
+      n = readSync(fd, out, done, Math.min(len - done, 1 << 30), pos + done);
+    } catch (e) {
+      throw new GptqError(
+        `${path}: read failed at byte ${pos + done}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
+      );
+    }
     if (n === 0)
       throw new GptqError(`${path}: file ends at byte ${pos + done}, expected ${len - done} more bytes`);
     done += n;
@@ -174,12 +201,20 @@ export function parseHeader(
   return { tensors, metadata };
 }
 
-/** A tensor to write: its bytes now, or a producer called when the writer reaches it (bounded memory). */
+/** Bytes handed over in pieces (a tensor copied from another file without holding it whole). */
+export interface ChunkSource {
+  chunks(): Iterable<Uint8Array>;
+}
+
+/**
+ * A tensor to write: its bytes now, a producer called when the writer reaches it, or a chunk source
+ * read as it is written (both keep memory bounded).
+ */
 export interface TensorEntry {
   name: string;
   dtype: DType;
   shape: number[];
-  data: TypedArray | (() => TypedArray);
+  data: TypedArray | (() => TypedArray) | ChunkSource;
 }
 
 export function entry(name: string, t: Tensor): TensorEntry {
@@ -221,6 +256,20 @@ export function writeSafetensors(
   writeFileAtomic(path, (fd) => {
     writeAll(fd, buildHeader(entries, metadata));
     for (const e of entries) {
+      if (!ArrayBuffer.isView(e.data) && typeof e.data === "object") {
+        const want = entryBytes(e);
+        let written = 0;
+        for (const chunk of e.data.chunks()) {
+          written += chunk.byteLength;
+          if (written > want) break;
+          writeAll(fd, chunk);
+        }
+        if (written !== want)
+          throw new GptqError(
+            `tensor "${e.name}": ${written > want ? "more than" : written} bytes given for ${e.dtype}${JSON.stringify(e.shape)} (${want} bytes)`,
+          );
+        continue;
+      }
       const data = typeof e.data === "function" ? e.data() : e.data;
       const bytes = bytesOf(data);
       if (bytes.byteLength !== entryBytes(e))

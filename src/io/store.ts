@@ -3,8 +3,8 @@
  * `model.safetensors.index.json` with its `weight_map`, or any set of `*.safetensors` files.
  * Opening reads headers only.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { basename, join } from "node:path";
 import { Tensor } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/json.js";
@@ -34,6 +34,8 @@ export class TensorStore {
 
   static open(dir: string): TensorStore {
     if (!existsSync(dir)) throw new GptqError(`${dir}: no such directory`);
+    if (!statSync(dir).isDirectory())
+      throw new GptqError(`${dir}: not a directory (expected a checkpoint directory)`);
     const files: SafetensorsFile[] = [];
     const close = () => files.forEach((f) => f.close());
     try {
@@ -41,18 +43,26 @@ export class TensorStore {
       let shardNames: string[];
       let weightMap: Record<string, string> | undefined;
       if (existsSync(indexPath)) {
-        const index = parseJsonStrict(readFileSync(indexPath, "utf8"), indexPath) as { weight_map?: unknown };
+        let text: string;
+        try {
+          text = readFileSync(indexPath, "utf8");
+        } catch (e) {
+          throw new GptqError(`cannot read ${indexPath}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+        }
+        const index = parseJsonStrict(text, indexPath) as { weight_map?: unknown };
         if (
           typeof index !== "object" ||
           index === null ||
           typeof index.weight_map !== "object" ||
-          index.weight_map === null
+          index.weight_map === null ||
+          Array.isArray(index.weight_map)
         )
           throw new GptqError(`${indexPath}: no "weight_map" object`);
         weightMap = index.weight_map as Record<string, string>;
         shardNames = [...new Set(Object.values(weightMap))].sort();
+        if (!shardNames.length) throw new GptqError(`${indexPath}: "weight_map" lists no tensors`);
         for (const s of shardNames) {
-          if (typeof s !== "string" || s.includes("/") || s.includes("\\"))
+          if (typeof s !== "string" || !s.endsWith(".safetensors") || s.includes("/") || s.includes("\\"))
             throw new GptqError(`${indexPath}: invalid shard name ${JSON.stringify(s)}`);
           if (!existsSync(join(dir, s)))
             throw new GptqError(`${indexPath}: shard ${s} is missing from ${dir}`);
@@ -72,7 +82,7 @@ export class TensorStore {
           const f = store.owner.get(name);
           if (!f)
             throw new GptqError(`${indexPath}: tensor "${name}" is listed in ${shard} but not stored there`);
-          if (!f.path.endsWith(shard))
+          if (basename(f.path) !== shard)
             throw new GptqError(
               `${indexPath}: tensor "${name}" is listed in ${shard} but stored in ${f.path}`,
             );
@@ -102,6 +112,10 @@ export class TensorStore {
 
   read(name: string): Tensor {
     return this.file(name).read(name);
+  }
+
+  readChunks(name: string, chunkBytes?: number): Generator<Uint8Array> {
+    return this.file(name).readChunks(name, chunkBytes);
   }
 
   metadata(): Record<string, string> {

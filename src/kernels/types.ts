@@ -16,6 +16,11 @@ export interface KernelQuery {
   actOrder: boolean;
   /** true when K is split across tensor-parallel ranks (row-parallel layer with tp > 1) */
   kSplitAcrossRanks?: boolean;
+  /**
+   * tensor-parallel ranks the layer is split over (default 1); the shapes above are already one rank's.
+   * Only used to phrase fixes for the whole layer ("pad in_features to 13824 (6912 per rank)").
+   */
+  tpRanks?: number;
 }
 
 export interface KernelVerdict {

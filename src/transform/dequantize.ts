@@ -3,7 +3,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CONFIG_FILE, clearQuantConfig, openCheckpoint } from "../io/checkpoint.js";
 import { writeTextAtomic } from "../io/atomic.js";
-import { dequantize } from "../formats/dequantize.js";
+import { FloatDType, dequantizeAs, dequantizeRows } from "../formats/dequantize.js";
+import { QuantizedLinear } from "../formats/types.js";
 import { DType } from "../tensor/dtype.js";
 import { fromFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
@@ -12,22 +13,23 @@ import { Rewrite, rewriteCheckpoint } from "./rewrite.js";
 
 export interface DequantizeResult {
   from: string;
-  dtype: DType;
+  dtype: FloatDType;
   layers: number;
   verifiedLayers: number;
   tensorsCopied: number;
   shards: string[];
 }
 
-const TORCH_DTYPE: Partial<Record<DType, string>> = { F16: "float16", BF16: "bfloat16", F32: "float32" };
+const TORCH_DTYPE: Record<FloatDType, string> = { F16: "float16", BF16: "bfloat16", F32: "float32" };
 
 export async function dequantizeCheckpoint(
   input: string,
   output: string,
-  dtype: DType,
+  requested: DType,
 ): Promise<DequantizeResult> {
-  if (!TORCH_DTYPE[dtype])
-    throw new GptqError(`cannot dequantize to ${dtype}; use float16, bfloat16 or float32`);
+  if (!(requested in TORCH_DTYPE))
+    throw new GptqError(`cannot dequantize to ${requested}; use float16, bfloat16 or float32`);
+  const dtype = requested as FloatDType;
   const ckpt = openCheckpoint(input);
   try {
     if (ckpt.format === "fp") throw new GptqError(`${input} is not quantized; nothing to dequantize`);
@@ -40,8 +42,8 @@ export async function dequantizeCheckpoint(
         consumes: layerTensorNames(ckpt.store, format, info.name),
         outputs: [{ name, dtype, shape: [info.outFeatures, info.inFeatures] }],
         produce: () => {
-          const W = dequantize(readLayer(ckpt.store, format, info.name, layerShape(ckpt, info)));
-          return new Map([[name, fromFloat32(W, dtype, [info.outFeatures, info.inFeatures]).data]]);
+          const layer = readLayer(ckpt.store, format, info.name, layerShape(ckpt, info));
+          return new Map([[name, dequantizeAs(layer, dtype)]]);
         },
       };
     });
@@ -50,7 +52,7 @@ export async function dequantizeCheckpoint(
       rewrites,
       finish(dir) {
         clearQuantConfig(dir);
-        setTorchDtype(dir, TORCH_DTYPE[dtype]!);
+        setTorchDtype(dir, TORCH_DTYPE[dtype]);
       },
       verify(dir) {
         const out = openCheckpoint(dir);
@@ -59,13 +61,9 @@ export async function dequantizeCheckpoint(
             throw new GptqError("verification failed: the output still holds quantized tensors");
           for (const info of ckpt.layers) {
             const name = `${info.name}.weight`;
-            const want = fromFloat32(
-              dequantize(readLayer(ckpt.store, format, info.name, layerShape(ckpt, info))),
-              dtype,
-              [info.outFeatures, info.inFeatures],
-            ).data;
-            const got = out.store.read(name).data;
-            if (got.length !== want.length || got.some((v, i) => v !== want[i]))
+            const layer = readLayer(ckpt.store, format, info.name, layerShape(ckpt, info));
+            const t = out.store.read(name);
+            if (t.dtype !== dtype || !sameAsStored(layer, t.data as ArrayLike<number>, dtype))
               throw new GptqError(`verification failed: ${name} differs from the dequantized source`);
             verifiedLayers++;
           }
@@ -85,6 +83,25 @@ export async function dequantizeCheckpoint(
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * Compares a stored N x K weight with the layer dequantized a block of K rows at a time and converted
+ * by the generic dtype path (not the transposing writer's), so the check is independent of the write.
+ */
+function sameAsStored(layer: QuantizedLinear, stored: ArrayLike<number>, dtype: FloatDType): boolean {
+  const { inFeatures: K, outFeatures: N } = layer;
+  if (stored.length !== K * N) return false;
+  const B = 64;
+  const rows = new Float32Array(B * N);
+  for (let k0 = 0; k0 < K; k0 += B) {
+    const k1 = Math.min(K, k0 + B);
+    dequantizeRows(layer, k0, k1, rows);
+    const want = fromFloat32(rows.subarray(0, (k1 - k0) * N), dtype, [k1 - k0, N]).data as ArrayLike<number>;
+    for (let k = k0; k < k1; k++)
+      for (let n = 0; n < N; n++) if (stored[n * K + k] !== want[(k - k0) * N + n]) return false;
+  }
+  return true;
 }
 
 /** config.json's `torch_dtype`, when there is a config.json, follows the stored weights. */

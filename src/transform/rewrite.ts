@@ -77,10 +77,16 @@ export async function rewriteCheckpoint(
     }
     if (plan.drop?.has(name)) continue;
     const info = store.info(name);
-    entries.push({ name, dtype: info.dtype, shape: info.shape, data: () => store.read(name).data });
+    entries.push({
+      name,
+      dtype: info.dtype,
+      shape: info.shape,
+      data: { chunks: () => store.readChunks(name) },
+    });
     tensorsCopied++;
   }
-  const maxShardBytes = Math.max(5e9, ...store.files.map((f) => (store.files.length > 1 ? f.fileSize : 0)));
+  // keep the input's sharding: its largest shard bounds ours (a single file: HF's default 5 GB)
+  const maxShardBytes = store.files.length > 1 ? Math.max(...store.files.map((f) => f.fileSize)) : 5e9;
   return buildDirAtomic(output, (tmp) => {
     const filesCopied = copyOtherFiles(input, tmp, new Set(store.shardNames));
     const shards = writeCheckpointTensors(tmp, entries, { maxShardBytes, metadata: store.metadata() });

@@ -9,7 +9,8 @@ import {
   hasActOrder,
   gptqShapeProblem,
 } from "../../src/formats/gptq.js";
-import { dequantize } from "../../src/formats/dequantize.js";
+import { dequantize, dequantizeAs } from "../../src/formats/dequantize.js";
+import { floatsToBf16s, floatsToHalfs } from "../../src/tensor/dtype.js";
 import { Bits, numGroups } from "../../src/formats/types.js";
 import { GptqError } from "../../src/util/errors.js";
 import { randomLayer, referenceWeights, rng } from "./helpers.js";
@@ -154,4 +155,20 @@ test("codes, zeros and g_idx out of range are refused, not packed into neighbour
     () => unpackGptq({ ...t, qweight: t.qweight.subarray(1) }, l, "v2"),
     /qweight has 255 elements, expected \[8, 32\]/,
   );
+});
+
+test("dequantizeAs stores the weights as F16 / BF16 bits equal to converting the fp32 matrix", () => {
+  const layer = randomLayer({
+    K: 96,
+    N: 40,
+    bits: 8,
+    groupSize: 32,
+    zeros: "asym0",
+    actOrder: true,
+    seed: 21,
+  });
+  const W = dequantize(layer);
+  assert.deepEqual(dequantizeAs(layer, "F16"), floatsToHalfs(W));
+  assert.deepEqual(dequantizeAs(layer, "BF16"), floatsToBf16s(W));
+  assert.deepEqual(dequantizeAs(layer, "F32"), W);
 });

@@ -16,7 +16,7 @@ appears, every layer of the result is dequantized and compared, bit for bit, wit
 
 example: gptq convert llama-gptq llama-marlin --to marlin`;
 
-export const convert: Command = {
+export const convertCommand: Command = {
   name: "convert",
   summary: "convert a checkpoint between GPTQ v1, GPTQ v2 and Marlin (verified)",
   usage,

@@ -14,7 +14,7 @@ config is removed. <out> is built aside and renamed into place; <in> is only rea
 
 example: gptq dequantize llama-gptq llama-fp16 --dtype float16`;
 
-export const dequantize: Command = {
+export const dequantizeCommand: Command = {
   name: "dequantize",
   summary: "write an unquantized checkpoint from a quantized one",
   usage,

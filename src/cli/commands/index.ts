@@ -1,19 +1,25 @@
 import { Command } from "../command.js";
-import { convert } from "./convert.js";
-import { dequantize } from "./dequantize.js";
-import { split } from "./split.js";
-import { merge } from "./merge.js";
+import { checkCommand } from "./check.js";
+import { fixConfigCommand } from "./fix-config.js";
+import { inspectCommand } from "./inspect.js";
+import { convertCommand } from "./convert.js";
+import { dequantizeCommand } from "./dequantize.js";
+import { splitCommand } from "./split.js";
+import { mergeCommand } from "./merge.js";
 import { quantizeCommand } from "./quantize.js";
 import { evalCommand } from "./eval.js";
 import { padCommand } from "./pad.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
 export const COMMANDS: Command[] = [
+  inspectCommand,
+  checkCommand,
+  fixConfigCommand,
   quantizeCommand,
   evalCommand,
-  convert,
-  dequantize,
-  split,
-  merge,
+  convertCommand,
+  dequantizeCommand,
+  splitCommand,
+  mergeCommand,
   padCommand,
 ];

@@ -16,7 +16,7 @@ is only read.
 example: gptq merge llama-gptq llama-fused --layers model.layers.0.mlp.gate_proj,model.layers.0.mlp.up_proj \\
            --name model.layers.0.mlp.gate_up_proj`;
 
-export const merge: Command = {
+export const mergeCommand: Command = {
   name: "merge",
   summary: "merge quantized layers along out_features (e.g. q, k, v into a fused qkv)",
   usage,

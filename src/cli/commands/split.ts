@@ -18,7 +18,7 @@ rows of the original before <out> appears; <in> is only read.
 example: gptq split phi3-gptq phi3-split --layer model.layers.0.self_attn.qkv_proj \\
            --sizes 3072,3072,3072 --names model.layers.0.self_attn.q_proj,model.layers.0.self_attn.k_proj,model.layers.0.self_attn.v_proj`;
 
-export const split: Command = {
+export const splitCommand: Command = {
   name: "split",
   summary: "split a quantized layer along out_features (e.g. fused qkv into q, k, v)",
   usage,
