@@ -2,7 +2,8 @@
  * A checkpoint directory: its tensors (any sharding), its quantization config, and what the tensors
  * actually are. The stored tensors are the truth; the config is checked against them, and every
  * disagreement names the layer, what the config says, what the tensors are, and the fix.
- * Everything here reads headers only, plus `g_idx` (K int32 per layer) and one layer's `qzeros`.
+ * Opening and listing read headers only, plus `g_idx` (K int32 per layer) and one layer's `qzeros`;
+ * only `inferQuantConfig` (the repair) reads every layer's `qzeros`.
  */
 import { Bits, CheckpointFormat, numGroups } from "../formats/types.js";
 import { TensorInfo } from "./safetensors.js";
@@ -137,6 +138,7 @@ function gptqLayer(store: TensorStore, p: string): QuantizedLayerInfo {
     throw new GptqError(
       `layer ${p}: scales are [${Gs}, ${Ns}] but qweight has ${N} outputs and qzeros ${G} groups: expected [${G}, ${N}]`,
     );
+  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: qweight is [${R}, ${N}], an empty matrix`);
   const bits = BITS.find((b) => C * 32 === N * b);
   if (!bits)
     throw new GptqError(
@@ -178,6 +180,7 @@ function marlinLayer(store: TensorStore, p: string): QuantizedLayerInfo {
     throw new GptqError(
       `layer ${p}: Marlin B is [${R}, ${C}] but s has ${N} outputs: expected [${R}, ${2 * N}]`,
     );
+  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: Marlin B is [${R}, ${C}], an empty matrix`);
   const K = R * 16;
   const groupSize = groupSizeFor(K, G);
   if (groupSize === undefined)
@@ -207,8 +210,11 @@ export function listQuantizedLayers(store: TensorStore): QuantizedLayerInfo[] {
 }
 
 /** Embeddings, norms and output heads are not the linears a GPTQ quantizer replaces. */
-const NOT_A_LINEAR =
-  /(^|\.)(embed_tokens|embed_in|embed_out|embeddings?|word_embeddings|position_embeddings|wte|wpe|tok_embeddings|lm_head|output|score|classifier)(\.|$)|norm|(^|\.)ln_|(^|\.)ln\d*(\.|$)|rotary/i;
+const EMBEDDING =
+  /(^|\.)(embed_tokens|embed_in|embeddings?|word_embeddings|position_embeddings|wte|wpe|tok_embeddings)(\.|$)/;
+const NORM = /norm|(^|\.)ln_|(^|\.)ln\d*(\.|$)|rotary/i;
+/** Output heads: lm_head anywhere, other head names only at the top level ("output" is also BERT's attention.output). */
+const HEAD = /(^|\.)(lm_head|embed_out)$|^(output|score|classifier)$/;
 
 /** The 2-D `.weight` tensors of linear layers (in natural order), without embeddings, norms and lm_head. */
 export function listLinearWeights(store: TensorStore): LinearWeightInfo[] {
@@ -218,7 +224,7 @@ export function listLinearWeights(store: TensorStore): LinearWeightInfo[] {
     const t: TensorInfo = store.info(n);
     if (t.shape.length !== 2 || !FLOAT_DTYPES.includes(t.dtype)) continue;
     const name = n.slice(0, -".weight".length);
-    if (NOT_A_LINEAR.test(name)) continue;
+    if (EMBEDDING.test(name) || NORM.test(name) || HEAD.test(name)) continue;
     out.push({ name, inFeatures: t.shape[1], outFeatures: t.shape[0], dtype: t.dtype });
   }
   return out.sort(byName);
@@ -264,6 +270,8 @@ export interface Checkpoint {
   configSources: string[];
   /** of bits, group_size, sym, desc_act, those no file spells out (vLLM needs all four) */
   missingKeys: string[];
+  /** the same per config source ("quantize_config.json", "config.json#quantization_config") */
+  missingKeysBySource: Record<string, string[]>;
   /** the format of the stored tensors, v1 or v2 as the config says */
   format: CheckpointFormat | "fp";
   /** quantized layers; empty for "fp" */
@@ -405,6 +413,7 @@ export function openCheckpoint(dir: string, opts: OpenOptions = {}): Checkpoint 
       config: read?.config,
       configSources: read?.sources ?? [],
       missingKeys: read?.missing ?? [],
+      missingKeysBySource: read?.missingBySource ?? {},
       format,
       layers,
       linears: listLinearWeights(store).filter((l) => !quantized.has(l.name)),
@@ -457,8 +466,15 @@ export function inferQuantConfig(dir: string): QuantConfig | undefined {
     let sym = true;
     let checkpointFormat: CheckpointFormat = "marlin";
     if (layers[0].format === "gptq") {
-      const ev = new Set(layers.map((l) => zeroPointEvidence(store, l)));
-      sym = !ev.has("asym") && ev.size === 1;
+      const evidence = layers.map((l) => zeroPointEvidence(store, l));
+      const v1 = evidence.indexOf("sym-v1");
+      const v2 = evidence.indexOf("sym-v2");
+      if (v1 >= 0 && v2 >= 0 && !evidence.includes("asym"))
+        throw new GptqError(
+          `${dir}: layer ${layers[v1].name} stores symmetric zero points as v1 (zero − 1) but ${layers[v2].name} as v2; one config cannot describe both: re-convert one of them`,
+        );
+      const ev = new Set(evidence);
+      sym = !ev.has("asym");
       if (sym) checkpointFormat = ev.has("sym-v2") ? "gptq_v2" : "gptq";
       else checkpointFormat = prior?.checkpointFormat === "gptq_v2" ? "gptq_v2" : "gptq";
     }

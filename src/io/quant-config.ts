@@ -31,8 +31,10 @@ export interface QuantConfigRead {
   config: QuantConfig;
   /** the files (and section) it was read from, e.g. ["quantize_config.json", "config.json#quantization_config"] */
   sources: string[];
-  /** keys among bits, group_size, sym, desc_act that no file spelled out (defaults were used) */
+  /** keys among group_size, sym, desc_act that no file spelled out (defaults were used) */
   missing: string[];
+  /** the same per source (vLLM reads only config.json's section when there is one) */
+  missingBySource: Record<string, string[]>;
 }
 
 const BITS: readonly number[] = [2, 3, 4, 8];
@@ -237,7 +239,8 @@ export function readQuantConfigDetailed(dir: string): QuantConfigRead | undefine
     if (config.meta === undefined && second.config.meta !== undefined) config.meta = second.config.meta;
   }
   const missing = first.missing.filter((m) => !second || second.missing.includes(m));
-  return { config, sources: parsed.map((p) => p.where), missing };
+  const missingBySource = Object.fromEntries(parsed.map((p) => [p.where, p.missing]));
+  return { config, sources: parsed.map((p) => p.where), missing, missingBySource };
 }
 
 export function readQuantConfig(dir: string): QuantConfig | undefined {

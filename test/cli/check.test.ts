@@ -8,6 +8,7 @@ import {
   fpEntries,
   gptqEntries,
   llamaLayers,
+  marlinEntries,
   tmpDir,
   writeCheckpointDir,
 } from "../helpers/checkpoints.js";
@@ -94,6 +95,12 @@ test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256,
     { "quantize_config.json": { bits: 4, group_size: 128, sym: true, desc_act: false } },
   );
   const one = checkJson(dir);
+  assert.deepEqual((one as unknown as { scheme: object }).scheme, {
+    bits: 4,
+    groupSize: 128,
+    sym: true,
+    planned: false,
+  });
   assert.ok(
     one.layers.every((l) => l.kernels.marlin.ok),
     "13696 = 107 * 128: vLLM Marlin runs it on one GPU",
@@ -161,4 +168,62 @@ test("check refuses a planned scheme on a quantized checkpoint, bad options and 
   assert.equal(text.code, 0);
   assert.match(text.stdout, /model.layers.0.mlp.down_proj: in 512, out 256\n  marlin-ist  ok/);
   assert.match(text.stdout, /summary:\n  marlin-ist  7\/7 layers ok/);
+});
+
+test("vLLM's Marlin is not chosen when config.json's section lacks sym or desc_act; fix-config repairs it", () => {
+  const dir = writeCheckpointDir(
+    join(root, "incomplete-config"),
+    llamaLayers(0, 256, 512).flatMap((l) =>
+      gptqEntries(l, { bits: 4, groupSize: 128, sym: true, version: "v1" }),
+    ),
+    {
+      "config.json": {
+        model_type: "llama",
+        quantization_config: { bits: 4, group_size: 128, quant_method: "gptq" },
+      },
+    },
+  );
+  const rep = checkJson(dir, "--kernel", "marlin", "--kernel", "exllama");
+  const v = layer(rep, "q_proj").kernels;
+  assert.deepEqual(v.marlin, {
+    ok: false,
+    reason:
+      "the quantization config does not spell out sym, desc_act, so vLLM will not choose its gptq_marlin kernels",
+    fix: `run \`gptq fix-config ${dir}\``,
+  });
+  assert.equal(v.exllama.ok, true);
+  assert.match(gptq("inspect", dir).stdout, /does not spell out sym, desc_act \(defaults assumed\)/);
+  assert.equal(gptq("fix-config", dir).code, 0);
+  assert.ok(checkJson(dir, "--kernel", "marlin").layers.every((l) => l.kernels.marlin.ok));
+});
+
+test("a Marlin-packed checkpoint: only the Marlin-file loader reads it as is; the others need a conversion", () => {
+  const dir = writeCheckpointDir(
+    join(root, "marlin-file"),
+    llamaLayers(0, 5120, 13696).flatMap((l) => marlinEntries(l, 128)),
+    {
+      "quantize_config.json": {
+        bits: 4,
+        group_size: 128,
+        sym: true,
+        desc_act: false,
+        checkpoint_format: "marlin",
+      },
+    },
+  );
+  const rep = checkJson(dir, "--kernel", "marlin-ist", "--kernel", "exllama");
+  const gate = layer(rep, "gate_proj").kernels;
+  assert.equal(gate["marlin-ist"].reason, "out_features 13696 is not a multiple of 256");
+  assert.deepEqual(gate.exllama, {
+    ok: false,
+    reason:
+      "the checkpoint is Marlin-packed (B, s); this kernel's loader reads GPTQ tensors (qweight, qzeros, scales)",
+    fix: `convert it first: gptq convert ${dir} <out> --to gptq`,
+  });
+  assert.ok(layer(rep, "q_proj").kernels["marlin-ist"].ok);
+  const down = layer(checkJson(dir, "--kernel", "marlin", "--tp", "2"), "down_proj").kernels.marlin;
+  assert.match(
+    down.fix!,
+    /^convert it first: gptq convert .* --to gptq, then pad in_features to 13824 \(6912 per rank\)/,
+  );
 });

@@ -12,6 +12,7 @@ import {
   writeCheckpointDir,
 } from "../helpers/checkpoints.js";
 import { assertOneLineError, gptq } from "../helpers/cli.js";
+import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 const root = tmpDir("cli-inspect");
 test.after(() => rmSync(root, { recursive: true, force: true }));
@@ -79,18 +80,25 @@ test("inspect lists an unquantized checkpoint's linears as format fp", () => {
   });
 });
 
-test("inspect reads the real stories260K model", { skip: false }, async (t) => {
-  const { skipUnlessShared, sharedPath } = await import("../helpers/shared.js");
-  const skip = skipUnlessShared("models", "stories260K", "model.safetensors");
-  if (skip) return t.skip(skip);
-  const j = JSON.parse(gptq("inspect", sharedPath("models", "stories260K"), "--json").stdout);
-  assert.equal(j.format, "fp");
-  assert.equal(j.layers.length, 35, "5 layers x 7 linears; tied embeddings, no lm_head");
-  assert.deepEqual(
-    j.layers.find((l: { name: string }) => l.name === "model.layers.4.mlp.down_proj"),
-    { name: "model.layers.4.mlp.down_proj", inFeatures: 172, outFeatures: 64, groups: null, actOrder: false },
-  );
-});
+test(
+  "inspect reads the real stories260K model",
+  { skip: skipUnlessShared("models", "stories260K", "model.safetensors") },
+  () => {
+    const j = JSON.parse(gptq("inspect", sharedPath("models", "stories260K"), "--json").stdout);
+    assert.equal(j.format, "fp");
+    assert.equal(j.layers.length, 35, "5 layers x 7 linears; tied embeddings, no lm_head");
+    assert.deepEqual(
+      j.layers.find((l: { name: string }) => l.name === "model.layers.4.mlp.down_proj"),
+      {
+        name: "model.layers.4.mlp.down_proj",
+        inFeatures: 172,
+        outFeatures: 64,
+        groups: null,
+        actOrder: false,
+      },
+    );
+  },
+);
 
 test("a Marlin model under a plain GPTQ config: inspect explains, fix-config repairs, inspect then agrees", () => {
   const dir = writeCheckpointDir(

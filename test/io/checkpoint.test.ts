@@ -269,6 +269,27 @@ test("Marlin layers and unquantized linears are listed; embeddings, norms and lm
     );
     assert.equal(lin.find((l) => l.name.endsWith("down_proj"))!.inFeatures, 512);
     store.close();
+    rmSync(dir, { recursive: true });
+    const bert = [
+      "bert.encoder.layer.0.attention.output.dense",
+      "bert.encoder.layer.0.intermediate.dense",
+      "h.0.attn.c_attn",
+    ];
+    writeCheckpointDir(dir, [
+      ...bert.map((name) => ({ name: `${name}.weight`, dtype: "F32" as const, shape: [64, 64] })),
+      { name: "bert.embeddings.word_embeddings.weight", dtype: "F32", shape: [100, 64] },
+      { name: "bert.encoder.layer.0.attention.output.LayerNorm.weight", dtype: "F32", shape: [64] },
+      { name: "h.0.ln_1.weight", dtype: "F32", shape: [64] },
+      { name: "wte.weight", dtype: "F32", shape: [100, 64] },
+      { name: "output.weight", dtype: "F32", shape: [100, 64] },
+      { name: "h.0.attn.c_attn.bias", dtype: "F32", shape: [64] },
+    ]);
+    const s2 = TensorStore.open(dir);
+    assert.deepEqual(
+      listLinearWeights(s2).map((l) => l.name),
+      bert,
+    );
+    s2.close();
   }));
 
 test("Marlin B/s under a plain gptq config names the layer, both sides and the fix", () =>
@@ -381,3 +402,57 @@ test("group size from in_features and group count", () => {
   assert.equal(groupSizeFor(172, 6), 32);
   assert.equal(groupSizeFor(100, 200), undefined);
 });
+
+test("a v1 asymmetric zero point of 0 that overflowed when packed is reported as a warning", () =>
+  withDir((dir) => {
+    const cfg = { bits: 4, group_size: 128, sym: false, desc_act: false };
+    writeCheckpointDir(
+      dir,
+      SMALL.flatMap((l) => gptqEntries(l, { ...sym4, sym: false, zero: 0 })),
+      {
+        "quantize_config.json": cfg,
+      },
+    );
+    const ck = openCheckpoint(dir);
+    ck.close();
+    assert.equal(ck.warnings.length, 1);
+    assert.match(ck.warnings[0], /a stored v1 zero point of 15 means a zero of 0 overflowed when packed/);
+    writeCheckpointDir(
+      dir,
+      SMALL.flatMap((l) => gptqEntries(l, { ...sym4, sym: false, zero: 3 })),
+    );
+    const ok = openCheckpoint(dir);
+    ok.close();
+    assert.deepEqual(ok.warnings, []);
+  }));
+
+test("writeQuantConfig creates config.json when the directory has none", () =>
+  withDir((dir) => {
+    const cfg = inferQuantConfig(
+      writeCheckpointDir(
+        dir,
+        SMALL.flatMap((l) => gptqEntries(l, sym4)),
+      ),
+    )!;
+    writeQuantConfig(dir, cfg);
+    assert.deepEqual(Object.keys(JSON.parse(readFileSync(join(dir, "config.json"), "utf8"))), [
+      "quantization_config",
+    ]);
+    openCheckpoint(dir).close();
+  }));
+
+test("layers mixing v1 and v2 zero points, and empty matrices, are refused", () =>
+  withDir((dir) => {
+    writeCheckpointDir(dir, [
+      ...gptqEntries(SMALL[0], sym4),
+      ...gptqEntries(SMALL[1], { ...sym4, version: "v2" }),
+    ]);
+    assert.throws(
+      () => inferQuantConfig(dir),
+      /stores symmetric zero points as v1 \(zero − 1\) but .* as v2/,
+    );
+    writeCheckpointDir(dir, gptqEntries({ name: "x", K: 0, N: 64 }, sym4));
+    const store = TensorStore.open(dir);
+    assert.throws(() => listQuantizedLayers(store), /layer x: qweight is \[0, 64\], an empty matrix/);
+    store.close();
+  }));

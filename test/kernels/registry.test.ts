@@ -156,3 +156,40 @@ test("every failing verdict over a grid of shapes has a reason and fixes that ea
             }
   assert.ok(failing > 1000, `the grid exercises failures (${failing})`);
 });
+
+test("tensor parallelism: row-parallel layers split in_features, the others out_features", async () => {
+  const { isRowParallel, shardShape } = await import("../../src/kernels/parallel.js");
+  for (const n of [
+    "model.layers.3.self_attn.o_proj",
+    "model.layers.0.mlp.down_proj",
+    "transformer.h.0.self_attention.dense",
+    "gpt_neox.layers.0.mlp.dense_4h_to_h",
+    "h.0.attn.c_proj",
+    "model.layers.0.fc2",
+  ])
+    assert.equal(isRowParallel(n), true, n);
+  for (const n of [
+    "model.layers.0.self_attn.qkv_proj",
+    "model.layers.0.mlp.gate_up_proj",
+    "transformer.h.0.mlp.dense_h_to_4h",
+    "h.0.attn.c_attn",
+    "lm_head",
+  ])
+    assert.equal(isRowParallel(n), false, n);
+  assert.deepEqual(shardShape("m.down_proj", 13696, 5120, 2), {
+    inFeatures: 6848,
+    outFeatures: 5120,
+    kSplitAcrossRanks: true,
+    tpRanks: 2,
+  });
+  assert.deepEqual(shardShape("m.up_proj", 5120, 13696, 4), {
+    inFeatures: 5120,
+    outFeatures: 3424,
+    kSplitAcrossRanks: false,
+    tpRanks: 4,
+  });
+  assert.deepEqual(shardShape("m.q_proj", 5120, 5120, 3).problem, {
+    reason: "out_features 5120 cannot be split evenly across 3 tensor-parallel ranks",
+    fix: "pad out_features to 5121",
+  });
+});

@@ -1,12 +1,19 @@
 import { Command, intOption, parse, printJson } from "../command.js";
 import { openCheckpoint } from "../../io/checkpoint.js";
-import { CheckLayer, CheckScheme, LayerReport, checkLayers } from "../../kernels/check.js";
+import {
+  CheckLayer,
+  CheckScheme,
+  CheckpointProblem,
+  LayerReport,
+  checkLayers,
+  checkpointProblems,
+} from "../../kernels/check.js";
 import { KERNELS, findKernel } from "../../kernels/registry.js";
 import { KernelRule } from "../../kernels/types.js";
 import { Bits } from "../../formats/types.js";
 import { GptqError, UsageError } from "../../util/errors.js";
 
-const usage = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
+const USAGE = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
                   [--tp N] [--require NAME]... [--json]
 
 For every linear layer and kernel: compatible or not, the rule that fails, and a fix (pad in or out
@@ -15,7 +22,7 @@ A quantized checkpoint is checked with its own scheme; an unquantized one with a
 (default 4-bit, group 128, symmetric, no act-order), so shapes can be checked before quantizing.
 
 options:
-  --kernel NAME     check only these kernels (repeatable; default all): ${KERNELS.map((k) => k.name).join(", ")}
+  --kernel NAME     check only these kernels (repeatable; default all, listed below)
   --bits N          planned bits: 2, 3, 4 or 8 (unquantized checkpoints)
   --group-size N    planned group size, -1 for one group per column
   --sym | --asym    planned symmetric or asymmetric zero points
@@ -24,13 +31,27 @@ options:
                     row-parallel ones (o_proj, down_proj, dense, dense_4h_to_h, out_proj, wo, w2, ...)
                     split in_features
   --require NAME    exit 1 unless every layer passes this kernel (repeatable)
-  --json            {"layers": [{"name", "inFeatures", "outFeatures", "kernels":
-                      {"<kernel>": {"ok", "reason"?, "fix"?}}}]}
+  --json            {"format", "scheme", "tp", "layers": [{"name", "inFeatures", "outFeatures",
+                      "shard"?, "kernels": {"<kernel>": {"ok", "reason"?, "fix"?}}}]}
 
 examples:
   gptq check ./falcon-7b --bits 4 --group-size 128 --kernel exllama --kernel marlin
   gptq check ./Qwen1.5-14B-Chat-GPTQ --tp 2 --require marlin
+
+kernels:
 `;
+
+/** Kernels registered after this module loads (our own) are listed too. */
+function usage(): string {
+  const width = Math.max(...KERNELS.map((k) => k.name.length));
+  return (
+    USAGE +
+    KERNELS.map((k) => `  ${k.name.padEnd(width)}  ${k.ours ? "(gptq-ts) " : ""}${k.description}`).join(
+      "\n",
+    ) +
+    "\n"
+  );
+}
 
 const options = {
   kernel: { type: "string", multiple: true },
@@ -73,7 +94,9 @@ function schemeText(s: CheckScheme, actOrder: boolean): string {
 export const checkCommand: Command = {
   name: "check",
   summary: "check every layer's shape against kernels' rules, with fixes",
-  usage,
+  get usage() {
+    return usage();
+  },
   run(argv) {
     const { values, positionals } = parse(argv, options);
     if (positionals.length !== 1) throw new UsageError("expected one checkpoint directory");
@@ -96,6 +119,7 @@ export const checkCommand: Command = {
     let scheme: CheckScheme;
     let layers: CheckLayer[];
     let plannedActOrder = false;
+    let problems: CheckpointProblem[] = [];
     try {
       for (const w of ck.warnings) process.stderr.write(`gptq check: warning: ${w}\n`);
       if (ck.format === "fp") {
@@ -110,12 +134,19 @@ export const checkCommand: Command = {
           );
         scheme = { bits: ck.config!.bits, groupSize: ck.config!.groupSize, sym: ck.config!.sym };
         layers = ck.layers;
+        problems = checkpointProblems(ck);
       }
     } finally {
       ck.close();
     }
-    const reports = checkLayers(layers, scheme, kernels, tp);
-    if (values.json) printJson({ layers: reports });
+    const reports = checkLayers(layers, scheme, kernels, tp, problems);
+    if (values.json)
+      printJson({
+        format: ck.format,
+        scheme: { ...scheme, planned: ck.format === "fp" },
+        tp,
+        layers: reports,
+      });
     else {
       const out = [
         `${ck.dir}: ${

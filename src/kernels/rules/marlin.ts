@@ -15,7 +15,8 @@ export const VLLM_MARLIN = shapeRule({
 
 export const IST_MARLIN = shapeRule({
   name: "marlin-ist",
-  description: "AutoGPTQ / IST-DASLab Marlin: 4-bit symmetric, group 128 or -1, no act-order",
+  description:
+    "AutoGPTQ / IST-DASLab Marlin (also vLLM's legacy marlin method): 4-bit symmetric, group 128 or -1",
   bits: [4],
   symOnly: true,
   groups: oneOf([128, -1]),
