@@ -9,6 +9,7 @@ import { mergeCommand } from "./merge.js";
 import { quantizeCommand } from "./quantize.js";
 import { evalCommand } from "./eval.js";
 import { padCommand } from "./pad.js";
+import { demoCommand } from "./demo.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
 export const COMMANDS: Command[] = [
@@ -22,4 +23,5 @@ export const COMMANDS: Command[] = [
   splitCommand,
   mergeCommand,
   padCommand,
+  demoCommand,
 ];
