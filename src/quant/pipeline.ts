@@ -53,7 +53,10 @@ export interface LinearReport {
   linear: LinearName;
   inFeatures: number;
   outFeatures: number;
-  /** ||X Q^T - X W^T||^2 / ||X W^T||^2 on the calibration inputs; weight error when there are none */
+  /**
+   * ||X Q^T - X W^T||^2 / ||X W^T||^2 on the calibration inputs X (W the target GPTQ aimed at: with
+   * fpTarget the least-squares W*); ||W - Q||^2 / ||W||^2 when there are no calibration inputs
+   */
   relError: number;
   relErrorOf: "outputs" | "weights";
   /** GPTQ's loss (sum of (w - q)^2 / d^2 / 2) */
