@@ -134,7 +134,7 @@ export const quantizeCommand: Command = {
             ? `padding: none needed (${res.pad.target})`
             : `padding: intermediate_size ${res.pad.from} -> ${res.pad.to} with zeros for ${res.pad.target} (function unchanged)`
           : "padding: off",
-        `mean relative ${res.errorOf} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
+        `mean relative ${res.errorOf === "outputs" ? "output" : "weight"} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
       process.stdout.write(lines.join("\n") + "\n");
