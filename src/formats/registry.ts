@@ -5,7 +5,6 @@
  */
 import { DType } from "../tensor/dtype.js";
 import { Tensor, TypedArray, fromFloat32, toFloat32, toInt32 } from "../tensor/tensor.js";
-import { floatsToHalfs } from "../tensor/dtype.js";
 import { GptqError } from "../util/errors.js";
 import { packUnit } from "./bitpack.js";
 import {
@@ -64,16 +63,13 @@ function expectShape(t: Tensor, want: number[], what: string): void {
     throw new GptqError(`${what} is ${JSON.stringify(t.shape)}, expected ${JSON.stringify(want)}`);
 }
 
-function storedScales(scales: Float32Array, dtype: DType, shape: number[]): LayerTensor {
-  if (dtype !== "F16" && dtype !== "BF16" && dtype !== "F32")
-    throw new GptqError(`scales cannot be stored as ${dtype}`);
-  const t =
-    dtype === "F16" ? { dtype, shape, data: floatsToHalfs(scales) } : fromFloat32(scales, dtype, shape);
-  return { suffix: "scales", ...t };
+function storedScales(scales: Float32Array, dtype: DType): TypedArray {
+  if (dtype !== "BF16" && dtype !== "F32") throw new GptqError(`scales cannot be stored as ${dtype}`);
+  return fromFloat32(scales, dtype, [scales.length]).data;
 }
 
 function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTraits {
-  return {
+  const traits: FormatTraits = {
     name,
     summary:
       version === "v1"
@@ -105,17 +101,19 @@ function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTrait
       expectShape(scales, [G, N], "scales");
       const gIdxT = get("g_idx");
       if (gIdxT) expectShape(gIdxT, [K], "g_idx");
+      const fp16 = scales.dtype === "F16";
       const layer = unpackGptq(
         {
           qweight: toInt32(qweight),
           qzeros: toInt32(qzeros),
-          scales: new Uint16Array(G * N), // replaced below: scales may be stored in any float dtype
+          // bf16 and fp32 scales are taken as they are below, not through fp16
+          scales: fp16 ? (scales.data as Uint16Array) : new Uint16Array(G * N),
           gIdx: gIdxT ? toInt32(gIdxT) : sequentialGroupIndex(K, groupSize),
         },
         shape,
         version,
       );
-      layer.scales = Float32Array.from(toFloat32(scales));
+      if (!fp16) layer.scales = Float32Array.from(toFloat32(scales));
       return layer;
     },
     layout({ inFeatures: K, outFeatures: N, bits, groupSize }, opts = {}) {
@@ -129,18 +127,17 @@ function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTrait
     },
     write(layer, opts = {}) {
       const t = packGptq(layer, version);
-      const { inFeatures: K, outFeatures: N, bits } = layer;
-      const G = t.scales.length / N;
-      return [
-        { suffix: "qweight", dtype: "I32", shape: [(K * bits) / 32, N], data: t.qweight },
-        { suffix: "qzeros", dtype: "I32", shape: [G, (N * bits) / 32], data: t.qzeros },
-        opts.scaleDtype && opts.scaleDtype !== "F16"
-          ? storedScales(layer.scales, opts.scaleDtype, [G, N])
-          : { suffix: "scales", dtype: "F16", shape: [G, N], data: t.scales },
-        { suffix: "g_idx", dtype: "I32", shape: [K], data: t.gIdx },
-      ];
+      const dtype = opts.scaleDtype ?? "F16";
+      const data: Record<string, TypedArray> = {
+        qweight: t.qweight,
+        qzeros: t.qzeros,
+        scales: dtype === "F16" ? t.scales : storedScales(layer.scales, dtype),
+        g_idx: t.gIdx,
+      };
+      return traits.layout(layer, opts).map((spec) => ({ ...spec, data: data[spec.suffix] }));
     },
   };
+  return traits;
 }
 
 const marlinTraits: FormatTraits = {
@@ -175,11 +172,11 @@ const marlinTraits: FormatTraits = {
     ];
   },
   write(layer) {
-    const t = packMarlin(layer);
-    const { inFeatures: K, outFeatures: N } = layer;
+    const { B, s } = packMarlin(layer);
+    const [b, sc] = marlinTraits.layout(layer);
     return [
-      { suffix: "B", dtype: "I32", shape: [K / 16, 2 * N], data: t.B },
-      { suffix: "s", dtype: "F16", shape: [t.s.length / N, N], data: t.s },
+      { ...b, data: B },
+      { ...sc, data: s },
     ];
   },
 };

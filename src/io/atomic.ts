@@ -54,8 +54,8 @@ export function writeTextAtomic(path: string, text: string): void {
 export async function buildDirAtomic<T>(out: string, build: (tmpDir: string) => Promise<T> | T): Promise<T> {
   if (existsSync(out) && readdirSync(out).length > 0)
     throw new GptqError(`output ${out} already exists and is not empty; choose another path`);
-  const parent = dirname(out);
-  if (!existsSync(parent)) mkdirSync(parent, { recursive: true });
+  // the first parent folder created here, if any, goes too when the build fails
+  const createdParent = mkdirSync(dirname(out), { recursive: true });
   const tmp = tempSibling(out);
   mkdirSync(tmp);
   try {
@@ -64,7 +64,7 @@ export async function buildDirAtomic<T>(out: string, build: (tmpDir: string) => 
     renameSync(tmp, out);
     return result;
   } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
+    rmSync(createdParent ?? tmp, { recursive: true, force: true });
     throw e;
   }
 }

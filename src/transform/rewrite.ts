@@ -24,8 +24,6 @@ export interface Rewrite {
 
 export interface RewritePlan {
   rewrites: readonly Rewrite[];
-  /** source tensors dropped without replacement */
-  drop?: ReadonlySet<string>;
   /** writes or fixes the config files in the output directory (the input's files are already copied) */
   finish?(dir: string): void;
   /** checks the finished output before it is renamed into place; throws GptqError to abort */
@@ -75,7 +73,6 @@ export async function rewriteCheckpoint(
       }
       continue;
     }
-    if (plan.drop?.has(name)) continue;
     const info = store.info(name);
     entries.push({
       name,

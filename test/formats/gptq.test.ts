@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { packCols, packRows, unpackCols, unpackRows } from "../../src/formats/bitpack.js";
+import { firstOutOfRange, packCols, packRows, unpackCols, unpackRows } from "../../src/formats/bitpack.js";
 import {
   packGptq,
   unpackGptq,
@@ -171,4 +171,19 @@ test("dequantizeAs stores the weights as F16 / BF16 bits equal to converting the
   assert.deepEqual(dequantizeAs(layer, "F16"), floatsToHalfs(W));
   assert.deepEqual(dequantizeAs(layer, "BF16"), floatsToBf16s(W));
   assert.deepEqual(dequantizeAs(layer, "F32"), W);
+});
+
+test("firstOutOfRange finds the first wide value at any alignment", () => {
+  const buf = new Uint8Array(64).fill(3);
+  for (let off = 0; off < 5; off++)
+    for (const at of [0, 1, 5, 17, 40]) {
+      const v = buf.slice().subarray(off, off + 45);
+      assert.equal(firstOutOfRange(v, 2), -1);
+      if (at < v.length) {
+        v[at] = 4;
+        v[Math.min(at + 3, v.length - 1)] = 200;
+        assert.equal(firstOutOfRange(v, 2), at, `offset ${off}, at ${at}`);
+      }
+    }
+  assert.equal(firstOutOfRange(Uint8Array.of(255, 255), 8), -1);
 });

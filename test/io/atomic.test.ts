@@ -1,0 +1,35 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { buildDirAtomic } from "../../src/io/atomic.js";
+
+test("buildDirAtomic: a failed build leaves nothing, not even the parent folders it created", async () => {
+  const root = mkdtempSync(join(tmpdir(), "gptq-atomic-"));
+  try {
+    const out = join(root, "a", "b", "out");
+    await assert.rejects(
+      buildDirAtomic(out, (dir) => {
+        writeFileSync(join(dir, "half"), "x");
+        throw new Error("boom");
+      }),
+      /boom/,
+    );
+    assert.deepEqual(readdirSync(root), []);
+    const made = await buildDirAtomic(out, (dir) => {
+      writeFileSync(join(dir, "f"), "y");
+      return 7;
+    });
+    assert.equal(made, 7);
+    assert.deepEqual(readdirSync(out), ["f"]);
+    assert.deepEqual(readdirSync(join(root, "a", "b")), ["out"], "no temporary sibling left");
+    await assert.rejects(
+      buildDirAtomic(out, () => 0),
+      /already exists and is not empty/,
+    );
+    assert.ok(existsSync(join(out, "f")));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
