@@ -12,7 +12,8 @@ import { QuantizedLinear, numGroups } from "../formats/types.js";
 import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
-import { Quantizer, QuantizerOptions, findParams, quantCode, resolveQuantizer } from "./quantizer.js";
+import { refitScales } from "./refit.js";
+import { Quantizer, QuantizerOptions, Scorer, findParams, quantCode, resolveQuantizer } from "./quantizer.js";
 
 export interface GptqOptions extends QuantizerOptions {
   /** act-order: quantize columns by descending Hessian diagonal */
@@ -23,11 +24,25 @@ export interface GptqOptions extends QuantizerOptions {
   damp?: number;
   /** columns per lazy-update block (default 128) */
   blockSize?: number;
+  /**
+   * dynamic groups: find a group's parameters on the weights as GPTQ has updated them when the group
+   * begins. Default false: as AutoGPTQ, on the weights as they stood when the current block began (the
+   * two differ when a group starts inside a block).
+   */
+  freshGroups?: boolean;
+  /**
+   * rounds of refinement (default 0): refit every scale by least squares on the output error with the
+   * codes fixed, then quantize again with GPTQ using the refit scales; the best round is kept
+   */
+  refine?: number;
 }
 
 export interface GptqResult {
   layer: QuantizedLinear;
-  /** AutoGPTQ's loss: sum over weights of (w - q)^2 / (2 d^2), d the diagonal of H^-1's Cholesky factor */
+  /**
+   * AutoGPTQ's loss: sum over weights of (w - q)^2 / (2 d^2), d the diagonal of H^-1's Cholesky factor
+   * (with refine: of the GPTQ pass kept, before its scales were refit)
+   */
   loss: number;
   /** the dampening fraction actually used, after automatic raises */
   damp: number;
@@ -35,7 +50,7 @@ export interface GptqResult {
   Q: Float32Array;
 }
 
-/** Damping fractions tried after `damp` fails, until one factorises. */
+/** The largest dampening fraction tried: failures double it, starting from 0.01 when 0 was asked for. */
 const DAMP_LIMIT = 100;
 
 function nextDamp(d: number): number {
@@ -43,7 +58,11 @@ function nextDamp(d: number): number {
 }
 
 /** Factorises with the requested damping, raising it until H + damp * mean(diag) I is positive definite. */
-function dampedInverseFactor(H: Float64Array, K: number, damp: number): { U: Float64Array; damp: number } {
+function dampedInverseFactor(
+  H: Float64Array,
+  K: number,
+  damp: number,
+): { U: Float64Array; damp: number; damped: Float64Array } {
   let mean = 0;
   for (let i = 0; i < K; i++) mean += H[i * K + i];
   mean /= K;
@@ -52,7 +71,7 @@ function dampedInverseFactor(H: Float64Array, K: number, damp: number): { U: Flo
     work.set(H);
     for (let i = 0; i < K; i++) work[i * K + i] += d * mean;
     const U = upperCholeskyOfInverse(work, K);
-    if (U) return { U, damp: d };
+    if (U) return { U, damp: d, damped: work };
   }
   throw new GptqError(
     `the Hessian is not positive definite even with damp ${DAMP_LIMIT} x its mean diagonal: ` +
@@ -90,6 +109,9 @@ export function gptqQuantize(
   const staticGroups = opts.staticGroups ?? false;
   const damp = opts.damp ?? 0.01;
   const blockSize = opts.blockSize ?? 128;
+  const refine = opts.refine ?? 0;
+  if (!(Number.isInteger(refine) && refine >= 0))
+    throw new GptqError(`refine must be a non-negative integer, got ${refine}`);
   if (!(damp >= 0 && Number.isFinite(damp))) throw new GptqError(`damp must be >= 0, got ${damp}`);
   if (!(Number.isInteger(blockSize) && blockSize > 0))
     throw new GptqError(`block size must be a positive integer, got ${blockSize}`);
@@ -98,26 +120,18 @@ export function gptqQuantize(
   const G = numGroups(K, q.groupSize);
   const wt = transpose(W, N, K); // K x N
   const h = Float64Array.from(H);
+  const scales = new Float32Array(G * N);
+  const zeros = new Float32Array(G * N);
+  const needsHessian = q.clip === "hessian" || q.clip === "gptq";
 
   // One group over all of K: AutoGPTQ takes its parameters from the weight as given, before dead columns.
-  const fullScale = new Float32Array(N);
-  const fullZero = new Float32Array(N);
-  if (q.groupSize === -1 && q.clip !== "hessian") findParams(q, wt, 0, K, N, fullScale, fullZero);
+  if (q.groupSize === -1 && !needsHessian) findParams(q, wt, 0, K, N, scales, zeros);
 
   // Dead inputs (never non-zero in calibration): their weights cannot matter, so zero them.
   for (let k = 0; k < K; k++) {
     if (h[k * K + k] === 0) {
       h[k * K + k] = 1;
       wt.fill(0, k * N, (k + 1) * N);
-    }
-  }
-
-  const scales = new Float32Array(G * N);
-  const zeros = new Float32Array(G * N);
-  if (staticGroups && q.clip !== "hessian") {
-    for (let g = 0; g < G; g++) {
-      const k0 = g * gs;
-      findParams(q, wt, k0 * N, Math.min(gs, K - k0), N, scales.subarray(g * N), zeros.subarray(g * N));
     }
   }
 
@@ -137,39 +151,56 @@ export function gptqQuantize(
     }
   }
 
-  const { U, damp: used } = dampedInverseFactor(hp, K, damp);
+  const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
+  const w0 = refine > 0 ? Float32Array.from(w) : w;
+  let sweep = new Sweep(q, w, U, N, K, scales, zeros);
 
-  // Hessian-weighted clipping weighs column k's error by 1 / d_k^2, the weight GPTQ's loss gives it.
-  const colWeight = new Float64Array(K);
-  for (let k = 0; k < K; k++) colWeight[k] = 1 / (U[k * K + k] * U[k * K + k]);
-  if (q.clip === "hessian") {
-    if (q.groupSize === -1) findParams(q, w, 0, K, N, fullScale, fullZero, colWeight);
-    if (staticGroups) staticHessianGroups(q, wt, N, K, gs, G, perm, colWeight, scales, zeros);
+  // Groups fixed before the sweep: static ones on the unpermuted weight, or the single group of -1.
+  if (staticGroups && q.groupSize !== -1) {
+    const position = new Int32Array(K);
+    for (let a = 0; a < K; a++) position[perm ? perm[a] : a] = a;
+    for (let g = 0; g < G; g++) {
+      const k0 = g * gs;
+      const pos = Int32Array.from({ length: Math.min(gs, K - k0) }, (_, i) => position[k0 + i]).sort();
+      sweep.fixGroup(g, pos);
+    }
+  } else if (q.groupSize === -1 && needsHessian) {
+    sweep.fixGroup(
+      0,
+      Int32Array.from({ length: K }, (_, i) => i),
+    );
   }
 
-  const codesP = new Uint8Array(K * N); // codes in the permuted (processing) order
-  const groupOf = new Int32Array(K); // group used at each processing position
-  const loss = runColumns(q, w, U, N, K, blockSize, gs, staticGroups, perm, fullScale, fullZero, {
-    scales,
-    zeros,
-    codesP,
-    groupOf,
-    colWeight,
+  let loss = sweep.run(blockSize, q.groupSize === -1 || staticGroups ? "fixed" : "dynamic", gs, {
+    staticOf: staticGroups && q.groupSize !== -1 ? (c) => Math.floor((perm ? perm[c] : c) / gs) : () => 0,
+    fresh: opts.freshGroups ?? false,
   });
+
+  if (refine > 0) {
+    const refit = (s: Sweep) =>
+      refitScales({ w: w0, H: damped, codes: s.codes, groupOf: s.groupOf, scales, zeros, N, K, G });
+    let best = { error: refit(sweep), sweep, loss, scales: Float32Array.from(scales) };
+    for (let round = 0; round < refine; round++) {
+      const again = new Sweep(q, Float32Array.from(w0), U, N, K, scales, zeros);
+      const groupOf = best.sweep.groupOf;
+      const l = again.run(blockSize, "fixed", gs, { staticOf: (c) => groupOf[c], fresh: false });
+      const error = refit(again);
+      if (!(error < best.error)) break;
+      best = { error, sweep: again, loss: l, scales: Float32Array.from(scales) };
+    }
+    scales.set(best.scales);
+    sweep = best.sweep;
+    loss = best.loss;
+  }
 
   // Back to the original column order.
   const codes = new Uint8Array(K * N);
   const gIdx = new Int32Array(K);
   for (let a = 0; a < K; a++) {
     const k = perm ? perm[a] : a;
-    codes.set(codesP.subarray(a * N, (a + 1) * N), k * N);
-    gIdx[k] = groupOf[a];
+    codes.set(sweep.codes.subarray(a * N, (a + 1) * N), k * N);
+    gIdx[k] = sweep.groupOf[a];
   }
-  if (q.groupSize === -1) {
-    scales.set(fullScale);
-    zeros.set(fullZero);
-  }
-  const zeros8 = Uint8Array.from(zeros);
   const layer: QuantizedLinear = {
     inFeatures: K,
     outFeatures: N,
@@ -177,120 +208,188 @@ export function gptqQuantize(
     groupSize: q.groupSize,
     codes,
     scales,
-    zeros: zeros8,
+    zeros: Uint8Array.from(zeros),
     gIdx,
   };
   return { layer, loss, damp: used, Q: dequantize(layer) };
 }
 
 /**
- * Static groups with Hessian-weighted clipping: each group's columns weighted by their GPTQ weights at
- * the positions act-order puts them.
+ * The GPTQ sweep over the columns in processing order: w (K x N) is updated in place, codes and the
+ * group used are recorded per processing position, group parameters go to scales/zeros (G x N).
  */
-function staticHessianGroups(
-  q: Quantizer,
-  wt: Float32Array,
-  N: number,
-  K: number,
-  gs: number,
-  G: number,
-  perm: Int32Array | undefined,
-  colWeight: Float64Array,
-  scales: Float32Array,
-  zeros: Float32Array,
-): void {
-  const weightOf = new Float64Array(K);
-  for (let a = 0; a < K; a++) weightOf[perm ? perm[a] : a] = colWeight[a];
-  for (let g = 0; g < G; g++) {
-    const k0 = g * gs;
-    const cols = Math.min(gs, K - k0);
-    findParams(q, wt, k0 * N, cols, N, scales.subarray(g * N), zeros.subarray(g * N), weightOf.subarray(k0));
+class Sweep {
+  readonly codes: Uint8Array;
+  readonly groupOf: Int32Array;
+  /** 1 / d_k^2: the weight GPTQ's loss gives column k's error (d_k = U[k, k]) */
+  private readonly colWeight: Float64Array;
+
+  constructor(
+    private readonly q: Quantizer,
+    private readonly w: Float32Array,
+    private readonly U: Float64Array,
+    private readonly N: number,
+    private readonly K: number,
+    private readonly scales: Float32Array,
+    private readonly zeros: Float32Array,
+  ) {
+    this.codes = new Uint8Array(K * N);
+    this.groupOf = new Int32Array(K);
+    this.colWeight = new Float64Array(K);
+    for (let k = 0; k < K; k++) this.colWeight[k] = 1 / (U[k * K + k] * U[k * K + k]);
   }
-}
 
-interface Outputs {
-  scales: Float32Array;
-  zeros: Float32Array;
-  codesP: Uint8Array;
-  groupOf: Int32Array;
-  colWeight: Float64Array;
-}
+  /** Parameters of group g over the columns at processing positions `pos` (ascending), from w as it is. */
+  fixGroup(g: number, pos: Int32Array): void {
+    const { N } = this;
+    const buf = new Float32Array(pos.length * N);
+    pos.forEach((p, i) => buf.set(this.w.subarray(p * N, (p + 1) * N), i * N));
+    this.findGroup(g, buf, pos);
+  }
 
-/** The GPTQ sweep over columns (in processing order); returns the loss. */
-function runColumns(
-  q: Quantizer,
-  w: Float32Array,
-  U: Float64Array,
-  N: number,
-  K: number,
-  blockSize: number,
-  gs: number,
-  staticGroups: boolean,
-  perm: Int32Array | undefined,
-  fullScale: Float32Array,
-  fullZero: Float32Array,
-  out: Outputs,
-): number {
-  const { maxq } = q;
-  const grouped = q.groupSize !== -1;
-  const err = new Float32Array(blockSize * N);
-  const blockStart = new Float32Array(blockSize * N);
-  const groupBuf = grouped && !staticGroups ? new Float32Array(gs * N) : undefined;
-  const hcol = new Float64Array(blockSize);
-  let scale = fullScale;
-  let zero = fullZero;
-  let loss = 0;
+  /** Group g's parameters from its columns' current values `buf` (in the order of `pos`). */
+  private findGroup(g: number, buf: Float32Array, pos: Int32Array): void {
+    const { N, K, U, q } = this;
+    const weights = Float64Array.from(pos, (p) => this.colWeight[p]);
+    const scorer = q.clip === "gptq" ? gptqLossScorer(buf, pos, N, K, U, q.maxq) : undefined;
+    const scale = this.scales.subarray(g * N, (g + 1) * N);
+    const zero = this.zeros.subarray(g * N, (g + 1) * N);
+    findParams(q, buf, 0, pos.length, N, scale, zero, weights, scorer);
+  }
 
-  for (let i1 = 0; i1 < K; i1 += blockSize) {
-    const i2 = Math.min(i1 + blockSize, K);
-    const count = i2 - i1;
-    // AutoGPTQ finds a dynamic group's parameters on the weight as it stood when the block began.
-    blockStart.set(w.subarray(i1 * N, i2 * N));
-    for (let i = 0; i < count; i++) {
-      const c = i1 + i;
-      if (grouped) {
-        if (staticGroups) {
-          const g = Math.floor((perm ? perm[c] : c) / gs);
-          scale = out.scales.subarray(g * N, (g + 1) * N);
-          zero = out.zeros.subarray(g * N, (g + 1) * N);
-          out.groupOf[c] = g;
-        } else {
-          const g = Math.floor(c / gs);
-          if (c % gs === 0) {
-            const cols = Math.min(gs, K - c);
-            const buf = groupBuf as Float32Array;
-            const inBlock = Math.min(cols, i2 - c);
-            buf.set(blockStart.subarray(i * N, (i + inBlock) * N));
-            if (cols > inBlock) buf.set(w.subarray(i2 * N, (c + cols) * N), inBlock * N);
-            scale = out.scales.subarray(g * N, (g + 1) * N);
-            zero = out.zeros.subarray(g * N, (g + 1) * N);
-            findParams(q, buf, 0, cols, N, scale, zero, out.colWeight.subarray(c, c + cols));
-          }
-          out.groupOf[c] = g;
+  run(
+    blockSize: number,
+    groups: "fixed" | "dynamic",
+    gs: number,
+    how: { staticOf: (c: number) => number; fresh: boolean },
+  ): number {
+    const { q, w, U, N, K } = this;
+    const { maxq } = q;
+    const err = new Float32Array(blockSize * N);
+    const blockStart = new Float32Array(blockSize * N);
+    const groupBuf = groups === "dynamic" ? new Float32Array(gs * N) : undefined;
+    const hcol = new Float64Array(blockSize);
+    let current = 0;
+    let scale = this.scales.subarray(0, N);
+    let zero = this.zeros.subarray(0, N);
+    let loss = 0;
+
+    for (let i1 = 0; i1 < K; i1 += blockSize) {
+      const i2 = Math.min(i1 + blockSize, K);
+      const count = i2 - i1;
+      if (groupBuf && !how.fresh) blockStart.set(w.subarray(i1 * N, i2 * N));
+      for (let i = 0; i < count; i++) {
+        const c = i1 + i;
+        const g = groups === "dynamic" ? Math.floor(c / gs) : how.staticOf(c);
+        if (groupBuf && c % gs === 0) {
+          const cols = Math.min(gs, K - c);
+          this.groupColumns(groupBuf, c, cols, i1, i2, how.fresh ? undefined : blockStart, err);
+          this.findGroup(
+            g,
+            groupBuf.subarray(0, cols * N),
+            Int32Array.from({ length: cols }, (_, t) => c + t),
+          );
+        }
+        if (g !== current) {
+          scale = this.scales.subarray(g * N, (g + 1) * N);
+          zero = this.zeros.subarray(g * N, (g + 1) * N);
+          current = g;
+        }
+        this.groupOf[c] = g;
+        const d = U[c * K + c];
+        const row = c * N;
+        const e = i * N;
+        for (let n = 0; n < N; n++) {
+          const x = w[row + n];
+          const code = quantCode(x, scale[n], zero[n], maxq);
+          this.codes[row + n] = code;
+          const diff = (x - scale[n] * (code - zero[n])) / d;
+          loss += diff * diff;
+          err[e + n] = diff;
+        }
+        // Error feedback to the rest of the block.
+        for (let j = c + 1; j < i2; j++) {
+          const hj = U[c * K + j];
+          if (hj === 0) continue;
+          const r = j * N;
+          for (let n = 0; n < N; n++) w[r + n] -= hj * err[e + n];
         }
       }
-      const d = U[c * K + c];
-      const row = c * N;
-      const e = i * N;
-      for (let n = 0; n < N; n++) {
-        const x = w[row + n];
-        const code = quantCode(x, scale[n], zero[n], maxq);
-        out.codesP[row + n] = code;
-        const diff = (x - scale[n] * (code - zero[n])) / d;
-        loss += diff * diff;
-        err[e + n] = diff;
-      }
-      // Error feedback to the rest of the block.
-      for (let j = c + 1; j < i2; j++) {
-        const hj = U[c * K + j];
-        if (hj === 0) continue;
-        const r = j * N;
-        for (let n = 0; n < N; n++) w[r + n] -= hj * err[e + n];
+      lazyUpdate(w, err, U, N, K, i1, i2, hcol);
+    }
+    return loss / 2;
+  }
+
+  /**
+   * Columns c .. c + cols of a dynamic group into buf: as they stood at the block start (AutoGPTQ), or
+   * (blockStart undefined) as updated so far, adding the current block's pending updates to those
+   * past its end.
+   */
+  private groupColumns(
+    buf: Float32Array,
+    c: number,
+    cols: number,
+    i1: number,
+    i2: number,
+    blockStart: Float32Array | undefined,
+    err: Float32Array,
+  ): void {
+    const { w, U, N, K } = this;
+    const inBlock = Math.min(cols, i2 - c);
+    if (blockStart) buf.set(blockStart.subarray((c - i1) * N, (c - i1 + inBlock) * N));
+    else buf.set(w.subarray(c * N, (c + inBlock) * N));
+    if (cols === inBlock) return;
+    buf.set(w.subarray(i2 * N, (c + cols) * N), inBlock * N);
+    if (blockStart) return;
+    for (let j = i2; j < c + cols; j++) {
+      const r = (j - c) * N;
+      for (let t = 0; t < c - i1; t++) {
+        const hj = U[(i1 + t) * K + j];
+        const e = t * N;
+        for (let n = 0; n < N; n++) buf[r + n] -= hj * err[e + n];
       }
     }
-    lazyUpdate(w, err, U, N, K, i1, i2, hcol);
   }
-  return loss / 2;
+}
+
+/**
+ * Scores candidate parameters by GPTQ's loss over one group: its columns (values `buf`, processing
+ * positions `pos`) quantized in order, each one's error fed back into the group's later columns through
+ * U. Costs cols^2 / 2 x N per candidate.
+ */
+function gptqLossScorer(
+  buf: Float32Array,
+  pos: Int32Array,
+  N: number,
+  K: number,
+  U: Float64Array,
+  maxq: number,
+): Scorer {
+  const cols = pos.length;
+  const ug = new Float64Array(cols * cols);
+  for (let a = 0; a < cols; a++) for (let b = a; b < cols; b++) ug[a * cols + b] = U[pos[a] * K + pos[b]];
+  const tmp = new Float32Array(cols * N);
+  const e = new Float64Array(N);
+  return (s1, z1, out) => {
+    tmp.set(buf.subarray(0, cols * N));
+    for (let a = 0; a < cols; a++) {
+      const d = ug[a * cols + a];
+      const base = a * N;
+      for (let n = 0; n < N; n++) {
+        const x = tmp[base + n];
+        const s = s1[n];
+        const r = (x - s * (quantCode(x, s, z1[n], maxq) - z1[n])) / d;
+        out[n] += r * r;
+        e[n] = r;
+      }
+      for (let b = a + 1; b < cols; b++) {
+        const hb = ug[a * cols + b];
+        if (hb === 0) continue;
+        const rb = b * N;
+        for (let n = 0; n < N; n++) tmp[rb + n] -= hb * e[n];
+      }
+    }
+  };
 }
 
 /** Columns after the block: w[j, :] -= sum_i U[i1 + i, j] err[i, :], four error rows per pass. */

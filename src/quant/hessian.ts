@@ -5,8 +5,8 @@
  */
 import { GptqError } from "../util/errors.js";
 
-/** Rows transposed per step: a K x ROWS float64 panel that stays in cache while H is swept. */
-const ROWS = 64;
+/** Rows transposed per step: a K x ROWS float64 panel swept against itself while it is in cache. */
+const ROWS = 128;
 
 export class HessianAccumulator {
   private readonly h: Float64Array;
@@ -18,7 +18,8 @@ export class HessianAccumulator {
     if (!(Number.isInteger(inFeatures) && inFeatures > 0))
       throw new GptqError(`in_features must be a positive integer, got ${inFeatures}`);
     this.h = new Float64Array(inFeatures * inFeatures);
-    this.panel = new Float64Array(inFeatures * ROWS);
+    // padded to a multiple of 4 input channels (zero rows) for the 4 x 4 register blocks
+    this.panel = new Float64Array(Math.ceil(inFeatures / 4) * 4 * ROWS);
   }
 
   get nsamples(): number {
@@ -55,7 +56,10 @@ export class HessianAccumulator {
     this.mirrored = false;
   }
 
-  /** h[i, j] += alpha * sum_r x[r, i] x[r, j] for j >= i, over rows r0 .. r0 + R. */
+  /**
+   * h[i, j] += alpha * sum_r x[r, i] x[r, j] for j >= i, over rows r0 .. r0 + R, in 4 x 4 blocks of dot
+   * products (entries a diagonal block puts below the diagonal are overwritten by the mirror).
+   */
   private addPanel(x: Float32Array, r0: number, R: number, alpha: number): void {
     const K = this.inFeatures;
     const p = this.panel; // p[k * R + r] = x[r0 + r, k]
@@ -63,45 +67,73 @@ export class HessianAccumulator {
       const src = (r0 + r) * K;
       for (let k = 0; k < K; k++) p[k * R + r] = x[src + k];
     }
+    p.fill(0, K * R, Math.ceil(K / 4) * 4 * R);
     const h = this.h;
-    // 2 x 2 register blocks of dot products over the panel's rows.
-    for (let i = 0; i < K; i += 2) {
+    const edge = new Float64Array(16);
+    for (let i = 0; i < K; i += 4) {
       const a0 = i * R;
-      const two = i + 1 < K;
       const a1 = a0 + R;
-      for (let j = i; j < K; j += 2) {
+      const a2 = a1 + R;
+      const a3 = a2 + R;
+      for (let j = i; j < K; j += 4) {
         const b0 = j * R;
         const b1 = b0 + R;
-        const jj = j + 1 < K;
-        let s00 = 0;
-        let s01 = 0;
-        let s10 = 0;
-        let s11 = 0;
-        if (two && jj) {
-          for (let r = 0; r < R; r++) {
-            const x0 = p[a0 + r];
-            const x1 = p[a1 + r];
-            const y0 = p[b0 + r];
-            const y1 = p[b1 + r];
-            s00 += x0 * y0;
-            s01 += x0 * y1;
-            s10 += x1 * y0;
-            s11 += x1 * y1;
-          }
-        } else {
-          for (let r = 0; r < R; r++) {
-            const x0 = p[a0 + r];
-            const y0 = p[b0 + r];
-            s00 += x0 * y0;
-            if (jj) s01 += x0 * p[b1 + r];
-            if (two) s10 += p[a1 + r] * y0;
-          }
+        const b2 = b1 + R;
+        const b3 = b2 + R;
+        let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; // prettier-ignore
+        let s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0; // prettier-ignore
+        for (let r = 0; r < R; r++) {
+          const x0 = p[a0 + r];
+          const x1 = p[a1 + r];
+          const x2 = p[a2 + r];
+          const x3 = p[a3 + r];
+          const y0 = p[b0 + r];
+          const y1 = p[b1 + r];
+          const y2 = p[b2 + r];
+          const y3 = p[b3 + r];
+          s00 += x0 * y0;
+          s01 += x0 * y1;
+          s02 += x0 * y2;
+          s03 += x0 * y3;
+          s10 += x1 * y0;
+          s11 += x1 * y1;
+          s12 += x1 * y2;
+          s13 += x1 * y3;
+          s20 += x2 * y0;
+          s21 += x2 * y1;
+          s22 += x2 * y2;
+          s23 += x2 * y3;
+          s30 += x3 * y0;
+          s31 += x3 * y1;
+          s32 += x3 * y2;
+          s33 += x3 * y3;
         }
-        h[i * K + j] += alpha * s00;
-        if (jj) h[i * K + j + 1] += alpha * s01;
-        // (i + 1, j) lies in the upper triangle only when j > i
-        if (two && j > i) h[(i + 1) * K + j] += alpha * s10;
-        if (two && jj) h[(i + 1) * K + j + 1] += alpha * s11;
+        if (i + 4 <= K && j + 4 <= K) {
+          let o = i * K + j;
+          h[o] += alpha * s00;
+          h[o + 1] += alpha * s01;
+          h[o + 2] += alpha * s02;
+          h[o + 3] += alpha * s03;
+          o += K;
+          h[o] += alpha * s10;
+          h[o + 1] += alpha * s11;
+          h[o + 2] += alpha * s12;
+          h[o + 3] += alpha * s13;
+          o += K;
+          h[o] += alpha * s20;
+          h[o + 1] += alpha * s21;
+          h[o + 2] += alpha * s22;
+          h[o + 3] += alpha * s23;
+          o += K;
+          h[o] += alpha * s30;
+          h[o + 1] += alpha * s31;
+          h[o + 2] += alpha * s32;
+          h[o + 3] += alpha * s33;
+        } else {
+          edge.set([s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33]);
+          for (let u = 0; u < 4 && i + u < K; u++)
+            for (let v = 0; v < 4 && j + v < K; v++) h[(i + u) * K + j + v] += alpha * edge[u * 4 + v];
+        }
       }
     }
   }

@@ -13,9 +13,14 @@ import { GptqError } from "../util/errors.js";
 /**
  * How a group's range is chosen: "minmax" (the range of the weights), "mse" (AutoGPTQ's shrink grid
  * minimising sum |w - q|^norm), "hessian" (the same grid minimising the Hessian-weighted squared error
- * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error).
+ * sum_k h_k (w_k - q_k)^2, with h_k the weight GPTQ gives column k's error), "gptq" (the same grid, each
+ * candidate scored by GPTQ's own loss over the group: its columns quantized in order, each one's error
+ * fed back into the rest of the group; about groupSize^2 / 2 x N per candidate, so keep it to grouped
+ * layers). "hessian" and "gptq" need a Hessian, so GPTQ only; for symmetric groups they also try ranges
+ * slightly wider than the weights': with AutoGPTQ's symmetric scale 2 max|w| / maxq the top code stands
+ * for only (maxq - 1) / maxq of max|w|.
  */
-export type ClipMethod = "minmax" | "mse" | "hessian";
+export type ClipMethod = "minmax" | "mse" | "hessian" | "gptq";
 
 export interface QuantizerOptions {
   bits: Bits;
@@ -31,6 +36,11 @@ export interface QuantizerOptions {
   maxShrink?: number;
   /** the error norm of the "mse" search (AutoGPTQ: 2.4) */
   norm?: number;
+  /**
+   * asymmetric only: after the joint shrink, search the lower and upper ends of the range separately
+   * (two rounds of coordinate descent over the same grid)
+   */
+  splitRange?: boolean;
 }
 
 export interface Quantizer {
@@ -42,6 +52,7 @@ export interface Quantizer {
   grid: number;
   maxShrink: number;
   norm: number;
+  splitRange: boolean;
 }
 
 const BITS = [2, 3, 4, 8];
@@ -55,8 +66,8 @@ export function resolveQuantizer(opts: QuantizerOptions, inFeatures: number): Qu
   if (g > inFeatures)
     throw new GptqError(`group size ${g} is larger than in_features ${inFeatures}; use -1 for one group`);
   const clip = opts.clip ?? (opts.mse ? "mse" : "minmax");
-  if (!["minmax", "mse", "hessian"].includes(clip))
-    throw new GptqError(`clip must be "minmax", "mse" or "hessian", got "${String(clip)}"`);
+  if (!["minmax", "mse", "hessian", "gptq"].includes(clip))
+    throw new GptqError(`clip must be "minmax", "mse", "hessian" or "gptq", got "${String(clip)}"`);
   const grid = opts.grid ?? 100;
   const maxShrink = opts.maxShrink ?? 0.8;
   const norm = opts.norm ?? 2.4;
@@ -73,6 +84,7 @@ export function resolveQuantizer(opts: QuantizerOptions, inFeatures: number): Qu
     grid,
     maxShrink,
     norm,
+    splitRange: opts.splitRange ?? false,
   };
 }
 
@@ -103,10 +115,13 @@ function asymZero(xmin: number, scale: number, maxq: number): number {
   return z < 0 ? 0 : z > maxq ? maxq : z;
 }
 
+/** Adds each row's error under candidate parameters (scale[n], zero[n]) to err[n]. */
+export type Scorer = (scale: Float64Array, zero: Float64Array, err: Float64Array) => void;
+
 /**
  * Scale and zero point of each of the N rows over `cols` columns starting at `offset` in `src`
- * (column k of the group at src[offset + k * N ...]). `colWeights` (length cols) weights each column's
- * error for clip "hessian". Results go to scale[n], zero[n].
+ * (column k of the group at src[offset + k * N ...]). Clip "hessian" weighs column k's squared error
+ * by `colWeights[k]`; clip "gptq" scores candidates with `scorer`. Results go to scale[n], zero[n].
  */
 export function findParams(
   q: Quantizer,
@@ -117,6 +132,7 @@ export function findParams(
   scale: Float32Array,
   zero: Float32Array,
   colWeights?: Float64Array,
+  scorer?: Scorer,
 ): void {
   const { maxq, sym } = q;
   const xmin = new Float64Array(N);
@@ -144,23 +160,93 @@ export function findParams(
     zero[n] = sym ? symZero : asymZero(xmin[n], s, maxq);
   }
   if (q.clip === "minmax") return;
-  if (q.clip === "hessian" && (!colWeights || colWeights.length < cols))
-    throw new GptqError('clip "hessian" needs per-column Hessian weights (use it with GPTQ)');
-  const weights = q.clip === "hessian" ? colWeights : undefined;
-  const norm = q.clip === "hessian" ? 2 : q.norm;
+  if (q.clip === "gptq" && !scorer)
+    throw new GptqError('clip "gptq" scores candidates by GPTQ\'s loss: use it with GPTQ');
+  if ((q.clip === "hessian" || q.clip === "gptq") && (!colWeights || colWeights.length < cols))
+    throw new GptqError(`clip "${q.clip}" needs per-column Hessian weights: use it with GPTQ`);
+  // AutoGPTQ's |w - q|^norm, the Hessian-weighted squared error, or GPTQ's loss over the group
+  const score =
+    q.clip === "mse"
+      ? weightedError(src, offset, cols, N, maxq, undefined, q.norm)
+      : q.clip === "hessian"
+        ? weightedError(src, offset, cols, N, maxq, colWeights, 2)
+        : (scorer as Scorer);
+
+  // AutoGPTQ keeps a symmetric row's range at [0, max] when no weight is negative, which leaves half
+  // the codes unused; the Hessian-aware searches start from [-max, max] (shrinking reaches [0, max]'s scale).
+  if (sym && q.clip !== "mse") for (let n = 0; n < N; n++) if (xmin[n] === 0) xmin[n] = -xmax[n];
+
+  // Candidates shrink the range's ends by factors lo[n], hi[n] (jointly unless splitRange).
   const best = new Float64Array(N).fill(Infinity);
+  const bestLo = new Float64Array(N).fill(1);
+  const bestHi = new Float64Array(N).fill(1);
   const err = new Float64Array(N);
   const s1 = new Float64Array(N);
   const z1 = new Float64Array(N);
-  const steps = Math.floor(q.maxShrink * q.grid);
-  for (let i = 0; i < steps; i++) {
-    const p = 1 - i / q.grid;
+  const tryCandidates = (lo: (n: number) => number, hi: (n: number) => number) => {
     for (let n = 0; n < N; n++) {
-      const s = halfScale((p * xmax[n] - p * xmin[n]) / maxq);
+      const l = lo(n) * xmin[n];
+      const s = halfScale((hi(n) * xmax[n] - l) / maxq);
       s1[n] = s;
-      z1[n] = sym ? symZero : asymZero(p * xmin[n], s, maxq);
+      z1[n] = sym ? symZero : asymZero(l, s, maxq);
     }
     err.fill(0);
+    score(s1, z1, err);
+    for (let n = 0; n < N; n++) {
+      if (err[n] < best[n]) {
+        best[n] = err[n];
+        bestLo[n] = lo(n);
+        bestHi[n] = hi(n);
+        scale[n] = s1[n];
+        zero[n] = z1[n];
+      }
+    }
+  };
+  // AutoGPTQ's grid: p = 1, 1 - 1/grid, ... down to 1 - maxShrink
+  const shrinks = Array.from({ length: Math.floor(q.maxShrink * q.grid) }, (_, i) => 1 - i / q.grid);
+  for (const p of shrinks)
+    tryCandidates(
+      () => p,
+      () => p,
+    );
+  if (sym && q.clip !== "mse") {
+    // With AutoGPTQ's symmetric scale the top code stands for (maxq - 1) / maxq of max |w|: let the
+    // Hessian-aware searches widen the range until it is covered.
+    const widen = Math.ceil((maxq / (maxq - 1) - 1) * q.grid);
+    for (let i = 1; i <= widen; i++)
+      tryCandidates(
+        () => 1 + i / q.grid,
+        () => 1 + i / q.grid,
+      );
+  }
+  if (!q.splitRange || sym) return;
+  for (let round = 0; round < 2; round++) {
+    const hiNow = Float64Array.from(bestHi);
+    for (const p of shrinks)
+      tryCandidates(
+        () => p,
+        (n) => hiNow[n],
+      );
+    const loNow = Float64Array.from(bestLo);
+    for (const p of shrinks)
+      tryCandidates(
+        (n) => loNow[n],
+        () => p,
+      );
+  }
+}
+
+/** sum_k w_k |x - q(x)|^norm per row (w_k = 1 without weights). */
+function weightedError(
+  src: Float32Array,
+  offset: number,
+  cols: number,
+  N: number,
+  maxq: number,
+  weights: Float64Array | undefined,
+  norm: number,
+): Scorer {
+  return (s1, z1, err) => {
     for (let k = 0; k < cols; k++) {
       const base = offset + k * N;
       const wk = weights ? weights[k] : 1;
@@ -168,15 +254,9 @@ export function findParams(
         const x = src[base + n];
         const s = s1[n];
         const d = Math.abs(s * (quantCode(x, s, z1[n], maxq) - z1[n]) - x);
-        err[n] += wk * (norm === 2 ? d * d : Math.pow(d, norm));
+        // exp(norm log d) is |d|^norm at half the cost of Math.pow
+        err[n] += wk * (norm === 2 ? d * d : d === 0 ? 0 : Math.exp(norm * Math.log(d)));
       }
     }
-    for (let n = 0; n < N; n++) {
-      if (err[n] < best[n]) {
-        best[n] = err[n];
-        scale[n] = s1[n];
-        zero[n] = z1[n];
-      }
-    }
-  }
+  };
 }

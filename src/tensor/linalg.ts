@@ -140,3 +140,17 @@ export function upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array
   }
   return r;
 }
+
+/** Solves L L^T x = rhs in place (rhs becomes x), L the lower factor from choleskyLowerInPlace. */
+export function solveLower(l: Float64Array, rhs: Float64Array, n: number): void {
+  for (let i = 0; i < n; i++) {
+    let s = rhs[i];
+    for (let k = 0; k < i; k++) s -= l[i * n + k] * rhs[k];
+    rhs[i] = s / l[i * n + i];
+  }
+  for (let i = n - 1; i >= 0; i--) {
+    let s = rhs[i];
+    for (let k = i + 1; k < n; k++) s -= l[k * n + i] * rhs[k];
+    rhs[i] = s / l[i * n + i];
+  }
+}

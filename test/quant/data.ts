@@ -88,3 +88,42 @@ export function loadAlgorithmFixture(path: string): AlgorithmFixture {
   });
   return { W: toFloat32(w), X: toFloat32(x), N: w.shape[0], K: w.shape[1], rows: x.shape[0], cases };
 }
+
+/** X^T X in float64, computed directly (K x K). */
+export function gram(X: Float32Array, rows: number, K: number): Float64Array {
+  const g = new Float64Array(K * K);
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < K; i++) {
+      const xi = X[r * K + i];
+      if (xi === 0) continue;
+      for (let j = 0; j < K; j++) g[i * K + j] += xi * X[r * K + j];
+    }
+  return g;
+}
+
+/** The same relative output error through the Gram matrix: sum_n e_n^T G e_n / sum_n w_n^T G w_n. */
+export function relativeOutputErrorGram(
+  G: Float64Array,
+  W: ArrayLike<number>,
+  Q: ArrayLike<number>,
+  N: number,
+  K: number,
+): number {
+  let num = 0;
+  let den = 0;
+  const e = new Float64Array(K);
+  for (let n = 0; n < N; n++) {
+    for (let k = 0; k < K; k++) e[k] = Q[n * K + k] - W[n * K + k];
+    for (let i = 0; i < K; i++) {
+      let se = 0;
+      let sw = 0;
+      for (let j = 0; j < K; j++) {
+        se += G[i * K + j] * e[j];
+        sw += G[i * K + j] * W[n * K + j];
+      }
+      num += e[i] * se;
+      den += W[n * K + i] * sw;
+    }
+  }
+  return num / den;
+}

@@ -3,18 +3,26 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
 import { dequantize } from "../../src/formats/dequantize.js";
-import type { GptqOptions } from "../../src/quant/index.js";
+import type { GptqOptions, GptqResult } from "../../src/quant/index.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
-import { AlgorithmCase, AlgorithmFixture, loadAlgorithmFixture, relativeOutputError } from "./data.js";
+import {
+  AlgorithmCase,
+  AlgorithmFixture,
+  loadAlgorithmFixture,
+  gram,
+  relativeOutputErrorGram,
+} from "./data.js";
 
 const FILE = ["fixtures", "public-gptq-algorithm.safetensors"];
 const skip = skipUnlessShared(...FILE);
 
 let fixture: AlgorithmFixture | undefined;
 let hessian: Float64Array | undefined;
+let xtx: Float64Array | undefined;
 function load(): { f: AlgorithmFixture; H: Float64Array } {
   if (!fixture || !hessian) {
     fixture = loadAlgorithmFixture(sharedPath(...FILE));
+    xtx = gram(fixture.X, fixture.rows, fixture.K);
     // the reference fed X in batches of 128 rows
     const acc = new HessianAccumulator(fixture.K);
     for (let r = 0; r < fixture.rows; r += 128)
@@ -22,6 +30,19 @@ function load(): { f: AlgorithmFixture; H: Float64Array } {
     hessian = acc.H;
   }
   return { f: fixture, H: hessian };
+}
+
+/** GPTQ on a case with extra options, computed once per (case, options) across the tests below. */
+const results = new Map<string, GptqResult>();
+function quantize(c: AlgorithmCase, extra: Partial<GptqOptions> = {}): GptqResult {
+  const key = `${c.name} ${JSON.stringify(extra)}`;
+  let r = results.get(key);
+  if (!r) {
+    const { f, H } = load();
+    r = gptqQuantize(f.W, f.N, f.K, H, { ...optionsOf(c), ...extra });
+    results.set(key, r);
+  }
+  return r;
 }
 
 function optionsOf(c: AlgorithmCase): GptqOptions {
@@ -34,15 +55,16 @@ function optionsOf(c: AlgorithmCase): GptqOptions {
   };
 }
 
+/** ||X Q^T - X W^T||^2 / ||X W^T||^2 (through X^T X, computed directly from X) */
 function errorOf(f: AlgorithmFixture, Q: Float32Array): number {
-  return relativeOutputError(f.X, f.rows, f.W, Q, f.N, f.K);
+  return relativeOutputErrorGram(xtx as Float64Array, f.W, Q, f.N, f.K);
 }
 
 test("fixture: every case has identical g_idx and an output error within 1 % of AutoGPTQ's", { skip }, () => {
-  const { f, H } = load();
+  const { f } = load();
   assert.equal(f.cases.length, 6);
   for (const c of f.cases) {
-    const r = gptqQuantize(f.W, f.N, f.K, H, optionsOf(c));
+    const r = quantize(c);
     assert.deepEqual([...r.layer.gIdx], [...c.gIdx], c.name);
     const ours = errorOf(f, r.Q);
     assert.ok(ours <= c.rel_output_error * 1.01, `${c.name}: ${ours} vs reference ${c.rel_output_error}`);
@@ -63,10 +85,71 @@ test("fixture: our round-to-nearest reproduces the reference's RTN error", { ski
 });
 
 test("fixture: GPTQ beats round-to-nearest wherever AutoGPTQ does", { skip }, () => {
-  const { f, H } = load();
+  const { f } = load();
   for (const c of f.cases) {
     if (c.rel_output_error >= c.rtn_rel_output_error) continue;
-    const ours = errorOf(f, gptqQuantize(f.W, f.N, f.K, H, optionsOf(c)).Q);
+    const ours = errorOf(f, quantize(c).Q);
     assert.ok(ours < c.rtn_rel_output_error, `${c.name}: ${ours} vs RTN ${c.rtn_rel_output_error}`);
   }
 });
+
+test(
+  "fixture: Hessian-aware clipping beats AutoGPTQ's reference and RTN everywhere, and plain MSE at 4 bits",
+  { skip },
+  () => {
+    const { f } = load();
+    for (const c of f.cases) {
+      const hessian = quantize(c, { clip: "hessian" });
+      assert.deepEqual([...hessian.layer.gIdx], [...c.gIdx], c.name);
+      const e = errorOf(f, hessian.Q);
+      const msg = `${c.name}: hessian ${e}, reference ${c.rel_output_error}, RTN ${c.rtn_rel_output_error}`;
+      assert.ok(e < c.rtn_rel_output_error && e <= c.rel_output_error, msg);
+      if (c.bits !== 4) continue;
+      const mse = errorOf(f, quantize(c, { mse: true }).Q);
+      assert.ok(mse < c.rel_output_error, `${c.name}: mse ${mse} vs reference ${c.rel_output_error}`);
+      assert.ok(e < 0.9 * c.rel_output_error && e < 0.9 * mse, `${msg}, mse ${mse}`);
+    }
+  },
+);
+
+test(
+  "fixture: GPTQ-loss clipping, fresh group parameters and split ranges each improve on Hessian clipping",
+  { skip },
+  () => {
+    const { f } = load();
+    const variants: [string, (c: AlgorithmCase) => boolean, Partial<GptqOptions>][] = [
+      ["gptq clip", (c) => c.bits === 4 && !c.desc_act, { clip: "gptq" }],
+      [
+        "fresh groups",
+        (c) => c.group_size > 0 && c.group_size < 128 && !c.static_groups,
+        { clip: "hessian", freshGroups: true },
+      ],
+      ["split range", (c) => !c.sym, { clip: "hessian", splitRange: true }],
+    ];
+    for (const [name, applies, extra] of variants) {
+      for (const c of f.cases.filter(applies)) {
+        const hessian = errorOf(f, quantize(c, { clip: "hessian" }).Q);
+        const e = errorOf(f, quantize(c, extra).Q);
+        assert.ok(e < hessian, `${c.name} ${name}: ${e} vs hessian clip ${hessian}`);
+      }
+    }
+  },
+);
+
+test(
+  "fixture: refining (least-squares scale refit, then GPTQ again with those scales) lowers the error",
+  { skip },
+  () => {
+    const { f } = load();
+    for (const c of f.cases.filter((x) => x.bits === 4)) {
+      for (const clip of ["minmax", "hessian"] as const) {
+        const extra: Partial<GptqOptions> = clip === "minmax" ? {} : { clip };
+        const plain = errorOf(f, quantize(c, extra).Q);
+        const refined = quantize(c, { ...extra, refine: 1 });
+        assert.deepEqual([...refined.layer.gIdx], [...c.gIdx], c.name);
+        const e = errorOf(f, refined.Q);
+        assert.ok(e < plain, `${c.name} clip ${clip}: refined ${e} vs ${plain}`);
+      }
+    }
+  },
+);

@@ -157,3 +157,32 @@ test("GPTQ refuses bad input with a GptqError and leaves its inputs untouched", 
   neg[0] = -1;
   assert.throws(() => gptqQuantize(W, N, K, neg, o), /diagonal 0/);
 });
+
+test("GPTQ freshGroups finds dynamic group parameters on the weights as updated so far", () => {
+  // The plain reference with a one-column block takes a snapshot before every column, which is exactly
+  // "the weights as updated so far"; groups of 24 straddle our blocks of 16.
+  const o = { bits: 3 as const, groupSize: 24, sym: false };
+  const r = gptqQuantize(W, N, K, H, { ...o, blockSize: 16, freshGroups: true });
+  const ref = referenceGptq(W, N, K, H, {
+    ...o,
+    descAct: false,
+    staticGroups: false,
+    damp: 0.01,
+    blockSize: 1,
+  });
+  assert.ok(codesAgreement(r.Q, ref.Q) > 0.99, `agreement ${codesAgreement(r.Q, ref.Q)}`);
+  const stale = gptqQuantize(W, N, K, H, { ...o, blockSize: 16 });
+  assert.ok(codesAgreement(stale.Q, ref.Q) < codesAgreement(r.Q, ref.Q));
+});
+
+test("GPTQ Hessian-aware searches use all symmetric codes on rows with no negative weight", () => {
+  // AutoGPTQ keeps the range [0, 0.5] with zero point 8: scale 0.5 / 15, and the top code 15 stands for
+  // 7 / 15 * 0.5. From [-0.5, 0.5], widened a little, the search finds a scale that holds 0.5 exactly.
+  const w = Float32Array.from([0.5]);
+  const h = Float64Array.from([1]);
+  const minmax = gptqQuantize(w, 1, 1, h, { bits: 4, groupSize: -1, sym: true });
+  assert.equal(minmax.layer.codes[0], 15);
+  assert.ok(Math.abs(minmax.Q[0] - (7 / 15) * 0.5) < 1e-3);
+  const hessian = gptqQuantize(w, 1, 1, h, { bits: 4, groupSize: -1, sym: true, clip: "hessian" });
+  assert.ok(Math.abs(hessian.Q[0] - 0.5) < 1e-3, `${hessian.Q[0]}`);
+});
