@@ -254,6 +254,10 @@ export class LlamaModel {
       const linear = (prefix: string, N: number, K: number): Linear => {
         const info = quantized.get(prefix);
         if (!info) return loadDenseLinear(store, prefix, N, K);
+        if (info.outFeatures !== N || info.inFeatures !== K)
+          throw new GptqError(
+            `${dir}: ${prefix} is ${info.outFeatures} x ${info.inFeatures} (out x in), config.json implies ${N} x ${K}`,
+          );
         const format = ckpt.format as CheckpointFormat;
         // the config's group size: a partial last group makes the tensors' own count ambiguous
         const groupSize = ckpt.config?.groupSize ?? info.groupSize;
@@ -273,9 +277,11 @@ export class LlamaModel {
         }
         if (store.has(`${prefix}.bias`)) layer.bias = readFloats(store, `${prefix}.bias`, [info.outFeatures]);
         if (actQuant === "int8") {
-          if (layer.bits !== 4 || layer.zeros.some((z) => z !== 8))
+          const mid = 1 << (layer.bits - 1);
+          const sym = layer.zeros.every((z) => z === mid);
+          if (layer.bits !== 4 || !sym)
             throw new GptqError(
-              `${dir}: layer ${prefix} is ${layer.bits}-bit ${layer.zeros.every((z) => z === 8) ? "symmetric" : "asymmetric"}; int8 activations (A8W4) need 4-bit symmetric weights`,
+              `${dir}: layer ${prefix} is ${layer.bits}-bit ${sym ? "symmetric" : "asymmetric"}; int8 activations (A8W4) need 4-bit symmetric weights`,
             );
           return A8W4Linear.fromQuantized(layer);
         }
@@ -292,11 +298,6 @@ export class LlamaModel {
         for (const name of LINEAR_NAMES) {
           const p = `${prefix}.${LINEAR_MODULE[name]}`;
           const [N, K] = shapes[name];
-          const info = quantized.get(p);
-          if (info && (info.outFeatures !== N || info.inFeatures !== K))
-            throw new GptqError(
-              `${dir}: ${p} is ${info.outFeatures} x ${info.inFeatures} (out x in), config.json implies ${N} x ${K}`,
-            );
           linears[name] = linear(p, N, K);
         }
         layers.push(
@@ -311,11 +312,13 @@ export class LlamaModel {
         );
       }
       const finalNorm = readFloats(store, "model.norm.weight", [D]);
-      // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says
-      const tied = config.tieWordEmbeddings || !store.has("lm_head.weight");
-      const lmHead = tied
-        ? new DenseLinear(embed, config.vocabSize, D)
-        : loadDenseLinear(store, "lm_head", config.vocabSize, D);
+      // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says;
+      // some quantizers also quantize lm_head (GPTQModel's lm_head option)
+      const lmHead = quantized.has("lm_head")
+        ? linear("lm_head", config.vocabSize, D)
+        : config.tieWordEmbeddings || !store.has("lm_head.weight")
+          ? new DenseLinear(embed, config.vocabSize, D)
+          : loadDenseLinear(store, "lm_head", config.vocabSize, D);
       return new LlamaModel(config, embed, layers, finalNorm, lmHead);
     } finally {
       ckpt.close();

@@ -13,8 +13,20 @@ import { LlamaModel } from "../../src/model/llama.js";
 import { DType, bf16sToFloats, floatsToBf16s, floatsToHalfs, halfsToFloats } from "../../src/tensor/dtype.js";
 import { tmpDir } from "../helpers/checkpoints.js";
 
+/** the config.json fields the tests read */
+interface HfConfig {
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim?: number;
+  vocab_size: number;
+  rms_norm_eps: number;
+}
+
 interface Arch {
-  config: Record<string, unknown>;
+  config: HfConfig & Record<string, unknown>;
   dtype: DType;
   bias: boolean;
   tied: boolean;
@@ -46,15 +58,7 @@ function llama3(theta: number, factor: number, low: number, high: number, ctx: n
 
 /** writes a random checkpoint; returns its dir and the weights as the file stores them (fp32 values) */
 function build(arch: Arch, seed: number): { dir: string; w: Map<string, Float64Array> } {
-  const c = arch.config as {
-    hidden_size: number;
-    intermediate_size: number;
-    num_hidden_layers: number;
-    num_attention_heads: number;
-    num_key_value_heads: number;
-    head_dim?: number;
-    vocab_size: number;
-  };
+  const c = arch.config;
   const D = c.hidden_size;
   const hd = c.head_dim ?? D / c.num_attention_heads;
   const qd = c.num_attention_heads * hd;
@@ -104,16 +108,7 @@ function build(arch: Arch, seed: number): { dir: string; w: Map<string, Float64A
 
 /** the float64 forward, one loop per formula */
 function referenceLogits(arch: Arch, w: Map<string, Float64Array>, tokens: number[]): Float64Array {
-  const c = arch.config as {
-    hidden_size: number;
-    intermediate_size: number;
-    num_hidden_layers: number;
-    num_attention_heads: number;
-    num_key_value_heads: number;
-    head_dim?: number;
-    vocab_size: number;
-    rms_norm_eps: number;
-  };
+  const c = arch.config;
   const D = c.hidden_size;
   const H = c.num_attention_heads;
   const KV = c.num_key_value_heads;

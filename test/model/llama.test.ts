@@ -46,6 +46,11 @@ test(
     const { ppl, tokens: n } = perplexity(model, tokens);
     assert.equal(n, tokens.length * (tokens[0].length - 1));
     assert.ok(Math.abs(ppl / 18.256 - 1) < 5e-4, `perplexity ${ppl}`);
+    assert.throws(() => perplexity(model, [Int32Array.of(1)]), /at least one sequence of two or more tokens/);
+    assert.throws(
+      () => model.forward(Int32Array.of(1, 512)),
+      /token 512 at position 1 is outside the vocabulary/,
+    );
   },
 );
 

@@ -70,6 +70,7 @@ function quantizedCheckpoint(
   format: CheckpointFormat,
   s: Scheme,
   which: (name: LinearName) => boolean,
+  lmHead = false,
 ): { dir: string; layers: Map<string, QuantizedLinear> } {
   const dir = tmpDir("model-q");
   copyFileSync(join(MODEL, "config.json"), join(dir, "config.json"));
@@ -91,6 +92,13 @@ function quantizedCheckpoint(
       layers.set(prefix, q);
       for (const lt of FORMATS[format].write(q))
         entries.push({ name: `${prefix}.${lt.suffix}`, dtype: lt.dtype, shape: lt.shape, data: lt.data });
+    }
+    if (lmHead) {
+      // the tied head, stored as a quantized lm_head of its own
+      const q = rtn(toFloat32(src.read("model.embed_tokens.weight")), 512, 64, s);
+      layers.set("lm_head", q);
+      for (const lt of FORMATS[format].write(q))
+        entries.push({ name: `lm_head.${lt.suffix}`, dtype: lt.dtype, shape: lt.shape, data: lt.data });
     }
   } finally {
     src.close();
@@ -115,6 +123,8 @@ function reference(
   make: (q: QuantizedLinear) => DenseLinear | A8W4Linear,
 ): LlamaModel {
   const m = LlamaModel.load(MODEL);
+  const head = layers.get("lm_head");
+  if (head) m.lmHead = make(head);
   for (const layer of m.layers)
     for (const name of LINEAR_NAMES) {
       const q = layers.get(layer.linearPrefix(name));
@@ -182,19 +192,21 @@ test(
 );
 
 test(
-  "a GPTQ v2 8-bit asymmetric act-order checkpoint with a partial last group runs from its codes",
+  "a GPTQ v2 8-bit asymmetric act-order checkpoint with a partial last group and a quantized lm_head runs from its codes",
   { skip },
   () => {
     const { dir, layers } = quantizedCheckpoint(
       "gptq_v2",
       { bits: 8, groupSize: 64, sym: false, actOrder: true },
       () => true,
+      true,
     );
     try {
-      assert.equal(layers.size, 35);
+      assert.equal(layers.size, 36);
       const toks = tokens();
       const q = LlamaModel.load(dir);
       assert.equal(countLinears(q, QuantLinear), 35);
+      assert.ok(q.lmHead instanceof QuantLinear);
       const d = maxAbsDiff(q.forward(toks), reference(layers, dense).forward(toks));
       assert.ok(d < 1e-4, `max abs logit difference ${d}`);
       assert.throws(

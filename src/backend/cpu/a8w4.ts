@@ -10,10 +10,13 @@ import { GptqError } from "../../util/errors.js";
 import { addBias, checkInput } from "./gemm.js";
 import type { Linear } from "./linear.js";
 import { checkQuantizedLinear, groupOrder } from "./quant-linear.js";
+import { WasmGemm, wasmGemm } from "./wasm-gemm.js";
 
 const FP32_EPS = 2 ** -23;
 /** int4 weight bytes per pass (see forward) */
-const SLAB_BYTES = 256 * 1024; // torch.finfo(torch.float32).eps, the floor of every scale
+const SLAB_BYTES = 256 * 1024;
+/** activation rows widened into the WebAssembly memory at a time */
+const ROW_CHUNK = 256; // torch.finfo(torch.float32).eps, the floor of every scale
 
 export interface TokenQuant {
   /** rows x K codes in [-128, 127] */
@@ -216,6 +219,76 @@ export class A8W4Linear implements Linear {
     return out;
   }
 
+  /**
+   * The same products with the int16 WebAssembly kernel: a chunk of activation rows and a slab of weight
+   * rows are widened to int16 in the module's memory (each group padded to 8 values), one kernel call per
+   * group gives exact int32 dot products, and the scales are applied here.
+   */
+  private forwardWasm(
+    k16: WasmGemm,
+    q: Int8Array,
+    scale: Float32Array,
+    zero: Int32Array,
+    rows: number,
+  ): Float32Array {
+    const { outFeatures: N, paddedK: Kp, groups: G, groupSize: gs, codes, scales, codeSums } = this;
+    const gsPad = Math.ceil(gs / 8) * 8;
+    const Kq = G * gsPad;
+    const rowsPad = Math.ceil(Math.min(rows, ROW_CHUNK) / 4) * 4;
+    const slab = Math.max(2, Math.floor(SLAB_BYTES / (2 * Kq)) & ~1);
+    const slabPad = Math.min(slab, Math.ceil(N / 2) * 2);
+    // layout in int16 units: activations, weights, then the int32 output tile
+    const wAt = rowsPad * Kq;
+    const oAt = wAt + slabPad * Kq;
+    const bytes = 2 * oAt + 4 * rowsPad * slabPad;
+    const mem = k16.memory;
+    if (mem.buffer.byteLength < bytes) mem.grow(Math.ceil((bytes - mem.buffer.byteLength) / 65536));
+    const h16 = new Int16Array(mem.buffer);
+    const h32 = new Int32Array(mem.buffer, 2 * oAt, rowsPad * slabPad);
+    /** row `src` of a K-padded int8 matrix into int16 row `dst` of the group-padded layout */
+    const widen = (from: Int8Array, src: number, dst: number) => {
+      if (gsPad === gs) h16.set(from.subarray(src * Kp, (src + 1) * Kp), dst * Kq);
+      else
+        for (let g = 0; g < G; g++) {
+          const d = dst * Kq + g * gsPad;
+          h16.set(from.subarray(src * Kp + g * gs, src * Kp + (g + 1) * gs), d);
+          h16.fill(0, d + gs, d + gsPad);
+        }
+    };
+    const out = new Float32Array(rows * N);
+    const y = new Float64Array(rowsPad * slabPad);
+    for (let r0 = 0; r0 < rows; r0 += ROW_CHUNK) {
+      const rc = Math.min(ROW_CHUNK, rows - r0);
+      const rcPad = Math.ceil(rc / 4) * 4;
+      for (let r = 0; r < rc; r++) widen(q, r0 + r, r);
+      h16.fill(0, rc * Kq, rcPad * Kq);
+      for (let n0 = 0; n0 < N; n0 += slab) {
+        const nc = Math.min(slab, N - n0);
+        const ncPad = Math.ceil(nc / 2) * 2;
+        for (let n = 0; n < nc; n++) widen(codes, n0 + n, rowsPad + n);
+        h16.fill(0, wAt + nc * Kq, wAt + ncPad * Kq);
+        y.fill(0);
+        for (let g = 0; g < G; g++) {
+          const off = 2 * g * gsPad;
+          k16.dot16(off, 2 * Kq, rcPad, 2 * wAt + off, 2 * Kq, ncPad, 2 * gsPad, 2 * oAt, 4 * ncPad);
+          for (let r = 0; r < rc; r++) {
+            const zx = zero[r0 + r];
+            for (let n = 0; n < nc; n++) {
+              const so = (n0 + n) * G + g;
+              y[r * ncPad + n] += scales[so] * ((h32[r * ncPad + n] - zx * codeSums[so]) | 0);
+            }
+          }
+        }
+        for (let r = 0; r < rc; r++) {
+          const sx = scale[r0 + r];
+          for (let n = 0; n < nc; n++) out[(r0 + r) * N + n0 + n] = sx * y[r * ncPad + n];
+        }
+      }
+    }
+    addBias(out, rows, this.bias);
+    return out;
+  }
+
   /** rows r..r+3, outputs n0..n1: the four rows share every weight load */
   private tile4(
     q: Int8Array,
@@ -307,6 +380,8 @@ export class A8W4Linear implements Linear {
     const { outFeatures: N, paddedK: Kp } = this;
     // zero padding never changes a row's range, which already includes 0
     const { q, scale, zero } = quantizePerToken(this.padded(x, rows), rows, Kp);
+    const k16 = wasmGemm();
+    if (k16) return this.forwardWasm(k16, q, scale, zero, rows);
     const out = new Float32Array(rows * N);
     // a slab of weight rows stays in cache while every row of activations passes over it
     const slab = Math.max(1, Math.floor(SLAB_BYTES / Kp));

@@ -5,11 +5,13 @@
  */
 import { QuantizedLinear, numGroups } from "../../formats/types.js";
 import { GptqError } from "../../util/errors.js";
-import { addBias, checkInput, gemmNT } from "./gemm.js";
+import { WeightRows, addBias, checkInput, gemmNTRows } from "./gemm.js";
 import type { Linear } from "./linear.js";
 
 /** most rows of K dequantized at once (a group of -1 spans all of K) */
 const BLOCK_ROWS = 128;
+/** below this many rows, dequantizing a block costs more than the product it feeds */
+const FEW_ROWS = 4;
 
 /**
  * The input rows of each group, contiguous: perm lists the rows of K ordered by group (stable), and group
@@ -67,49 +69,104 @@ export function checkQuantizedLinear(q: QuantizedLinear): number {
 export class QuantLinear implements Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
+  readonly bits: number;
+  readonly groupSize: number;
   private readonly order: GroupOrder;
+  /** codes transposed to N x K with K in group order, so a block of a group is contiguous per output */
+  private readonly codes: Uint8Array;
+  private readonly scales: Float32Array;
+  private readonly zeros: Uint8Array;
+  private readonly bias?: Float32Array;
   /** [start, end) positions in group order and the group of each block */
   private readonly blocks: { start: number; end: number; group: number }[] = [];
-  private readonly maxBlock: number;
 
-  constructor(readonly layer: QuantizedLinear) {
+  constructor(layer: QuantizedLinear) {
     const G = checkQuantizedLinear(layer);
-    this.inFeatures = layer.inFeatures;
-    this.outFeatures = layer.outFeatures;
+    const K = layer.inFeatures;
+    const N = layer.outFeatures;
+    this.inFeatures = K;
+    this.outFeatures = N;
+    this.bits = layer.bits;
+    this.groupSize = layer.groupSize;
     this.order = groupOrder(layer.gIdx, G);
-    let maxBlock = 0;
+    const { perm, starts } = this.order;
+    this.codes = new Uint8Array(N * K);
+    for (let j = 0; j < K; j++) {
+      const src = (perm ? perm[j] : j) * N;
+      for (let n = 0; n < N; n++) this.codes[n * K + j] = layer.codes[src + n];
+    }
+    this.scales = layer.scales;
+    this.zeros = layer.zeros;
+    this.bias = layer.bias;
     for (let g = 0; g < G; g++)
-      for (let s = this.order.starts[g]; s < this.order.starts[g + 1]; s += BLOCK_ROWS) {
-        const end = Math.min(s + BLOCK_ROWS, this.order.starts[g + 1]);
-        this.blocks.push({ start: s, end, group: g });
-        maxBlock = Math.max(maxBlock, end - s);
-      }
-    this.maxBlock = maxBlock;
+      for (let s = starts[g]; s < starts[g + 1]; s += BLOCK_ROWS)
+        this.blocks.push({ start: s, end: Math.min(s + BLOCK_ROWS, starts[g + 1]), group: g });
   }
 
   forward(x: Float32Array, rows: number): Float32Array {
     checkInput(this, x, rows);
-    const { inFeatures: K, outFeatures: N } = this;
-    const { codes, scales, zeros } = this.layer;
+    const { inFeatures: K, outFeatures: N, codes, scales, zeros } = this;
     const { perm } = this.order;
     const xs = perm ? gatherColumns(x, rows, perm) : x;
+    if (rows < FEW_ROWS) return this.forwardFewRows(xs, rows);
     const out = new Float32Array(rows * N);
-    const wt = new Float32Array(N * this.maxBlock); // one block, transposed to N x len
     let first = true;
     for (const { start, end, group } of this.blocks) {
       const len = end - start;
       const gOff = group * N;
-      for (let j = start; j < end; j++) {
-        const k = perm ? perm[j] : j;
-        const cOff = k * N;
-        const col = j - start;
-        for (let n = 0; n < N; n++)
-          wt[n * len + col] = scales[gOff + n] * (codes[cOff + n] - zeros[gOff + n]);
-      }
-      gemmNT(xs, start, K, rows, wt, len, N, len, out, !first);
+      // the block's weights, dequantized straight into the kernel's operand buffer
+      const dequant: WeightRows = (dst, dstOff, dstStride, n0, n1) => {
+        for (let n = n0; n < n1; n++) {
+          const s = scales[gOff + n];
+          const z = zeros[gOff + n];
+          const src = n * K + start;
+          const d = dstOff + (n - n0) * dstStride;
+          for (let c = 0; c < len; c++) dst[d + c] = s * (codes[src + c] - z);
+        }
+      };
+      gemmNTRows(xs, start, K, rows, dequant, N, len, out, !first);
       first = false;
     }
-    addBias(out, rows, this.layer.bias);
+    addBias(out, rows, this.bias);
+    return out;
+  }
+
+  /**
+   * For decode-sized inputs, no dequantized block: per output and group, the dot product of x with the
+   * codes, then y[n] += scale[g, n] * (dot - zero[g, n] * sum of x over the group).
+   */
+  private forwardFewRows(xs: Float32Array, rows: number): Float32Array {
+    const { inFeatures: K, outFeatures: N, codes, scales, zeros } = this;
+    const { starts } = this.order;
+    const G = starts.length - 1;
+    const out = new Float32Array(rows * N);
+    const xsum = new Float64Array(G);
+    for (let r = 0; r < rows; r++) {
+      const xo = r * K;
+      for (let g = 0; g < G; g++) {
+        let sum = 0;
+        for (let j = starts[g]; j < starts[g + 1]; j++) sum += xs[xo + j];
+        xsum[g] = sum;
+      }
+      for (let n = 0; n < N; n++) {
+        const co = n * K;
+        let y = 0;
+        for (let g = 0; g < G; g++) {
+          let a0 = 0;
+          let a1 = 0;
+          let j = starts[g];
+          const end = starts[g + 1];
+          for (; j + 2 <= end; j += 2) {
+            a0 += xs[xo + j] * codes[co + j];
+            a1 += xs[xo + j + 1] * codes[co + j + 1];
+          }
+          if (j < end) a0 += xs[xo + j] * codes[co + j];
+          y += scales[g * N + n] * (a0 + a1 - zeros[g * N + n] * xsum[g]);
+        }
+        out[r * N + n] = y;
+      }
+    }
+    addBias(out, rows, this.bias);
     return out;
   }
 }

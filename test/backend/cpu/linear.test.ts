@@ -2,7 +2,21 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { A8W4Linear, DenseLinear, QuantLinear } from "../../../src/backend/cpu/linear.js";
 import { quantizePerToken } from "../../../src/backend/cpu/a8w4.js";
+import { useWasm } from "../../../src/backend/cpu/wasm-gemm.js";
 import { Bits, QuantizedLinear, numGroups } from "../../../src/formats/types.js";
+
+/** registers the test twice: with the WebAssembly SIMD kernels and with the scalar code */
+function bothKernels(name: string, fn: () => void): void {
+  for (const wasm of [true, false])
+    test(`${name} (${wasm ? "WebAssembly SIMD" : "scalar"})`, () => {
+      useWasm(wasm);
+      try {
+        fn();
+      } finally {
+        useWasm(true);
+      }
+    });
+}
 
 /** deterministic pseudo-random numbers in [0, 1) */
 function rng(seed: number): () => number {
@@ -79,7 +93,7 @@ function dequantAt(q: QuantizedLinear): (n: number, k: number) => number {
   };
 }
 
-test("DenseLinear matches a float64 reference on ragged shapes, with bias", () => {
+bothKernels("DenseLinear matches a float64 reference on ragged shapes, with bias", () => {
   for (const [rows, K, N] of [
     [1, 1, 1],
     [3, 5, 7],
@@ -101,7 +115,7 @@ test("DenseLinear matches a float64 reference on ragged shapes, with bias", () =
   );
 });
 
-test("QuantLinear equals the float64 product with the dequantized weight", () => {
+bothKernels("QuantLinear equals the float64 product with the dequantized weight", () => {
   const cases: [number, number, Bits, number, boolean, boolean][] = [
     [64, 32, 4, 32, false, false],
     [172, 64, 4, 64, true, false], // act-order, partial last group
@@ -111,11 +125,17 @@ test("QuantLinear equals the float64 product with the dequantized weight", () =>
   ];
   for (const [K, N, bits, gs, actOrder, bias] of cases) {
     const q = randomQuantized(K, N, bits, gs, { actOrder, bias, seed: K * N });
-    const rows = 6;
-    const x = randn(rows * K, K);
-    const got = new QuantLinear(q).forward(x, rows);
-    const want = reference(x, rows, K, N, dequantAt(q), q.bias);
-    assert.ok(maxRelErr(got, want) < 1e-6, `K=${K} N=${N} bits=${bits} group=${gs} actOrder=${actOrder}`);
+    const layer = new QuantLinear(q);
+    for (const rows of [1, 3, 6]) {
+      // fewer than 4 rows take the decode path (no dequantized block)
+      const x = randn(rows * K, K + rows);
+      const got = layer.forward(x, rows);
+      const want = reference(x, rows, K, N, dequantAt(q), q.bias);
+      assert.ok(
+        maxRelErr(got, want) < 1e-6,
+        `rows=${rows} K=${K} N=${N} bits=${bits} group=${gs} actOrder=${actOrder}`,
+      );
+    }
   }
   const q = randomQuantized(64, 8, 4, 32, { seed: 1 });
   assert.throws(() => new QuantLinear({ ...q, scales: new Float32Array(3) }), /scales has 3 values/);
@@ -186,34 +206,38 @@ function a8w4Reference(
   return { exact, fp, bound };
 }
 
-test("A8W4Linear from a symmetric 4-bit layer: exact integer dot products, bounded error vs fp", () => {
-  for (const [K, N, gs, actOrder] of [
-    [288, 24, 256, false], // K not a multiple of the group: zero-padded
-    [128, 16, 32, true],
-    [64, 8, -1, false],
-  ] as [number, number, number, boolean][]) {
-    const q = randomQuantized(K, N, 4, gs, { sym: true, actOrder, bias: true, seed: K + N });
-    const layer = A8W4Linear.fromQuantized(q);
-    const rows = 5;
-    const x = randn(rows * K, 5 * K);
-    const got = layer.forward(x, rows);
-    const { exact, fp, bound } = a8w4Reference(x, rows, K, N, dequantAt(q), q.bias);
-    assert.ok(maxRelErr(got, exact) < 1e-6, `K=${K} group=${gs}: vs exact operands`);
-    for (let i = 0; i < got.length; i++)
-      assert.ok(
-        Math.abs(got[i] - fp[i]) <= bound[i] + 1e-5,
-        `K=${K} group=${gs}: output ${i} too far from fp`,
-      );
-  }
-  const asym = randomQuantized(64, 8, 4, 32, { seed: 3 });
-  assert.throws(() => A8W4Linear.fromQuantized(asym), /symmetric/);
-  assert.throws(
-    () => A8W4Linear.fromQuantized({ ...randomQuantized(64, 8, 3, 32, { seed: 3, sym: true }) }),
-    /4-bit/,
-  );
-});
+bothKernels(
+  "A8W4Linear from a symmetric 4-bit layer: exact integer dot products, bounded error vs fp",
+  () => {
+    for (const [K, N, gs, actOrder, rows] of [
+      [288, 24, 256, false, 5], // K not a multiple of the group: zero-padded
+      [128, 16, 32, true, 5],
+      [64, 8, -1, false, 5],
+      [172, 13, -1, false, 3], // a group of 172: not a whole number of 8-wide vectors
+      [40, 6, 20, false, 261], // more than one chunk of rows
+    ] as [number, number, number, boolean, number][]) {
+      const q = randomQuantized(K, N, 4, gs, { sym: true, actOrder, bias: true, seed: K + N });
+      const layer = A8W4Linear.fromQuantized(q);
+      const x = randn(rows * K, 5 * K);
+      const got = layer.forward(x, rows);
+      const { exact, fp, bound } = a8w4Reference(x, rows, K, N, dequantAt(q), q.bias);
+      assert.ok(maxRelErr(got, exact) < 1e-6, `K=${K} group=${gs}: vs exact operands`);
+      for (let i = 0; i < got.length; i++)
+        assert.ok(
+          Math.abs(got[i] - fp[i]) <= bound[i] + 1e-5,
+          `K=${K} group=${gs}: output ${i} too far from fp`,
+        );
+    }
+    const asym = randomQuantized(64, 8, 4, 32, { seed: 3 });
+    assert.throws(() => A8W4Linear.fromQuantized(asym), /symmetric/);
+    assert.throws(
+      () => A8W4Linear.fromQuantized({ ...randomQuantized(64, 8, 3, 32, { seed: 3, sym: true }) }),
+      /4-bit/,
+    );
+  },
+);
 
-test("A8W4Linear.fromWeight quantizes groups with scale max|w| / 7.5", () => {
+bothKernels("A8W4Linear.fromWeight quantizes groups with scale max|w| / 7.5", () => {
   const K = 288;
   const N = 12;
   const gs = 256;
