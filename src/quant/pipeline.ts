@@ -24,7 +24,7 @@ export interface PipelineOptions {
   staticGroups: boolean;
   /** dampening fraction of the mean Hessian diagonal (GPTQ) */
   damp: number;
-  /** how each group's range is chosen: "minmax" (AutoGPTQ default), "mse" grid, "hessian"-weighted grid */
+  /** how each group's range is chosen: "minmax" (AutoGPTQ default), "mse" grid, "hessian"-weighted grid, "gptq" loss */
   clip: ClipMethod;
   blockSize?: number;
   /**
@@ -310,8 +310,8 @@ function quantizeOne(
     });
     res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
   } else {
-    if (o.clip === "hessian")
-      throw new GptqError("--clip hessian needs GPTQ (it weights errors by the Hessian)");
+    if (o.clip === "hessian" || o.clip === "gptq")
+      throw new GptqError(`--clip ${o.clip} needs GPTQ (it weights errors by the Hessian)`);
     const layer = quantizeRtn(W, N, K, q);
     res = { layer, Q: dequantize(layer) };
   }
