@@ -2,8 +2,9 @@
  * The calibration pipeline: quantize a Llama-family model decoder layer by decoder layer, true-sequential
  * inside each layer (q/k/v, then o, then gate/up, then down). Each group's Hessian is taken from its
  * inputs as they are once every projection before it (in this layer and all earlier ones) is already
- * quantized, so each projection compensates the error of those before it. Memory: the hidden states of
- * the calibration set at the current layer, and the Hessians of one group.
+ * quantized, so each projection compensates the error of those before it. Memory: the calibration set's
+ * hidden states at the current layer (entering it and after its attention half; twice more with
+ * fpTarget, for the unquantized model) and one group's Hessian (plus its cross term with fpTarget).
  */
 import { DenseLinear, Linear } from "../backend/cpu/linear.js";
 import { dequantize } from "../formats/dequantize.js";
