@@ -62,6 +62,11 @@ function weight(rng: Rng, N: number, K: number, heavy: number): Float32Array {
   return w;
 }
 
+function scaled(w: Float32Array, f: number): Float32Array {
+  for (let i = 0; i < w.length; i++) w[i] *= f;
+  return w;
+}
+
 /** RMSNorm weights near 1 with a few outlier channels (large activations, as in LLMs). */
 function norm(rng: Rng, D: number, outliers: readonly number[]): Float32Array {
   const w = Float32Array.from({ length: D }, () => 1 + 0.1 * rng.normal());
@@ -108,17 +113,20 @@ export function writeSyntheticLlama(dir: string, spec: SyntheticSpec = DEMO_SPEC
     add(`${p}.self_attn.q_proj.weight`, [spec.numHeads * hd, D], weight(rng, spec.numHeads * hd, D, 3));
     add(`${p}.self_attn.k_proj.weight`, [spec.numKvHeads * hd, D], weight(rng, spec.numKvHeads * hd, D, 3));
     add(`${p}.self_attn.v_proj.weight`, [spec.numKvHeads * hd, D], weight(rng, spec.numKvHeads * hd, D, 3));
-    add(`${p}.self_attn.o_proj.weight`, [D, spec.numHeads * hd], weight(rng, D, spec.numHeads * hd, 2));
+    // Residual branches scaled down, as deep-network initialisations do, so each layer refines the stream.
+    add(
+      `${p}.self_attn.o_proj.weight`,
+      [D, spec.numHeads * hd],
+      scaled(weight(rng, D, spec.numHeads * hd, 2), 0.1),
+    );
     add(`${p}.post_attention_layernorm.weight`, [D], norm(rng, D, outliers));
     add(`${p}.mlp.gate_proj.weight`, [I, D], weight(rng, I, D, 3));
     add(`${p}.mlp.up_proj.weight`, [I, D], weight(rng, I, D, 3));
-    add(`${p}.mlp.down_proj.weight`, [D, I], weight(rng, D, I, 4));
+    add(`${p}.mlp.down_proj.weight`, [D, I], scaled(weight(rng, D, I, 4), 0.1));
   }
   add("model.norm.weight", [D], norm(rng, D, []));
   // A scaled head gives peaked next-token distributions, so quantization damage shows in perplexity.
-  const head = weight(rng, V, D, 0);
-  for (let i = 0; i < head.length; i++) head[i] *= 4;
-  add("lm_head.weight", [V, D], head);
+  add("lm_head.weight", [V, D], scaled(weight(rng, V, D, 0), 2));
   mkdirSync(dir, { recursive: true });
   writeCheckpointTensors(dir, entries);
   writeTextAtomic(join(dir, "config.json"), JSON.stringify(syntheticConfig(spec), null, 2) + "\n");

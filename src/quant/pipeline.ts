@@ -2,8 +2,9 @@
  * The calibration pipeline: quantize a Llama-family model decoder layer by decoder layer, true-sequential
  * inside each layer (q/k/v, then o, then gate/up, then down). Each group's Hessian is taken from its
  * inputs as they are once every projection before it (in this layer and all earlier ones) is already
- * quantized, so each projection compensates the error of those before it. Memory: the hidden states of
- * the calibration set at the current layer, and the Hessians of one group.
+ * quantized, so each projection compensates the error of those before it. Memory: the calibration set's
+ * hidden states at the current layer (entering it and after its attention half; twice more with
+ * fpTarget, for the unquantized model) and one group's Hessian (plus its cross term with fpTarget).
  */
 import { DenseLinear, Linear } from "../backend/cpu/linear.js";
 import { dequantize } from "../formats/dequantize.js";
@@ -24,7 +25,7 @@ export interface PipelineOptions {
   staticGroups: boolean;
   /** dampening fraction of the mean Hessian diagonal (GPTQ) */
   damp: number;
-  /** how each group's range is chosen: "minmax" (AutoGPTQ default), "mse" grid, "hessian"-weighted grid */
+  /** how each group's range is chosen: "minmax" (AutoGPTQ default), "mse" grid, "hessian"-weighted grid, "gptq" loss */
   clip: ClipMethod;
   blockSize?: number;
   /**
@@ -53,7 +54,10 @@ export interface LinearReport {
   linear: LinearName;
   inFeatures: number;
   outFeatures: number;
-  /** ||X Q^T - X W^T||^2 / ||X W^T||^2 on the calibration inputs; weight error when there are none */
+  /**
+   * ||X Q^T - X W^T||^2 / ||X W^T||^2 on the calibration inputs X (W the target GPTQ aimed at: with
+   * fpTarget the least-squares W*); ||W - Q||^2 / ||W||^2 when there are no calibration inputs
+   */
   relError: number;
   relErrorOf: "outputs" | "weights";
   /** GPTQ's loss (sum of (w - q)^2 / d^2 / 2) */
@@ -155,30 +159,74 @@ export function relativeOutputError(
   return den > 0 ? num / den : 0;
 }
 
+/** Rows transposed per step: K x PANEL float64 panels of both inputs stay in cache while C is swept. */
+const PANEL = 64;
+
 /** C = 2/n sum_r f_r q_r^T (K x K), scaled as the Hessian is, from row-aligned fp and quantized-path inputs. */
 class CrossAccumulator {
   readonly C: Float64Array;
   private n = 0;
+  private readonly pf: Float64Array;
+  private readonly pq: Float64Array;
   constructor(readonly K: number) {
     this.C = new Float64Array(K * K);
+    this.pf = new Float64Array(K * PANEL);
+    this.pq = new Float64Array(K * PANEL);
   }
   add(f: Float32Array, q: Float32Array, rows: number): void {
-    const K = this.K;
     const total = this.n + rows;
     const keep = this.n / total;
-    const alpha = 2 / total;
     const C = this.C;
     if (keep !== 1) for (let i = 0; i < C.length; i++) C[i] *= keep;
-    for (let r = 0; r < rows; r++) {
-      const o = r * K;
-      for (let i = 0; i < K; i++) {
-        const a = alpha * f[o + i];
-        if (a === 0) continue;
-        const row = i * K;
-        for (let j = 0; j < K; j++) C[row + j] += a * q[o + j];
+    for (let r0 = 0; r0 < rows; r0 += PANEL) this.addPanel(f, q, r0, Math.min(PANEL, rows - r0), 2 / total);
+    this.n = total;
+  }
+  /** C[i, j] += alpha * sum_r f[r, i] q[r, j] over rows r0 .. r0 + R, two rows of C at a time. */
+  private addPanel(f: Float32Array, q: Float32Array, r0: number, R: number, alpha: number): void {
+    const K = this.K;
+    const { pf, pq, C } = this;
+    for (let r = 0; r < R; r++) {
+      const src = (r0 + r) * K;
+      for (let k = 0; k < K; k++) {
+        pf[k * R + r] = f[src + k];
+        pq[k * R + r] = q[src + k];
       }
     }
-    this.n = total;
+    // 2 x 2 register blocks; a ragged last row or column falls back to the scalar loop.
+    for (let i = 0; i < K; i += 2) {
+      const a0 = i * R;
+      const a1 = a0 + R;
+      for (let j = 0; j < K; j += 2) {
+        const b0 = j * R;
+        const b1 = b0 + R;
+        if (i + 1 < K && j + 1 < K) {
+          let s00 = 0;
+          let s01 = 0;
+          let s10 = 0;
+          let s11 = 0;
+          for (let r = 0; r < R; r++) {
+            const x0 = pf[a0 + r];
+            const x1 = pf[a1 + r];
+            const y0 = pq[b0 + r];
+            const y1 = pq[b1 + r];
+            s00 += x0 * y0;
+            s01 += x0 * y1;
+            s10 += x1 * y0;
+            s11 += x1 * y1;
+          }
+          C[i * K + j] += alpha * s00;
+          C[i * K + j + 1] += alpha * s01;
+          C[(i + 1) * K + j] += alpha * s10;
+          C[(i + 1) * K + j + 1] += alpha * s11;
+        } else
+          for (let ii = i; ii < Math.min(i + 2, K); ii++)
+            for (let jj = j; jj < Math.min(j + 2, K); jj++) {
+              let sum = 0;
+              for (let r = 0; r < R; r++) sum += pf[ii * R + r] * pq[jj * R + r];
+              C[ii * K + jj] += alpha * sum;
+            }
+      }
+    }
   }
 }
 
@@ -263,8 +311,8 @@ function quantizeOne(
     });
     res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
   } else {
-    if (o.clip === "hessian")
-      throw new GptqError("--clip hessian needs GPTQ (it weights errors by the Hessian)");
+    if (o.clip === "hessian" || o.clip === "gptq")
+      throw new GptqError(`--clip ${o.clip} needs GPTQ (it weights errors by the Hessian)`);
     const layer = quantizeRtn(W, N, K, q);
     res = { layer, Q: dequantize(layer) };
   }

@@ -41,7 +41,7 @@ export function chooseFormat(
     const p = traits.layerProblem(l);
     if (p)
       throw new GptqError(
-        `cannot write ${name} as ${choice}: ${p}${choice === "gptq" && /zero point of 0/.test(p) ? " (--format gptq_v2)" : ""}`,
+        `cannot write ${name} as ${choice}: ${p}${choice === "gptq" && /zero point of 0/.test(p) ? "; pass --format gptq_v2, or leave --format out to have it chosen when needed" : ""}`,
       );
   }
   return { format: choice };

@@ -26,11 +26,11 @@ const OPTS: PipelineOptions = {
 const REFERENCE_GPTQ = 144.8;
 const REFERENCE_GPTQ_MSE = 116.8;
 
-function quantizedPpl(opts: PipelineOptions): number {
+function quantizedPpl(opts: PipelineOptions, nsamples = 128): number {
   const tokens = sharedPath("models", "stories260K-eval.safetensors");
   const model = LlamaModel.load(sharedPath("models", "stories260K"));
   padModelIntermediate(model, planPadding(model.config, formatTarget("gptq", opts)).to);
-  quantizeModel(model, readTokenRows(tokens, "calibration_tokens").rows, opts);
+  quantizeModel(model, readTokenRows(tokens, "calibration_tokens").rows.slice(0, nsamples), opts);
   return perplexity(model, readTokenRows(tokens, "evaluation_tokens").rows).ppl;
 }
 
@@ -39,11 +39,13 @@ test("stories260K 4-bit g32 sym: default GPTQ within 2 % of the reference GPTQ",
   assert.ok(ppl <= 1.02 * REFERENCE_GPTQ, `ppl ${ppl} > 1.02 x ${REFERENCE_GPTQ}`);
 });
 
+// Half the calibration sequences keep the test's time down (fp-target runs the fp model alongside);
+// the full set does better still (BENCHMARKS.md).
 test(
-  "stories260K 4-bit g32 sym: fp-target GPTQ beats the reference GPTQ + MSE grid by 10 %",
+  "stories260K 4-bit g32 sym: fp-target GPTQ on 64 sequences beats the reference GPTQ + MSE grid by 10 %",
   { skip },
   () => {
-    const ppl = quantizedPpl({ ...OPTS, fpTarget: true });
+    const ppl = quantizedPpl({ ...OPTS, fpTarget: true }, 64);
     assert.ok(ppl <= 0.9 * REFERENCE_GPTQ_MSE, `ppl ${ppl} > 0.9 x ${REFERENCE_GPTQ_MSE}`);
   },
 );

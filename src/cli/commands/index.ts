@@ -10,6 +10,7 @@ import { quantizeCommand } from "./quantize.js";
 import { evalCommand } from "./eval.js";
 import { padCommand } from "./pad.js";
 import { bench } from "./bench.js";
+import { demoCommand } from "./demo.js";
 
 /** Every CLI command, in the order `gptq --help` lists them. */
 export const COMMANDS: Command[] = [
@@ -24,4 +25,5 @@ export const COMMANDS: Command[] = [
   mergeCommand,
   padCommand,
   bench,
+  demoCommand,
 ];

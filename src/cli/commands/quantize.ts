@@ -21,6 +21,7 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --method M            gptq (default) or rtn (round-to-nearest, no calibration needed)
   --mse                 search each group's scale over a shrink grid (AutoGPTQ's mse option)
   --clip C              minmax (default) | mse (same as --mse) | hessian (grid weighted by the Hessian)
+                        | gptq (grid scored by GPTQ's own loss over each group; slower)
   --fp-target           aim each projection at the unquantized model's outputs: quantize the least-squares
                         weights for the drifted inputs (runs the fp model alongside; needs enough tokens)
   --calib FILE          calibration data: a .safetensors token file ([n, seqlen] int ids) or a text file
@@ -70,8 +71,8 @@ export const quantizeCommand: Command = {
     if (method !== "gptq" && method !== "rtn")
       throw new UsageError(`--method must be gptq or rtn, got "${method}"`);
     const clip = v.clip ?? (v.mse ? "mse" : "minmax");
-    if (clip !== "minmax" && clip !== "mse" && clip !== "hessian")
-      throw new UsageError(`--clip must be minmax, mse or hessian, got "${clip}"`);
+    if (clip !== "minmax" && clip !== "mse" && clip !== "hessian" && clip !== "gptq")
+      throw new UsageError(`--clip must be minmax, mse, hessian or gptq, got "${clip}"`);
     if (v.mse && clip !== "mse") throw new UsageError("--mse and --clip disagree");
     const format = v.format ?? "auto";
     if (!["auto", "gptq", "gptq_v2", "marlin"].includes(format))
@@ -134,7 +135,7 @@ export const quantizeCommand: Command = {
             ? `padding: none needed (${res.pad.target})`
             : `padding: intermediate_size ${res.pad.from} -> ${res.pad.to} with zeros for ${res.pad.target} (function unchanged)`
           : "padding: off",
-        `mean relative ${res.errorOf} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
+        `mean relative ${res.errorOf === "outputs" ? "output" : "weight"} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
       process.stdout.write(lines.join("\n") + "\n");
