@@ -34,6 +34,12 @@ export interface PipelineOptions {
    * W* = W (X_f^T X_q) (X_q^T X_q + damp)^-1 instead of W (the minimiser of ||X_f W^T - X_q W*^T||).
    */
   fpTarget?: boolean;
+  /** asymmetric grids: search the two ends of each group's range separately */
+  splitRange?: boolean;
+  /** GPTQ: dynamic groups take their parameters from the weights as updated so far */
+  freshGroups?: boolean;
+  /** GPTQ: rounds of least-squares scale refit with the codes fixed, then GPTQ again (default 0) */
+  refine?: number;
 }
 
 /**
@@ -298,7 +304,7 @@ function quantizeOne(
   o: PipelineOptions,
 ): { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number } {
   const groupSize = o.groupSize > K ? -1 : o.groupSize;
-  const q = { bits: o.bits, groupSize, sym: o.sym, clip: o.clip };
+  const q = { bits: o.bits, groupSize, sym: o.sym, clip: o.clip, splitRange: o.splitRange };
   let res: { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number };
   if (o.method === "gptq") {
     if (!H) throw new GptqError("GPTQ needs calibration data (--calib FILE)");
@@ -308,6 +314,8 @@ function quantizeOne(
       staticGroups: o.staticGroups,
       damp: o.damp,
       blockSize: o.blockSize,
+      freshGroups: o.freshGroups,
+      refine: o.refine,
     });
     res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
   } else {

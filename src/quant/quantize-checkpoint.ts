@@ -64,6 +64,8 @@ export async function quantizeCheckpoint(
   if (o.descAct && !o.staticGroups && req.format === "marlin")
     throw new GptqError("Marlin files cannot hold act-order; drop --desc-act or add --static-groups");
   if (o.fpTarget && o.method !== "gptq") throw new GptqError("--fp-target needs GPTQ (--method gptq)");
+  if ((o.freshGroups || o.refine) && o.method !== "gptq")
+    throw new GptqError("--fresh-groups and --refine need GPTQ (--method gptq)");
   if (o.method === "gptq" && !req.calib)
     throw new GptqError("GPTQ needs calibration data: pass --calib FILE (or use --method rtn)");
 
@@ -103,6 +105,9 @@ export async function quantizeCheckpoint(
       method: o.method,
       clip: o.clip,
       ...(o.fpTarget ? { fp_target: true } : {}),
+      ...(o.splitRange ? { split_range: true } : {}),
+      ...(o.freshGroups ? { fresh_groups: true } : {}),
+      ...(o.refine ? { refine: o.refine } : {}),
       ...(plan.to !== plan.from ? { padded_intermediate_size: { from: plan.from, to: plan.to } } : {}),
     },
   };

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -67,7 +67,7 @@ test("quantize -> eval -> inspect -> check -> convert, and pad, from the command
 
     assert.equal(gptq("inspect", q).code, 0);
     assert.match(gptq("check", q).out, /summary:/);
-    const c = gptq("convert", q, join(dir, "v2"), "--to", "gptq_v2");
+    const c = gptq("convert", q, join(dir, "v2"), "--to", "gptq_v2", "--verify");
     assert.equal(c.code, 0, c.err);
 
     const bad = gptq("quantize", fp, "--out", join(dir, "x"), "--pad", "none", "--calib", tokens);
@@ -75,6 +75,32 @@ test("quantize -> eval -> inspect -> check -> convert, and pad, from the command
     assert.match(bad.err, /^gptq quantize: error: intermediate_size 44 .*--pad auto/);
     assert.ok(!existsSync(join(dir, "x")));
     assert.equal(gptq("quantize", fp, "--out", join(dir, "y"), "--bits", "5").code, 2);
+
+    // the algorithm's extra searches reach the pipeline and are recorded in the config's meta
+    const x = join(dir, "extra");
+    const xr = gptq(
+      "quantize",
+      fp,
+      "--out",
+      x,
+      "--bits",
+      "4",
+      "--group-size",
+      "16",
+      "--asym",
+      "--calib",
+      tokens,
+      "--split-range",
+      "--fresh-groups",
+      "--refine",
+      "1",
+    );
+    assert.equal(xr.code, 0, xr.err);
+    const meta = JSON.parse(readFileSync(join(x, "quantize_config.json"), "utf8")).meta;
+    assert.deepEqual([meta.split_range, meta.fresh_groups, meta.refine], [true, true, 1]);
+    const rtnRefine = gptq("quantize", fp, "--out", join(dir, "z"), "--method", "rtn", "--refine", "1");
+    assert.equal(rtnRefine.code, 1);
+    assert.match(rtnRefine.err, /--refine need GPTQ/);
 
     const p = gptq("pad", fp, join(dir, "padded"), "--multiple", "16", "--json");
     assert.equal(p.code, 0, p.err);

@@ -3,7 +3,7 @@ import { convertCheckpoint } from "../../transform/convert.js";
 import { isCheckpointFormat } from "../../formats/registry.js";
 import { UsageError } from "../../util/errors.js";
 
-const usage = `usage: gptq convert <in> <out> --to gptq|gptq_v2|marlin [--json]
+const usage = `usage: gptq convert <in> <out> --to gptq|gptq_v2|marlin [--verify] [--json]
 
 Converts every quantized layer of the checkpoint <in> to another stored format, a layer at a time, and
 writes the result to the new directory <out> (built aside and renamed into place; <in> is only read).
@@ -12,6 +12,8 @@ appears, every layer of the result is dequantized and compared, bit for bit, wit
 
   --to FORMAT   gptq (v1, AutoGPTQ), gptq_v2 (GPTQModel) or marlin (4-bit symmetric, group 128 or -1,
                 no act-order, in_features % 16, out_features % 64)
+  --verify      compare every layer of the result with the source, dequantized (always done; the flag
+                is accepted so scripts can say so)
   --json        print a JSON summary on stdout
 
 example: gptq convert llama-gptq llama-marlin --to marlin`;
@@ -21,7 +23,11 @@ export const convertCommand: Command = {
   summary: "convert a checkpoint between GPTQ v1, GPTQ v2 and Marlin (verified)",
   usage,
   async run(argv) {
-    const { values, positionals } = parse(argv, { to: { type: "string" }, json: { type: "boolean" } });
+    const { values, positionals } = parse(argv, {
+      to: { type: "string" },
+      verify: { type: "boolean" },
+      json: { type: "boolean" },
+    });
     if (positionals.length !== 2) throw new UsageError("expected <in> and <out>");
     if (!values.to) throw new UsageError("--to is required");
     if (!isCheckpointFormat(values.to))

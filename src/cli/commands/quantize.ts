@@ -22,6 +22,9 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --mse                 search each group's scale over a shrink grid (AutoGPTQ's mse option)
   --clip C              minmax (default) | mse (same as --mse) | hessian (grid weighted by the Hessian)
                         | gptq (grid scored by GPTQ's own loss over each group; slower)
+  --split-range         asymmetric grids: search the lower and upper ends of each range separately
+  --fresh-groups        GPTQ: each dynamic group's parameters from the weights as updated so far
+  --refine N            GPTQ: N rounds of least-squares scale refit with codes fixed, then GPTQ again
   --fp-target           aim each projection at the unquantized model's outputs: quantize the least-squares
                         weights for the drifted inputs (runs the fp model alongside; needs enough tokens)
   --calib FILE          calibration data: a .safetensors token file ([n, seqlen] int ids) or a text file
@@ -54,6 +57,9 @@ export const quantizeCommand: Command = {
       mse: { type: "boolean" },
       clip: { type: "string" },
       "fp-target": { type: "boolean" },
+      "split-range": { type: "boolean" },
+      "fresh-groups": { type: "boolean" },
+      refine: { type: "string" },
       calib: { type: "string" },
       "calib-key": { type: "string" },
       nsamples: { type: "string" },
@@ -93,6 +99,9 @@ export const quantizeCommand: Command = {
         damp: floatOption(v.damp, "damp", 0.01)!,
         clip,
         fpTarget: v["fp-target"] ?? false,
+        splitRange: v["split-range"] ?? false,
+        freshGroups: v["fresh-groups"] ?? false,
+        refine: intOption(v.refine, "refine", 0)!,
       },
       calib:
         v.calib === undefined
