@@ -19,6 +19,34 @@ export function tempSibling(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
 }
 
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"; // alive, owned by someone else
+  }
+}
+
+/**
+ * Temporary siblings of `path` left by a process that was killed mid-build (a signal gives synchronous
+ * writers no chance to clean up): removed once their process is gone, so they never pile up.
+ */
+export function removeAbandonedSiblings(path: string): string[] {
+  const dir = dirname(path);
+  const prefix = `.${basename(path)}.tmp-`;
+  const removed: string[] = [];
+  if (!existsSync(dir)) return removed;
+  for (const name of readdirSync(dir)) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^(\d+)-[0-9a-f]{8}$/.exec(name.slice(prefix.length));
+    if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
+    rmSync(join(dir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
 /**
  * Writes a file through a temporary sibling and renames it into place: a reader never sees a
  * half-written file, and a failure leaves nothing behind.
@@ -56,6 +84,7 @@ export async function buildDirAtomic<T>(out: string, build: (tmpDir: string) => 
     throw new GptqError(`output ${out} already exists and is not empty; choose another path`);
   // the first parent folder created here, if any, goes too when the build fails
   const createdParent = mkdirSync(dirname(out), { recursive: true });
+  removeAbandonedSiblings(out);
   const tmp = tempSibling(out);
   mkdirSync(tmp);
   try {
