@@ -24,6 +24,7 @@ import { CheckpointFormat, QuantizedLinear } from "../../src/formats/types.js";
 import { floatsToHalfs, halfsToFloats } from "../../src/tensor/dtype.js";
 import { Tensor } from "../../src/tensor/tensor.js";
 import { PROJECT_ROOT } from "../helpers/shared.js";
+import { quantConfig } from "../helpers/checkpoints.js";
 import { randomLayer, referenceWeights } from "../formats/helpers.js";
 
 const CLI = join(PROJECT_ROOT, "dist/src/cli/main.js");
@@ -81,16 +82,7 @@ function synthetic(
   writeCheckpointTensors(dir, entries);
   writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "llama", torch_dtype: "float16" }));
   writeFileSync(join(dir, "tokenizer.json"), '{"version": "1.0"}');
-  writeQuantConfig(dir, {
-    bits: 4,
-    groupSize: 128,
-    sym: o.sym,
-    descAct: !!o.actOrder,
-    staticGroups: false,
-    trueSequential: true,
-    quantMethod: "gptq",
-    checkpointFormat: format,
-  });
+  writeQuantConfig(dir, quantConfig({ sym: o.sym, descAct: !!o.actOrder, checkpointFormat: format }));
   return { dir, layers };
 }
 

@@ -16,7 +16,8 @@ import { join } from "node:path";
 import { DType, DTYPE_BYTES } from "../../src/tensor/dtype.js";
 import { TypedArray, bytesOf, numel } from "../../src/tensor/tensor.js";
 import { buildHeader } from "../../src/io/safetensors.js";
-import { Bits } from "../../src/formats/types.js";
+import { Bits, CheckpointFormat } from "../../src/formats/types.js";
+import { QuantConfig } from "../../src/io/quant-config.js";
 
 export interface SparseEntry {
   name: string;
@@ -161,4 +162,21 @@ export function llamaExtras(hidden: number, vocab: number): SparseEntry[] {
     { name: "model.norm.weight", dtype: "F16", shape: [hidden] },
     { name: "lm_head.weight", dtype: "F16", shape: [vocab, hidden] },
   ];
+}
+
+/** A complete quantization config for writing test checkpoints: 4-bit, group 128, symmetric GPTQ v1. */
+export function quantConfig(
+  over: Partial<QuantConfig> & { checkpointFormat?: CheckpointFormat } = {},
+): QuantConfig {
+  return {
+    bits: 4,
+    groupSize: 128,
+    sym: true,
+    descAct: false,
+    staticGroups: false,
+    trueSequential: true,
+    quantMethod: "gptq",
+    checkpointFormat: "gptq",
+    ...over,
+  };
 }

@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import { readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  QuantConfig,
   detectFormat,
   groupSizeFor,
   inferQuantConfig,
@@ -25,6 +24,7 @@ import {
   marlinEntries,
   tmpDir,
   writeCheckpointDir,
+  quantConfig,
 } from "../helpers/checkpoints.js";
 
 function withDir(f: (dir: string) => void): void {
@@ -141,16 +141,7 @@ test("writes both files atomically with every required key, keeping config.json'
         },
       }),
     );
-    const cfg: QuantConfig = {
-      bits: 4,
-      groupSize: 128,
-      sym: true,
-      descAct: false,
-      staticGroups: false,
-      trueSequential: true,
-      quantMethod: "gptq",
-      checkpointFormat: "marlin",
-    };
+    const cfg = quantConfig({ checkpointFormat: "marlin" });
     writeQuantConfig(dir, cfg);
     assert.deepEqual(
       readdirSync(dir).sort(),

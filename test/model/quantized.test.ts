@@ -13,7 +13,7 @@ import { LINEAR_NAMES, LinearName, LlamaModel } from "../../src/model/llama.js";
 import { roundToHalf } from "../../src/tensor/dtype.js";
 import { toFloat32 } from "../../src/tensor/tensor.js";
 import { GptqError } from "../../src/util/errors.js";
-import { tmpDir } from "../helpers/checkpoints.js";
+import { quantConfig, tmpDir } from "../helpers/checkpoints.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 const MODEL = sharedPath("models", "stories260K");
@@ -104,16 +104,16 @@ function quantizedCheckpoint(
     src.close();
   }
   writeCheckpointTensors(dir, entries);
-  writeQuantConfig(dir, {
-    bits: s.bits,
-    groupSize: s.groupSize,
-    sym: s.sym,
-    descAct: s.actOrder,
-    staticGroups: false,
-    trueSequential: true,
-    quantMethod: "gptq",
-    checkpointFormat: format,
-  });
+  writeQuantConfig(
+    dir,
+    quantConfig({
+      bits: s.bits,
+      groupSize: s.groupSize,
+      sym: s.sym,
+      descAct: s.actOrder,
+      checkpointFormat: format,
+    }),
+  );
   return { dir, layers };
 }
 

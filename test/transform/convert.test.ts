@@ -11,6 +11,7 @@ import { CheckpointFormat, QuantizedLinear } from "../../src/formats/types.js";
 import { bf16sToFloats, floatsToBf16s } from "../../src/tensor/dtype.js";
 import { convertCheckpoint } from "../../src/transform/convert.js";
 import { randomLayer } from "../formats/helpers.js";
+import { quantConfig } from "../helpers/checkpoints.js";
 
 function checkpoint(
   dir: string,
@@ -23,16 +24,7 @@ function checkpoint(
     .write(layer, format === "marlin" ? {} : { scaleDtype: "BF16" })
     .map((t) => ({ name: `l.${t.suffix}`, ...t }));
   writeCheckpointTensors(dir, [...entries, ...extra]);
-  writeQuantConfig(dir, {
-    bits: 4,
-    groupSize: 128,
-    sym: true,
-    descAct: false,
-    staticGroups: false,
-    trueSequential: true,
-    quantMethod: "gptq",
-    checkpointFormat: format,
-  });
+  writeQuantConfig(dir, quantConfig({ checkpointFormat: format }));
 }
 
 test("convert keeps bf16 scales bf16 between GPTQ versions and drops Marlin's workspace buffer", async () => {
