@@ -12,6 +12,7 @@ for (const [K, N, gs] of [
   [4096, 4096, 128],
   [1024, 200, -1],
   [512, 96, 32],
+  [4544, 136, 64],
 ]) {
   const lin = W4A16Linear.fromLayer(dev, randomLayer(K, N, gs));
   for (const M of [1, 7, 16, 17, 33, 65, 130]) {

@@ -6,19 +6,23 @@
 import { GroupRule, ShapeRules, evaluate } from "./shape-rule.js";
 import { KernelQuery, KernelRule } from "./types.js";
 
-/** -1, or a positive multiple of 16 (a group spans whole 16-row mma k-tiles). */
-const SIXTEENS: GroupRule = {
-  text: "-1 or a multiple of 16",
-  accepts: (g) => g === -1 || (g > 0 && g % 16 === 0),
-  suggest: (g) => [g > 0 ? Math.max(16, Math.round(g / 16) * 16) : 128],
+/** Group sizes the W4A16 kernel takes: its 128-row chunks of K hold one group, or exactly two or four. */
+export function w4a16GroupOk(g: number): boolean {
+  return g === -1 || g === 32 || g === 64 || (g > 0 && g % 128 === 0);
+}
+
+const W4A16_GROUPS: GroupRule = {
+  text: "32, 64, a multiple of 128, or -1",
+  accepts: w4a16GroupOk,
+  suggest: (g) => [g <= 32 ? 32 : g <= 64 ? 64 : Math.round(g / 128) * 128],
 };
 
 const W4A16_RULES: ShapeRules = {
   name: "gptq-ts-w4a16",
-  description: "gptq-ts W4A16 tensor-core GEMM (CUDA, sm_80+): 4-bit symmetric, groups of 16k rows or -1",
+  description: "gptq-ts W4A16 tensor-core GEMM (CUDA, sm_80+): 4-bit symmetric, groups 32/64/128k/-1",
   bits: [4],
   symOnly: true,
-  groups: SIXTEENS,
+  groups: W4A16_GROUPS,
   kMultiple: 16,
   groupDividesK: true,
   actOrder: "yes",

@@ -10,7 +10,7 @@ import { floatToHalf, halfToFloat } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
 import { CudaDevice, DeviceBuffer } from "./device.js";
-import { W4A16Config, W4A16_CONFIGS, configName } from "./layout.js";
+import { W4A16Config, W4A16_CONFIGS } from "./layout.js";
 import { W4A16Linear } from "./linear.js";
 
 export const SHAPE_SETS: Record<string, [number, number][]> = {
@@ -268,7 +268,7 @@ export function runBench(opts: BenchOptions): BenchResult {
         K,
         N,
         M,
-        config: configName(ours.configFor(M)),
+        config: ours.plan(M).name,
         cublasUs,
         oursUs,
         speedup: cublasUs / oursUs,
@@ -282,15 +282,20 @@ export function runBench(opts: BenchOptions): BenchResult {
       log(formatRow(row));
       if (opts.sweep) {
         const us: Record<string, number> = {};
-        for (const c of W4A16_CONFIGS) {
+        const chosen = ours.configFor(M);
+        const tries = [
+          ...W4A16_CONFIGS,
+          ...[1, 2, 4, 8, 16, 32].filter((s) => s <= Math.ceil(K / 128)).map((s) => ({ ...chosen, splits: s })),
+        ];
+        for (const c of tries) {
           for (const o of oursCopies) o.config = c;
-          us[configName(c)] = timeGraph(dev, (i) => oursCopies[i % oursCopies.length].forward(a, M, out));
+          us[ours.plan(M).name] = timeGraph(dev, (i) => oursCopies[i % oursCopies.length].forward(a, M, out));
         }
         for (const o of oursCopies) o.config = opts.config;
         sweep.push({ K, N, M, us });
         log(
           `sweep ${K}x${N} M=${M}: ${Object.entries(us)
-            .map(([k, v]) => `${k.slice(6)} ${v.toFixed(1)}`)
+            .map(([k, v]) => `${k} ${v.toFixed(1)}`)
             .join(", ")}`,
         );
       }

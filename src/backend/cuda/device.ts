@@ -221,15 +221,24 @@ export class CudaDevice {
     return cuInt("cuFuncGetAttribute", FUNC_ATTR.NUM_REGS, k.fn);
   }
 
+  /** Blocks of `block` threads using `shared` dynamic bytes that fit one multiprocessor at once. */
+  occupancy(k: Kernel, block: number, shared: number): number {
+    this.allowShared(k, shared);
+    return cuInt("cuOccupancyMaxActiveBlocksPerMultiprocessor", k.fn, block, shared);
+  }
+
+  private allowShared(k: Kernel, shared: number): void {
+    if (shared <= k.maxDynamicShared) return;
+    if (shared > this.info.maxSharedOptin)
+      throw new GptqError(
+        `${k.name} needs ${shared} bytes of shared memory, the device has ${this.info.maxSharedOptin}`,
+      );
+    cu("cuFuncSetAttribute", k.fn, FUNC_ATTR.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared);
+    k.maxDynamicShared = shared;
+  }
+
   launch(k: Kernel, grid: [number, number, number], block: number, shared: number, args: KernelArg[]): void {
-    if (shared > k.maxDynamicShared) {
-      if (shared > this.info.maxSharedOptin)
-        throw new GptqError(
-          `${k.name} needs ${shared} bytes of shared memory, the device has ${this.info.maxSharedOptin}`,
-        );
-      cu("cuFuncSetAttribute", k.fn, FUNC_ATTR.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared);
-      k.maxDynamicShared = shared;
-    }
+    this.allowShared(k, shared);
     const params = args.map((a) =>
       "ptr" in a
         ? new BigUint64Array([BigInt(a.ptr)])

@@ -59,6 +59,7 @@ const SIGNATURES = [
   "int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)",
   "int cuFuncSetAttribute(void *fn, int attrib, int value)",
   "int cuFuncGetAttribute(_Out_ int *value, int attrib, void *fn)",
+  "int cuOccupancyMaxActiveBlocksPerMultiprocessor(_Out_ int *blocks, void *fn, int blockSize, size_t sharedBytes)",
   "int cuLaunchKernel(void *fn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared, void *stream, void **params, void **extra)",
   "int cuStreamBeginCapture_v2(void *stream, int mode)",
   "int cuStreamEndCapture(void *stream, _Out_ void **graph)",

@@ -2,23 +2,28 @@
  * The W4A16 kernel's weight layout, prepared on the CPU at load time from a QuantizedLinear (which every
  * stored format unpacks to), and the launch geometry. Pure TypeScript: covered by CPU tests.
  *
+ * K is padded to Kpad, a multiple of 128 (the kernel's chunk of k), with code 8 (weight 0).
  * B: for each 64-column tile t and 16-row k-tile kt, 32 lanes x 4 words. Lane l (g = l >> 2, c = l & 3),
  * word w carries sub-tiles j0 = 2w, j1 = 2w + 1 (columns n = 64t + 8j + g) at rows k = 16kt + 2c:
  *   nibble 0, 4 = code(k, n0), code(k+1, n0)     (mma fragment b0 of j0)
  *   nibble 1, 5 = code(k+8, n0), code(k+9, n0)   (b1 of j0)
  *   nibble 2, 6 / 3, 7 = the same for n1.
- * S: for each group and tile, 8 lanes x 8 halves: S[g][t][gg][j] = scale(g, 64t + 8j + gg).
- * Columns past N are padded with code 8 (weight 0) and scale 0. Act-order layers are stored with rows
- * sorted by group; `perm` then says which activation column feeds sorted row k.
+ * S: for each group g and tile t, 64 halves in accumulator order: S[g][t][c][j][e] = scale(g, 64t + 8j +
+ * 2c + e), so lane c of the mma output reads its 16 columns' scales as 32 contiguous bytes.
+ * Columns past N are padded with code 8 and scale 0. Act-order layers are stored with rows sorted by
+ * group; `perm` then says which activation column feeds sorted row k.
  */
 import { QuantizedLinear, numGroups } from "../../formats/types.js";
 import { floatToHalf } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
+import { w4a16GroupOk } from "../../kernels/gptq-ts.js";
 
 export interface W4A16Layout {
   K: number;
+  /** K padded to a multiple of 128 */
+  Kpad: number;
   N: number;
-  /** rows per group (K for one group) */
+  /** rows per group (Kpad for one group) */
   groupSize: number;
   ntiles: number;
   B: Uint32Array;
@@ -33,8 +38,7 @@ export function w4a16Unsupported(layer: QuantizedLinear): string | null {
   const { bits, inFeatures: K, groupSize } = layer;
   if (bits !== 4) return `${bits}-bit weights (the W4A16 kernel runs 4-bit)`;
   if (K % 16 !== 0) return `in_features ${K} is not a multiple of 16`;
-  const gs = groupSize === -1 ? K : groupSize;
-  if (gs % 16 !== 0) return `group size ${groupSize} is not a multiple of 16`;
+  if (!w4a16GroupOk(groupSize)) return `group size ${groupSize} (the W4A16 kernel takes 32, 64, multiples of 128, -1)`;
   for (let i = 0; i < layer.zeros.length; i++)
     if (layer.zeros[i] !== 8) return "asymmetric zero points (the W4A16 kernel is symmetric: zero 8)";
   if (!sortedGroups(layer)) return "g_idx does not sort into contiguous groups of group_size rows";
@@ -59,14 +63,16 @@ export function packW4A16(layer: QuantizedLinear): W4A16Layout {
   const why = w4a16Unsupported(layer);
   if (why) throw new GptqError(`W4A16 kernel: ${why}`);
   const { inFeatures: K, outFeatures: N, codes } = layer;
-  const gs = layer.groupSize === -1 ? K : layer.groupSize;
+  const Kpad = Math.ceil(K / 128) * 128;
+  const gs = layer.groupSize === -1 ? Kpad : layer.groupSize;
   const G = numGroups(K, layer.groupSize);
+  const Gpad = Math.ceil(Kpad / gs);
   const order = groupOrder(layer.gIdx);
   const identity = order.every((v, i) => v === i);
   const ntiles = Math.ceil(N / 64);
-  const ktiles = K / 16;
+  const ktiles = Kpad / 16;
   const B = new Uint32Array(ntiles * ktiles * 128);
-  const code = (k: number, n: number) => (n < N ? codes[order[k] * N + n] : 8);
+  const code = (k: number, n: number) => (n < N && k < K ? codes[order[k] * N + n] : 8);
   for (let t = 0; t < ntiles; t++)
     for (let kt = 0; kt < ktiles; kt++) {
       const base = (t * ktiles + kt) * 128;
@@ -89,23 +95,24 @@ export function packW4A16(layer: QuantizedLinear): W4A16Layout {
         }
       }
     }
-  const S = new Uint16Array(G * ntiles * 64);
+  const S = new Uint16Array(Gpad * ntiles * 64);
   for (let g = 0; g < G; g++)
     for (let t = 0; t < ntiles; t++)
-      for (let gg = 0; gg < 8; gg++)
-        for (let j = 0; j < 8; j++) {
-          const n = t * 64 + 8 * j + gg;
-          S[((g * ntiles + t) * 8 + gg) * 8 + j] = n < N ? floatToHalf(layer.scales[g * N + n]) : 0;
-        }
+      for (let c = 0; c < 4; c++)
+        for (let j = 0; j < 8; j++)
+          for (let e = 0; e < 2; e++) {
+            const n = t * 64 + 8 * j + 2 * c + e;
+            S[(g * ntiles + t) * 64 + c * 16 + j * 2 + e] = n < N ? floatToHalf(layer.scales[g * N + n]) : 0;
+          }
   let bias: Uint16Array | null = null;
   if (layer.bias) bias = Uint16Array.from(layer.bias, (v) => floatToHalf(v));
-  return { K, N, groupSize: gs, ntiles, B, S, perm: identity ? null : order, bias };
+  return { K, Kpad, N, groupSize: gs, ntiles, B, S, perm: identity ? null : order, bias };
 }
 
 /** The inverse of packW4A16's weight part: codes K x N in stored (sorted) row order. */
 export function unpackW4A16Codes(lay: W4A16Layout): Uint8Array {
-  const { K, N, ntiles, B } = lay;
-  const ktiles = K / 16;
+  const { K, Kpad, N, ntiles, B } = lay;
+  const ktiles = Kpad / 16;
   const out = new Uint8Array(K * N);
   for (let t = 0; t < ntiles; t++)
     for (let kt = 0; kt < ktiles; kt++)
@@ -115,7 +122,7 @@ export function unpackW4A16Codes(lay: W4A16Layout): Uint8Array {
           const n0 = t * 64 + 16 * w + (l >> 2);
           const k = kt * 16 + 2 * (l & 3);
           const put = (kk: number, n: number, nib: number) => {
-            if (n < N) out[kk * N + n] = (v >>> (4 * nib)) & 15;
+            if (n < N && kk < K) out[kk * N + n] = (v >>> (4 * nib)) & 15;
           };
           put(k, n0, 0);
           put(k + 8, n0, 1);
@@ -131,91 +138,114 @@ export function unpackW4A16Codes(lay: W4A16Layout): Uint8Array {
 
 // ---- launch geometry ----
 
+/** A block shape compiled in w4a16.cu; each exists for one group per chunk, g64 and g32. */
 export interface W4A16Config {
-  /** 16-row m-tiles per block */
-  mt: number;
-  /** warps per block */
-  warps: number;
-  /** k-tiles per stage of each warp's cp.async ring */
-  kt: number;
-  /** depth of each warp's ring (k-tiles per warp then follow the shape) */
-  stages: number;
+  /** rows of M per block: 8 (one half-used m-tile), 16, 32 or 64 */
+  rows: 8 | 16 | 32 | 64;
+  /** warps per block, each on its own 64-column tile */
+  warps: 4 | 8;
+  /** k-splits; 0 or absent: chosen by `geometry` */
+  splits?: number;
 }
 
-/**
- * The instantiations compiled in w4a16.cu (keep the two lists equal). The first with one m-tile serves
- * M <= 16, the first with two every larger M: the fastest in `gptq bench --sweep` on an H200.
- */
+/** The shapes compiled in w4a16.cu (W4A16_KERNEL lines; keep the two lists equal). */
 export const W4A16_CONFIGS: W4A16Config[] = [
-  { mt: 1, warps: 8, kt: 1, stages: 4 },
-  { mt: 1, warps: 8, kt: 2, stages: 4 },
-  { mt: 1, warps: 4, kt: 2, stages: 4 },
-  { mt: 1, warps: 8, kt: 4, stages: 3 },
-  { mt: 2, warps: 8, kt: 2, stages: 4 },
-  { mt: 2, warps: 4, kt: 2, stages: 4 },
-  { mt: 4, warps: 4, kt: 2, stages: 4 },
-  { mt: 4, warps: 4, kt: 1, stages: 3 },
+  { rows: 8, warps: 4 },
+  { rows: 8, warps: 8 },
+  { rows: 16, warps: 4 },
+  { rows: 16, warps: 8 },
+  { rows: 32, warps: 4 },
+  { rows: 64, warps: 4 },
 ];
 
-export function configName(c: W4A16Config): string {
-  return `w4a16_stream_m${c.mt}_w${c.warps}_p${c.stages}_s${c.kt}`;
+/** The scale variant for a group size: one group per 128-row chunk, or two (g64) or four (g32). */
+export function scaleVariant(groupSize: number): "g" | "g64" | "g32" {
+  return groupSize === 32 ? "g32" : groupSize === 64 ? "g64" : "g";
 }
 
+export function configName(c: W4A16Config): string {
+  return `r${c.rows}_w${c.warps}${c.splits ? `_s${c.splits}` : ""}`;
+}
+
+/** The kernel's symbol for a shape and a layer's group size. */
+export function kernelName(c: W4A16Config, groupSize: number): string {
+  return `w4a16_r${c.rows}_w${c.warps}_${scaleVariant(groupSize)}`;
+}
+
+/** "r16_w4" or "r16_w4_s8" (a fixed split count), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
 export function parseConfig(name: string): W4A16Config {
-  const c = W4A16_CONFIGS.find((x) => configName(x) === name || configName(x) === `w4a16_${name}`);
+  const m = /^(?:w4a16_)?(r\d+_w\d+)(?:_s(\d+))?$/.exec(name);
+  const c = m && W4A16_CONFIGS.find((x) => configName(x) === m[1]);
   if (!c)
     throw new GptqError(
-      `unknown W4A16 configuration "${name}" (one of ${W4A16_CONFIGS.map(configName).join(", ")})`,
+      `unknown W4A16 configuration "${name}" (one of ${W4A16_CONFIGS.map(configName).join(", ")}, optionally _sN for N k-splits)`,
     );
-  return c;
+  return m[2] ? { ...c, splits: Number(m[2]) } : { ...c };
 }
 
 export interface W4A16Launch {
-  config: W4A16Config;
   grid: [number, number, number];
   block: number;
   sharedBytes: number;
   /** fp32 partial sums the k-splits need (0 when one split) */
   workspaceBytes: number;
   counters: number;
-  /** k-tiles each warp streams */
-  ktPerWarp: number;
+  /** 128-row chunks of K each split walks */
+  chunksPerSplit: number;
 }
 
-/** Shared memory, grid and k-range per warp for an M x K x N product. */
-export function geometry(c: W4A16Config, M: number, N: number, K: number, smCount = 132): W4A16Launch {
+/** Shared memory of one block: three ring slots of activations and scales. */
+export function sharedBytes(c: W4A16Config, groupSize: number): number {
+  const aSlot = c.rows === 8 ? 8 * 256 : (c.rows / 16) * 8 * 512;
+  const sg = { g: 1, g64: 2, g32: 4 }[scaleVariant(groupSize)];
+  return 3 * (aSlot + c.warps * sg * 128);
+}
+
+/**
+ * Grid and k-splits for an M x Kpad x N product. `blocksPerSm` is the occupancy the driver reports for
+ * the kernel. Splits: the fewest that fill every multiprocessor's slots, then (up to 4x more) whichever
+ * wastes least of the last wave; each split adds a workspace round trip of its partial sums.
+ */
+export function geometry(
+  c: W4A16Config,
+  M: number,
+  N: number,
+  Kpad: number,
+  groupSize: number,
+  smCount: number,
+  blocksPerSm: number,
+): W4A16Launch {
   const ntiles = Math.ceil(N / 64);
-  const ktiles = K / 16;
-  const rows = c.mt * 16;
-  const sharedBytes = Math.max(c.warps * c.stages * c.kt * (640 + c.mt * 512), c.warps * rows * 72 * 4);
-  // one wave: as many warps as fit the multiprocessors (shared memory; registers ~ accumulators)
-  const regs = 48 + 32 * c.mt + 8 * c.kt;
-  const perSm = Math.max(
-    1,
-    Math.min(
-      Math.floor(232448 / (sharedBytes + 1024)),
-      Math.floor(65536 / (regs * 32 * c.warps)),
-      Math.floor(64 / c.warps),
-    ),
-  );
-  const mblocks = Math.ceil(M / rows);
-  const target = (smCount * perSm * c.warps) / mblocks;
-  // each warp streams at least a ring's depth of k-tiles
-  let kpw = Math.max(c.stages * c.kt, Math.ceil((ntiles * ktiles) / target));
-  const splits = Math.ceil(ktiles / (c.warps * kpw));
-  kpw = Math.ceil(ktiles / (c.warps * splits));
+  const chunks = Kpad / 128;
+  const mblocks = Math.ceil(M / c.rows);
+  const perSplit = mblocks * Math.ceil(ntiles / c.warps);
+  const slots = smCount * Math.max(1, blocksPerSm);
+  const balanced = (s: number) => {
+    const cps = Math.ceil(chunks / s);
+    return { cps, splits: Math.ceil(chunks / cps) };
+  };
+  let best = balanced(Math.min(chunks, c.splits || Math.ceil(slots / perSplit)));
+  if (!c.splits) {
+    // cost in chunk-steps of the busiest slot
+    const cost = (b: { cps: number; splits: number }) => Math.ceil((perSplit * b.splits) / slots) * b.cps;
+    for (let s = best.splits + 1; s <= Math.min(chunks, 4 * best.splits); s++) {
+      const b = balanced(s);
+      if (cost(b) < cost(best)) best = b;
+    }
+  }
+  const floatsPerLane = 32 * Math.max(1, c.rows / 16);
   return {
-    config: c,
-    grid: [ntiles, splits, mblocks],
+    grid: [mblocks, Math.ceil(ntiles / c.warps), best.splits],
     block: c.warps * 32,
-    sharedBytes,
-    workspaceBytes: splits > 1 ? splits * M * ntiles * 64 * 4 : 0,
+    sharedBytes: sharedBytes(c, groupSize),
+    workspaceBytes: best.splits > 1 ? mblocks * ntiles * best.splits * 32 * floatsPerLane * 4 : 0,
     counters: mblocks * ntiles,
-    ktPerWarp: kpw,
+    chunksPerSplit: best.cps,
   };
 }
 
-/** The configuration for M rows: one m-tile up to 16 rows, two above (more rows re-read weights). */
+/** The block shape for M rows: the fewest rows that cover M, up to 64 (more rows: several m-blocks). */
 export function chooseConfig(M: number): W4A16Config {
-  return W4A16_CONFIGS.find((c) => c.mt === (M <= 16 ? 1 : 2))!;
+  const rows = M <= 8 ? 8 : M <= 16 ? 16 : M <= 32 ? 32 : 64;
+  return W4A16_CONFIGS.find((c) => c.rows === rows)!;
 }

@@ -7,15 +7,17 @@ import { QuantizedLinear } from "../../formats/types.js";
 import { GPTQ_TS_W4A16, pickKernel } from "../../kernels/gptq-ts.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
-import { CudaDevice, DeviceBuffer, i32, ptr } from "./device.js";
+import { CudaDevice, DeviceBuffer, Kernel, i32, ptr } from "./device.js";
 import { DeviceGptq, dequantGptq } from "./dequant.js";
 import {
   W4A16Config,
+  W4A16Launch,
   W4A16Layout,
   chooseConfig,
-  configName,
   geometry,
+  kernelName,
   packW4A16,
+  sharedBytes,
   w4a16Unsupported,
 } from "./layout.js";
 
@@ -75,6 +77,8 @@ export class W4A16Linear implements CudaLinear {
   private readonly bias: DeviceBuffer | null;
   /** a fixed configuration (benchmarks, tests); else chosen per M */
   config?: W4A16Config;
+  /** blocks per multiprocessor of each kernel, as the driver reports */
+  private readonly occupancy: Record<string, number> = {};
 
   constructor(
     private readonly dev: CudaDevice,
@@ -109,8 +113,22 @@ export class W4A16Linear implements CudaLinear {
     return chooseConfig(M);
   }
 
+  /** The kernel and launch geometry for M rows. */
+  plan(M: number): { kernel: Kernel; launch: W4A16Launch; name: string } {
+    const { Kpad, N, groupSize } = this.layout;
+    const c = this.configFor(M);
+    const kernel = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", kernelName(c, groupSize));
+    const perSm = (this.occupancy[kernel.name] ??= this.dev.occupancy(
+      kernel,
+      c.warps * 32,
+      sharedBytes(c, groupSize),
+    ));
+    const launch = geometry(c, M, N, Kpad, groupSize, this.dev.info.smCount, perSm);
+    return { kernel, launch, name: `${kernel.name.slice(6)}_s${launch.grid[2]}` };
+  }
+
   forward(a: DeviceBuffer, M: number, out: DeviceBuffer): void {
-    const { K, N, groupSize } = this.layout;
+    const { K, Kpad, N, groupSize } = this.layout;
     if (M < 1) throw new GptqError(`batch of ${M} rows`);
     const s = scratchOf(this.dev);
     let act = a;
@@ -125,11 +143,9 @@ export class W4A16Linear implements CudaLinear {
         i32(K),
       ]);
     }
-    const c = this.configFor(M);
-    const g = geometry(c, M, N, K, this.dev.info.smCount);
+    const { kernel: k, launch: g } = this.plan(M);
     const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes) : null;
     const counters = s.counters.get(g.counters * 4, true);
-    const k = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", configName(c));
     this.dev.launch(k, g.grid, g.block, g.sharedBytes, [
       ptr(this.B),
       ptr(this.S),
@@ -141,8 +157,9 @@ export class W4A16Linear implements CudaLinear {
       i32(M),
       i32(N),
       i32(K),
+      i32(Kpad / 16),
       i32(groupSize / 16),
-      i32(g.ktPerWarp),
+      i32(g.chunksPerSplit),
     ]);
   }
 

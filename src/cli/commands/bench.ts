@@ -3,6 +3,7 @@ import { Command, intOption, parse, printJson } from "../command.js";
 import { HEADER, RULE, parseShapes, runBench, setTotals } from "../../backend/cuda/bench.js";
 import { parseConfig } from "../../backend/cuda/layout.js";
 import { UsageError } from "../../util/errors.js";
+import { w4a16GroupOk } from "../../kernels/gptq-ts.js";
 
 const usage = `usage: gptq bench [--shapes llama2-7b,llama2-70b,KxN,...] [--batch 1,2,4,...] [--group 128]
                   [--kernel gptq-ts-w4a16[:CONFIG]] [--json]
@@ -13,9 +14,10 @@ with CUDA events (graph replays of 50 launches, weights rotated beyond the L2, m
   --shapes  sets (llama2-7b, llama2-70b) and/or KxN (K = in_features); default llama2-7b
   --batch   rows of activations (M); default 1,2,4,8,16,32,64,128
   --group   group size (-1 = per channel); default 128
-  --kernel  gptq-ts-w4a16, optionally with a fixed configuration, e.g. gptq-ts-w4a16:m1_w8_k8
+  --kernel  gptq-ts-w4a16, optionally with a fixed configuration, e.g. gptq-ts-w4a16:r16_w4
+            (rows of M per block, warps), or r16_w4_s8 with 8 k-splits
   --json    print the rows as JSON
-  --sweep   also time every compiled kernel configuration (tuning)`;
+  --sweep   also time every compiled block shape and split count (tuning)`;
 
 export const bench: Command = {
   name: "bench",
@@ -36,8 +38,7 @@ export const bench: Command = {
       .map((s) => intOption(s.trim(), "batch")!);
     if (batches.some((b) => b < 1)) throw new UsageError("--batch values must be positive");
     const group = intOption(values.group, "group", 128)!;
-    if (group !== -1 && (group < 16 || group % 16 !== 0))
-      throw new UsageError("--group must be -1 or a multiple of 16");
+    if (!w4a16GroupOk(group)) throw new UsageError("--group must be 32, 64, a multiple of 128, or -1");
     let config;
     if (values.kernel) {
       const [name, cfg] = values.kernel.split(":");

@@ -99,6 +99,8 @@ test(
       [384, 128, 32, false],
       [256, 200, 64, true],
       [2048, 256, 128, false],
+      [400, 72, 32, false],
+      [272, 136, 128, true],
     ];
     for (const [K, N, gs, act] of cases) {
       const l = act ? randomGeneral(K, N, 4, gs, true) : randomLayer(K, N, gs);
@@ -117,18 +119,21 @@ test(
 test("every compiled W4A16 configuration is correct", { skip }, () => {
   const dev = CudaDevice.get();
   const K = 1024;
-  const N = 128;
-  const l = randomLayer(K, N, 128);
-  const lin = W4A16Linear.fromLayer(dev, l);
-  for (const c of W4A16_CONFIGS) {
-    lin.config = c;
-    for (const M of [1, 5, 16, 16 * c.mt + 1]) {
-      const a = halves(M * K);
-      const err = relErr(runLinear(lin, a, M, N), refMatmul(a, l, M));
-      assert.ok(err < 3e-3, `${JSON.stringify(c)} M=${M}: relative error ${err}`);
+  const N = 192;
+  for (const gs of [128, 64, 32, -1]) {
+    const l = randomLayer(K, N, gs);
+    const lin = W4A16Linear.fromLayer(dev, l);
+    const fixedSplits = [1, 3, 8].map((splits) => ({ ...W4A16_CONFIGS[0], splits }));
+    for (const c of [...W4A16_CONFIGS, ...fixedSplits]) {
+      lin.config = c;
+      for (const M of [1, 5, 16, c.rows + 1]) {
+        const a = halves(M * K);
+        const err = relErr(runLinear(lin, a, M, N), refMatmul(a, l, M));
+        assert.ok(err < 3e-3, `g=${gs} ${JSON.stringify(c)} M=${M}: relative error ${err}`);
+      }
     }
+    lin.dispose();
   }
-  lin.dispose();
 });
 
 test("GPTQ dequantization: v1/v2, 2/3/4/8 bits, act-order, asymmetric zeros, exact", { skip }, () => {

@@ -6,7 +6,9 @@ import { QuantizedLinear } from "../../../src/formats/types.js";
 import {
   W4A16_CONFIGS,
   chooseConfig,
+  configName,
   geometry,
+  parseConfig,
   groupOrder,
   packW4A16,
   unpackW4A16Codes,
@@ -52,70 +54,94 @@ test("act-order layers are stored with rows sorted by group", () => {
   }
 });
 
-/** The kernel's arithmetic, lane by lane: fragments from the layout, mma by the PTX fragment tables. */
-function emulate(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number): Float64Array {
-  const { K, N, ntiles, B, S, groupSize } = lay;
-  const ktiles = K / 16;
+/**
+ * The kernel's arithmetic, lane by lane: B fragments from the layout, mma by the PTX fragment tables,
+ * scales read where each path reads them. `acc`: the decode path, unscaled codes summed per 128-row chunk
+ * and the chunk's partial sums scaled by the scales of accumulator columns 8j + 2c + e. Else every
+ * fragment is scaled by the scale of its B column 8j + g.
+ */
+function emulate(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number, acc: boolean): Float64Array {
+  const { K, Kpad, N, ntiles, B, S, groupSize } = lay;
+  const ktiles = Kpad / 16;
   const Npad = ntiles * 64;
   const C = new Float64Array(M * Npad);
   const nib = (w: number, i: number) => (w >>> (4 * i)) & 15;
+  const scale = (g: number, t: number, c: number, j: number, e: number) =>
+    halfToFloat(S[(g * ntiles + t) * 64 + c * 16 + j * 2 + e]);
+  const act = (m: number, k: number) => (k < K ? a[m * K + k] : 0);
   for (let t = 0; t < ntiles; t++)
-    for (let kt = 0; kt < ktiles; kt++) {
-      const g = Math.floor((kt * 16) / groupSize);
-      for (let lane = 0; lane < 32; lane++) {
-        const gg = lane >> 2;
-        const c = lane & 3;
-        for (let w = 0; w < 4; w++) {
-          const word = B[(t * ktiles + kt) * 128 + lane * 4 + w];
-          for (const [j, b0lo, b0hi, b1lo, b1hi] of [
-            [2 * w, 0, 4, 1, 5],
-            [2 * w + 1, 2, 6, 3, 7],
-          ]) {
-            const s = halfToFloat(S[((g * ntiles + t) * 8 + gg) * 8 + j]);
-            // b0 = rows 2c, 2c+1; b1 = rows 2c+8, 2c+9; column n = lane / 4 of sub-tile j
-            const vals: [number, number][] = [
-              [2 * c, nib(word, b0lo)],
-              [2 * c + 1, nib(word, b0hi)],
-              [2 * c + 8, nib(word, b1lo)],
-              [2 * c + 9, nib(word, b1hi)],
-            ];
-            const n = t * 64 + j * 8 + gg;
-            for (const [r, q] of vals) {
-              const k = kt * 16 + r;
-              for (let m = 0; m < M; m++) C[m * Npad + n] += a[m * K + k] * (q - 8) * s;
+    for (let chunk = 0; chunk < ktiles / 8; chunk++) {
+      const part = new Float64Array(M * 64); // mma output of the chunk, per row and tile column
+      for (let kt = chunk * 8; kt < chunk * 8 + 8; kt++) {
+        const g = Math.floor((kt * 16) / groupSize);
+        for (let lane = 0; lane < 32; lane++) {
+          const gg = lane >> 2;
+          const c = lane & 3;
+          for (let w = 0; w < 4; w++) {
+            const word = B[(t * ktiles + kt) * 128 + lane * 4 + w];
+            for (const [j, b0lo, b0hi, b1lo, b1hi] of [
+              [2 * w, 0, 4, 1, 5],
+              [2 * w + 1, 2, 6, 3, 7],
+            ]) {
+              // fragment side: column gg of sub-tile j is 8j + gg = 8j + 2(gg >> 1) + (gg & 1)
+              const s = acc ? 1 : scale(g, t, gg >> 1, j, gg & 1);
+              // b0 = rows 2c, 2c+1; b1 = rows 2c+8, 2c+9; column n = lane / 4 of sub-tile j
+              const vals: [number, number][] = [
+                [2 * c, nib(word, b0lo)],
+                [2 * c + 1, nib(word, b0hi)],
+                [2 * c + 8, nib(word, b1lo)],
+                [2 * c + 9, nib(word, b1hi)],
+              ];
+              for (const [r, q] of vals)
+                for (let m = 0; m < M; m++) part[m * 64 + j * 8 + gg] += act(m, kt * 16 + r) * (q - 8) * s;
             }
           }
         }
       }
+      // accumulator side: lane (g, c) holds columns 8j + 2c + e of the chunk's partial sums
+      const g = Math.floor((chunk * 128) / groupSize);
+      for (let m = 0; m < M; m++)
+        for (let col = 0; col < 64; col++) {
+          const s = acc ? scale(g, t, (col & 7) >> 1, col >> 3, col & 1) : 1;
+          C[m * Npad + t * 64 + col] += part[m * 64 + col] * s;
+        }
     }
   const out = new Float64Array(M * N);
   for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) out[m * N + n] = C[m * Npad + n];
   return out;
 }
 
-test("the kernel's fragment mapping computes A x W (emulated on the CPU)", () => {
-  const K = 96;
-  const N = 80;
+test("the kernel's fragment mapping computes A x W on both scale paths (emulated on the CPU)", () => {
   const M = 3;
-  for (const l of [randomLayer(K, N, 32), actOrderLayer(K, N, 32)]) {
-    const lay = packW4A16(l);
-    const a = Float32Array.from({ length: M * K }, () => Math.random() - 0.5);
-    // activations as the kernel sees them: permuted for act-order
-    const ap = new Float32Array(M * K);
-    for (let m = 0; m < M; m++)
-      for (let k = 0; k < K; k++) ap[m * K + k] = a[m * K + (lay.perm ? lay.perm[k] : k)];
-    const got = emulate(lay, ap, M);
-    for (let m = 0; m < M; m++)
-      for (let n = 0; n < N; n++) {
-        let ref = 0;
-        for (let k = 0; k < K; k++)
-          ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
-        assert.ok(
-          Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)),
-          `m=${m} n=${n}: ${got[m * N + n]} vs ${ref}`,
-        );
+  for (const [K, N, gs] of [
+    [96, 80, 32],
+    [160, 72, 64],
+    [400, 80, 128],
+    [144, 64, -1],
+  ])
+    for (const l of gs === -1 ? [randomLayer(K, N, gs)] : [randomLayer(K, N, gs), actOrderLayer(K, N, gs)]) {
+      const lay = packW4A16(l);
+      assert.equal(lay.Kpad % 128, 0);
+      const a = Float32Array.from({ length: M * K }, () => Math.random() - 0.5);
+      // activations as the kernel sees them: permuted for act-order
+      const ap = new Float32Array(M * K);
+      for (let m = 0; m < M; m++)
+        for (let k = 0; k < K; k++) ap[m * K + k] = a[m * K + (lay.perm ? lay.perm[k] : k)];
+      // the decode path needs one group per chunk
+      for (const acc of gs === 32 || gs === 64 ? [false] : [false, true]) {
+        const got = emulate(lay, ap, M, acc);
+        for (let m = 0; m < M; m++)
+          for (let n = 0; n < N; n++) {
+            let ref = 0;
+            for (let k = 0; k < K; k++)
+              ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
+            assert.ok(
+              Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)),
+              `K=${K} g=${gs} acc=${acc} m=${m} n=${n}: ${got[m * N + n]} vs ${ref}`,
+            );
+          }
       }
-  }
+    }
 });
 
 test("layers the W4A16 kernel cannot take are refused with the reason", () => {
@@ -150,31 +176,43 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
   assert.ok(GPTQ_TS_W4A16.ours && GPTQ_TS_DEQUANT.ours);
 });
 
-test("launch geometry covers every k-tile and the configurations match the compiled kernels", () => {
+test("launch geometry covers every chunk of K, and the configurations match the compiled kernels", () => {
   const cu = readFileSync(
     fileURLToPath(new URL("../../../src/backend/cuda/kernels/w4a16.cu", import.meta.url)),
     "utf8",
   );
-  const compiled = [...cu.matchAll(/^W4A16_STREAM_KERNEL\((\d+), (\d+), (\d+), (\d+)\)/gm)].map((m) =>
-    m.slice(1).join(","),
+  const compiled = [...cu.matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+)\)/gm)].map(
+    (m) => `r${m[4]}_w${m[1]}`,
   );
-  assert.deepEqual(
-    compiled,
-    W4A16_CONFIGS.map((c) => `${c.warps},${c.stages},${c.kt},${c.mt}`),
-  );
+  assert.deepEqual(compiled, W4A16_CONFIGS.map(configName));
   for (const [M, K, N] of [
     [1, 4096, 4096],
     [16, 8192, 57344],
     [17, 11008, 4096],
     [130, 8192, 57344],
+    [3, 4608, 200],
   ]) {
     const c = chooseConfig(M);
-    const g = geometry(c, M, N, K);
-    assert.ok(g.grid[1] * c.warps * g.ktPerWarp * 16 >= K);
-    assert.ok((g.grid[1] - 1) * c.warps * g.ktPerWarp * 16 < K, "no k-split without work");
-    assert.ok(g.grid[2] * c.mt * 16 >= M);
-    assert.ok(g.sharedBytes <= 227 * 1024);
+    assert.ok(c.rows >= Math.min(M, 64));
+    for (const splits of [0, 1, 3, 1000]) {
+      const g = geometry({ ...c, splits }, M, N, K, 128, 132, 3);
+      const chunks = K / 128;
+      assert.ok(g.grid[2] * g.chunksPerSplit >= chunks, "every chunk is walked");
+      assert.ok((g.grid[2] - 1) * g.chunksPerSplit < chunks, "no split without work");
+      assert.ok(g.grid[0] * c.rows >= M);
+      assert.ok(g.grid[1] * c.warps * 64 >= N);
+      assert.ok(g.sharedBytes <= 227 * 1024);
+      if (splits) assert.equal(g.grid[2], Math.min(splits, chunks, g.grid[2]));
+      assert.equal(g.workspaceBytes > 0, g.grid[2] > 1);
+    }
   }
+  // decode-sized products are split until every multiprocessor has blocks, as far as K's chunks allow
+  const g = geometry(chooseConfig(1), 1, 4096, 4096, 128, 132, 3);
+  assert.deepEqual([g.grid, g.chunksPerSplit], [[1, 16, 16], 2]);
+  const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
+  assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
+  assert.deepEqual(parseConfig("r16_w4_s8"), { rows: 16, warps: 4, splits: 8 });
+  assert.throws(() => parseConfig("m1_w8_p4_s1"), /unknown W4A16 configuration/);
 });
 
 test("Marlin tables are permutations", () => {

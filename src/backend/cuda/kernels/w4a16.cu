@@ -4,16 +4,27 @@
 // Weight layout (prepared at load time, see layout.ts): for every 64-column tile and every 16-row k-tile,
 // 512 bytes = one 16-byte word per lane holding exactly that lane's B fragments for the tile's eight
 // 16x8 mma sub-tiles, so a warp reads each weight once, fully coalesced, and dequantizes with two bit
-// ops per pair of values. Scales: per group and tile, 8 lanes x 8 halves.
+// ops per pair of values. K is padded to a multiple of 128 (code 8 = weight 0). Scales: per group and
+// tile, 64 halves in the order of the accumulator columns each lane owns (lane & 3 picks 16 of them).
 //
-// Grid: x = 64-column tiles, y = k-splits, z = blocks of 16*MT rows of M. Each warp of a block takes a
-// contiguous k-range of the block's tile (see w4a16_stream). Warps reduce through shared memory;
-// k-splits through a workspace, summed in split order by the last block of each tile (deterministic).
+// Work: a block of W warps takes W adjacent 64-column tiles over one k-range (a "split"), so the
+// activations it stages in shared memory serve all its warps. It walks the k-range in chunks of 128
+// rows: activations and scales go through a 3-slot cp.async ring (one barrier per chunk); each warp's
+// weights go straight from global memory to registers, one chunk ahead of the math. Splits of one tile
+// add up through a workspace, in split order, in the warp that finishes last (deterministic).
+//
+// Decode (one m-tile, one group per chunk): the dequantized codes carry no scale; the mma sums a chunk
+// into fp32 partials and the scales multiply those once per chunk. That is 9 instructions per 8 weights
+// plus one mma per 128, against 13 when every fragment is scaled. Larger M, or groups of 32/64, scale
+// the fragments instead (registers).
 // Napkin math, Llama-2-7B layers at M = 1: 0.52 bytes per weight (codes + group-128 scales) against
 // 2 for fp16, so 3.9x less traffic than cuBLAS's fp16 GEMV at equal bandwidth.
 #include "common.cuh"
 
 namespace {
+
+constexpr int CHUNK = 8;  // k-tiles (16 rows each) per pipeline step: 128 rows of K
+constexpr int RING = 3;   // slots of the activation/scale ring
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 a;
@@ -47,18 +58,19 @@ __device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
 
 // One word holds two sub-tiles' fragments: nibbles (0,4) = b0 and (1,5) = b1 of sub-tile j0,
 // (2,6) = b0 and (3,7) = b1 of sub-tile j1. OR-ing a nibble into the mantissa of 1024.0 gives 1024 + q
-// (low nibble) or 1024 + 16q (high nibble); subtracting the bias and the symmetric zero 8 gives q - 8.
-__device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 (&f0)[2], u32 (&f1)[2]) {
+// (low nibble) or 1024 + 16q (high nibble); subtracting the bias and the symmetric zero 8 gives q - 8,
+// exact in fp16.
+__device__ __forceinline__ void dequant_word(u32 q, u32 (&f0)[2], u32 (&f1)[2]) {
   const u32 LO = 0x000f000f, HI = 0x00f000f0, EXP = 0x64006400;
-  const u32 SUB = 0x64086408;                       // 1024 + 8
-  const u32 MUL = 0x2c002c00, ADD = 0xd480d480;     // 1/16, -(64 + 8)
+  const u32 SUB = 0x64086408;                    // 1024 + 8
+  const u32 MUL = 0x2c002c00, ADD = 0xd480d480;  // 1/16, -(64 + 8)
   u32 lo0 = lop3_and_or(q, LO, EXP), hi0 = lop3_and_or(q, HI, EXP);
   q >>= 8;
   u32 lo1 = lop3_and_or(q, LO, EXP), hi1 = lop3_and_or(q, HI, EXP);
-  f0[0] = hmul2(hsub2(lo0, SUB), s0);
-  f0[1] = hmul2(hfma2(hi0, MUL, ADD), s0);
-  f1[0] = hmul2(hsub2(lo1, SUB), s1);
-  f1[1] = hmul2(hfma2(hi1, MUL, ADD), s1);
+  f0[0] = hsub2(lo0, SUB);
+  f0[1] = hfma2(hi0, MUL, ADD);
+  f1[0] = hsub2(lo1, SUB);
+  f1[1] = hfma2(hi1, MUL, ADD);
 }
 
 __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -69,85 +81,94 @@ __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-constexpr int RED_STRIDE = 72;  // floats per reduction row: 64 + 8 keeps float2 stores conflict-free
+// c = a x b, starting from zero (a chunk's first product into fresh partials)
+__device__ __forceinline__ void mma0(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+  const float z = 0.f;
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};"
+      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(z));
+}
 
-// Keeps a value in a register: the compiler otherwise rebuilds shared addresses (S2R, cvta) every
-// iteration of the streaming loop, which is issue-bound.
-__device__ __forceinline__ u32 pin(u32 v) {
-  asm volatile("mov.b32 %0, %0;" : "+r"(v));
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+
+// zero-fills the 16 bytes when `on` is false (rows of K past its end)
+__device__ __forceinline__ void cp_async16_zfill(u32 dst, const void* src, bool on) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(on ? 16 : 0));
+}
+
+__device__ __forceinline__ void lds128(u32 (&r)[4], u32 addr) {
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// weights are read once: no L1 allocation, first out of L2 (which then keeps the activations)
+__device__ __forceinline__ uint4 ld_stream(const uint4* p, u64 policy) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(policy));
   return v;
 }
 
-__device__ __forceinline__ void cp_async16_to(u32 dst, const void* src, bool on) {
-  asm volatile("{ .reg .pred p; setp.ne.b32 p, %2, 0; @p cp.async.cg.shared.global [%0], [%1], 16; }" ::"r"(dst),
-               "l"(src), "r"((int)on));
-}
-
-// The streaming kernel: every warp streams its k-range of one 64-column tile through a private
-// P-stage cp.async ring in shared memory, KS k-tiles a stage (per k-tile: weights 512 B, scales 128 B,
-// activations 32 B per row for 16 MT rows), so the bytes in flight do not depend on registers and no
-// block-wide barrier stalls the stream. Each k-tile is dequantized once and multiplied into every m-tile.
-// Addresses advance incrementally and scales are unpacked to half2 once per group: the loop is close
-// to issue-bound.
-template <int W, int P, int KS, int MT>
-__device__ __forceinline__ void w4a16_stream(const uint4* __restrict__ B, const uint4* __restrict__ S,
-                                             const u16* __restrict__ A, u16* __restrict__ C,
-                                             const u16* __restrict__ bias, float* __restrict__ ws,
-                                             int* __restrict__ counters, int M, int N, int K, int groupTiles,
-                                             int ktPerWarp) {
+// W warps, MT 16-row m-tiles per block (R8: one m-tile of 8 rows), SG scale groups per chunk
+// (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows).
+template <int W, int MT, bool R8, int SG>
+__device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __restrict__ S,
+                                      const u16* __restrict__ A, u16* __restrict__ C,
+                                      const u16* __restrict__ bias, float* __restrict__ ws,
+                                      int* __restrict__ counters, int M, int N, int K, int ktiles,
+                                      int groupTiles, int chunksPerSplit) {
+  static_assert(!R8 || MT == 1, "8-row blocks have one m-tile");
+  constexpr bool ACC = MT == 1 && SG == 1;  // scales on the fp32 partials of each chunk
+  constexpr int ROWS = R8 ? 8 : 16 * MT;
+  constexpr int A_TILE = R8 ? 256 : 512;  // bytes of activations per k-tile and m-tile
+  constexpr int A_SLOT = MT * CHUNK * A_TILE;
+  constexpr int SLOT = A_SLOT + W * SG * 128;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int is_last;
-  constexpr int TILE = 512 + 128 + MT * 512;  // bytes per k-tile: weights, scales, 16 MT rows x 16 halves
-  constexpr int STAGE = KS * TILE;
-  const int lane = pin(threadIdx.x & 31), warp = threadIdx.x >> 5;
-  const int ntile = blockIdx.x, split = blockIdx.y, mblock = blockIdx.z;
-  const int m0 = mblock * MT * 16;
-  const int ntiles = gridDim.x, splits = gridDim.y;
-  const int ktiles = K >> 4;
-  const int kbeg = (split * W + warp) * ktPerWarp;
-  const int n = imin(ktPerWarp, ktiles - kbeg);  // k-tiles of this warp; <= 0 for spare warps
-  const int stages = n > 0 ? (n + KS - 1) / KS : 0;
-  const u32 ring = pin(smem_addr(smem) + warp * P * STAGE);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int gq = lane >> 2, cq = lane & 3;  // mma fragment row group and column pair
+  const int ntiles = (N + 63) >> 6;
+  const int tile = blockIdx.y * W + warp;
+  const bool active = tile < ntiles;  // warps past the last tile only help stage
+  const int m0 = blockIdx.x * ROWS, split = blockIdx.z, splits = gridDim.z;
+  const int c0 = split * chunksPerSplit;
+  const int nchunks = imin(chunksPerSplit, (ktiles >> 3) - c0);
+  const int rows = imin(ROWS, M - m0);
+  const u32 base = smem_addr(smem);
   u64 policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
 
-  // what this lane copies per k-tile: its 16 B of weights; lanes 0-7 the tile's scales; lanes 2r, 2r+1
-  // (r < M) row r's 16 activations
-  const int kb = kbeg < ktiles ? kbeg : 0;
-  const uint4* bsrc = B + ((size_t)ntile * ktiles + kb) * 32 + lane;
-  int ig = kb / groupTiles, ileft = groupTiles - kb % groupTiles;
-  const uint4* ssrc = S + ((size_t)ig * ntiles + ntile) * 8 + (lane & 7);
-  const size_t sstep = (size_t)ntiles * 8;
-  const int r = lane >> 1;
-  const u16* asrc = A + (size_t)imin(m0 + r, M - 1) * K + kb * 16 + (lane & 1) * 8;
-  const bool scaleLane = lane < 8;
-  const int rowsLeft = M - m0 - r;  // rows 16 mt + r of this block exist while 16 mt < rowsLeft
-  const u32 dstW = pin(ring + lane * 16), dstS = pin(ring + 512 + (lane & 7) * 16), dstA = pin(ring + 640 + lane * 16);
-
-  auto issue = [&](int st) {
-    const u32 off = (st % P) * STAGE;
-#pragma unroll
-    for (int i = 0; i < KS; i++) {
-      const bool on = st * KS + i < n;
-      asm volatile(
-          "{ .reg .pred p; setp.ne.b32 p, %3, 0; @p cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2; }" ::
-              "r"(dstW + off + i * TILE),
-          "l"(bsrc), "l"(policy), "r"((int)on));
-      // scales only where the compute loop reads them: a warp's first k-tile and each group's first
-      cp_async16_to(dstS + off + i * TILE, ssrc, on && scaleLane && (st * KS + i == 0 || ileft == groupTiles));
-#pragma unroll
-      for (int mt = 0; mt < MT; mt++)
-        cp_async16_to(dstA + off + i * TILE + mt * 512, asrc + (size_t)mt * 16 * K, on && 16 * mt < rowsLeft);
-      if (on) {
-        bsrc += 32;
-        asrc += 16;
-        if (--ileft == 0) {
-          ileft = groupTiles;
-          ssrc += sstep;
-        }
+  // activations as ldmatrix reads them: per k-tile, 16-byte rows of the 8x8 matrices in lane order
+  auto stage = [&](int c) {
+    if (c < nchunks) {
+      const u32 dst = base + (c % RING) * SLOT;
+      const int kc = (c0 + c) * 128;
+      for (int e = threadIdx.x; e < rows * 16; e += W * 32) {
+        const int r = e >> 4, kk = (e & 15) * 8, i = kk >> 4, h = (kk >> 3) & 1;
+        const u32 d = R8 ? dst + (i * 16 + h * 8 + r) * 16
+                         : dst + (((r >> 4) * CHUNK + i) * 32 + h * 16 + (r & 15)) * 16;
+        const int k = kc + kk;
+        cp_async16_zfill(d, A + (size_t)(m0 + r) * K + (k < K ? k : 0), k < K);
+      }
+      for (int e = threadIdx.x; e < W * SG * 8; e += W * 32) {
+        const int w = e / (8 * SG), sg = (e >> 3) % SG, t = blockIdx.y * W + w;
+        const int gi = ((c0 + c) * CHUNK + sg * (CHUNK / SG)) / groupTiles;
+        if (t < ntiles) cp_async16(dst + A_SLOT + e * 16, S + ((size_t)gi * ntiles + t) * 64 + (e & 7) * 8);
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
+  };
+
+  const uint4* wsrc = B + ((size_t)(active ? tile : 0) * ktiles + c0 * CHUNK) * 32 + lane;
+  auto load = [&](int c, uint4 (&buf)[CHUNK]) {
+    if (active && c < nchunks) {
+#pragma unroll
+      for (int i = 0; i < CHUNK; i++) buf[i] = ld_stream(wsrc + ((size_t)c * CHUNK + i) * 32, policy);
+    }
   };
 
   float acc[MT][8][4];
@@ -158,116 +179,195 @@ __device__ __forceinline__ void w4a16_stream(const uint4* __restrict__ B, const 
 #pragma unroll
       for (int e = 0; e < 4; e++) acc[mt][j][e] = 0.f;
 
-  const u32 readW = dstW, readS = pin(ring + 512 + (lane >> 2) * 16);
-  const u32 readA = pin(ring + 640 + (lane & 15) * 32 + (lane >> 4) * 16);
-  u32 sc[8];      // this group's scales as half2 (s, s) per sub-tile
-  int cleft = 0;  // k-tiles left in the group whose scales sc holds
-  int cg = kb % groupTiles;  // position of the first k-tile in its group
+  // scales of this lane: ACC, columns 8j + 2cq + e (accumulator side); else 8j + gq (fragment side)
+  const u32 sRead = A_SLOT + warp * SG * 128 + (ACC ? cq : gq >> 1) * 32;
+  const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
+  const u32 aRead = R8 ? (lane & 15) * 16 : lane * 16;
+
+  auto compute = [&](int c, const uint4 (&q)[CHUNK]) {
+    const u32 slot = base + (c % RING) * SLOT;
+    float part[8][4];
+    u32 sc[SG][8];  // fragment side: (s, s) per sub-tile and group
+    if (!ACC) {
 #pragma unroll
-  for (int t = 0; t < P - 1; t++) issue(t);
-  for (int st = 0; st < stages; st++) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(P - 2));
-    __syncwarp();
-    issue(st + P - 1);  // refills the slot read in the previous iteration
-    const u32 off = (st % P) * STAGE;
+      for (int sg = 0; sg < SG; sg++) {
+        u32 w[8];
+        lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead + sg * 128);
+        lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + sg * 128 + 16);
 #pragma unroll
-    for (int i = 0; i < KS; i++) {
-      if (st * KS + i < n) {
-        if (cleft == 0) {
-          u32 sw[4];
-          asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-                       : "=r"(sw[0]), "=r"(sw[1]), "=r"(sw[2]), "=r"(sw[3])
-                       : "r"(readS + off + i * TILE));
+        for (int j = 0; j < 8; j++) sc[sg][j] = __byte_perm(w[j], 0, sSel);
+      }
+    }
 #pragma unroll
-          for (int w = 0; w < 4; w++) {
-            sc[2 * w] = __byte_perm(sw[w], sw[w], 0x1010);
-            sc[2 * w + 1] = __byte_perm(sw[w], sw[w], 0x3232);
-          }
-          cleft = groupTiles - cg;
-          cg = 0;
-        }
-        cleft--;
-        u32 qw[4];
-        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(qw[0]), "=r"(qw[1]), "=r"(qw[2]), "=r"(qw[3])
-                     : "r"(readW + off + i * TILE));
-        u32 frag[8][2];
+    for (int i = 0; i < CHUNK; i++) {
+      u32 a[MT][4];
 #pragma unroll
-        for (int w = 0; w < 4; w++) dequant_word(qw[w], sc[2 * w], sc[2 * w + 1], frag[2 * w], frag[2 * w + 1]);
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-          u32 a[4];
-          // each 16 x 16 activation tile is stored row-major, 32 B per row
+      for (int mt = 0; mt < MT; mt++) {
+        const u32 addr = slot + (mt * CHUNK + i) * A_TILE + aRead;
+        if (R8) {
+          asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                       : "=r"(a[mt][0]), "=r"(a[mt][2])
+                       : "r"(addr));
+          a[mt][1] = a[mt][3] = 0;
+        } else {
           asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                       : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                       : "r"(readA + off + i * TILE + mt * 512));
+                       : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3])
+                       : "r"(addr));
+        }
+      }
+      const u32 qw[4] = {q[i].x, q[i].y, q[i].z, q[i].w};
 #pragma unroll
-          for (int j = 0; j < 8; j++) mma(acc[mt][j], a, frag[j][0], frag[j][1]);
+      for (int w = 0; w < 4; w++) {
+        u32 f[2][2];
+        dequant_word(qw[w], f[0], f[1]);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int j = 2 * w + h;
+          if (ACC) {
+            if (i == 0)
+              mma0(part[j], a[0], f[h][0], f[h][1]);
+            else
+              mma(part[j], a[0], f[h][0], f[h][1]);
+          } else {
+            const u32 s = sc[i / (CHUNK / SG)][j];
+            const u32 b0 = hmul2(f[h][0], s), b1 = hmul2(f[h][1], s);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) mma(acc[mt][j], a[mt], b0, b1);
+          }
         }
       }
     }
-  }
-  asm volatile("cp.async.wait_all;\n" ::);
-  __syncthreads();
+    if (ACC) {
+      u32 w[8];
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead);
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + 16);
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float s0 = h2f((u16)(w[j] & 0xffff)), s1 = h2f((u16)(w[j] >> 16));
+        acc[0][j][0] += part[j][0] * s0;
+        acc[0][j][1] += part[j][1] * s1;
+        if (!R8) {
+          acc[0][j][2] += part[j][2] * s0;
+          acc[0][j][3] += part[j][3] * s1;
+        }
+      }
+    }
+  };
 
-  float* red = reinterpret_cast<float*>(smem);
+  uint4 qa[CHUNK], qb[CHUNK];
+  load(0, qa);
+#pragma unroll
+  for (int s = 0; s < RING - 1; s++) stage(s);
+  auto step = [&](int c, uint4 (&cur)[CHUNK], uint4 (&nxt)[CHUNK]) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(RING - 2));
+    __syncthreads();  // chunk c landed for all; every warp is done with chunk c - 1's slot
+    stage(c + RING - 1);
+    load(c + 1, nxt);
+    if (active) compute(c, cur);
+  };
+  for (int c = 0; c < nchunks; c += 2) {
+    step(c, qa, qb);
+    if (c + 1 < nchunks) step(c + 1, qb, qa);
+  }
+  if (!active) return;
+
+  // this lane's outputs: rows m0 + 16 mt + gq (+ 8), columns 64 tile + 8 j + 2 cq (+ 1)
+  auto store = [&](float (&v)[MT][8][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int hr = 0; hr < (R8 ? 1 : 2); hr++) {
+        const int row = m0 + 16 * mt + 8 * hr + gq;
+        if (row >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          const int col = tile * 64 + 8 * j + 2 * cq;
+          float x = v[mt][j][2 * hr], y = v[mt][j][2 * hr + 1];
+          if (bias) {
+            if (col < N) x += h2f(bias[col]);
+            if (col + 1 < N) y += h2f(bias[col + 1]);
+          }
+          u16* out = C + (size_t)row * N + col;
+          if (col + 1 < N && (N & 1) == 0) {
+            *reinterpret_cast<u32*>(out) = (u32)f2h(x) | ((u32)f2h(y) << 16);
+          } else {
+            if (col < N) out[0] = f2h(x);
+            if (col + 1 < N) out[1] = f2h(y);
+          }
+        }
+      }
+  };
+  if (splits == 1) {
+    store(acc);
+    return;
+  }
+
+  // partial sums: per (m-block, tile, split) 32 lanes x MT x 32 floats, lane-major (coalesced)
+  constexpr int PER = MT * 32;
+  const int idx = blockIdx.x * ntiles + tile;
+  auto slotOf = [&](int sp) { return ws + (((size_t)idx * splits + sp) * 32 + lane) * PER; };
+  {
+    float4* p = reinterpret_cast<float4*>(slotOf(split));
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+      if (m0 + 16 * mt + gq < M)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+          p[mt * 8 + j] = make_float4(acc[mt][j][0], acc[mt][j][1], acc[mt][j][2], acc[mt][j][3]);
+  }
+  __threadfence();
+  __syncwarp();
+  int last = 0;
+  if (lane == 0) last = atomicAdd(&counters[idx], 1) == splits - 1;
+  last = __shfl_sync(0xffffffffu, last, 0);
+  if (!last) return;
+  __threadfence();
+  float sum[MT][8][4];
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-      const int row = mt * 16 + (lane >> 2), col = j * 8 + 2 * (lane & 3);
-      float* p = red + (warp * MT * 16 + row) * RED_STRIDE + col;
-      *reinterpret_cast<float2*>(p) = make_float2(acc[mt][j][0], acc[mt][j][1]);
-      *reinterpret_cast<float2*>(p + 8 * RED_STRIDE) = make_float2(acc[mt][j][2], acc[mt][j][3]);
-    }
-  __syncthreads();
-  const int rows = imin(16 * MT, M - m0);
-  const int Npad = ntiles * 64;
-  for (int e = threadIdx.x; e < rows * 64; e += W * 32) {
-    const int r = e >> 6, c = e & 63, col = ntile * 64 + c;
-    float v = 0.f;
+    for (int j = 0; j < 8; j++)
 #pragma unroll
-    for (int w = 0; w < W; w++) v += red[(w * MT * 16 + r) * RED_STRIDE + c];
-    if (splits == 1) {
-      if (col < N) C[(size_t)(m0 + r) * N + col] = f2h(bias ? v + h2f(bias[col]) : v);
-    } else {
-      ws[((size_t)split * M + m0 + r) * Npad + col] = v;
-    }
+      for (int e = 0; e < 4; e++) sum[mt][j][e] = 0.f;
+  for (int sp = 0; sp < splits; sp++) {
+    const float4* p = reinterpret_cast<const float4*>(slotOf(sp));
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+      if (m0 + 16 * mt + gq < M)
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          const float4 v = __ldcg(p + mt * 8 + j);
+          sum[mt][j][0] += v.x;
+          sum[mt][j][1] += v.y;
+          sum[mt][j][2] += v.z;
+          sum[mt][j][3] += v.w;
+        }
   }
-  if (splits == 1) return;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(&counters[mblock * ntiles + ntile], 1) == splits - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  for (int e = threadIdx.x; e < rows * 64; e += W * 32) {
-    const int r = e >> 6, c = e & 63, col = ntile * 64 + c;
-    float v = 0.f;
-    for (int sp = 0; sp < splits; sp++) v += __ldcg(ws + ((size_t)sp * M + m0 + r) * Npad + col);
-    if (col < N) C[(size_t)(m0 + r) * N + col] = f2h(bias ? v + h2f(bias[col]) : v);
-  }
-  if (threadIdx.x == 0) counters[mblock * ntiles + ntile] = 0;
+  store(sum);
+  if (lane == 0) counters[idx] = 0;  // ready for the next launch
 }
 
 }  // namespace
 
-// the configurations the launcher chooses from (layout.ts W4A16_CONFIGS lists the same)
-#define W4A16_STREAM_KERNEL(W, P, KS, MT)                                                                  \
-  extern "C" __global__ void __launch_bounds__(W * 32) w4a16_stream_m##MT##_w##W##_p##P##_s##KS( \
-      const uint4* B, const uint4* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
-      int N, int K, int groupTiles, int ktPerWarp) {                                                        \
-    w4a16_stream<W, P, KS, MT>(B, S, A, C, bias, ws, counters, M, N, K, groupTiles, ktPerWarp);             \
+// The configurations the launcher chooses from (layout.ts W4A16_CONFIGS lists the same shapes); each
+// comes in the three scale layouts: g (one group per chunk), g64, g32.
+#define W4A16_VARIANT(W, MT, R8, SG, NAME)                                                                 \
+  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                              \
+      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
+      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                      \
+    w4a16<W, MT, R8, SG>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit);     \
   }
+#define W4A16_KERNEL(W, MT, R8, ROWS)                                 \
+  W4A16_VARIANT(W, MT, R8, 1, w4a16_r##ROWS##_w##W##_g)              \
+  W4A16_VARIANT(W, MT, R8, 2, w4a16_r##ROWS##_w##W##_g64)            \
+  W4A16_VARIANT(W, MT, R8, 4, w4a16_r##ROWS##_w##W##_g32)
 
-W4A16_STREAM_KERNEL(8, 4, 1, 1)
-W4A16_STREAM_KERNEL(8, 4, 2, 1)
-W4A16_STREAM_KERNEL(4, 4, 2, 1)
-W4A16_STREAM_KERNEL(8, 3, 4, 1)
-W4A16_STREAM_KERNEL(8, 4, 2, 2)
-W4A16_STREAM_KERNEL(4, 4, 2, 2)
-W4A16_STREAM_KERNEL(4, 4, 2, 4)
-W4A16_STREAM_KERNEL(4, 3, 1, 4)
+W4A16_KERNEL(4, 1, true, 8)
+W4A16_KERNEL(8, 1, true, 8)
+W4A16_KERNEL(4, 1, false, 16)
+W4A16_KERNEL(8, 1, false, 16)
+W4A16_KERNEL(4, 2, false, 32)
+W4A16_KERNEL(4, 4, false, 64)
 
 // A_perm[m, k] = A[m, perm[k]]: activations in the order of the weight rows sorted by group (act-order).
 extern "C" __global__ void permute_columns(const u16* A, const int* perm, u16* out, int M, int K) {
