@@ -144,18 +144,23 @@ export interface W4A16Config {
   rows: 8 | 16 | 32 | 64;
   /** warps per block, each on its own 64-column tile */
   warps: 4 | 8;
+  /** chunks (4 KB of weights each) in flight in each warp's ring */
+  stages: number;
   /** k-splits; 0 or absent: chosen by `geometry` */
   splits?: number;
 }
 
 /** The shapes compiled in w4a16.cu (W4A16_KERNEL lines; keep the two lists equal). */
 export const W4A16_CONFIGS: W4A16Config[] = [
-  { rows: 8, warps: 4 },
-  { rows: 8, warps: 8 },
-  { rows: 16, warps: 4 },
-  { rows: 16, warps: 8 },
-  { rows: 32, warps: 4 },
-  { rows: 64, warps: 4 },
+  { rows: 8, warps: 4, stages: 3 },
+  { rows: 8, warps: 4, stages: 4 },
+  { rows: 8, warps: 4, stages: 6 },
+  { rows: 8, warps: 8, stages: 2 },
+  { rows: 16, warps: 4, stages: 3 },
+  { rows: 16, warps: 4, stages: 4 },
+  { rows: 16, warps: 8, stages: 2 },
+  { rows: 32, warps: 4, stages: 3 },
+  { rows: 64, warps: 4, stages: 3 },
 ];
 
 /** The scale variant for a group size: one group per 128-row chunk, or two (g64) or four (g32). */
@@ -164,17 +169,17 @@ export function scaleVariant(groupSize: number): "g" | "g64" | "g32" {
 }
 
 export function configName(c: W4A16Config): string {
-  return `r${c.rows}_w${c.warps}${c.splits ? `_s${c.splits}` : ""}`;
+  return `r${c.rows}_w${c.warps}_p${c.stages}${c.splits ? `_s${c.splits}` : ""}`;
 }
 
 /** The kernel's symbol for a shape and a layer's group size. */
 export function kernelName(c: W4A16Config, groupSize: number): string {
-  return `w4a16_r${c.rows}_w${c.warps}_${scaleVariant(groupSize)}`;
+  return `w4a16_r${c.rows}_w${c.warps}_p${c.stages}_${scaleVariant(groupSize)}`;
 }
 
-/** "r16_w4" or "r16_w4_s8" (a fixed split count), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
+/** "r16_w4_p4" or "r16_w4_p4_s8" (a fixed split count), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
 export function parseConfig(name: string): W4A16Config {
-  const m = /^(?:w4a16_)?(r\d+_w\d+)(?:_s(\d+))?$/.exec(name);
+  const m = /^(?:w4a16_)?(r\d+_w\d+_p\d+)(?:_s(\d+))?$/.exec(name);
   const c = m && W4A16_CONFIGS.find((x) => configName(x) === m[1]);
   if (!c)
     throw new GptqError(
@@ -194,17 +199,18 @@ export interface W4A16Launch {
   chunksPerSplit: number;
 }
 
-/** Shared memory of one block: three ring slots of activations and scales. */
+/** Shared memory of one block: three ring slots of activations and scales, each warp's weight ring. */
 export function sharedBytes(c: W4A16Config, groupSize: number): number {
   const aSlot = c.rows === 8 ? 8 * 256 : (c.rows / 16) * 8 * 512;
   const sg = { g: 1, g64: 2, g32: 4 }[scaleVariant(groupSize)];
-  return 3 * (aSlot + c.warps * sg * 128);
+  return 3 * (aSlot + c.warps * sg * 128) + c.warps * c.stages * (4096 + 8);
 }
 
 /**
  * Grid and k-splits for an M x Kpad x N product. `blocksPerSm` is the occupancy the driver reports for
- * the kernel. Splits: the fewest that fill every multiprocessor's slots, then (up to 4x more) whichever
- * wastes least of the last wave; each split adds a workspace round trip of its partial sums.
+ * the kernel. Splits: the count that minimizes waves x (chunks per split + 2), the 2 standing for a
+ * block's start-up and its partial sums' round trip (fit to `gptq bench --sweep` on an H200); ties go
+ * to fewer splits.
  */
 export function geometry(
   c: W4A16Config,
@@ -224,21 +230,19 @@ export function geometry(
     const cps = Math.ceil(chunks / s);
     return { cps, splits: Math.ceil(chunks / cps) };
   };
-  let best = balanced(Math.min(chunks, c.splits || Math.ceil(slots / perSplit)));
-  if (!c.splits) {
-    // cost in chunk-steps of the busiest slot
-    const cost = (b: { cps: number; splits: number }) => Math.ceil((perSplit * b.splits) / slots) * b.cps;
-    for (let s = best.splits + 1; s <= Math.min(chunks, 4 * best.splits); s++) {
+  const cost = (b: { cps: number; splits: number }) => Math.ceil((perSplit * b.splits) / slots) * (b.cps + 2);
+  let best = balanced(Math.min(chunks, c.splits || 1));
+  if (!c.splits)
+    for (let s = 2; s <= chunks; s++) {
       const b = balanced(s);
       if (cost(b) < cost(best)) best = b;
     }
-  }
   const floatsPerLane = 32 * Math.max(1, c.rows / 16);
   return {
     grid: [mblocks, Math.ceil(ntiles / c.warps), best.splits],
     block: c.warps * 32,
     sharedBytes: sharedBytes(c, groupSize),
-    workspaceBytes: best.splits > 1 ? mblocks * ntiles * best.splits * 32 * floatsPerLane * 4 : 0,
+    workspaceBytes: best.splits > 1 ? mblocks * ntiles * 32 * floatsPerLane * 4 : 0,
     counters: mblocks * ntiles,
     chunksPerSplit: best.cps,
   };
@@ -246,6 +250,6 @@ export function geometry(
 
 /** The block shape for M rows: the fewest rows that cover M, up to 64 (more rows: several m-blocks). */
 export function chooseConfig(M: number): W4A16Config {
-  const rows = M <= 8 ? 8 : M <= 16 ? 16 : M <= 32 ? 32 : 64;
-  return W4A16_CONFIGS.find((c) => c.rows === rows)!;
+  const name = M <= 8 ? "r8_w4_p4" : M <= 16 ? "r16_w4_p4" : M <= 32 ? "r32_w4_p3" : "r64_w4_p3";
+  return W4A16_CONFIGS.find((c) => configName(c) === name)!;
 }

@@ -144,7 +144,8 @@ export class W4A16Linear implements CudaLinear {
       ]);
     }
     const { kernel: k, launch: g } = this.plan(M);
-    const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes) : null;
+    // zeroed once; every launch leaves it zero again
+    const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes, true) : null;
     const counters = s.counters.get(g.counters * 4, true);
     this.dev.launch(k, g.grid, g.block, g.sharedBytes, [
       ptr(this.B),

@@ -14,8 +14,8 @@ with CUDA events (graph replays of 50 launches, weights rotated beyond the L2, m
   --shapes  sets (llama2-7b, llama2-70b) and/or KxN (K = in_features); default llama2-7b
   --batch   rows of activations (M); default 1,2,4,8,16,32,64,128
   --group   group size (-1 = per channel); default 128
-  --kernel  gptq-ts-w4a16, optionally with a fixed configuration, e.g. gptq-ts-w4a16:r16_w4
-            (rows of M per block, warps), or r16_w4_s8 with 8 k-splits
+  --kernel  gptq-ts-w4a16, optionally with a fixed configuration, e.g. gptq-ts-w4a16:r16_w4_p4
+            (rows of M per block, warps, weight stages), or r16_w4_p4_s8 with 8 k-splits
   --json    print the rows as JSON
   --sweep   also time every compiled block shape and split count (tuning)`;
 

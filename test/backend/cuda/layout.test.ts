@@ -181,8 +181,8 @@ test("launch geometry covers every chunk of K, and the configurations match the 
     fileURLToPath(new URL("../../../src/backend/cuda/kernels/w4a16.cu", import.meta.url)),
     "utf8",
   );
-  const compiled = [...cu.matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+)\)/gm)].map(
-    (m) => `r${m[4]}_w${m[1]}`,
+  const compiled = [...cu.matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+), (\d+)\)/gm)].map(
+    (m) => `r${m[5]}_w${m[1]}_p${m[4]}`,
   );
   assert.deepEqual(compiled, W4A16_CONFIGS.map(configName));
   for (const [M, K, N] of [
@@ -211,7 +211,7 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.deepEqual([g.grid, g.chunksPerSplit], [[1, 16, 16], 2]);
   const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
-  assert.deepEqual(parseConfig("r16_w4_s8"), { rows: 16, warps: 4, splits: 8 });
+  assert.deepEqual(parseConfig("r16_w4_p4_s8"), { rows: 16, warps: 4, stages: 4, splits: 8 });
   assert.throws(() => parseConfig("m1_w8_p4_s1"), /unknown W4A16 configuration/);
 });
 

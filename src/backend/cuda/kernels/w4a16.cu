@@ -10,8 +10,8 @@
 // Work: a block of W warps takes W adjacent 64-column tiles over one k-range (a "split"), so the
 // activations it stages in shared memory serve all its warps. It walks the k-range in chunks of 128
 // rows: activations and scales go through a 3-slot cp.async ring (one barrier per chunk); each warp's
-// weights go straight from global memory to registers, one chunk ahead of the math. Splits of one tile
-// add up through a workspace, in split order, in the warp that finishes last (deterministic).
+// weights come through its own ring of P chunks, one bulk copy (TMA) per chunk. Splits of one tile add
+// their fp32 partial sums into a workspace (so their order, and the last bit, may vary between runs).
 //
 // Decode (one m-tile, one group per chunk): the dequantized codes carry no scale; the mma sums a chunk
 // into fp32 partials and the scales multiply those once per chunk. That is 9 instructions per 8 weights
@@ -104,18 +104,35 @@ __device__ __forceinline__ void lds128(u32 (&r)[4], u32 addr) {
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
-// weights are read once: no L1 allocation, first out of L2 (which then keeps the activations)
-__device__ __forceinline__ uint4 ld_stream(const uint4* p, u64 policy) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p), "l"(policy));
-  return v;
+// The weight ring: one bulk copy (TMA) per warp and chunk, completing on that slot's mbarrier.
+__device__ __forceinline__ void mbar_init(u32 bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+}
+
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// weights are read once: first out of L2 (which then keeps the activations)
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
+  u64 state;
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;" : "=l"(state) : "r"(bar), "r"(bytes) : "memory");
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+      : "memory");
 }
 
 // W warps, MT 16-row m-tiles per block (R8: one m-tile of 8 rows), SG scale groups per chunk
-// (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows).
-template <int W, int MT, bool R8, int SG>
+// (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows), P chunks in each warp's weight ring.
+template <int W, int MT, bool R8, int SG, int P>
 __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __restrict__ S,
                                       const u16* __restrict__ A, u16* __restrict__ C,
                                       const u16* __restrict__ bias, float* __restrict__ ws,
@@ -139,6 +156,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   const int nchunks = imin(chunksPerSplit, (ktiles >> 3) - c0);
   const int rows = imin(ROWS, M - m0);
   const u32 base = smem_addr(smem);
+  const u32 wring = base + RING * SLOT + warp * P * 4096;  // this warp's weight slots, 4 KB each
+  const u32 bars = base + RING * SLOT + W * P * 4096 + warp * P * 8;
   u64 policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
 
@@ -163,13 +182,20 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     asm volatile("cp.async.commit_group;\n" ::);
   };
 
-  const uint4* wsrc = B + ((size_t)(active ? tile : 0) * ktiles + c0 * CHUNK) * 32 + lane;
-  auto load = [&](int c, uint4 (&buf)[CHUNK]) {
-    if (active && c < nchunks) {
-#pragma unroll
-      for (int i = 0; i < CHUNK; i++) buf[i] = ld_stream(wsrc + ((size_t)c * CHUNK + i) * 32, policy);
-    }
+  // a tile's chunk of weights is 4 KB contiguous: one bulk copy, issued by lane 0
+  const uint4* wsrc = B + ((size_t)(active ? tile : 0) * ktiles + c0 * CHUNK) * 32;
+  auto issue = [&](int c) {
+    if (active && lane == 0 && c < nchunks)
+      bulk_copy(wring + (c % P) * 4096, wsrc + (size_t)c * CHUNK * 32, 4096, bars + (c % P) * 8, policy);
   };
+  if (lane == 0) {
+#pragma unroll
+    for (int s = 0; s < P; s++) mbar_init(bars + s * 8);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncwarp();
+#pragma unroll
+  for (int s = 0; s < P; s++) issue(s);
 
   float acc[MT][8][4];
 #pragma unroll
@@ -182,10 +208,13 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // scales of this lane: ACC, columns 8j + 2cq + e (accumulator side); else 8j + gq (fragment side)
   const u32 sRead = A_SLOT + warp * SG * 128 + (ACC ? cq : gq >> 1) * 32;
   const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
-  const u32 aRead = R8 ? (lane & 15) * 16 : lane * 16;
+  // 8-row blocks: lanes 8-15 and 24-31 re-read rows 0-7 as the unused rows 8-15, so ldmatrix.x4 fills
+  // the mma's register quad directly (rows 8-15 of the product are never stored)
+  const u32 aRead = R8 ? ((lane >> 4) * 8 + (lane & 7)) * 16 : lane * 16;
 
-  auto compute = [&](int c, const uint4 (&q)[CHUNK]) {
+  auto compute = [&](int c) {
     const u32 slot = base + (c % RING) * SLOT;
+    const u32 wslot = wring + (c % P) * 4096 + lane * 16;
     float part[8][4];
     u32 sc[SG][8];  // fragment side: (s, s) per sub-tile and group
     if (!ACC) {
@@ -198,42 +227,37 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
         for (int j = 0; j < 8; j++) sc[sg][j] = __byte_perm(w[j], 0, sSel);
       }
     }
+    // software-pipelined: tile i + 1 is dequantized while tile i's products issue
+    u32 f[2][8][2];
+    auto dequant = [&](int i, u32 (&fr)[8][2]) {
+      u32 qw[4];
+      lds128(qw, wslot + i * 512);
+#pragma unroll
+      for (int w = 0; w < 4; w++) dequant_word(qw[w], fr[2 * w], fr[2 * w + 1]);
+    };
+    dequant(0, f[0]);
 #pragma unroll
     for (int i = 0; i < CHUNK; i++) {
       u32 a[MT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        const u32 addr = slot + (mt * CHUNK + i) * A_TILE + aRead;
-        if (R8) {
-          asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
-                       : "=r"(a[mt][0]), "=r"(a[mt][2])
-                       : "r"(addr));
-          a[mt][1] = a[mt][3] = 0;
+      for (int mt = 0; mt < MT; mt++)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3])
+                     : "r"(slot + (mt * CHUNK + i) * A_TILE + aRead));
+      if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
+      const u32(&fr)[8][2] = f[i & 1];
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        if (ACC) {
+          if (i == 0)
+            mma0(part[j], a[0], fr[j][0], fr[j][1]);
+          else
+            mma(part[j], a[0], fr[j][0], fr[j][1]);
         } else {
-          asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                       : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3])
-                       : "r"(addr));
-        }
-      }
-      const u32 qw[4] = {q[i].x, q[i].y, q[i].z, q[i].w};
+          const u32 s = sc[i / (CHUNK / SG)][j];
+          const u32 b0 = hmul2(fr[j][0], s), b1 = hmul2(fr[j][1], s);
 #pragma unroll
-      for (int w = 0; w < 4; w++) {
-        u32 f[2][2];
-        dequant_word(qw[w], f[0], f[1]);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          const int j = 2 * w + h;
-          if (ACC) {
-            if (i == 0)
-              mma0(part[j], a[0], f[h][0], f[h][1]);
-            else
-              mma(part[j], a[0], f[h][0], f[h][1]);
-          } else {
-            const u32 s = sc[i / (CHUNK / SG)][j];
-            const u32 b0 = hmul2(f[h][0], s), b1 = hmul2(f[h][1], s);
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) mma(acc[mt][j], a[mt], b0, b1);
-          }
+          for (int mt = 0; mt < MT; mt++) mma(acc[mt][j], a[mt], b0, b1);
         }
       }
     }
@@ -254,20 +278,18 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     }
   };
 
-  uint4 qa[CHUNK], qb[CHUNK];
-  load(0, qa);
 #pragma unroll
   for (int s = 0; s < RING - 1; s++) stage(s);
-  auto step = [&](int c, uint4 (&cur)[CHUNK], uint4 (&nxt)[CHUNK]) {
+  for (int c = 0; c < nchunks; c++) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(RING - 2));
-    __syncthreads();  // chunk c landed for all; every warp is done with chunk c - 1's slot
+    __syncthreads();  // chunk c's activations landed for all; every warp is done with chunk c - 1's slot
     stage(c + RING - 1);
-    load(c + 1, nxt);
-    if (active) compute(c, cur);
-  };
-  for (int c = 0; c < nchunks; c += 2) {
-    step(c, qa, qb);
-    if (c + 1 < nchunks) step(c + 1, qb, qa);
+    if (active) {
+      mbar_wait(bars + (c % P) * 8, (c / P) & 1);
+      compute(c);
+      __syncwarp();  // every lane has read the slot before it is refilled
+      issue(c + P);
+    }
   }
   if (!active) return;
 
@@ -302,19 +324,19 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     return;
   }
 
-  // partial sums: per (m-block, tile, split) 32 lanes x MT x 32 floats, lane-major (coalesced)
+  // k-splits add their partial sums into a zeroed fp32 workspace, per (m-block, tile) 32 lanes x MT x 32
+  // floats, lane-major; the warp that finishes last converts them and zeroes the slot again.
   constexpr int PER = MT * 32;
   const int idx = blockIdx.x * ntiles + tile;
-  auto slotOf = [&](int sp) { return ws + (((size_t)idx * splits + sp) * 32 + lane) * PER; };
-  {
-    float4* p = reinterpret_cast<float4*>(slotOf(split));
+  float4* part = reinterpret_cast<float4*>(ws + ((size_t)idx * 32 + lane) * PER);
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-      if (m0 + 16 * mt + gq < M)
+  for (int mt = 0; mt < MT; mt++)
+    if (m0 + 16 * mt + gq < M)
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-          p[mt * 8 + j] = make_float4(acc[mt][j][0], acc[mt][j][1], acc[mt][j][2], acc[mt][j][3]);
-  }
+      for (int j = 0; j < 8; j++)
+        asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(part + mt * 8 + j), "f"(acc[mt][j][0]),
+                     "f"(acc[mt][j][1]), "f"(acc[mt][j][2]), "f"(acc[mt][j][3])
+                     : "memory");
   __threadfence();
   __syncwarp();
   int last = 0;
@@ -322,28 +344,19 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   last = __shfl_sync(0xffffffffu, last, 0);
   if (!last) return;
   __threadfence();
-  float sum[MT][8][4];
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)
+    if (m0 + 16 * mt + gq < M)
 #pragma unroll
-    for (int j = 0; j < 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) sum[mt][j][e] = 0.f;
-  for (int sp = 0; sp < splits; sp++) {
-    const float4* p = reinterpret_cast<const float4*>(slotOf(sp));
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-      if (m0 + 16 * mt + gq < M)
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-          const float4 v = __ldcg(p + mt * 8 + j);
-          sum[mt][j][0] += v.x;
-          sum[mt][j][1] += v.y;
-          sum[mt][j][2] += v.z;
-          sum[mt][j][3] += v.w;
-        }
-  }
-  store(sum);
+      for (int j = 0; j < 8; j++) {
+        const float4 v = __ldcg(part + mt * 8 + j);
+        acc[mt][j][0] = v.x;
+        acc[mt][j][1] = v.y;
+        acc[mt][j][2] = v.z;
+        acc[mt][j][3] = v.w;
+        __stcg(part + mt * 8 + j, make_float4(0.f, 0.f, 0.f, 0.f));
+      }
+  store(acc);
   if (lane == 0) counters[idx] = 0;  // ready for the next launch
 }
 
@@ -351,23 +364,26 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
 
 // The configurations the launcher chooses from (layout.ts W4A16_CONFIGS lists the same shapes); each
 // comes in the three scale layouts: g (one group per chunk), g64, g32.
-#define W4A16_VARIANT(W, MT, R8, SG, NAME)                                                                 \
+#define W4A16_VARIANT(W, MT, R8, SG, P, NAME)                                                              \
   extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                              \
       const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
       int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                      \
-    w4a16<W, MT, R8, SG>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit);     \
+    w4a16<W, MT, R8, SG, P>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit);  \
   }
-#define W4A16_KERNEL(W, MT, R8, ROWS)                                 \
-  W4A16_VARIANT(W, MT, R8, 1, w4a16_r##ROWS##_w##W##_g)              \
-  W4A16_VARIANT(W, MT, R8, 2, w4a16_r##ROWS##_w##W##_g64)            \
-  W4A16_VARIANT(W, MT, R8, 4, w4a16_r##ROWS##_w##W##_g32)
+#define W4A16_KERNEL(W, MT, R8, P, ROWS)                                   \
+  W4A16_VARIANT(W, MT, R8, 1, P, w4a16_r##ROWS##_w##W##_p##P##_g)         \
+  W4A16_VARIANT(W, MT, R8, 2, P, w4a16_r##ROWS##_w##W##_p##P##_g64)       \
+  W4A16_VARIANT(W, MT, R8, 4, P, w4a16_r##ROWS##_w##W##_p##P##_g32)
 
-W4A16_KERNEL(4, 1, true, 8)
-W4A16_KERNEL(8, 1, true, 8)
-W4A16_KERNEL(4, 1, false, 16)
-W4A16_KERNEL(8, 1, false, 16)
-W4A16_KERNEL(4, 2, false, 32)
-W4A16_KERNEL(4, 4, false, 64)
+W4A16_KERNEL(4, 1, true, 3, 8)
+W4A16_KERNEL(4, 1, true, 4, 8)
+W4A16_KERNEL(4, 1, true, 6, 8)
+W4A16_KERNEL(8, 1, true, 2, 8)
+W4A16_KERNEL(4, 1, false, 3, 16)
+W4A16_KERNEL(4, 1, false, 4, 16)
+W4A16_KERNEL(8, 1, false, 2, 16)
+W4A16_KERNEL(4, 2, false, 3, 32)
+W4A16_KERNEL(4, 4, false, 3, 64)
 
 // A_perm[m, k] = A[m, perm[k]]: activations in the order of the weight rows sorted by group (act-order).
 extern "C" __global__ void permute_columns(const u16* A, const int* perm, u16* out, int M, int K) {
