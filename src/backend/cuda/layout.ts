@@ -152,15 +152,15 @@ export interface W4A16Config {
 
 /** The shapes compiled in w4a16.cu (W4A16_KERNEL lines; keep the two lists equal). */
 export const W4A16_CONFIGS: W4A16Config[] = [
+  { rows: 8, warps: 4, stages: 2 },
   { rows: 8, warps: 4, stages: 3 },
-  { rows: 8, warps: 4, stages: 4 },
-  { rows: 8, warps: 4, stages: 6 },
   { rows: 8, warps: 8, stages: 2 },
+  { rows: 16, warps: 4, stages: 2 },
   { rows: 16, warps: 4, stages: 3 },
-  { rows: 16, warps: 4, stages: 4 },
   { rows: 16, warps: 8, stages: 2 },
+  { rows: 32, warps: 4, stages: 2 },
   { rows: 32, warps: 4, stages: 3 },
-  { rows: 64, warps: 4, stages: 3 },
+  { rows: 64, warps: 4, stages: 2 },
 ];
 
 /** The scale variant for a group size: one group per 128-row chunk, or two (g64) or four (g32). */
@@ -199,11 +199,14 @@ export interface W4A16Launch {
   chunksPerSplit: number;
 }
 
-/** Shared memory of one block: three ring slots of activations and scales, each warp's weight ring. */
+/**
+ * Shared memory of one block (as w4a16.cu lays it out): the ring of activation rows (272 bytes each)
+ * and scales, each warp's weight ring, and their mbarriers.
+ */
 export function sharedBytes(c: W4A16Config, groupSize: number): number {
-  const aSlot = c.rows === 8 ? 8 * 256 : (c.rows / 16) * 8 * 512;
   const sg = { g: 1, g64: 2, g32: 4 }[scaleVariant(groupSize)];
-  return 3 * (aSlot + c.warps * sg * 128) + c.warps * c.stages * (4096 + 8);
+  const ring = c.rows === 8 && c.stages === 2 ? 4 : c.rows <= 16 ? 6 : c.rows === 32 ? 4 : 3;
+  return ring * (c.rows * 272 + c.warps * sg * 128 + 16) + c.warps * c.stages * (4096 + 8);
 }
 
 /**
@@ -250,6 +253,6 @@ export function geometry(
 
 /** The block shape for M rows: the fewest rows that cover M, up to 64 (more rows: several m-blocks). */
 export function chooseConfig(M: number): W4A16Config {
-  const name = M <= 8 ? "r8_w4_p4" : M <= 16 ? "r16_w4_p4" : M <= 32 ? "r32_w4_p3" : "r64_w4_p3";
+  const name = M <= 8 ? "r8_w4_p3" : M <= 16 ? "r16_w4_p3" : M <= 32 ? "r32_w4_p3" : "r64_w4_p2";
   return W4A16_CONFIGS.find((c) => configName(c) === name)!;
 }

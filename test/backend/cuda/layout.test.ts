@@ -211,7 +211,7 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.deepEqual([g.grid, g.chunksPerSplit], [[1, 16, 16], 2]);
   const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
-  assert.deepEqual(parseConfig("r16_w4_p4_s8"), { rows: 16, warps: 4, stages: 4, splits: 8 });
+  assert.deepEqual(parseConfig("r16_w4_p3_s8"), { rows: 16, warps: 4, stages: 3, splits: 8 });
   assert.throws(() => parseConfig("m1_w8_p4_s1"), /unknown W4A16 configuration/);
 });
 

@@ -9,8 +9,9 @@
 //
 // Work: a block of W warps takes W adjacent 64-column tiles over one k-range (a "split"), so the
 // activations it stages in shared memory serve all its warps. It walks the k-range in chunks of 128
-// rows: activations and scales go through a 3-slot cp.async ring (one barrier per chunk); each warp's
-// weights come through its own ring of P chunks, one bulk copy (TMA) per chunk. Splits of one tile add
+// rows: the block's activations and scales go through a shared ring that warp 0 fills with bulk copies
+// (TMA) while every warp waits only for the data and says when it is done with a slot; each warp's
+// weights come through its own ring of P chunks, one bulk copy per chunk. No block-wide barrier. Splits of one tile add
 // their fp32 partial sums into a workspace (so their order, and the last bit, may vary between runs).
 //
 // Decode (one m-tile, one group per chunk): the dequantized codes carry no scale; the mma sums a chunk
@@ -23,8 +24,8 @@
 
 namespace {
 
-constexpr int CHUNK = 8;  // k-tiles (16 rows each) per pipeline step: 128 rows of K
-constexpr int RING = 3;   // slots of the activation/scale ring
+constexpr int CHUNK = 8;      // k-tiles (16 rows each) per pipeline step: 128 rows of K
+constexpr int A_ROW = 272;    // bytes per staged activation row: 256 + 16, so ldmatrix rows hit distinct banks
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 a;
@@ -91,23 +92,11 @@ __device__ __forceinline__ void mma0(float (&c)[4], const u32 (&a)[4], u32 b0, u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(z));
 }
 
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-
-// zero-fills the 16 bytes when `on` is false (rows of K past its end)
-__device__ __forceinline__ void cp_async16_zfill(u32 dst, const void* src, bool on) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(on ? 16 : 0));
-}
-
 __device__ __forceinline__ void lds128(u32 (&r)[4], u32 addr) {
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
-// The weight ring: one bulk copy (TMA) per warp and chunk, completing on that slot's mbarrier.
-__device__ __forceinline__ void mbar_init(u32 bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
-}
+// Rings of shared memory filled by bulk copies (TMA) that complete on each slot's mbarrier.
 
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   u32 done;
@@ -120,10 +109,28 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   } while (!done);
 }
 
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("{ .reg .b64 st; mbarrier.arrive.shared::cta.b64 st, [%0]; }" ::"r"(bar) : "memory");
+}
+
+// arrives once and announces `bytes` that bulk copies will complete on the barrier
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+  asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // weights are read once: first out of L2 (which then keeps the activations)
-__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
-  u64 state;
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;" : "=l"(state) : "r"(bar), "r"(bytes) : "memory");
+__device__ __forceinline__ void bulk_copy_once(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(dst),
       "l"(src), "r"(bytes), "r"(bar), "l"(policy)
@@ -141,61 +148,83 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   static_assert(!R8 || MT == 1, "8-row blocks have one m-tile");
   constexpr bool ACC = MT == 1 && SG == 1;  // scales on the fp32 partials of each chunk
   constexpr int ROWS = R8 ? 8 : 16 * MT;
-  constexpr int A_TILE = R8 ? 256 : 512;  // bytes of activations per k-tile and m-tile
-  constexpr int A_SLOT = MT * CHUNK * A_TILE;
+  constexpr int A_SLOT = ROWS * A_ROW;
   constexpr int SLOT = A_SLOT + W * SG * 128;
-  extern __shared__ __align__(16) unsigned char smem[];
+  // activation/scale ring: slots, and how many chunks behind the producer refills (its only wait)
+  constexpr int RING = R8 && P == 2 ? 4 : ROWS <= 16 ? 6 : ROWS == 32 ? 4 : 3;  // r8_w4_p2: 5 blocks/SM
+  constexpr int LAG = ROWS <= 16 ? 2 : 1;
+  extern __shared__ __align__(128) unsigned char smem[];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int gq = lane >> 2, cq = lane & 3;  // mma fragment row group and column pair
   const int ntiles = (N + 63) >> 6;
   const int tile = blockIdx.y * W + warp;
-  const bool active = tile < ntiles;  // warps past the last tile only help stage
+  const int tilesHere = imin(W, ntiles - blockIdx.y * W);
+  const bool active = warp < tilesHere;  // warps past the last tile leave after setting up
   const int m0 = blockIdx.x * ROWS, split = blockIdx.z, splits = gridDim.z;
   const int c0 = split * chunksPerSplit;
   const int nchunks = imin(chunksPerSplit, (ktiles >> 3) - c0);
   const int rows = imin(ROWS, M - m0);
   const u32 base = smem_addr(smem);
   const u32 wring = base + RING * SLOT + warp * P * 4096;  // this warp's weight slots, 4 KB each
-  const u32 bars = base + RING * SLOT + W * P * 4096 + warp * P * 8;
+  const u32 full = base + RING * SLOT + W * P * 4096;       // RING barriers: a slot's data landed
+  const u32 empty = full + RING * 8;                         // RING barriers: every warp is done with it
+  const u32 wbars = empty + RING * 8 + warp * P * 8;         // this warp's weight slots landed
   u64 policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
 
-  // activations as ldmatrix reads them: per k-tile, 16-byte rows of the 8x8 matrices in lane order
-  auto stage = [&](int c) {
-    if (c < nchunks) {
-      const u32 dst = base + (c % RING) * SLOT;
-      const int kc = (c0 + c) * 128;
-      for (int e = threadIdx.x; e < rows * 16; e += W * 32) {
-        const int r = e >> 4, kk = (e & 15) * 8, i = kk >> 4, h = (kk >> 3) & 1;
-        const u32 d = R8 ? dst + (i * 16 + h * 8 + r) * 16
-                         : dst + (((r >> 4) * CHUNK + i) * 32 + h * 16 + (r & 15)) * 16;
-        const int k = kc + kk;
-        cp_async16_zfill(d, A + (size_t)(m0 + r) * K + (k < K ? k : 0), k < K);
-      }
-      for (int e = threadIdx.x; e < W * SG * 8; e += W * 32) {
-        const int w = e / (8 * SG), sg = (e >> 3) % SG, t = blockIdx.y * W + w;
+  if (K & 127) {
+    // the last chunk reads past K: those activations must be finite (their weights are 0)
+    for (int e = threadIdx.x; e < RING * SLOT / 16; e += W * 32)
+      asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};" ::"r"(base + e * 16), "r"(0));
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < RING; s++) {
+      mbar_init(full + s * 8, 1);
+      mbar_init(empty + s * 8, tilesHere);
+    }
+  }
+  if (lane == 0)
+    for (int s = 0; s < P; s++) mbar_init(wbars + s * 8, 1);
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  __syncthreads();
+  if (!active) return;
+
+  // warp 0 fills the shared ring: per chunk, each staged row's 256 bytes of activations (row-major,
+  // rows A_ROW apart) and each tile's scales for the chunk's groups
+  auto produce = [&](int c) {
+    if (c >= nchunks) return;
+    const u32 slot = base + (c % RING) * SLOT, bar = full + (c % RING) * 8;
+    const int kc = (c0 + c) * 128;
+    const u32 rowBytes = imin(256, (K - kc) * 2);
+    if (lane == 0) mbar_expect(bar, rows * rowBytes + tilesHere * SG * 128);
+    __syncwarp();
+    for (int e = lane; e < rows + tilesHere * SG; e += 32) {
+      if (e < rows) {
+        bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
+      } else {
+        const int w = (e - rows) / SG, sg = (e - rows) % SG;
         const int gi = ((c0 + c) * CHUNK + sg * (CHUNK / SG)) / groupTiles;
-        if (t < ntiles) cp_async16(dst + A_SLOT + e * 16, S + ((size_t)gi * ntiles + t) * 64 + (e & 7) * 8);
+        bulk_copy(slot + A_SLOT + (w * SG + sg) * 128, S + ((size_t)gi * ntiles + blockIdx.y * W + w) * 64, 128,
+                  bar);
       }
     }
-    asm volatile("cp.async.commit_group;\n" ::);
   };
 
   // a tile's chunk of weights is 4 KB contiguous: one bulk copy, issued by lane 0
-  const uint4* wsrc = B + ((size_t)(active ? tile : 0) * ktiles + c0 * CHUNK) * 32;
+  const uint4* wsrc = B + ((size_t)tile * ktiles + c0 * CHUNK) * 32;
   auto issue = [&](int c) {
-    if (active && lane == 0 && c < nchunks)
-      bulk_copy(wring + (c % P) * 4096, wsrc + (size_t)c * CHUNK * 32, 4096, bars + (c % P) * 8, policy);
+    if (lane == 0 && c < nchunks) {
+      const u32 bar = wbars + (c % P) * 8;
+      mbar_expect(bar, 4096);
+      bulk_copy_once(wring + (c % P) * 4096, wsrc + (size_t)c * CHUNK * 32, 4096, bar, policy);
+    }
   };
-  if (lane == 0) {
-#pragma unroll
-    for (int s = 0; s < P; s++) mbar_init(bars + s * 8);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncwarp();
 #pragma unroll
   for (int s = 0; s < P; s++) issue(s);
+  if (warp == 0)
+    for (int s = 0; s < RING; s++) produce(s);
 
   float acc[MT][8][4];
 #pragma unroll
@@ -208,9 +237,9 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // scales of this lane: ACC, columns 8j + 2cq + e (accumulator side); else 8j + gq (fragment side)
   const u32 sRead = A_SLOT + warp * SG * 128 + (ACC ? cq : gq >> 1) * 32;
   const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
-  // 8-row blocks: lanes 8-15 and 24-31 re-read rows 0-7 as the unused rows 8-15, so ldmatrix.x4 fills
-  // the mma's register quad directly (rows 8-15 of the product are never stored)
-  const u32 aRead = R8 ? ((lane >> 4) * 8 + (lane & 7)) * 16 : lane * 16;
+  // ldmatrix.x4 lanes: 0-7 rows 0-7 and 8-15 rows 8-15 at k 0-7, 16-31 the same at k 8-15. 8-row
+  // blocks re-read rows 0-7 as the unused rows 8-15, so the mma's register quad fills directly
+  const u32 aRead = (R8 ? lane & 7 : lane & 15) * A_ROW + (lane >> 4) * 16;
 
   auto compute = [&](int c) {
     const u32 slot = base + (c % RING) * SLOT;
@@ -243,7 +272,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       for (int mt = 0; mt < MT; mt++)
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                      : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3])
-                     : "r"(slot + (mt * CHUNK + i) * A_TILE + aRead));
+                     : "r"(slot + mt * 16 * A_ROW + i * 32 + aRead));
       if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
       const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
@@ -278,20 +307,18 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     }
   };
 
-#pragma unroll
-  for (int s = 0; s < RING - 1; s++) stage(s);
   for (int c = 0; c < nchunks; c++) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(RING - 2));
-    __syncthreads();  // chunk c's activations landed for all; every warp is done with chunk c - 1's slot
-    stage(c + RING - 1);
-    if (active) {
-      mbar_wait(bars + (c % P) * 8, (c / P) & 1);
-      compute(c);
-      __syncwarp();  // every lane has read the slot before it is refilled
-      issue(c + P);
+    if (warp == 0 && c >= LAG && c - LAG + RING < nchunks) {
+      mbar_wait(empty + ((c - LAG) % RING) * 8, ((c - LAG) / RING) & 1);
+      produce(c - LAG + RING);
     }
+    mbar_wait(full + (c % RING) * 8, (c / RING) & 1);
+    mbar_wait(wbars + (c % P) * 8, (c / P) & 1);
+    compute(c);
+    __syncwarp();  // every lane has read both slots before they are refilled
+    if (lane == 0) mbar_arrive(empty + (c % RING) * 8);
+    issue(c + P);
   }
-  if (!active) return;
 
   // this lane's outputs: rows m0 + 16 mt + gq (+ 8), columns 64 tile + 8 j + 2 cq (+ 1)
   auto store = [&](float (&v)[MT][8][4]) {
@@ -375,15 +402,15 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   W4A16_VARIANT(W, MT, R8, 2, P, w4a16_r##ROWS##_w##W##_p##P##_g64)       \
   W4A16_VARIANT(W, MT, R8, 4, P, w4a16_r##ROWS##_w##W##_p##P##_g32)
 
+W4A16_KERNEL(4, 1, true, 2, 8)
 W4A16_KERNEL(4, 1, true, 3, 8)
-W4A16_KERNEL(4, 1, true, 4, 8)
-W4A16_KERNEL(4, 1, true, 6, 8)
 W4A16_KERNEL(8, 1, true, 2, 8)
+W4A16_KERNEL(4, 1, false, 2, 16)
 W4A16_KERNEL(4, 1, false, 3, 16)
-W4A16_KERNEL(4, 1, false, 4, 16)
 W4A16_KERNEL(8, 1, false, 2, 16)
+W4A16_KERNEL(4, 2, false, 2, 32)
 W4A16_KERNEL(4, 2, false, 3, 32)
-W4A16_KERNEL(4, 4, false, 3, 64)
+W4A16_KERNEL(4, 4, false, 2, 64)
 
 // A_perm[m, k] = A[m, perm[k]]: activations in the order of the weight rows sorted by group (act-order).
 extern "C" __global__ void permute_columns(const u16* A, const int* perm, u16* out, int M, int K) {
