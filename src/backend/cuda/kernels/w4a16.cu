@@ -151,7 +151,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   constexpr int A_SLOT = ROWS * A_ROW;
   constexpr int SLOT = A_SLOT + W * SG * 128;
   // activation/scale ring: slots, and how many chunks behind the producer refills (its only wait)
-  constexpr int RING = R8 && P == 2 ? 4 : ROWS <= 16 ? 6 : ROWS == 32 ? 4 : 3;  // r8_w4_p2: 5 blocks/SM
+  constexpr int RING = ROWS <= 32 ? 4 : 3;
   constexpr int LAG = ROWS <= 16 ? 2 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
 
