@@ -211,9 +211,9 @@ export function sharedBytes(c: W4A16Config, groupSize: number): number {
 
 /**
  * Grid and k-splits for an M x Kpad x N product. `blocksPerSm` is the occupancy the driver reports for
- * the kernel. Splits: the count that minimizes waves x (chunks per split + 2) plus each multiprocessor's
- * share of per-block costs (start-up, partial sums: more with more rows), in chunk-steps; fit to
- * `gptq bench --sweep` on an H200. Ties go to fewer splits.
+ * the kernel. Splits: the count that minimizes waves x (chunks per split + 2), the 2 standing for a
+ * block's start-up and its partial sums' round trip (fit to `gptq bench --sweep` on an H200); ties go
+ * to fewer splits.
  */
 export function geometry(
   c: W4A16Config,
@@ -233,10 +233,7 @@ export function geometry(
     const cps = Math.ceil(chunks / s);
     return { cps, splits: Math.ceil(chunks / cps) };
   };
-  // per block resident on a multiprocessor, its share of start-up and partial-sum traffic (grows with rows)
-  const perBlock = 0.5 + Math.min(M, c.rows) / 4;
-  const cost = (b: { cps: number; splits: number }) =>
-    Math.ceil((perSplit * b.splits) / slots) * (b.cps + 2) + (perBlock * perSplit * b.splits) / smCount;
+  const cost = (b: { cps: number; splits: number }) => Math.ceil((perSplit * b.splits) / slots) * (b.cps + 2);
   let best = balanced(Math.min(chunks, c.splits || 1));
   if (!c.splits)
     for (let s = 2; s <= chunks; s++) {
