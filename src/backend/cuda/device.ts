@@ -4,7 +4,19 @@
  */
 import { fileURLToPath } from "node:url";
 import { GptqError } from "../../util/errors.js";
-import { ATTR, FUNC_ATTR, Handle, cu, cuHandle, cuInt, cuU64, driver, koffi } from "./driver.js";
+import {
+  ATTR,
+  FUNC_ATTR,
+  Handle,
+  LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION,
+  LaunchAttribute,
+  cu,
+  cuHandle,
+  cuInt,
+  cuU64,
+  driver,
+  koffi,
+} from "./driver.js";
 import { compile } from "./nvrtc.js";
 
 /** A device allocation; `bytes` is what was asked for, the block behind it may be larger. */
@@ -237,7 +249,18 @@ export class CudaDevice {
     k.maxDynamicShared = shared;
   }
 
-  launch(k: Kernel, grid: [number, number, number], block: number, shared: number, args: KernelArg[]): void {
+  /**
+   * Launches `k` on the stream. `overlap`: programmatic dependent launch, so the kernel's blocks may start
+   * (and run up to their `griddepcontrol.wait`) while the previous kernel finishes.
+   */
+  launch(
+    k: Kernel,
+    grid: [number, number, number],
+    block: number,
+    shared: number,
+    args: KernelArg[],
+    overlap = false,
+  ): void {
     this.allowShared(k, shared);
     const params = args.map((a) =>
       "ptr" in a
@@ -246,7 +269,23 @@ export class CudaDevice {
           ? new Int32Array([a.i32])
           : new Float32Array([a.f32]),
     );
-    cu("cuLaunchKernel", k.fn, grid[0], grid[1], grid[2], block, 1, 1, shared, this.stream, params, null);
+    if (!overlap) {
+      cu("cuLaunchKernel", k.fn, grid[0], grid[1], grid[2], block, 1, 1, shared, this.stream, params, null);
+      return;
+    }
+    const config = {
+      gridDimX: grid[0],
+      gridDimY: grid[1],
+      gridDimZ: grid[2],
+      blockDimX: block,
+      blockDimY: 1,
+      blockDimZ: 1,
+      sharedMemBytes: shared,
+      hStream: this.stream,
+      attrs: programmaticAttribute(),
+      numAttrs: 1,
+    };
+    cu("cuLaunchKernelEx", config, k.fn, params, null);
   }
 
   // ---- timing and graphs ----
@@ -283,6 +322,22 @@ export class CudaDevice {
     const exec = cuHandle("cuGraphInstantiateWithFlags", graph, 0);
     return new Graph(this, graph, exec);
   }
+}
+
+let overlapAttr: unknown;
+/** The one launch attribute `launch(..., overlap)` passes, allocated once. */
+export function programmaticAttribute(): unknown {
+  if (!overlapAttr) {
+    overlapAttr = koffi.alloc(LaunchAttribute, 1);
+    const value = new Array(64).fill(0);
+    value[0] = 1; // programmaticStreamSerializationAllowed
+    koffi.encode(overlapAttr, LaunchAttribute, {
+      id: LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION,
+      pad: [0, 0, 0, 0],
+      value,
+    });
+  }
+  return overlapAttr;
 }
 
 export class Graph {

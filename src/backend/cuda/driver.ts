@@ -22,6 +22,29 @@ export class CudaError extends GptqError {
   }
 }
 
+/**
+ * cuLaunchKernelEx's config and attribute (cuda.h layouts: the attribute value is a 64-byte union).
+ * Used for programmatic dependent launch: a kernel may start while the one before it finishes.
+ */
+export const LaunchAttribute = koffi.struct("CUlaunchAttribute", {
+  id: "int",
+  pad: koffi.array("uint8", 4),
+  value: koffi.array("uint8", 64),
+});
+export const LaunchConfig = koffi.struct("CUlaunchConfig", {
+  gridDimX: "uint",
+  gridDimY: "uint",
+  gridDimZ: "uint",
+  blockDimX: "uint",
+  blockDimY: "uint",
+  blockDimZ: "uint",
+  sharedMemBytes: "uint",
+  hStream: "void*",
+  attrs: "void*",
+  numAttrs: "uint",
+});
+export const LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+
 const SIGNATURES = [
   "int cuInit(unsigned int flags)",
   "int cuDriverGetVersion(_Out_ int *version)",
@@ -60,6 +83,7 @@ const SIGNATURES = [
   "int cuFuncSetAttribute(void *fn, int attrib, int value)",
   "int cuFuncGetAttribute(_Out_ int *value, int attrib, void *fn)",
   "int cuOccupancyMaxActiveBlocksPerMultiprocessor(_Out_ int *blocks, void *fn, int blockSize, size_t sharedBytes)",
+  "int cuLaunchKernelEx(const CUlaunchConfig *config, void *fn, void **params, void **extra)",
   "int cuLaunchKernel(void *fn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared, void *stream, void **params, void **extra)",
   "int cuStreamBeginCapture_v2(void *stream, int mode)",
   "int cuStreamEndCapture(void *stream, _Out_ void **graph)",

@@ -77,6 +77,8 @@ export class W4A16Linear implements CudaLinear {
   private readonly bias: DeviceBuffer | null;
   /** a fixed configuration (benchmarks, tests); else chosen per M */
   config?: W4A16Config;
+  /** programmatic dependent launch: the weights stream in while the previous kernel finishes */
+  overlap = true;
   /** blocks per multiprocessor of each kernel, as the driver reports */
   private readonly occupancy: Record<string, number> = {};
 
@@ -161,7 +163,7 @@ export class W4A16Linear implements CudaLinear {
       i32(Kpad / 16),
       i32(groupSize / 16),
       i32(g.chunksPerSplit),
-    ]);
+    ], this.overlap);
   }
 
   dispose(): void {

@@ -29,6 +29,7 @@ test("set totals sum the layers of a set and leave KxN rows out", () => {
     config: "c",
     cublasUs: cu,
     oursUs: us,
+    oursSerialUs: 2 * us,
     speedup: cu / us,
     weightBytes: 1e6,
     gbps: 0,
@@ -44,5 +45,5 @@ test("set totals sum the layers of a set and leave KxN rows out", () => {
   const lines = setTotals(res);
   assert.equal(lines.length, 3);
   // 2 MB in 10 µs = 200 GB/s = 20 % of 1000 GB/s
-  assert.equal(lines[2], "| llama2-7b | 1 | 40.0 | 10.0 | 4.00x | 200 | 20 % |");
+  assert.equal(lines[2], "| llama2-7b | 1 | 40.0 | 10.0 | 4.00x | 200 | 20 % | 20.0 | 2.00x |");
 });

@@ -19,6 +19,8 @@ import { randomLayer } from "../../../src/backend/cuda/bench.js";
 import { GPTQ_TS_DEQUANT, GPTQ_TS_W4A16 } from "../../../src/kernels/gptq-ts.js";
 import { halfToFloat } from "../../../src/tensor/dtype.js";
 import { readFileSync } from "node:fs";
+import { LaunchAttribute, LaunchConfig, koffi } from "../../../src/backend/cuda/driver.js";
+import { programmaticAttribute } from "../../../src/backend/cuda/device.js";
 import { fileURLToPath } from "node:url";
 
 function actOrderLayer(K: number, N: number, gs: number): QuantizedLinear {
@@ -213,6 +215,16 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
   assert.deepEqual(parseConfig("r16_w4_p3_s8"), { rows: 16, warps: 4, stages: 3, splits: 8 });
   assert.throws(() => parseConfig("m1_w8_p4_s1"), /unknown W4A16 configuration/);
+});
+
+test("cuLaunchKernelEx's config and attribute have cuda.h's layout", () => {
+  assert.equal(koffi.sizeof(LaunchAttribute), 72);
+  assert.equal(koffi.sizeof(LaunchConfig), 56);
+  assert.equal(koffi.offsetof(LaunchConfig, "hStream"), 32);
+  assert.equal(koffi.offsetof(LaunchConfig, "attrs"), 40);
+  assert.equal(koffi.offsetof(LaunchConfig, "numAttrs"), 48);
+  const bytes = new Uint8Array(koffi.view(programmaticAttribute(), 72));
+  assert.deepEqual([bytes[0], bytes[8]], [6, 1]); // the attribute id, then its value's first int
 });
 
 test("Marlin tables are permutations", () => {

@@ -223,6 +223,10 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   };
 #pragma unroll
   for (int s = 0; s < P; s++) issue(s);
+  // launched with programmatic dependent launch, the weights (constant) stream in while the previous
+  // kernel finishes; activations, workspace and outputs are touched only once it has
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   if (warp == 0)
     for (int s = 0; s < RING; s++) produce(s);
 
