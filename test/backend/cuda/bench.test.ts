@@ -29,7 +29,7 @@ test("set totals sum the layers of a set and leave KxN rows out", () => {
     config: "c",
     cublasUs: cu,
     oursUs: us,
-    oursSerialUs: 2 * us,
+    oursOverlapUs: 2 * us,
     speedup: cu / us,
     weightBytes: 1e6,
     gbps: 0,
