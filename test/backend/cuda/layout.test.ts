@@ -146,6 +146,78 @@ test("the kernel's fragment mapping computes A x W on both scale paths (emulated
     }
 });
 
+/**
+ * The 8-row blocks' orientation: per 16 columns (word w of each lane) the weights are the mma's A
+ * operand, assembled here from all 32 lanes by the PTX table for m16n8k16 (reg 0: row g, k 2c..2c+1;
+ * reg 1: row g+8; reg 2: row g, k 2c+8..; reg 3: row g+8, k 2c+8..), rows 0-7 and 8-15 being columns
+ * 16w + g and 16w + g + 8; the chunk's partial sums are scaled by each lane's column-g scales.
+ */
+function emulateTransposed(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number): Float64Array {
+  const { K, Kpad, N, ntiles, B, S, groupSize } = lay;
+  const ktiles = Kpad / 16;
+  const out = new Float64Array(M * N);
+  const nib = (v: number, i: number) => ((v >>> (4 * i)) & 15) - 8;
+  const act = (m: number, k: number) => (k < K ? a[m * K + k] : 0);
+  for (let t = 0; t < ntiles; t++)
+    for (let chunk = 0; chunk < ktiles / 8; chunk++) {
+      const g = Math.floor((chunk * 128) / groupSize);
+      for (let w = 0; w < 4; w++) {
+        const part = new Float64Array(16 * M); // D[row][token]
+        for (let kt = chunk * 8; kt < chunk * 8 + 8; kt++) {
+          const A = Array.from({ length: 16 }, () => new Float64Array(16));
+          for (let lane = 0; lane < 32; lane++) {
+            const gg = lane >> 2;
+            const c = lane & 3;
+            const word = B[(t * ktiles + kt) * 128 + lane * 4 + w];
+            // the kernel's registers: {nibbles 0,4}, {2,6}, {1,5}, {3,7} (lo, hi half)
+            const regs = [
+              [0, 4],
+              [2, 6],
+              [1, 5],
+              [3, 7],
+            ];
+            regs.forEach(([lo, hi], r) => {
+              const row = gg + (r & 1) * 8;
+              const k = 2 * c + (r >> 1) * 8;
+              A[row][k] = nib(word, lo);
+              A[row][k + 1] = nib(word, hi);
+            });
+          }
+          for (let row = 0; row < 16; row++)
+            for (let m = 0; m < M; m++)
+              for (let k = 0; k < 16; k++) part[row * M + m] += A[row][k] * act(m, kt * 16 + k);
+        }
+        for (let row = 0; row < 16; row++) {
+          const gg = row & 7;
+          const j = 2 * w + (row >> 3); // column 8j + gg
+          const n = t * 64 + 8 * j + gg;
+          const s = halfToFloat(S[(g * ntiles + t) * 64 + (gg >> 1) * 16 + j * 2 + (gg & 1)]);
+          if (n < N) for (let m = 0; m < M; m++) out[m * N + n] += part[row * M + m] * s;
+        }
+      }
+    }
+  return out;
+}
+
+test("8-row blocks: the same words as the mma's A operand compute A x W (emulated)", () => {
+  const M = 5;
+  for (const [K, N, gs] of [
+    [272, 80, 128],
+    [256, 64, -1],
+  ]) {
+    const l = randomLayer(K, N, gs);
+    const lay = packW4A16(l);
+    const a = Float32Array.from({ length: M * K }, () => Math.random() - 0.5);
+    const got = emulateTransposed(lay, a, M);
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let ref = 0;
+        for (let k = 0; k < K; k++) ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
+        assert.ok(Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)), `K=${K} m=${m} n=${n}`);
+      }
+  }
+});
+
 test("layers the W4A16 kernel cannot take are refused with the reason", () => {
   const l = randomLayer(64, 64, 32);
   assert.equal(w4a16Unsupported(l), null);

@@ -239,11 +239,16 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       for (int e = 0; e < 4; e++) acc[mt][j][e] = 0.f;
 
   // scales of this lane: ACC, columns 8j + 2cq + e (accumulator side); else 8j + gq (fragment side)
-  const u32 sRead = A_SLOT + warp * SG * 128 + (ACC ? cq : gq >> 1) * 32;
+  // 8-row blocks: the weights are the mma's A operand (16 columns x 16 k) and the activations its B
+  // (16 k x 8 rows), so one mma covers 16 columns: half the products of the other orientation, whose
+  // m16 would be half empty. The words need no other layout: a word's fragments b0/b1 of sub-tiles
+  // 2w, 2w+1 are exactly the A fragment of columns 16w..16w+15.
+  constexpr bool T = R8;
+  const u32 sRead = A_SLOT + warp * SG * 128 + (ACC && !T ? cq : gq >> 1) * 32;
   const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
   // ldmatrix.x4 lanes: 0-7 rows 0-7 and 8-15 rows 8-15 at k 0-7, 16-31 the same at k 8-15. 8-row
   // blocks re-read rows 0-7 as the unused rows 8-15, so the mma's register quad fills directly
-  const u32 aRead = (R8 ? lane & 7 : lane & 15) * A_ROW + (lane >> 4) * 16;
+  const u32 aRead = T ? (lane & 7) * A_ROW + ((lane >> 3) & 1) * 16 : (lane & 15) * A_ROW + (lane >> 4) * 16;
 
   auto compute = [&](int c) {
     const u32 slot = base + (c % RING) * SLOT;
@@ -271,6 +276,31 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     dequant(0, f[0]);
 #pragma unroll
     for (int i = 0; i < CHUNK; i++) {
+      if (T) {
+        u32 b0, b1;  // rows 0-7 at k 0-7 and k 8-15 of this k-tile
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                     : "=r"(b0), "=r"(b1)
+                     : "r"(slot + i * 32 + aRead));
+        if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
+        const u32(&fr)[8][2] = f[i & 1];
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+          u32 wa[4] = {fr[2 * w][0], fr[2 * w + 1][0], fr[2 * w][1], fr[2 * w + 1][1]};
+          if (ACC) {
+            if (i == 0)
+              mma0(part[w], wa, b0, b1);
+            else
+              mma(part[w], wa, b0, b1);
+          } else {
+            const u32 s0 = sc[i / (CHUNK / SG)][2 * w], s1 = sc[i / (CHUNK / SG)][2 * w + 1];
+            wa[0] = hmul2(wa[0], s0);
+            wa[1] = hmul2(wa[1], s1);
+            wa[2] = hmul2(wa[2], s0);
+            wa[3] = hmul2(wa[3], s1);
+            mma(acc[0][w], wa, b0, b1);
+          }
+        }
+      } else {
       u32 a[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; mt++)
@@ -293,8 +323,23 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
           for (int mt = 0; mt < MT; mt++) mma(acc[mt][j], a[mt], b0, b1);
         }
       }
+      }
     }
-    if (ACC) {
+    if (ACC && T) {
+      // accumulators: columns 16w + gq (e = 0, 1) and 16w + gq + 8 (e = 2, 3), rows 2cq, 2cq + 1
+      u32 w[8];
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead);
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + 16);
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const float s0 = h2f((u16)(__byte_perm(w[2 * q], 0, sSel) & 0xffff));
+        const float s1 = h2f((u16)(__byte_perm(w[2 * q + 1], 0, sSel) & 0xffff));
+        acc[0][q][0] += part[q][0] * s0;
+        acc[0][q][1] += part[q][1] * s0;
+        acc[0][q][2] += part[q][2] * s1;
+        acc[0][q][3] += part[q][3] * s1;
+      }
+    } else if (ACC) {
       u32 w[8];
       lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead);
       lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + 16);
@@ -326,6 +371,15 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
 
   // this lane's outputs: rows m0 + 16 mt + gq (+ 8), columns 64 tile + 8 j + 2 cq (+ 1)
   auto store = [&](float (&v)[MT][8][4]) {
+    if (T) {
+#pragma unroll
+      for (int w = 0; w < 4; w++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int row = m0 + 2 * cq + (e & 1), col = tile * 64 + 16 * w + gq + (e >> 1) * 8;
+          if (row < M && col < N) C[(size_t)row * N + col] = f2h(v[0][w][e] + (bias ? h2f(bias[col]) : 0.f));
+        }
+    } else {
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -349,6 +403,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
           }
         }
       }
+    }
   };
   if (splits == 1) {
     store(acc);
@@ -360,11 +415,14 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   constexpr int PER = MT * 32;
   const int idx = blockIdx.x * ntiles + tile;
   float4* part = reinterpret_cast<float4*>(ws + ((size_t)idx * 32 + lane) * PER);
+  // lanes whose first row exists (8-row blocks: rows 2cq, 2cq + 1; else gq, gq + 8 of each m-tile)
+  const int laneRow = T ? 2 * cq : gq;
+  constexpr int JN = T ? 4 : 8;
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)
-    if (m0 + 16 * mt + gq < M)
+    if (m0 + 16 * mt + laneRow < M)
 #pragma unroll
-      for (int j = 0; j < 8; j++)
+      for (int j = 0; j < JN; j++)
         asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(part + mt * 8 + j), "f"(acc[mt][j][0]),
                      "f"(acc[mt][j][1]), "f"(acc[mt][j][2]), "f"(acc[mt][j][3])
                      : "memory");
@@ -377,9 +435,9 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   __threadfence();
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)
-    if (m0 + 16 * mt + gq < M)
+    if (m0 + 16 * mt + laneRow < M)
 #pragma unroll
-      for (int j = 0; j < 8; j++) {
+      for (int j = 0; j < JN; j++) {
         const float4 v = __ldcg(part + mt * 8 + j);
         acc[mt][j][0] = v.x;
         acc[mt][j][1] = v.y;
