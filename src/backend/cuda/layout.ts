@@ -252,11 +252,14 @@ export function geometry(
 }
 
 /**
- * The block shape for M rows (the best sum over the Llama-2 7B and 70B shapes in `gptq bench --sweep`
- * on an H200): 8-row blocks to 8 rows, 16 to 16, then 32-row m-blocks (64-row blocks need too many
- * registers to keep enough warps resident).
+ * The block shape for M rows of a K x N layer, fit to `gptq bench --sweep` on an H200 (Llama-2 7B and
+ * 70B shapes): 8-row blocks up to 8 rows; up to 16, two 8-row m-blocks (whose products take half the
+ * mma) while the layer has under 2^26 weights, 16-row blocks above; then 32-row m-blocks (64-row blocks
+ * need too many registers to keep enough warps resident).
  */
-export function chooseConfig(M: number): W4A16Config {
-  const name = M <= 4 ? "r8_w4_p2" : M <= 8 ? "r8_w4_p3" : M <= 16 ? "r16_w4_p2" : "r32_w4_p2";
+export function chooseConfig(M: number, K = 0, N = 0): W4A16Config {
+  const small = K * N < 2 ** 26;
+  const name =
+    M <= 4 ? "r8_w4_p2" : M <= 8 ? "r8_w4_p3" : M <= 16 ? (small ? "r8_w4_p2" : "r16_w4_p2") : "r32_w4_p2";
   return W4A16_CONFIGS.find((c) => configName(c) === name)!;
 }

@@ -115,7 +115,7 @@ export class W4A16Linear implements CudaLinear {
 
   configFor(M: number): W4A16Config {
     if (this.config) return this.config;
-    return chooseConfig(M);
+    return chooseConfig(M, this.layout.K, this.layout.N);
   }
 
   /** The kernel and launch geometry for M rows. */
