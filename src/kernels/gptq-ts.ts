@@ -19,7 +19,7 @@ const W4A16_GROUPS: GroupRule = {
 
 const W4A16_RULES: ShapeRules = {
   name: "gptq-ts-w4a16",
-  description: "gptq-ts W4A16 tensor-core GEMM (CUDA, sm_80+): 4-bit symmetric, groups 32/64/128k/-1",
+  description: "gptq-ts W4A16 tensor-core GEMM (CUDA, sm_90+): 4-bit symmetric, groups 32/64/128k/-1",
   bits: [4],
   symOnly: true,
   groups: W4A16_GROUPS,

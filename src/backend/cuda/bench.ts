@@ -292,7 +292,9 @@ export function runBench(opts: BenchOptions): BenchResult {
         const chosen = ours.configFor(M);
         const tries = [
           ...W4A16_CONFIGS,
-          ...[1, 2, 4, 8, 16, 32].filter((s) => s <= Math.ceil(K / 128)).map((s) => ({ ...chosen, splits: s })),
+          ...[1, 2, 4, 8, 16, 32]
+            .filter((s) => s <= Math.ceil(K / 128))
+            .map((s) => ({ ...chosen, splits: s })),
         ];
         for (const c of tries) {
           for (const o of oursCopies) o.config = c;

@@ -38,7 +38,8 @@ export function w4a16Unsupported(layer: QuantizedLinear): string | null {
   const { bits, inFeatures: K, groupSize } = layer;
   if (bits !== 4) return `${bits}-bit weights (the W4A16 kernel runs 4-bit)`;
   if (K % 16 !== 0) return `in_features ${K} is not a multiple of 16`;
-  if (!w4a16GroupOk(groupSize)) return `group size ${groupSize} (the W4A16 kernel takes 32, 64, multiples of 128, -1)`;
+  if (!w4a16GroupOk(groupSize))
+    return `group size ${groupSize} (the W4A16 kernel takes 32, 64, multiples of 128, -1)`;
   for (let i = 0; i < layer.zeros.length; i++)
     if (layer.zeros[i] !== 8) return "asymmetric zero points (the W4A16 kernel is symmetric: zero 8)";
   if (!sortedGroups(layer)) return "g_idx does not sort into contiguous groups of group_size rows";

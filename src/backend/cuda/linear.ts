@@ -66,6 +66,12 @@ function scratchOf(dev: CudaDevice) {
   return s;
 }
 
+/** Why this GPU cannot run the W4A16 kernel (bulk copies (TMA) and mbarriers: sm_90 and later), or null. */
+export function w4a16DeviceUnsupported(dev: CudaDevice): string | null {
+  const sm = Number(/sm_(\d+)/.exec(dev.info.arch)?.[1] ?? 0);
+  return sm < 90 ? `needs sm_90 or later, this GPU is ${dev.info.arch}` : null;
+}
+
 export class W4A16Linear implements CudaLinear {
   readonly kernel = GPTQ_TS_W4A16.name;
   readonly inFeatures: number;
@@ -99,6 +105,8 @@ export class W4A16Linear implements CudaLinear {
   }
 
   static fromLayer(dev: CudaDevice, layer: QuantizedLinear): W4A16Linear {
+    const why = w4a16DeviceUnsupported(dev);
+    if (why) throw new GptqError(`W4A16 kernel: ${why}`);
     return new W4A16Linear(dev, packW4A16(layer));
   }
 
@@ -152,21 +160,28 @@ export class W4A16Linear implements CudaLinear {
     // zeroed once; every launch leaves it zero again
     const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes, true) : null;
     const counters = s.counters.get(g.counters * 4, true);
-    this.dev.launch(k, g.grid, g.block, g.sharedBytes, [
-      ptr(this.B),
-      ptr(this.S),
-      ptr(act),
-      ptr(out),
-      ptr(this.bias ? this.bias.ptr : 0),
-      ptr(ws ? ws.ptr : 0),
-      ptr(counters),
-      i32(M),
-      i32(N),
-      i32(K),
-      i32(Kpad / 16),
-      i32(groupSize / 16),
-      i32(g.chunksPerSplit),
-    ], this.overlap);
+    this.dev.launch(
+      k,
+      g.grid,
+      g.block,
+      g.sharedBytes,
+      [
+        ptr(this.B),
+        ptr(this.S),
+        ptr(act),
+        ptr(out),
+        ptr(this.bias ? this.bias.ptr : 0),
+        ptr(ws ? ws.ptr : 0),
+        ptr(counters),
+        i32(M),
+        i32(N),
+        i32(K),
+        i32(Kpad / 16),
+        i32(groupSize / 16),
+        i32(g.chunksPerSplit),
+      ],
+      this.overlap,
+    );
   }
 
   dispose(): void {
@@ -233,8 +248,9 @@ export function cudaLinear(
       `no CUDA kernel runs ${layer.inFeatures}x${layer.outFeatures}: ${(e as Error).message}`,
     );
   }
-  if (rule === GPTQ_TS_W4A16 && !w4a16Unsupported(layer)) return W4A16Linear.fromLayer(dev, layer);
-  if (kernel === GPTQ_TS_W4A16.name) throw new GptqError(`W4A16 kernel: ${w4a16Unsupported(layer)}`);
+  const why = w4a16DeviceUnsupported(dev) ?? w4a16Unsupported(layer);
+  if (rule === GPTQ_TS_W4A16 && !why) return W4A16Linear.fromLayer(dev, layer);
+  if (kernel === GPTQ_TS_W4A16.name) throw new GptqError(`W4A16 kernel: ${why}`);
   if (layer.bias)
     throw new GptqError(
       "the dequant + cuBLAS path takes no bias: add it to the output (as CudaModelLinear does)",

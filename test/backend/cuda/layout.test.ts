@@ -212,7 +212,8 @@ test("8-row blocks: the same words as the mma's A operand compute A x W (emulate
     for (let m = 0; m < M; m++)
       for (let n = 0; n < N; n++) {
         let ref = 0;
-        for (let k = 0; k < K; k++) ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
+        for (let k = 0; k < K; k++)
+          ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
         assert.ok(Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)), `K=${K} m=${m} n=${n}`);
       }
   }

@@ -1,23 +1,25 @@
 // W4A16 GEMM: C[M, N] = A[M, K] (fp16) x W[K, N] (4-bit symmetric, fp16 group scales), fp32 accumulation
-// on tensor cores (mma.sync m16n8k16).
+// on tensor cores (mma.sync m16n8k16). Hopper (sm_90) and later: bulk copies (TMA), mbarriers.
 //
 // Weight layout (prepared at load time, see layout.ts): for every 64-column tile and every 16-row k-tile,
-// 512 bytes = one 16-byte word per lane holding exactly that lane's B fragments for the tile's eight
-// 16x8 mma sub-tiles, so a warp reads each weight once, fully coalesced, and dequantizes with two bit
-// ops per pair of values. K is padded to a multiple of 128 (code 8 = weight 0). Scales: per group and
-// tile, 64 halves in the order of the accumulator columns each lane owns (lane & 3 picks 16 of them).
+// 512 bytes = one 16-byte word per lane. Word w of a lane holds the fragments of columns 16w + g and
+// 16w + g + 8 (g = lane / 4) at rows 2c, 2c+1, 2c+8, 2c+9 (c = lane % 4): the B fragments of two 16x8
+// mma sub-tiles, or equally the A fragment of a 16x16 tile whose rows are those 16 columns. A warp reads
+// each weight once, coalesced, and dequantizes with two bit ops per pair of values. K is padded to a
+// multiple of 128 (code 8 = weight 0). Scales: per group and tile, 64 halves, 32 contiguous bytes for
+// each pair of lanes' columns (see layout.ts).
 //
 // Work: a block of W warps takes W adjacent 64-column tiles over one k-range (a "split"), so the
 // activations it stages in shared memory serve all its warps. It walks the k-range in chunks of 128
 // rows: the block's activations and scales go through a shared ring that warp 0 fills with bulk copies
-// (TMA) while every warp waits only for the data and says when it is done with a slot; each warp's
-// weights come through its own ring of P chunks, one bulk copy per chunk. No block-wide barrier. Splits of one tile add
-// their fp32 partial sums into a workspace (so their order, and the last bit, may vary between runs).
+// while every warp waits only for the data and says when it is done with a slot; each warp's weights
+// come through its own ring of P chunks, one bulk copy per chunk. No block-wide barrier. Splits of one
+// tile add their fp32 partial sums into a workspace (so their order, and the last bit, may vary).
 //
 // Decode (one m-tile, one group per chunk): the dequantized codes carry no scale; the mma sums a chunk
-// into fp32 partials and the scales multiply those once per chunk. That is 9 instructions per 8 weights
-// plus one mma per 128, against 13 when every fragment is scaled. Larger M, or groups of 32/64, scale
-// the fragments instead (registers).
+// into fp32 partials and the scales multiply those once per chunk: 9 instructions per 8 weights. Up to
+// 8 rows, the weights are the mma's A operand and the activations its B (8 rows), so one mma covers 16
+// columns (256 weights). Larger M, or groups of 32/64, scale the fragments instead (registers).
 // Napkin math, Llama-2-7B layers at M = 1: 0.52 bytes per weight (codes + group-128 scales) against
 // 2 for fp16, so 3.9x less traffic than cuBLAS's fp16 GEMV at equal bandwidth.
 #include "common.cuh"
