@@ -136,6 +136,36 @@ test("every compiled W4A16 configuration is correct", { skip }, () => {
   }
 });
 
+test(
+  "programmatic dependent launch: back-to-back W4A16 launches give the reference results",
+  { skip },
+  () => {
+    const dev = CudaDevice.get();
+    const K = 1024;
+    const N = 192;
+    const l = randomLayer(K, N, 128);
+    const lin = W4A16Linear.fromLayer(dev, l);
+    lin.overlap = true;
+    for (const M of [1, 16, 40]) {
+      const a = halves(M * K);
+      const ref = refMatmul(a, l, M);
+      const da = dev.upload(a);
+      // several launches in a row on one stream, each free to start while the one before it ends; the
+      // split-k workspace and counters are shared by all of them
+      const outs = [0, 1, 2].map(() => dev.alloc(M * N * 2));
+      for (const o of outs) dev.fill16(o, 0x7fff);
+      for (const o of outs) lin.forward(da, M, o);
+      for (const o of outs) {
+        const err = relErr(dev.download(o, new Uint16Array(M * N)), ref);
+        assert.ok(err < 3e-3, `M=${M}: relative error ${err}`);
+        dev.free(o);
+      }
+      dev.free(da);
+    }
+    lin.dispose();
+  },
+);
+
 test("GPTQ dequantization: v1/v2, 2/3/4/8 bits, act-order, asymmetric zeros, exact", { skip }, () => {
   const dev = CudaDevice.get();
   for (const bits of [2, 3, 4, 8] as Bits[])

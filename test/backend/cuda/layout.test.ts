@@ -20,7 +20,8 @@ import { GPTQ_TS_DEQUANT, GPTQ_TS_W4A16 } from "../../../src/kernels/gptq-ts.js"
 import { halfToFloat } from "../../../src/tensor/dtype.js";
 import { readFileSync } from "node:fs";
 import { LaunchAttribute, LaunchConfig, koffi } from "../../../src/backend/cuda/driver.js";
-import { programmaticAttribute } from "../../../src/backend/cuda/device.js";
+import { CudaDevice, programmaticAttribute } from "../../../src/backend/cuda/device.js";
+import { w4a16DeviceUnsupported } from "../../../src/backend/cuda/linear.js";
 import { fileURLToPath } from "node:url";
 
 function actOrderLayer(K: number, N: number, gs: number): QuantizedLinear {
@@ -288,6 +289,13 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
   assert.deepEqual(parseConfig("r16_w4_p3_s8"), { rows: 16, warps: 4, stages: 3, splits: 8 });
   assert.throws(() => parseConfig("m1_w8_p4_s1"), /unknown W4A16 configuration/);
+});
+
+test("the W4A16 kernel is refused below sm_90 with the reason", () => {
+  const on = (arch: string) => ({ info: { arch } }) as unknown as CudaDevice;
+  assert.equal(w4a16DeviceUnsupported(on("sm_90a")), null);
+  assert.equal(w4a16DeviceUnsupported(on("sm_100a")), null);
+  assert.match(w4a16DeviceUnsupported(on("sm_86")) ?? "", /needs sm_90 or later, this GPU is sm_86/);
 });
 
 test("cuLaunchKernelEx's config and attribute have cuda.h's layout", () => {
