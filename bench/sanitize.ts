@@ -3,11 +3,12 @@
 //   compute-sanitizer --tool memcheck node dist/bench/sanitize.js
 import { CudaDevice } from "../src/backend/cuda/device.js";
 import { W4A16_CONFIGS, configName } from "../src/backend/cuda/layout.js";
-import { W4A16Linear } from "../src/backend/cuda/linear.js";
+import { W4A16Linear, hasWgmma } from "../src/backend/cuda/linear.js";
 import { randomLayer } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 
 const dev = CudaDevice.get();
+const configs = W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev));
 for (const [K, N, gs] of [
   [4096, 4096, 128],
   [1024, 200, -1],
@@ -18,7 +19,7 @@ for (const [K, N, gs] of [
   for (const M of [1, 7, 16, 17, 33, 65, 130]) {
     const a = dev.upload(Uint16Array.from({ length: M * K }, () => floatToHalf(Math.random() - 0.5)));
     const out = dev.alloc(M * N * 2);
-    for (const c of W4A16_CONFIGS) {
+    for (const c of configs) {
       lin.config = c;
       lin.forward(a, M, out);
     }
@@ -28,6 +29,6 @@ for (const [K, N, gs] of [
   }
   lin.dispose();
   console.log(
-    `ran ${K}x${N} g${gs}, M in 1..130, ${W4A16_CONFIGS.length} configurations (${W4A16_CONFIGS.map(configName).join(" ")})`,
+    `ran ${K}x${N} g${gs}, M in 1..130, ${configs.length} configurations (${configs.map(configName).join(" ")})`,
   );
 }

@@ -11,7 +11,7 @@ import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
 import { CudaDevice, DeviceBuffer } from "./device.js";
 import { W4A16Config, W4A16_CONFIGS } from "./layout.js";
-import { W4A16Linear } from "./linear.js";
+import { W4A16Linear, hasWgmma } from "./linear.js";
 
 export const SHAPE_SETS: Record<string, [number, number][]> = {
   "llama2-7b": [
@@ -291,7 +291,7 @@ export function runBench(opts: BenchOptions): BenchResult {
         const us: Record<string, number> = {};
         const chosen = ours.configFor(M);
         const tries = [
-          ...W4A16_CONFIGS,
+          ...W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev)),
           ...[1, 2, 4, 8, 16, 32]
             .filter((s) => s <= Math.ceil(K / 128))
             .map((s) => ({ ...chosen, splits: s })),

@@ -139,48 +139,70 @@ export function unpackW4A16Codes(lay: W4A16Layout): Uint8Array {
 
 // ---- launch geometry ----
 
-/** A block shape compiled in w4a16.cu; each exists for one group per chunk, g64 and g32. */
+/**
+ * A block shape compiled in w4a16.cu (kind "mma": mma.sync, one warp per 64-column tile) or
+ * w4a16_wgmma.cu (kind "wgmma": warpgroup MMA, one warpgroup per tile, sm_90 only); each exists for one
+ * group per chunk, g64 and g32.
+ */
 export interface W4A16Config {
-  /** rows of M per block: 8 (one half-used m-tile), 16, 32 or 64 */
-  rows: 8 | 16 | 32 | 64;
-  /** warps per block, each on its own 64-column tile */
-  warps: 4 | 8;
-  /** chunks (4 KB of weights each) in flight in each warp's ring */
+  kind: "mma" | "wgmma";
+  /** rows of M per block */
+  rows: 8 | 16 | 32 | 64 | 128;
+  /** warps per block */
+  warps: 4 | 8 | 16;
+  /** chunks (128 rows of K) in flight: in each warp's weight ring (mma), or whole stages (wgmma) */
   stages: number;
   /** k-splits; 0 or absent: chosen by `geometry` */
   splits?: number;
 }
 
-/** The shapes compiled in w4a16.cu (W4A16_KERNEL lines; keep the two lists equal). */
+/** The shapes compiled in the kernels (W4A16_KERNEL and W4A16_WG_KERNEL lines; keep the lists equal). */
 export const W4A16_CONFIGS: W4A16Config[] = [
-  { rows: 8, warps: 4, stages: 2 },
-  { rows: 8, warps: 4, stages: 3 },
-  { rows: 8, warps: 8, stages: 2 },
-  { rows: 16, warps: 4, stages: 2 },
-  { rows: 16, warps: 4, stages: 3 },
-  { rows: 16, warps: 8, stages: 2 },
-  { rows: 32, warps: 4, stages: 2 },
-  { rows: 32, warps: 4, stages: 3 },
-  { rows: 64, warps: 4, stages: 2 },
+  { kind: "mma", rows: 8, warps: 4, stages: 2 },
+  { kind: "mma", rows: 8, warps: 4, stages: 3 },
+  { kind: "mma", rows: 8, warps: 8, stages: 2 },
+  { kind: "mma", rows: 16, warps: 4, stages: 2 },
+  { kind: "mma", rows: 16, warps: 4, stages: 3 },
+  { kind: "mma", rows: 16, warps: 8, stages: 2 },
+  { kind: "mma", rows: 32, warps: 4, stages: 2 },
+  { kind: "mma", rows: 32, warps: 4, stages: 3 },
+  { kind: "mma", rows: 64, warps: 4, stages: 2 },
+  { kind: "wgmma", rows: 16, warps: 16, stages: 8 },
+  { kind: "wgmma", rows: 32, warps: 16, stages: 8 },
+  { kind: "wgmma", rows: 64, warps: 16, stages: 6 },
+  { kind: "wgmma", rows: 64, warps: 8, stages: 4 },
 ];
+
+/** 64-column tiles one block covers: a warp each (mma) or a warpgroup each (wgmma). */
+export function tilesPerBlock(c: W4A16Config): number {
+  return c.kind === "mma" ? c.warps : c.warps / 4;
+}
+
+/** The kernel source of a configuration, relative to this module. */
+export function kernelSource(c: W4A16Config): string {
+  return c.kind === "mma" ? "kernels/w4a16.cu" : "kernels/w4a16_wgmma.cu";
+}
 
 /** The scale variant for a group size: one group per 128-row chunk, or two (g64) or four (g32). */
 export function scaleVariant(groupSize: number): "g" | "g64" | "g32" {
   return groupSize === 32 ? "g32" : groupSize === 64 ? "g64" : "g";
 }
 
+/** "r8_w4_p2" (mma) or "wg_r64_x4_p6" (wgmma, x = warpgroups), with "_sN" for fixed k-splits. */
 export function configName(c: W4A16Config): string {
-  return `r${c.rows}_w${c.warps}_p${c.stages}${c.splits ? `_s${c.splits}` : ""}`;
+  const shape =
+    c.kind === "mma" ? `r${c.rows}_w${c.warps}_p${c.stages}` : `wg_r${c.rows}_x${c.warps / 4}_p${c.stages}`;
+  return `${shape}${c.splits ? `_s${c.splits}` : ""}`;
 }
 
 /** The kernel's symbol for a shape and a layer's group size. */
 export function kernelName(c: W4A16Config, groupSize: number): string {
-  return `w4a16_r${c.rows}_w${c.warps}_p${c.stages}_${scaleVariant(groupSize)}`;
+  return `w4a16_${configName({ ...c, splits: 0 })}_${scaleVariant(groupSize)}`;
 }
 
-/** "r16_w4_p4" or "r16_w4_p4_s8" (a fixed split count), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
+/** "r16_w4_p3", "wg_r64_x4_p6" or either with "_s8" (fixed k-splits), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
 export function parseConfig(name: string): W4A16Config {
-  const m = /^(?:w4a16_)?(r\d+_w\d+_p\d+)(?:_s(\d+))?$/.exec(name);
+  const m = /^(?:w4a16_)?((?:wg_)?r\d+_[wx]\d+_p\d+)(?:_s(\d+))?$/.exec(name);
   const c = m && W4A16_CONFIGS.find((x) => configName(x) === m[1]);
   if (!c)
     throw new GptqError(
@@ -201,13 +223,16 @@ export interface W4A16Launch {
 }
 
 /**
- * Shared memory of one block (as w4a16.cu lays it out): the ring of activation rows (272 bytes each)
- * and scales, each warp's weight ring, and their mbarriers.
+ * Shared memory of one block. w4a16.cu: the ring of activation rows (272 bytes each) and scales, each
+ * warp's weight ring, and their mbarriers. w4a16_wgmma.cu: per stage, the activations (256 bytes a row),
+ * every tile's 4 KB of weights and its scales.
  */
 export function sharedBytes(c: W4A16Config, groupSize: number): number {
   const sg = { g: 1, g64: 2, g32: 4 }[scaleVariant(groupSize)];
+  const tiles = tilesPerBlock(c);
+  if (c.kind === "wgmma") return c.stages * (c.rows * 256 + tiles * (4096 + sg * 128));
   const ring = c.rows <= 32 ? 4 : 3;
-  return ring * (c.rows * 272 + c.warps * sg * 128 + 16) + c.warps * c.stages * (4096 + 8);
+  return ring * (c.rows * 272 + tiles * sg * 128 + 16) + tiles * c.stages * (4096 + 8);
 }
 
 /**
@@ -228,7 +253,8 @@ export function geometry(
   const ntiles = Math.ceil(N / 64);
   const chunks = Kpad / 128;
   const mblocks = Math.ceil(M / c.rows);
-  const perSplit = mblocks * Math.ceil(ntiles / c.warps);
+  const perBlock = tilesPerBlock(c);
+  const perSplit = mblocks * Math.ceil(ntiles / perBlock);
   const slots = smCount * Math.max(1, blocksPerSm);
   const balanced = (s: number) => {
     const cps = Math.ceil(chunks / s);
@@ -241,13 +267,14 @@ export function geometry(
       const b = balanced(s);
       if (cost(b) < cost(best)) best = b;
     }
-  const floatsPerLane = 32 * Math.max(1, c.rows / 16);
+  // fp32 partials: a tile's outputs (mma: 8-row blocks keep 16 rows' worth); a counter per warp of a tile
+  const partialRows = c.kind === "mma" ? Math.max(16, c.rows) : c.rows;
   return {
-    grid: [mblocks, Math.ceil(ntiles / c.warps), best.splits],
+    grid: [mblocks, Math.ceil(ntiles / perBlock), best.splits],
     block: c.warps * 32,
     sharedBytes: sharedBytes(c, groupSize),
-    workspaceBytes: best.splits > 1 ? mblocks * ntiles * 32 * floatsPerLane * 4 : 0,
-    counters: mblocks * ntiles,
+    workspaceBytes: best.splits > 1 ? mblocks * ntiles * partialRows * 64 * 4 : 0,
+    counters: mblocks * ntiles * (c.kind === "mma" ? 1 : 4),
     chunksPerSplit: best.cps,
   };
 }
@@ -255,12 +282,18 @@ export function geometry(
 /**
  * The block shape for M rows of a K x N layer, fit to `gptq bench --sweep` on an H200 (Llama-2 7B and
  * 70B shapes): 8-row blocks up to 8 rows; up to 16, two 8-row m-blocks (whose products take half the
- * mma) while the layer has under 2^26 weights, 16-row blocks above; then 32-row m-blocks (64-row blocks
- * need too many registers to keep enough warps resident).
+ * mma) while the layer has under 2^26 weights, 16-row blocks above. Above 16 rows, where the GPU has
+ * warpgroup MMA (`wgmma`: sm_90), 32-row warpgroup blocks up to 32 rows on layers of up to 2^27 weights
+ * (larger ones stream faster through the mma.sync kernel), and 64-row ones above 32 rows, which decode
+ * each weight once per 64 rows; else 32-row mma.sync blocks.
  */
-export function chooseConfig(M: number, K = 0, N = 0): W4A16Config {
+export function chooseConfig(M: number, K = 0, N = 0, wgmma = false): W4A16Config {
   const small = K * N < 2 ** 26;
-  const name =
-    M <= 4 ? "r8_w4_p2" : M <= 8 ? "r8_w4_p3" : M <= 16 ? (small ? "r8_w4_p2" : "r16_w4_p2") : "r32_w4_p2";
+  let name = "r32_w4_p2";
+  if (M <= 4) name = "r8_w4_p2";
+  else if (M <= 8) name = "r8_w4_p3";
+  else if (M <= 16) name = small ? "r8_w4_p2" : "r16_w4_p2";
+  else if (wgmma && M <= 32) name = K * N <= 2 ** 27 ? "wg_r32_x4_p8" : "r32_w4_p2";
+  else if (wgmma) name = "wg_r64_x4_p6";
   return W4A16_CONFIGS.find((c) => configName(c) === name)!;
 }

@@ -14,8 +14,10 @@ import {
   W4A16Launch,
   W4A16Layout,
   chooseConfig,
+  configName,
   geometry,
   kernelName,
+  kernelSource,
   packW4A16,
   sharedBytes,
   w4a16Unsupported,
@@ -66,10 +68,18 @@ function scratchOf(dev: CudaDevice) {
   return s;
 }
 
+function smVersion(dev: CudaDevice): number {
+  return Number(/sm_(\d+)/.exec(dev.info.arch)?.[1] ?? 0);
+}
+
 /** Why this GPU cannot run the W4A16 kernel (bulk copies (TMA) and mbarriers: sm_90 and later), or null. */
 export function w4a16DeviceUnsupported(dev: CudaDevice): string | null {
-  const sm = Number(/sm_(\d+)/.exec(dev.info.arch)?.[1] ?? 0);
-  return sm < 90 ? `needs sm_90 or later, this GPU is ${dev.info.arch}` : null;
+  return smVersion(dev) < 90 ? `needs sm_90 or later, this GPU is ${dev.info.arch}` : null;
+}
+
+/** Whether the GPU has Hopper's warpgroup MMA (sm_90 only: later architectures dropped it). */
+export function hasWgmma(dev: CudaDevice): boolean {
+  return smVersion(dev) === 90;
 }
 
 export class W4A16Linear implements CudaLinear {
@@ -123,14 +133,18 @@ export class W4A16Linear implements CudaLinear {
 
   configFor(M: number): W4A16Config {
     if (this.config) return this.config;
-    return chooseConfig(M, this.layout.K, this.layout.N);
+    return chooseConfig(M, this.layout.K, this.layout.N, hasWgmma(this.dev));
   }
 
   /** The kernel and launch geometry for M rows. */
   plan(M: number): { kernel: Kernel; launch: W4A16Launch; name: string } {
     const { Kpad, N, groupSize } = this.layout;
     const c = this.configFor(M);
-    const kernel = this.dev.kernel(import.meta.url, "kernels/w4a16.cu", kernelName(c, groupSize));
+    if (c.kind === "wgmma" && !hasWgmma(this.dev))
+      throw new GptqError(
+        `W4A16 ${configName(c)}: warpgroup MMA needs sm_90, this GPU is ${this.dev.info.arch}`,
+      );
+    const kernel = this.dev.kernel(import.meta.url, kernelSource(c), kernelName(c, groupSize));
     const perSm = (this.occupancy[kernel.name] ??= this.dev.occupancy(
       kernel,
       c.warps * 32,

@@ -8,7 +8,10 @@ import {
   chooseConfig,
   configName,
   geometry,
+  kernelName,
   parseConfig,
+  sharedBytes,
+  tilesPerBlock,
   groupOrder,
   packW4A16,
   unpackW4A16Codes,
@@ -220,6 +223,127 @@ test("8-row blocks: the same words as the mma's A operand compute A x W (emulate
   }
 });
 
+/**
+ * The warpgroup-MMA kernel (w4a16_wgmma.cu), index by index: each stage's activations placed by the
+ * kernel's load mapping (every byte written once, zero past M and K), read back as wgmma reads a K-major
+ * operand through its descriptor (core matrices of 8 rows x 16 bytes, LBO = R * 16 along K, SBO = 128
+ * along rows), scales read at each lane's offset for its two columns and scale group, and the A
+ * fragments of warp w taken from word w of every lane (mma.m16n8k16's A table).
+ */
+function emulateWgmma(
+  lay: ReturnType<typeof packW4A16>,
+  a: Float32Array,
+  M: number,
+  R: number,
+  SG: number,
+  T: number,
+) {
+  const { K, Kpad, N, ntiles, B, S, groupSize } = lay;
+  const ktiles = Kpad / 16;
+  const groupTiles = groupSize / 16;
+  const RL = Math.min(R, 16);
+  const out = new Float64Array(M * N);
+  const nib = (v: number, i: number) => ((v >>> (4 * i)) & 15) - 8;
+  for (let m0 = 0; m0 < M; m0 += R)
+    for (let t = 0; t < ntiles; t++) {
+      const D = Array.from({ length: 64 }, () => new Float64Array(R));
+      for (let c = 0; c < ktiles / 8; c++) {
+        const kc = c * 128;
+        const act = new Float64Array(R * 128).fill(NaN); // by byte offset / 2
+        // the kernel's mapping: thread tid loads rows aRow + i T / 16 at its fixed 8 k (kb)
+        for (let tid = 0; tid < Math.min(T, R * 16); tid++) {
+          const aRow = ((tid >> 1) % RL) + (Math.floor((tid >> 1) / RL) >> 3) * RL;
+          const kb = (Math.floor((tid >> 1) / RL) & 7) * 2 + (tid & 1);
+          for (let i = 0; i < Math.ceil((R * 16) / T); i++) {
+            const n = aRow + (i * T) / 16;
+            const k = kc + kb * 8;
+            const at = (kb * (R * 16) + n * 16) / 2;
+            for (let e = 0; e < 8; e++) {
+              assert.ok(Number.isNaN(act[at + e]), `R=${R}: byte ${2 * (at + e)} written twice`);
+              act[at + e] = m0 + n < M && k < K ? a[(m0 + n) * K + k + e] : 0;
+            }
+          }
+        }
+        assert.ok(!act.some(Number.isNaN), "every activation byte of the stage is written");
+        // the tile's scales in shared memory: SG groups x 64 halves (one cp.async of 16 bytes per 8)
+        const sm = new Float64Array(SG * 64);
+        for (let sg = 0; sg < SG; sg++) {
+          const gi = Math.floor((c * 8 + sg * (8 / SG)) / groupTiles);
+          for (let h = 0; h < 64; h++) sm[sg * 64 + h] = halfToFloat(S[(gi * ntiles + t) * 64 + h]);
+        }
+        for (let i = 0; i < 8; i++) {
+          const sg = Math.floor(i / (8 / SG));
+          const Bop = (k: number, n: number) => {
+            const byte = 2 * i * (R * 16) + (k >> 3) * (R * 16) + (n >> 3) * 128 + (n & 7) * 16 + (k & 7) * 2;
+            return act[byte / 2];
+          };
+          for (let w = 0; w < 4; w++) {
+            const Afr = Array.from({ length: 16 }, () => new Float64Array(16));
+            for (let lane = 0; lane < 32; lane++) {
+              const gq = lane >> 2;
+              const cq = lane & 3;
+              const n0 = 16 * w + gq;
+              const sRead = ((n0 & 7) >> 1) * 16 + (n0 >> 3) * 2 + (n0 & 1); // halves
+              const s0 = sm[sg * 64 + sRead];
+              const s1 = sm[sg * 64 + sRead + 2];
+              const word = B[(t * ktiles + c * 8 + i) * 128 + lane * 4 + w];
+              [
+                [0, 4, s0],
+                [2, 6, s1],
+                [1, 5, s0],
+                [3, 7, s1],
+              ].forEach(([lo, hi, sc], r) => {
+                const row = gq + (r & 1) * 8;
+                const k = 2 * cq + (r >> 1) * 8;
+                Afr[row][k] = nib(word, lo) * sc;
+                Afr[row][k + 1] = nib(word, hi) * sc;
+              });
+            }
+            for (let row = 0; row < 16; row++)
+              for (let n = 0; n < R; n++)
+                for (let k = 0; k < 16; k++) D[16 * w + row][n] += Afr[row][k] * Bop(k, n);
+          }
+        }
+      }
+      // lane (warp w, gq, cq) stores d[4j + e] at row m0 + 8j + 2cq + (e & 1), column 64t + 16w + gq + 8(e >> 1)
+      for (let w = 0; w < 4; w++)
+        for (let lane = 0; lane < 32; lane++)
+          for (let j = 0; j < R / 8; j++)
+            for (let e = 0; e < 4; e++) {
+              const dr = 16 * w + (lane >> 2) + 8 * (e >> 1);
+              const dc = 8 * j + 2 * (lane & 3) + (e & 1);
+              const row = m0 + dc;
+              const col = t * 64 + dr;
+              if (row < M && col < N) out[row * N + col] = D[dr][dc];
+            }
+    }
+  return out;
+}
+
+test("warpgroup MMA: the stage layout, descriptors, scales and fragments compute A x W (emulated)", () => {
+  // [K, N, group, M, rows per block, threads per block]
+  for (const [K, N, gs, M, R, T] of [
+    [272, 80, 128, 20, 16, 512],
+    [256, 64, -1, 5, 16, 512],
+    [128, 72, 32, 40, 32, 512],
+    [256, 64, 64, 70, 64, 512],
+    [128, 64, 128, 130, 64, 256],
+  ]) {
+    const l = randomLayer(K, N, gs);
+    const lay = packW4A16(l);
+    const SG = gs === 32 ? 4 : gs === 64 ? 2 : 1;
+    const a = Float32Array.from({ length: M * K }, () => Math.random() - 0.5);
+    const got = emulateWgmma(lay, a, M, R, SG, T);
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let ref = 0;
+        for (let k = 0; k < K; k++)
+          ref += a[m * K + k] * l.scales[l.gIdx[k] * N + n] * (l.codes[k * N + n] - 8);
+        assert.ok(Math.abs(got[m * N + n] - ref) < 1e-9 * (1 + Math.abs(ref)), `K=${K} R=${R} m=${m} n=${n}`);
+      }
+  }
+});
+
 test("layers the W4A16 kernel cannot take are refused with the reason", () => {
   const l = randomLayer(64, 64, 32);
   assert.equal(w4a16Unsupported(l), null);
@@ -253,13 +377,19 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
 });
 
 test("launch geometry covers every chunk of K, and the configurations match the compiled kernels", () => {
-  const cu = readFileSync(
-    fileURLToPath(new URL("../../../src/backend/cuda/kernels/w4a16.cu", import.meta.url)),
-    "utf8",
-  );
-  const compiled = [...cu.matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+), (\d+)\)/gm)].map(
-    (m) => `r${m[5]}_w${m[1]}_p${m[4]}`,
-  );
+  const source = (name: string) =>
+    readFileSync(
+      fileURLToPath(new URL(`../../../src/backend/cuda/kernels/${name}`, import.meta.url)),
+      "utf8",
+    );
+  const compiled = [
+    ...[...source("w4a16.cu").matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+), (\d+)\)/gm)].map(
+      (m) => `r${m[5]}_w${m[1]}_p${m[4]}`,
+    ),
+    ...[...source("w4a16_wgmma.cu").matchAll(/^W4A16_WG_KERNEL\((\d+), (\d+), (\d+)\)/gm)].map(
+      (m) => `wg_r${m[2]}_x${m[1]}_p${m[3]}`,
+    ),
+  ];
   assert.deepEqual(compiled, W4A16_CONFIGS.map(configName));
   for (const [M, K, N] of [
     [1, 4096, 4096],
@@ -268,26 +398,33 @@ test("launch geometry covers every chunk of K, and the configurations match the 
     [130, 8192, 57344],
     [3, 4608, 200],
   ]) {
-    const c = chooseConfig(M, K, N);
-    assert.ok(c.rows >= Math.min(M, 8));
-    for (const splits of [0, 1, 3, 1000]) {
-      const g = geometry({ ...c, splits }, M, N, K, 128, 132, 3);
-      const chunks = K / 128;
-      assert.ok(g.grid[2] * g.chunksPerSplit >= chunks, "every chunk is walked");
-      assert.ok((g.grid[2] - 1) * g.chunksPerSplit < chunks, "no split without work");
-      assert.ok(g.grid[0] * c.rows >= M);
-      assert.ok(g.grid[1] * c.warps * 64 >= N);
-      assert.ok(g.sharedBytes <= 227 * 1024);
-      if (splits) assert.equal(g.grid[2], Math.min(splits, chunks, g.grid[2]));
-      assert.equal(g.workspaceBytes > 0, g.grid[2] > 1);
+    for (const c of [chooseConfig(M, K, N), chooseConfig(M, K, N, true)]) {
+      assert.ok(c.rows >= Math.min(M, 8));
+      for (const splits of [0, 1, 3, 1000]) {
+        const g = geometry({ ...c, splits }, M, N, K, 128, 132, 3);
+        const chunks = K / 128;
+        assert.ok(g.grid[2] * g.chunksPerSplit >= chunks, "every chunk is walked");
+        assert.ok((g.grid[2] - 1) * g.chunksPerSplit < chunks, "no split without work");
+        assert.ok(g.grid[0] * c.rows >= M);
+        assert.ok(g.grid[1] * tilesPerBlock(c) * 64 >= N);
+        assert.ok(g.sharedBytes <= 227 * 1024);
+        if (splits) assert.equal(g.grid[2], Math.min(splits, chunks, g.grid[2]));
+        assert.equal(g.workspaceBytes > 0, g.grid[2] > 1);
+      }
     }
   }
+  for (const c of W4A16_CONFIGS)
+    for (const gs of [128, 64, 32]) assert.ok(sharedBytes(c, gs) <= 227 * 1024, `${configName(c)} g${gs}`);
+  assert.equal(chooseConfig(64, 4096, 4096).kind, "mma", "no warpgroup MMA unless the GPU has it");
+  assert.equal(chooseConfig(64, 4096, 4096, true).kind, "wgmma");
   // decode-sized products are split until every multiprocessor has blocks, as far as K's chunks allow
   const g = geometry(chooseConfig(1), 1, 4096, 4096, 128, 132, 3);
   assert.deepEqual([g.grid, g.chunksPerSplit], [[1, 16, 16], 2]);
   const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
-  assert.deepEqual(parseConfig("r16_w4_p3_s8"), { rows: 16, warps: 4, stages: 3, splits: 8 });
+  assert.deepEqual(parseConfig("r16_w4_p3_s8"), { kind: "mma", rows: 16, warps: 4, stages: 3, splits: 8 });
+  assert.deepEqual(parseConfig("wg_r64_x2_p4"), { kind: "wgmma", rows: 64, warps: 8, stages: 4 });
+  assert.equal(kernelName(parseConfig("wg_r64_x4_p6_s2"), 64), "w4a16_wg_r64_x4_p6_g64");
   assert.throws(() => parseConfig("m1_w8_p4_s1"), /unknown W4A16 configuration/);
 });
 

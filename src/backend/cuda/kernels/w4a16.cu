@@ -22,59 +22,12 @@
 // columns (256 weights). Larger M, or groups of 32/64, scale the fragments instead (registers).
 // Napkin math, Llama-2-7B layers at M = 1: 0.52 bytes per weight (codes + group-128 scales) against
 // 2 for fp16, so 3.9x less traffic than cuBLAS's fp16 GEMV at equal bandwidth.
-#include "common.cuh"
+#include "w4a16.cuh"
 
 namespace {
 
 constexpr int CHUNK = 8;      // k-tiles (16 rows each) per pipeline step: 128 rows of K
 constexpr int A_ROW = 272;    // bytes per staged activation row: 256 + 16, so ldmatrix rows hit distinct banks
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 a;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-  return a;
-}
-
-__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 mask, u32 bits) {
-  u32 r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));  // (a & mask) | bits
-  return r;
-}
-
-__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
-  u32 r;
-  asm("sub.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-
-__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
-  u32 r;
-  asm("mul.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-
-__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
-  u32 r;
-  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-  return r;
-}
-
-// One word holds two sub-tiles' fragments: nibbles (0,4) = b0 and (1,5) = b1 of sub-tile j0,
-// (2,6) = b0 and (3,7) = b1 of sub-tile j1. OR-ing a nibble into the mantissa of 1024.0 gives 1024 + q
-// (low nibble) or 1024 + 16q (high nibble); subtracting the bias and the symmetric zero 8 gives q - 8,
-// exact in fp16.
-__device__ __forceinline__ void dequant_word(u32 q, u32 (&f0)[2], u32 (&f1)[2]) {
-  const u32 LO = 0x000f000f, HI = 0x00f000f0, EXP = 0x64006400;
-  const u32 SUB = 0x64086408;                    // 1024 + 8
-  const u32 MUL = 0x2c002c00, ADD = 0xd480d480;  // 1/16, -(64 + 8)
-  u32 lo0 = lop3_and_or(q, LO, EXP), hi0 = lop3_and_or(q, HI, EXP);
-  q >>= 8;
-  u32 lo1 = lop3_and_or(q, LO, EXP), hi1 = lop3_and_or(q, HI, EXP);
-  f0[0] = hsub2(lo0, SUB);
-  f0[1] = hfma2(hi0, MUL, ADD);
-  f1[0] = hsub2(lo1, SUB);
-  f1[1] = hfma2(hi1, MUL, ADD);
-}
 
 __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
   asm volatile(

@@ -1,0 +1,292 @@
+// W4A16 GEMM for larger batches on Hopper warpgroup MMA (wgmma, sm_90a): C[M, N] = A[M, K] x W[K, N],
+// the same prepared weights as w4a16.cu (layout.ts), fp32 accumulation.
+//
+// Orientation: the weights are wgmma's A operand, from registers, and the activations its B, from shared
+// memory. A warpgroup (4 warps) takes one 64-column tile: warp w dequantizes word w of each lane, which
+// is exactly the A fragment of tile columns 16w..16w+15 (the mma.m16n8k16 A layout that wgmma uses per
+// warp), scales it by its two columns' group scales, and one m64nRk16 product covers 64 columns x R
+// activation rows x 16 k. Each weight is decoded once per R rows (not once per 16 or 32, as in w4a16.cu),
+// and the tensor cores read the activations straight from shared memory.
+//
+// Block: WG warpgroups on WG adjacent tiles over one k-range (a split) and R rows. Per 128-row chunk of K
+// a stage holds the activations (R x 256 bytes, as wgmma's K-major core matrices: 8 rows x 16 bytes each,
+// no swizzle), every tile's 4 KB of weights and its scales; P stages are in flight through cp.async,
+// zero-filled past M and K (P - 2 of them loading while one is read and the one before may still be).
+// Splits add fp32 partial sums into a workspace, as in w4a16.cu.
+#include "w4a16.cuh"
+
+namespace {
+
+__device__ __forceinline__ void cp_async(u32 dst, const void* src, u32 bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ u32 lds32(u32 addr) {
+  u32 r;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(addr));
+  return r;
+}
+
+__device__ __forceinline__ u32 lds16x2(u32 addr) {  // one half, in both halves of the word
+  u16 h;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(h) : "r"(addr));
+  return (u32)h * 0x10001u;
+}
+
+// Shared-memory matrix descriptor, K-major without swizzle: core matrices of 8 rows x 16 bytes, `lbo`
+// bytes apart along K and `sbo` apart along the rows.
+__device__ __forceinline__ u64 smem_desc(u32 addr, u32 lbo, u32 sbo) {
+  return (u64)((addr & 0x3ffff) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// d[64 x R] += a (registers: this warp's 16 rows x 16 k) x B (16 k x R, shared memory through `desc`).
+// d[4j + e]: row 16 warp + lane/4 + 8 (e >> 1), column 8j + 2 (lane % 4) + (e & 1).
+template <int R>
+__device__ __forceinline__ void wgmma(float (&d)[R / 2], const u32 (&a)[4], u64 desc);
+
+template <>
+__device__ __forceinline__ void wgmma<8>(float (&d)[4], const u32 (&a)[4], u64 desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma<16>(float (&d)[8], const u32 (&a)[4], u64 desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma<32>(float (&d)[16], const u32 (&a)[4], u64 desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma<64>(float (&d)[32], const u32 (&a)[4], u64 desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma<128>(float (&d)[64], const u32 (&a)[4], u64 desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+template <int N>
+__device__ __forceinline__ void keep(float (&d)[N]) {  // the accumulators stay put across the async MMA
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// WG warpgroups (tiles) per block, R rows (wgmma's N), SG scale groups per chunk, P stages.
+template <int WG, int R, int SG, int P>
+__device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16* __restrict__ S,
+                                         const u16* __restrict__ A, u16* __restrict__ C,
+                                         const u16* __restrict__ bias, float* __restrict__ ws,
+                                         int* __restrict__ counters, int M, int N, int K, int ktiles,
+                                         int groupTiles, int chunksPerSplit) {
+  constexpr int T = WG * 128;
+  constexpr int W_OFF = R * 256, S_OFF = W_OFF + WG * 4096;
+  constexpr int SLOT = S_OFF + WG * SG * 128;
+  constexpr int RL = R < 16 ? R : 16;  // rows of one load step (p's low bits)
+  extern __shared__ __align__(128) unsigned char smem[];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = (tid >> 5) & 3, wg = tid >> 7;
+  const int gq = lane >> 2, cq = lane & 3;
+  const int ntiles = (N + 63) >> 6;
+  const int tile0 = blockIdx.y * WG, tilesHere = imin(WG, ntiles - tile0);
+  const int tile = tile0 + wg;
+  const bool active = wg < tilesHere;  // warpgroups past the last tile only help load
+  const int m0 = blockIdx.x * R, split = blockIdx.z, splits = gridDim.z;
+  const int c0 = split * chunksPerSplit;
+  const int nchunks = imin(chunksPerSplit, (ktiles >> 3) - c0);
+  const u32 base = smem_addr(smem);
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+
+  // One stage, in 16-byte pieces. Activations: two k-neighbours of a row per pair of threads (a 32-byte
+  // sector); piece p = tid + i T is row aRow + i T / 16 at this thread's fixed 8 k (kb). Weights: two
+  // pieces per thread, tile (tid >> 8) + i T / 256. Scales: one piece for the first WG SG 8 threads.
+  static_assert(T % (16 * RL) == 0 && T % 256 == 0, "the load mapping needs 256-thread multiples");
+  constexpr int AIT = (R * 16 + T - 1) / T;
+  const int aRow = (tid >> 1) % RL + ((tid >> 1) / RL >> 3) * RL, kb = ((tid >> 1) / RL & 7) * 2 + (tid & 1);
+  const bool aThread = tid < R * 16;
+  const u32 aDst = kb * (R * 16) + aRow * 16;
+  const u16* aSrc = A + (size_t)(m0 + aRow) * K + c0 * 128 + kb * 8;
+  const int aK = c0 * 128 + kb * 8;  // k of this thread's piece in the split's first chunk
+  const int wTile = tid >> 8;
+  const uint4* wSrc = B + ((size_t)(tile0 + wTile) * ktiles + c0 * 8) * 32 + (tid & 255);
+  const bool sThread = tid < tilesHere * SG * 8;
+  const int sTile = tid / (SG * 8), sGroup = (tid >> 3) % SG;
+  const u16* sSrc = S + (size_t)(tile0 + sTile) * 64 + (tid & 7) * 8;
+  auto load = [&](int c) {
+    if (c < nchunks) {
+      const u32 slot = base + (c % P) * SLOT;
+      if (aThread) {
+        const bool kOk = aK + c * 128 < K;
+#pragma unroll
+        for (int i = 0; i < AIT; i++) {
+          const bool ok = kOk && m0 + aRow + i * (T / 16) < M;
+          cp_async(slot + aDst + i * (T / 16) * 16, ok ? aSrc + (size_t)i * (T / 16) * K + c * 128 : A, ok ? 16 : 0);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; i++)
+        if (wTile + i * (T / 256) < tilesHere)
+          cp_async(slot + W_OFF + tid * 16 + i * T * 16, wSrc + (size_t)i * (T / 256) * ktiles * 32 + c * 8 * 32, 16);
+      if (sThread) {
+        const int gi = ((c0 + c) * 8 + sGroup * (8 / SG)) / groupTiles;
+        cp_async(slot + S_OFF + tid * 16, sSrc + (size_t)gi * ntiles * 64, 16);
+      }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");  // empty groups keep the count uniform
+  };
+#pragma unroll
+  for (int s = 0; s < P - 2; s++) load(s);
+
+  float acc[R / 2];
+#pragma unroll
+  for (int i = 0; i < R / 2; i++) acc[i] = 0.f;
+
+  // this lane's words: word `warp` of lane `lane` in each 512-byte k-tile; its columns' scales sit at
+  // S[t][c][j][e] for columns n0 = 16 warp + gq and n0 + 8 (layout.ts)
+  const u32 wRead = W_OFF + wg * 4096 + lane * 16 + warp * 4;
+  const int n0 = 16 * warp + gq;
+  const u32 sRead = S_OFF + wg * SG * 128 + (((n0 & 7) >> 1) * 16 + (n0 >> 3) * 2 + (n0 & 1)) * 2;
+
+  // A chunk's products go out as two groups of four k-tiles, each from its own registers: a half is
+  // decoded while the other half's products run, and registers are rewritten only once the group that
+  // read them is done (wgmma reads them asynchronously). So up to a chunk and a half of products are in
+  // flight, and the stage before the last may still be read: refills run P - 2 chunks ahead.
+  u32 fr[2][4][4];
+  for (int c = 0; c < nchunks; c++) {
+    cp_async_wait<P - 3>();
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes, seen by wgmma
+    __syncthreads();  // this stage has landed for all; every product of stage c - 2 is done
+    load(c + P - 2);
+    __syncwarp();  // converged again before the warpgroup instructions (the loads branch per thread)
+    if (!active) continue;
+    const u32 slot = base + (c % P) * SLOT;
+    u32 s0[SG], s1[SG], q[8];
+#pragma unroll
+    for (int sg = 0; sg < SG; sg++) {
+      s0[sg] = lds16x2(slot + sRead + sg * 128);
+      s1[sg] = lds16x2(slot + sRead + sg * 128 + 4);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) q[i] = lds32(slot + wRead + i * 512);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      wgmma_wait<1>();  // the group that last read fr[h] is done
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        u32 f0[2], f1[2];
+        dequant_word(q[4 * h + i], f0, f1);
+        const int sg = (4 * h + i) / (8 / SG);
+        fr[h][i][0] = hmul2(f0[0], s0[sg]);
+        fr[h][i][1] = hmul2(f1[0], s1[sg]);
+        fr[h][i][2] = hmul2(f0[1], s0[sg]);
+        fr[h][i][3] = hmul2(f1[1], s1[sg]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        wgmma<R>(acc, fr[h][i], smem_desc(slot + (8 * h + 2 * i) * (R * 16), R * 16, 128));
+      wgmma_commit();
+    }
+  }
+  wgmma_wait<0>();
+  keep(acc);
+  if (!active) return;
+
+  // this lane's outputs: rows m0 + 8j + 2cq (+1), columns 64 tile + n0 (+8)
+  const int col0 = tile * 64 + n0;
+  auto store = [&]() {
+    const float b0 = bias && col0 < N ? h2f(bias[col0]) : 0.f;
+    const float b1 = bias && col0 + 8 < N ? h2f(bias[col0 + 8]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < R / 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int row = m0 + 8 * j + 2 * cq + (e & 1), col = col0 + 8 * (e >> 1);
+        if (row < M && col < N) C[(size_t)row * N + col] = f2h(acc[4 * j + e] + (e >> 1 ? b1 : b0));
+      }
+  };
+  if (splits == 1) {
+    store();
+    return;
+  }
+
+  // k-splits: per (m-block, tile, warp) R / 8 float4 per lane, lane-minor; the last warp converts
+  const int idx = (blockIdx.x * ntiles + tile) * 4 + warp;
+  float4* part = reinterpret_cast<float4*>(ws) + (size_t)idx * (R / 8) * 32 + lane;
+#pragma unroll
+  for (int j = 0; j < R / 8; j++)
+    if (m0 + 8 * j < M)
+      asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(part + j * 32), "f"(acc[4 * j]),
+                   "f"(acc[4 * j + 1]), "f"(acc[4 * j + 2]), "f"(acc[4 * j + 3])
+                   : "memory");
+  __threadfence();
+  __syncwarp();
+  int last = 0;
+  if (lane == 0) last = atomicAdd(&counters[idx], 1) == splits - 1;
+  last = __shfl_sync(0xffffffffu, last, 0);
+  if (!last) return;
+  __threadfence();
+#pragma unroll
+  for (int j = 0; j < R / 8; j++)
+    if (m0 + 8 * j < M) {
+      const float4 v = __ldcg(part + j * 32);
+      acc[4 * j] = v.x;
+      acc[4 * j + 1] = v.y;
+      acc[4 * j + 2] = v.z;
+      acc[4 * j + 3] = v.w;
+      __stcg(part + j * 32, make_float4(0.f, 0.f, 0.f, 0.f));
+    }
+  store();
+  if (lane == 0) counters[idx] = 0;  // ready for the next launch
+}
+
+}  // namespace
+
+// The configurations the launcher chooses from (layout.ts W4A16_CONFIGS, kind "wgmma"), each in the
+// three scale layouts: g (one group per chunk), g64, g32.
+#define W4A16_WG_VARIANT(WG, R, SG, P, NAME)                                                               \
+  extern "C" __global__ void __launch_bounds__(WG * 128) NAME(                                             \
+      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
+      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                      \
+    w4a16_wg<WG, R, SG, P>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit);   \
+  }
+#define W4A16_WG_KERNEL(WG, R, P)                                 \
+  W4A16_WG_VARIANT(WG, R, 1, P, w4a16_wg_r##R##_x##WG##_p##P##_g) \
+  W4A16_WG_VARIANT(WG, R, 2, P, w4a16_wg_r##R##_x##WG##_p##P##_g64) \
+  W4A16_WG_VARIANT(WG, R, 4, P, w4a16_wg_r##R##_x##WG##_p##P##_g32)
+
+W4A16_WG_KERNEL(4, 16, 8)
+W4A16_WG_KERNEL(4, 32, 8)
+W4A16_WG_KERNEL(4, 64, 6)
+W4A16_WG_KERNEL(2, 64, 4)
