@@ -237,9 +237,10 @@ export function sharedBytes(c: W4A16Config, groupSize: number): number {
 
 /**
  * Grid and k-splits for an M x Kpad x N product. `blocksPerSm` is the occupancy the driver reports for
- * the kernel. Splits: the count that minimizes waves x (chunks per split + 2), the 2 standing for a
- * block's start-up and its partial sums' round trip (fit to `gptq bench --sweep` on an H200); ties go
- * to fewer splits.
+ * the kernel. Splits: the count that minimizes waves x (chunks per split + c), c standing for a
+ * block's start-up and its partial sums' round trip in chunks of work: 2 for the mma.sync kernel, 11
+ * for the warpgroup one, whose blocks fill deeper pipelines and return 32 or 64 rows x 256 columns of
+ * fp32 (both fit to `gptq bench --sweep` on an H200); ties go to fewer splits.
  */
 export function geometry(
   c: W4A16Config,
@@ -260,7 +261,9 @@ export function geometry(
     const cps = Math.ceil(chunks / s);
     return { cps, splits: Math.ceil(chunks / cps) };
   };
-  const cost = (b: { cps: number; splits: number }) => Math.ceil((perSplit * b.splits) / slots) * (b.cps + 2);
+  const fixed = c.kind === "wgmma" ? 11 : 2;
+  const cost = (b: { cps: number; splits: number }) =>
+    Math.ceil((perSplit * b.splits) / slots) * (b.cps + fixed);
   let best = balanced(Math.min(chunks, c.splits || 1));
   if (!c.splits)
     for (let s = 2; s <= chunks; s++) {
