@@ -24,7 +24,7 @@ import { halfToFloat } from "../../../src/tensor/dtype.js";
 import { readFileSync } from "node:fs";
 import { LaunchAttribute, LaunchConfig, koffi } from "../../../src/backend/cuda/driver.js";
 import { CudaDevice, programmaticAttribute } from "../../../src/backend/cuda/device.js";
-import { w4a16DeviceUnsupported } from "../../../src/backend/cuda/linear.js";
+import { hasWgmma, w4a16DeviceUnsupported } from "../../../src/backend/cuda/linear.js";
 import { fileURLToPath } from "node:url";
 
 function actOrderLayer(K: number, N: number, gs: number): QuantizedLinear {
@@ -433,6 +433,11 @@ test("the W4A16 kernel is refused below sm_90 with the reason", () => {
   assert.equal(w4a16DeviceUnsupported(on("sm_90a")), null);
   assert.equal(w4a16DeviceUnsupported(on("sm_100a")), null);
   assert.match(w4a16DeviceUnsupported(on("sm_86")) ?? "", /needs sm_90 or later, this GPU is sm_86/);
+  // warpgroup MMA is Hopper's alone: later GPUs take the mma.sync kernel at every M
+  assert.deepEqual(
+    ["sm_90a", "sm_100a", "sm_86"].map((a) => hasWgmma(on(a))),
+    [true, false, false],
+  );
 });
 
 test("cuLaunchKernelEx's config and attribute have cuda.h's layout", () => {

@@ -378,16 +378,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     if (m0 + 16 * mt + laneRow < M)
 #pragma unroll
       for (int j = 0; j < JN; j++)
-        asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(part + mt * 8 + j), "f"(acc[mt][j][0]),
-                     "f"(acc[mt][j][1]), "f"(acc[mt][j][2]), "f"(acc[mt][j][3])
-                     : "memory");
-  __threadfence();
-  __syncwarp();
-  int last = 0;
-  if (lane == 0) last = atomicAdd(&counters[idx], 1) == splits - 1;
-  last = __shfl_sync(0xffffffffu, last, 0);
-  if (!last) return;
-  __threadfence();
+        red_add4(part + mt * 8 + j, acc[mt][j][0], acc[mt][j][1], acc[mt][j][2], acc[mt][j][3]);
+  if (!last_split(&counters[idx], splits, lane)) return;
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)
     if (m0 + 16 * mt + laneRow < M)

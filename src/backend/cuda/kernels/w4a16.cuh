@@ -49,3 +49,19 @@ __device__ __forceinline__ void dequant_word(u32 q, u32 (&f0)[2], u32 (&f1)[2]) 
   f1[0] = hsub2(lo1, SUB);
   f1[1] = hfma2(hi1, MUL, ADD);
 }
+
+// k-splits of one output tile add their fp32 partial sums into a zeroed workspace
+__device__ __forceinline__ void red_add4(float4* p, float a, float b, float c, float d) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+
+// After a warp's red_add4s: whether it is the tile's last split to finish (then it converts the sums).
+__device__ __forceinline__ bool last_split(int* counter, int splits, int lane) {
+  __threadfence();
+  __syncwarp();
+  int last = 0;
+  if (lane == 0) last = atomicAdd(counter, 1) == splits - 1;
+  last = __shfl_sync(0xffffffffu, last, 0);
+  if (last) __threadfence();
+  return last;
+}

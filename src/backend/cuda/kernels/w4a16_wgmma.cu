@@ -247,16 +247,8 @@ __device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16*
 #pragma unroll
   for (int j = 0; j < R / 8; j++)
     if (m0 + 8 * j < M)
-      asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};" ::"l"(part + j * 32), "f"(acc[4 * j]),
-                   "f"(acc[4 * j + 1]), "f"(acc[4 * j + 2]), "f"(acc[4 * j + 3])
-                   : "memory");
-  __threadfence();
-  __syncwarp();
-  int last = 0;
-  if (lane == 0) last = atomicAdd(&counters[idx], 1) == splits - 1;
-  last = __shfl_sync(0xffffffffu, last, 0);
-  if (!last) return;
-  __threadfence();
+      red_add4(part + j * 32, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+  if (!last_split(&counters[idx], splits, lane)) return;
 #pragma unroll
   for (int j = 0; j < R / 8; j++)
     if (m0 + 8 * j < M) {
