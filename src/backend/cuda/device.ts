@@ -27,10 +27,12 @@ export interface DeviceBuffer {
 }
 
 /** A kernel argument: a device pointer, a 32-bit int, or a float. */
-export type KernelArg = { ptr: number } | { i32: number } | { f32: number };
+export type KernelArg = { ptr: number } | { i32: number } | { f32: number } | { bytes: Uint8Array };
 export const ptr = (b: DeviceBuffer | number): KernelArg => ({ ptr: typeof b === "number" ? b : b.ptr });
 export const i32 = (v: number): KernelArg => ({ i32: v });
 export const f32 = (v: number): KernelArg => ({ f32: v });
+/** A parameter passed by value as raw bytes (a CUtensorMap). */
+export const bytes = (b: Uint8Array): KernelArg => ({ bytes: b });
 
 export interface DeviceInfo {
   name: string;
@@ -267,7 +269,9 @@ export class CudaDevice {
         ? new BigUint64Array([BigInt(a.ptr)])
         : "i32" in a
           ? new Int32Array([a.i32])
-          : new Float32Array([a.f32]),
+          : "bytes" in a
+            ? a.bytes
+            : new Float32Array([a.f32]),
     );
     if (!overlap) {
       cu("cuLaunchKernel", k.fn, grid[0], grid[1], grid[2], block, 1, 1, shared, this.stream, params, null);

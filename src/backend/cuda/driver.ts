@@ -91,6 +91,7 @@ const SIGNATURES = [
   "int cuGraphLaunch(void *exec, void *stream)",
   "int cuGraphExecDestroy(void *exec)",
   "int cuGraphDestroy(void *graph)",
+  "int cuTensorMapEncodeTiled(uint64_t map, int dtype, uint32_t rank, uint64_t address, const uint64_t *dims, const uint64_t *strides, const uint32_t *box, const uint32_t *elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill)",
 ] as const;
 
 type Fn = (...args: unknown[]) => number;
@@ -171,3 +172,46 @@ export const ATTR = {
 export const FUNC_ATTR = { NUM_REGS: 4, MAX_DYNAMIC_SHARED_SIZE_BYTES: 8 } as const;
 
 export { koffi };
+
+let mapScratch: { mem: unknown; at: bigint; off: number } | undefined;
+
+/**
+ * A CUtensorMap (128 opaque bytes, to pass by value) for TMA copies of boxes of a 2-D fp16 row-major
+ * tensor: `inner` elements per row (contiguous), `outer` rows `rowBytes` apart, boxes of
+ * boxInner x boxOuter, 128-byte swizzled in shared memory, zero-filled outside the tensor.
+ */
+export function tensorMap2dF16(
+  address: number,
+  inner: number,
+  outer: number,
+  rowBytes: number,
+  boxInner: number,
+  boxOuter: number,
+): Uint8Array {
+  // the driver writes the map to 64-byte-aligned memory: a native buffer aligned by hand, kept
+  if (!mapScratch) {
+    const mem = koffi.alloc("uint8", 192);
+    const raw = koffi.address(mem) as bigint;
+    const off = Number((64n - (raw % 64n)) % 64n);
+    mapScratch = { mem, at: raw + BigInt(off), off };
+  }
+  const F16 = 6;
+  const SWIZZLE_128B = 3;
+  const L2_PROMOTION_128B = 2;
+  cu(
+    "cuTensorMapEncodeTiled",
+    mapScratch.at,
+    F16,
+    2,
+    BigInt(address),
+    new BigUint64Array([BigInt(inner), BigInt(outer)]),
+    new BigUint64Array([BigInt(rowBytes)]),
+    new Uint32Array([boxInner, boxOuter]),
+    new Uint32Array([1, 1]),
+    0,
+    SWIZZLE_128B,
+    L2_PROMOTION_128B,
+    0,
+  );
+  return Uint8Array.from(koffi.decode(mapScratch.mem, mapScratch.off, "uint8", 128) as Uint8Array);
+}

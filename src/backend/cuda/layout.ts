@@ -148,7 +148,7 @@ export interface W4A16Config {
   kind: "mma" | "wgmma";
   /** rows of M per block */
   rows: 8 | 16 | 32 | 64 | 128;
-  /** warps per block */
+  /** warps per block on tiles (wgmma: plus one producer warp) */
   warps: 4 | 8 | 16;
   /** chunks (128 rows of K) in flight: in each warp's weight ring (mma), or whole stages (wgmma) */
   stages: number;
@@ -171,11 +171,17 @@ export const W4A16_CONFIGS: W4A16Config[] = [
   { kind: "wgmma", rows: 32, warps: 16, stages: 8 },
   { kind: "wgmma", rows: 64, warps: 16, stages: 6 },
   { kind: "wgmma", rows: 64, warps: 8, stages: 4 },
+  { kind: "wgmma", rows: 128, warps: 8, stages: 5 },
 ];
 
 /** 64-column tiles one block covers: a warp each (mma) or a warpgroup each (wgmma). */
 export function tilesPerBlock(c: W4A16Config): number {
   return c.kind === "mma" ? c.warps : c.warps / 4;
+}
+
+/** Threads per block: the tile warps, and for wgmma the warp that issues the copies. */
+export function blockThreads(c: W4A16Config): number {
+  return c.warps * 32 + (c.kind === "wgmma" ? 32 : 0);
 }
 
 /** The kernel source of a configuration, relative to this module. */
@@ -224,13 +230,15 @@ export interface W4A16Launch {
 
 /**
  * Shared memory of one block. w4a16.cu: the ring of activation rows (272 bytes each) and scales, each
- * warp's weight ring, and their mbarriers. w4a16_wgmma.cu: per stage, the activations (256 bytes a row),
- * every tile's 4 KB of weights and its scales.
+ * warp's weight ring, and their mbarriers. w4a16_wgmma.cu: per stage, rounded to 1024 bytes (the
+ * swizzle's period), the activations (256 bytes a row), every tile's 4 KB of weights and its scales;
+ * two mbarriers per stage, and 1024 bytes to align the start.
  */
 export function sharedBytes(c: W4A16Config, groupSize: number): number {
   const sg = { g: 1, g64: 2, g32: 4 }[scaleVariant(groupSize)];
   const tiles = tilesPerBlock(c);
-  if (c.kind === "wgmma") return c.stages * (c.rows * 256 + tiles * (4096 + sg * 128));
+  if (c.kind === "wgmma")
+    return 1024 + c.stages * (Math.ceil((c.rows * 256 + tiles * (4096 + sg * 128)) / 1024) * 1024 + 16);
   const ring = c.rows <= 32 ? 4 : 3;
   return ring * (c.rows * 272 + tiles * sg * 128 + 16) + tiles * c.stages * (4096 + 8);
 }
@@ -274,7 +282,7 @@ export function geometry(
   const partialRows = c.kind === "mma" ? Math.max(16, c.rows) : c.rows;
   return {
     grid: [mblocks, Math.ceil(ntiles / perBlock), best.splits],
-    block: c.warps * 32,
+    block: blockThreads(c),
     sharedBytes: sharedBytes(c, groupSize),
     workspaceBytes: best.splits > 1 ? mblocks * ntiles * partialRows * 64 * 4 : 0,
     counters: mblocks * ntiles * (c.kind === "mma" ? 1 : 4),

@@ -7,12 +7,14 @@ import { QuantizedLinear } from "../../formats/types.js";
 import { GPTQ_TS_W4A16, pickKernel } from "../../kernels/gptq-ts.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
-import { CudaDevice, DeviceBuffer, Kernel, i32, ptr } from "./device.js";
+import { CudaDevice, DeviceBuffer, Kernel, KernelArg, bytes, i32, ptr } from "./device.js";
+import { tensorMap2dF16 } from "./driver.js";
 import { DeviceGptq, dequantGptq } from "./dequant.js";
 import {
   W4A16Config,
   W4A16Launch,
   W4A16Layout,
+  blockThreads,
   chooseConfig,
   configName,
   geometry,
@@ -82,6 +84,19 @@ export function hasWgmma(dev: CudaDevice): boolean {
   return smVersion(dev) === 90;
 }
 
+/** Tensor maps of activation buffers, by address and shape (encoding one takes a driver call). */
+const activationMaps = new Map<string, Uint8Array>();
+function activationMap(address: number, M: number, K: number, rows: number): Uint8Array {
+  const key = `${address}:${M}:${K}:${rows}`;
+  let map = activationMaps.get(key);
+  if (!map) {
+    if (activationMaps.size >= 256) activationMaps.clear();
+    map = tensorMap2dF16(address, K, M, K * 2, 64, rows);
+    activationMaps.set(key, map);
+  }
+  return map;
+}
+
 export class W4A16Linear implements CudaLinear {
   readonly kernel = GPTQ_TS_W4A16.name;
   readonly inFeatures: number;
@@ -137,7 +152,7 @@ export class W4A16Linear implements CudaLinear {
   }
 
   /** The kernel and launch geometry for M rows. */
-  plan(M: number): { kernel: Kernel; launch: W4A16Launch; name: string } {
+  plan(M: number): { kernel: Kernel; launch: W4A16Launch; config: W4A16Config; name: string } {
     const { Kpad, N, groupSize } = this.layout;
     const c = this.configFor(M);
     if (c.kind === "wgmma" && !hasWgmma(this.dev))
@@ -147,11 +162,11 @@ export class W4A16Linear implements CudaLinear {
     const kernel = this.dev.kernel(import.meta.url, kernelSource(c), kernelName(c, groupSize));
     const perSm = (this.occupancy[kernel.name] ??= this.dev.occupancy(
       kernel,
-      c.warps * 32,
+      blockThreads(c),
       sharedBytes(c, groupSize),
     ));
     const launch = geometry(c, M, N, Kpad, groupSize, this.dev.info.smCount, perSm);
-    return { kernel, launch, name: `${kernel.name.slice(6)}_s${launch.grid[2]}` };
+    return { kernel, launch, config: c, name: `${kernel.name.slice(6)}_s${launch.grid[2]}` };
   }
 
   forward(a: DeviceBuffer, M: number, out: DeviceBuffer): void {
@@ -170,32 +185,31 @@ export class W4A16Linear implements CudaLinear {
         i32(K),
       ]);
     }
-    const { kernel: k, launch: g } = this.plan(M);
+    const { kernel: k, launch: g, config } = this.plan(M);
     // zeroed once; every launch leaves it zero again
     const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes, true) : null;
     const counters = s.counters.get(g.counters * 4, true);
-    this.dev.launch(
-      k,
-      g.grid,
-      g.block,
-      g.sharedBytes,
-      [
-        ptr(this.B),
-        ptr(this.S),
-        ptr(act),
-        ptr(out),
-        ptr(this.bias ? this.bias.ptr : 0),
-        ptr(ws ? ws.ptr : 0),
-        ptr(counters),
-        i32(M),
-        i32(N),
-        i32(K),
-        i32(Kpad / 16),
-        i32(groupSize / 16),
-        i32(g.chunksPerSplit),
-      ],
-      this.overlap,
-    );
+    const tail: KernelArg[] = [
+      ptr(this.bias ? this.bias.ptr : 0),
+      ptr(ws ? ws.ptr : 0),
+      ptr(counters),
+      i32(M),
+      i32(N),
+    ];
+    const split = [i32(Kpad / 16), i32(groupSize / 16), i32(g.chunksPerSplit)];
+    const args =
+      config.kind === "wgmma"
+        ? // the activations come through TMA: boxes of 64 k x rows, zero past M and K
+          [
+            bytes(activationMap(act.ptr, M, K, config.rows)),
+            ptr(this.B),
+            ptr(this.S),
+            ptr(out),
+            ...tail,
+            ...split,
+          ]
+        : [ptr(this.B), ptr(this.S), ptr(act), ptr(out), ...tail, i32(K), ...split];
+    this.dev.launch(k, g.grid, g.block, g.sharedBytes, args, this.overlap);
   }
 
   dispose(): void {

@@ -224,24 +224,17 @@ test("8-row blocks: the same words as the mma's A operand compute A x W (emulate
 });
 
 /**
- * The warpgroup-MMA kernel (w4a16_wgmma.cu), index by index: each stage's activations placed by the
- * kernel's load mapping (every byte written once, zero past M and K), read back as wgmma reads a K-major
- * operand through its descriptor (core matrices of 8 rows x 16 bytes, LBO = R * 16 along K, SBO = 128
- * along rows), scales read at each lane's offset for its two columns and scale group, and the A
- * fragments of warp w taken from word w of every lane (mma.m16n8k16's A table).
+ * The warpgroup-MMA kernel (w4a16_wgmma.cu), index by index: each stage's activations placed as its two
+ * TMA boxes (64 k x R rows, 128-byte swizzle: the 16-byte chunk j of row n lands at chunk j ^ (n % 8);
+ * zeros past M and K), read back as wgmma reads a K-major swizzled operand through the kernel's
+ * descriptors (8-row groups 1024 bytes apart, the k16 step i at box i / 4 plus 32 (i % 4) bytes, the
+ * same swizzle applied to the address), scales read at each lane's offset for its two columns and scale
+ * group, and the A fragments of warp w taken from word w of every lane (mma.m16n8k16's A table).
  */
-function emulateWgmma(
-  lay: ReturnType<typeof packW4A16>,
-  a: Float32Array,
-  M: number,
-  R: number,
-  SG: number,
-  T: number,
-) {
+function emulateWgmma(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number, R: number, SG: number) {
   const { K, Kpad, N, ntiles, B, S, groupSize } = lay;
   const ktiles = Kpad / 16;
   const groupTiles = groupSize / 16;
-  const RL = Math.min(R, 16);
   const out = new Float64Array(M * N);
   const nib = (v: number, i: number) => ((v >>> (4 * i)) & 15) - 8;
   for (let m0 = 0; m0 < M; m0 += R)
@@ -249,21 +242,17 @@ function emulateWgmma(
       const D = Array.from({ length: 64 }, () => new Float64Array(R));
       for (let c = 0; c < ktiles / 8; c++) {
         const kc = c * 128;
+        // 128-byte swizzle, relative to a 1024-byte-aligned base: address bits 4-6 ^= bits 7-9
+        const swizzle = (byte: number) => byte ^ (((byte >> 7) & 7) << 4);
         const act = new Float64Array(R * 128).fill(NaN); // by byte offset / 2
-        // the kernel's mapping: thread tid loads rows aRow + i T / 16 at its fixed 8 k (kb)
-        for (let tid = 0; tid < Math.min(T, R * 16); tid++) {
-          const aRow = ((tid >> 1) % RL) + (Math.floor((tid >> 1) / RL) >> 3) * RL;
-          const kb = (Math.floor((tid >> 1) / RL) & 7) * 2 + (tid & 1);
-          for (let i = 0; i < Math.ceil((R * 16) / T); i++) {
-            const n = aRow + (i * T) / 16;
-            const k = kc + kb * 8;
-            const at = (kb * (R * 16) + n * 16) / 2;
-            for (let e = 0; e < 8; e++) {
-              assert.ok(Number.isNaN(act[at + e]), `R=${R}: byte ${2 * (at + e)} written twice`);
-              act[at + e] = m0 + n < M && k < K ? a[(m0 + n) * K + k + e] : 0;
+        for (let box = 0; box < 2; box++)
+          for (let n = 0; n < R; n++)
+            for (let kk = 0; kk < 64; kk++) {
+              const at = swizzle(box * R * 128 + n * 128 + kk * 2) / 2;
+              const k = kc + box * 64 + kk;
+              assert.ok(Number.isNaN(act[at]), `R=${R}: byte ${2 * at} written twice`);
+              act[at] = m0 + n < M && k < K ? a[(m0 + n) * K + k] : 0;
             }
-          }
-        }
         assert.ok(!act.some(Number.isNaN), "every activation byte of the stage is written");
         // the tile's scales in shared memory: SG groups x 64 halves (one cp.async of 16 bytes per 8)
         const sm = new Float64Array(SG * 64);
@@ -273,10 +262,9 @@ function emulateWgmma(
         }
         for (let i = 0; i < 8; i++) {
           const sg = Math.floor(i / (8 / SG));
-          const Bop = (k: number, n: number) => {
-            const byte = 2 * i * (R * 16) + (k >> 3) * (R * 16) + (n >> 3) * 128 + (n & 7) * 16 + (k & 7) * 2;
-            return act[byte / 2];
-          };
+          const start = (i >> 2) * (R * 128) + (i & 3) * 32;
+          const Bop = (k: number, n: number) =>
+            act[swizzle(start + (n >> 3) * 1024 + (n & 7) * 128 + k * 2) / 2];
           for (let w = 0; w < 4; w++) {
             const Afr = Array.from({ length: 16 }, () => new Float64Array(16));
             for (let lane = 0; lane < 32; lane++) {
@@ -321,19 +309,19 @@ function emulateWgmma(
 }
 
 test("warpgroup MMA: the stage layout, descriptors, scales and fragments compute A x W (emulated)", () => {
-  // [K, N, group, M, rows per block, threads per block]
-  for (const [K, N, gs, M, R, T] of [
-    [272, 80, 128, 20, 16, 512],
-    [256, 64, -1, 5, 16, 512],
-    [128, 72, 32, 40, 32, 512],
-    [256, 64, 64, 70, 64, 512],
-    [128, 64, 128, 130, 64, 256],
+  // [K, N, group, M, rows per block]
+  for (const [K, N, gs, M, R] of [
+    [272, 80, 128, 20, 16],
+    [256, 64, -1, 5, 16],
+    [128, 72, 32, 40, 32],
+    [256, 64, 64, 70, 64],
+    [128, 64, 128, 130, 128],
   ]) {
     const l = randomLayer(K, N, gs);
     const lay = packW4A16(l);
     const SG = gs === 32 ? 4 : gs === 64 ? 2 : 1;
     const a = Float32Array.from({ length: M * K }, () => Math.random() - 0.5);
-    const got = emulateWgmma(lay, a, M, R, SG, T);
+    const got = emulateWgmma(lay, a, M, R, SG);
     for (let m = 0; m < M; m++)
       for (let n = 0; n < N; n++) {
         let ref = 0;

@@ -1,5 +1,6 @@
 // Device helpers of the W4A16 kernels (w4a16.cu, w4a16_wgmma.cu): shared-memory addresses, fp16x2
-// arithmetic through PTX, and the decode of one prepared weight word (layout.ts).
+// arithmetic through PTX, the decode of one prepared weight word (layout.ts), bulk copies completing on
+// mbarriers, and the split-k reduction.
 #pragma once
 #include "common.cuh"
 
@@ -64,4 +65,45 @@ __device__ __forceinline__ bool last_split(int* counter, int splits, int lane) {
   last = __shfl_sync(0xffffffffu, last, 0);
   if (last) __threadfence();
   return last;
+}
+
+// Rings of shared memory filled by bulk copies (TMA) that complete on each slot's mbarrier.
+
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("{ .reg .b64 st; mbarrier.arrive.shared::cta.b64 st, [%0]; }" ::"r"(bar) : "memory");
+}
+
+// arrives once and announces `bytes` that bulk copies will complete on the barrier
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+  asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// weights are read once: first out of L2 (which then keeps the activations)
+__device__ __forceinline__ void bulk_copy_once(u32 dst, const void* src, u32 bytes, u32 bar, u64 policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+      : "memory");
 }

@@ -8,22 +8,28 @@
 // activation rows x 16 k. Each weight is decoded once per R rows (not once per 16 or 32, as in w4a16.cu),
 // and the tensor cores read the activations straight from shared memory.
 //
-// Block: WG warpgroups on WG adjacent tiles over one k-range (a split) and R rows. Per 128-row chunk of K
-// a stage holds the activations (R x 256 bytes, as wgmma's K-major core matrices: 8 rows x 16 bytes each,
-// no swizzle), every tile's 4 KB of weights and its scales; P stages are in flight through cp.async,
-// zero-filled past M and K (P - 2 of them loading while one is read and the one before may still be).
-// Splits add fp32 partial sums into a workspace, as in w4a16.cu.
+// Block: WG consumer warpgroups on WG adjacent tiles over one k-range (a split) and R rows, and one
+// producer warp. Per 128-row chunk of K a stage holds the activations (two TMA tensor copies of 64 k x R
+// rows, 128-byte swizzled: wgmma's K-major layout, zero-filled past M and K), every tile's 4 KB of
+// weights and its scales (bulk copies); all complete on the stage's mbarrier. The consumers release a
+// stage on a second mbarrier once the products that read it are done; nothing else synchronizes the
+// block. Splits add fp32 partial sums into a workspace, as in w4a16.cu.
 #include "w4a16.cuh"
 
 namespace {
 
-__device__ __forceinline__ void cp_async(u32 dst, const void* src, u32 bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
+// A CUtensorMap, passed by value (opaque, 64-byte aligned, 128 bytes)
+struct __align__(64) TensorMap {
+  u64 opaque[16];
+};
 
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+// box {64 k, rows} of the activations at (k, row), into 128-byte-swizzled shared memory
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int k, int row, u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(map), "r"(k), "r"(row), "r"(bar)
+      : "memory");
 }
 
 __device__ __forceinline__ u32 lds32(u32 addr) {
@@ -38,10 +44,10 @@ __device__ __forceinline__ u32 lds16x2(u32 addr) {  // one half, in both halves 
   return (u32)h * 0x10001u;
 }
 
-// Shared-memory matrix descriptor, K-major without swizzle: core matrices of 8 rows x 16 bytes, `lbo`
-// bytes apart along K and `sbo` apart along the rows.
-__device__ __forceinline__ u64 smem_desc(u32 addr, u32 lbo, u32 sbo) {
-  return (u64)((addr & 0x3ffff) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+// Shared-memory matrix descriptor, K-major with 128-byte swizzle: rows 128 bytes apart, 8-row groups
+// 1024 bytes apart (SBO); the k16 step within a 64-k atom moves the start address by 32 bytes.
+__device__ __forceinline__ u64 smem_desc_sw128(u32 addr) {
+  return (u64)((addr & 0x3ffff) >> 4) | (1ull << 16) | ((u64)(1024 >> 4) << 32) | (1ull << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
@@ -55,14 +61,6 @@ __device__ __forceinline__ void wgmma_wait() {
 // d[4j + e]: row 16 warp + lane/4 + 8 (e >> 1), column 8j + 2 (lane % 4) + (e & 1).
 template <int R>
 __device__ __forceinline__ void wgmma(float (&d)[R / 2], const u32 (&a)[4], u64 desc);
-
-template <>
-__device__ __forceinline__ void wgmma<8>(float (&d)[4], const u32 (&a)[4], u64 desc) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, 1, 1, 1, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-}
 
 template <>
 __device__ __forceinline__ void wgmma<16>(float (&d)[8], const u32 (&a)[4], u64 desc) {
@@ -102,71 +100,67 @@ __device__ __forceinline__ void keep(float (&d)[N]) {  // the accumulators stay 
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// WG warpgroups (tiles) per block, R rows (wgmma's N), SG scale groups per chunk, P stages.
+// WG consumer warpgroups (tiles) per block, R rows (wgmma's N), SG scale groups per chunk, P stages.
 template <int WG, int R, int SG, int P>
-__device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16* __restrict__ S,
-                                         const u16* __restrict__ A, u16* __restrict__ C,
+__device__ __forceinline__ void w4a16_wg(const TensorMap* amap, const uint4* __restrict__ B,
+                                         const u16* __restrict__ S, u16* __restrict__ C,
                                          const u16* __restrict__ bias, float* __restrict__ ws,
-                                         int* __restrict__ counters, int M, int N, int K, int ktiles,
-                                         int groupTiles, int chunksPerSplit) {
-  constexpr int T = WG * 128;
+                                         int* __restrict__ counters, int M, int N, int ktiles, int groupTiles,
+                                         int chunksPerSplit) {
+  // per stage: activations (two 64-k boxes of R rows x 128 bytes), weights, scales; 1024-aligned
   constexpr int W_OFF = R * 256, S_OFF = W_OFF + WG * 4096;
-  constexpr int SLOT = S_OFF + WG * SG * 128;
-  constexpr int RL = R < 16 ? R : 16;  // rows of one load step (p's low bits)
-  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int SLOT = (S_OFF + WG * SG * 128 + 1023) / 1024 * 1024;
+  extern __shared__ __align__(1024) unsigned char smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = (tid >> 5) & 3, wg = tid >> 7;
   const int gq = lane >> 2, cq = lane & 3;
   const int ntiles = (N + 63) >> 6;
   const int tile0 = blockIdx.y * WG, tilesHere = imin(WG, ntiles - tile0);
   const int tile = tile0 + wg;
-  const bool active = wg < tilesHere;  // warpgroups past the last tile only help load
   const int m0 = blockIdx.x * R, split = blockIdx.z, splits = gridDim.z;
   const int c0 = split * chunksPerSplit;
   const int nchunks = imin(chunksPerSplit, (ktiles >> 3) - c0);
-  const u32 base = smem_addr(smem);
+  // the swizzle pattern repeats every 1024 bytes of shared address: align the stages to it
+  const u32 base = (smem_addr(smem) + 1023) & ~1023u;
+  const u32 full = base + P * SLOT;  // P barriers: a stage's bytes landed
+  const u32 empty = full + P * 8;    // P barriers: every consumer thread is done with the stage
+  if (tid == 0) {
+    for (int s = 0; s < P; s++) {
+      mbar_init(full + s * 8, 1);
+      mbar_init(empty + s * 8, tilesHere * 128);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   asm volatile("griddepcontrol.wait;" ::: "memory");
 
-  // One stage, in 16-byte pieces. Activations: two k-neighbours of a row per pair of threads (a 32-byte
-  // sector); piece p = tid + i T is row aRow + i T / 16 at this thread's fixed 8 k (kb). Weights: two
-  // pieces per thread, tile (tid >> 8) + i T / 256. Scales: one piece for the first WG SG 8 threads.
-  static_assert(T % (16 * RL) == 0 && T % 256 == 0, "the load mapping needs 256-thread multiples");
-  constexpr int AIT = (R * 16 + T - 1) / T;
-  const int aRow = (tid >> 1) % RL + ((tid >> 1) / RL >> 3) * RL, kb = ((tid >> 1) / RL & 7) * 2 + (tid & 1);
-  const bool aThread = tid < R * 16;
-  const u32 aDst = kb * (R * 16) + aRow * 16;
-  const u16* aSrc = A + (size_t)(m0 + aRow) * K + c0 * 128 + kb * 8;
-  const int aK = c0 * 128 + kb * 8;  // k of this thread's piece in the split's first chunk
-  const int wTile = tid >> 8;
-  const uint4* wSrc = B + ((size_t)(tile0 + wTile) * ktiles + c0 * 8) * 32 + (tid & 255);
-  const bool sThread = tid < tilesHere * SG * 8;
-  const int sTile = tid / (SG * 8), sGroup = (tid >> 3) % SG;
-  const u16* sSrc = S + (size_t)(tile0 + sTile) * 64 + (tid & 7) * 8;
-  auto load = [&](int c) {
-    if (c < nchunks) {
-      const u32 slot = base + (c % P) * SLOT;
-      if (aThread) {
-        const bool kOk = aK + c * 128 < K;
-#pragma unroll
-        for (int i = 0; i < AIT; i++) {
-          const bool ok = kOk && m0 + aRow + i * (T / 16) < M;
-          cp_async(slot + aDst + i * (T / 16) * 16, ok ? aSrc + (size_t)i * (T / 16) * K + c * 128 : A, ok ? 16 : 0);
+  if (wg == WG) {
+    // the producer: one lane issues every copy; a stage is refilled once its consumers release it
+    if (lane != 0) return;
+    u64 policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    const u32 bytes = R * 256 + tilesHere * (4096 + SG * 128);
+    for (int c = 0; c < nchunks; c++) {
+      const int s = c % P;
+      if (c >= P) mbar_wait(empty + s * 8, (c / P - 1) & 1);
+      const u32 slot = base + s * SLOT, bar = full + s * 8;
+      const int kc = (c0 + c) * 128;
+      mbar_expect(bar, bytes);
+      tma_load_2d(slot, amap, kc, m0, bar);
+      tma_load_2d(slot + R * 128, amap, kc + 64, m0, bar);
+      for (int w = 0; w < tilesHere; w++) {
+        bulk_copy_once(slot + W_OFF + w * 4096, B + ((size_t)(tile0 + w) * ktiles + (c0 + c) * 8) * 32, 4096, bar,
+                       policy);
+        for (int sg = 0; sg < SG; sg++) {
+          const int gi = ((c0 + c) * 8 + sg * (8 / SG)) / groupTiles;
+          bulk_copy(slot + S_OFF + (w * SG + sg) * 128, S + ((size_t)gi * ntiles + tile0 + w) * 64, 128, bar);
         }
       }
-#pragma unroll
-      for (int i = 0; i < 2; i++)
-        if (wTile + i * (T / 256) < tilesHere)
-          cp_async(slot + W_OFF + tid * 16 + i * T * 16, wSrc + (size_t)i * (T / 256) * ktiles * 32 + c * 8 * 32, 16);
-      if (sThread) {
-        const int gi = ((c0 + c) * 8 + sGroup * (8 / SG)) / groupTiles;
-        cp_async(slot + S_OFF + tid * 16, sSrc + (size_t)gi * ntiles * 64, 16);
-      }
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");  // empty groups keep the count uniform
-  };
-#pragma unroll
-  for (int s = 0; s < P - 2; s++) load(s);
+    return;
+  }
+  if (wg >= tilesHere) return;  // past the last tile
 
   float acc[R / 2];
 #pragma unroll
@@ -180,17 +174,12 @@ __device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16*
 
   // A chunk's products go out as two groups of four k-tiles, each from its own registers: a half is
   // decoded while the other half's products run, and registers are rewritten only once the group that
-  // read them is done (wgmma reads them asynchronously). So up to a chunk and a half of products are in
-  // flight, and the stage before the last may still be read: refills run P - 2 chunks ahead.
+  // read them is done (wgmma reads them asynchronously). Once the second half may start, every product
+  // of the chunk before is done: that stage is released.
   u32 fr[2][4][4];
   for (int c = 0; c < nchunks; c++) {
-    cp_async_wait<P - 3>();
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes, seen by wgmma
-    __syncthreads();  // this stage has landed for all; every product of stage c - 2 is done
-    load(c + P - 2);
-    __syncwarp();  // converged again before the warpgroup instructions (the loads branch per thread)
-    if (!active) continue;
     const u32 slot = base + (c % P) * SLOT;
+    mbar_wait(full + (c % P) * 8, (c / P) & 1);
     u32 s0[SG], s1[SG], q[8];
 #pragma unroll
     for (int sg = 0; sg < SG; sg++) {
@@ -202,6 +191,8 @@ __device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16*
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       wgmma_wait<1>();  // the group that last read fr[h] is done
+      // every consumer thread arrives (a branch on the lane here would serialize the wgmma pipeline)
+      if (h == 1 && c > 0) mbar_arrive(empty + ((c - 1) % P) * 8);
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         u32 f0[2], f1[2];
@@ -213,15 +204,14 @@ __device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16*
         fr[h][i][3] = hmul2(f1[1], s1[sg]);
       }
       wgmma_fence();
+      // k-tiles 4h..4h+3: the h-th 64-k box, 32 bytes further per k16 step
 #pragma unroll
-      for (int i = 0; i < 4; i++)
-        wgmma<R>(acc, fr[h][i], smem_desc(slot + (8 * h + 2 * i) * (R * 16), R * 16, 128));
+      for (int i = 0; i < 4; i++) wgmma<R>(acc, fr[h][i], smem_desc_sw128(slot + h * (R * 128) + i * 32));
       wgmma_commit();
     }
   }
   wgmma_wait<0>();
   keep(acc);
-  if (!active) return;
 
   // this lane's outputs: rows m0 + 8j + 2cq (+1), columns 64 tile + n0 (+8)
   const int col0 = tile * 64 + n0;
@@ -266,15 +256,15 @@ __device__ __forceinline__ void w4a16_wg(const uint4* __restrict__ B, const u16*
 }  // namespace
 
 // The configurations the launcher chooses from (layout.ts W4A16_CONFIGS, kind "wgmma"), each in the
-// three scale layouts: g (one group per chunk), g64, g32.
+// three scale layouts: g (one group per chunk), g64, g32. WG consumer warpgroups + 1 producer warp.
 #define W4A16_WG_VARIANT(WG, R, SG, P, NAME)                                                               \
-  extern "C" __global__ void __launch_bounds__(WG * 128) NAME(                                             \
-      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
-      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                      \
-    w4a16_wg<WG, R, SG, P>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit);   \
+  extern "C" __global__ void __launch_bounds__(WG * 128 + 32) NAME(                                        \
+      const __grid_constant__ TensorMap amap, const uint4* B, const u16* S, u16* C, const u16* bias,        \
+      float* ws, int* counters, int M, int N, int ktiles, int groupTiles, int chunksPerSplit) {              \
+    w4a16_wg<WG, R, SG, P>(&amap, B, S, C, bias, ws, counters, M, N, ktiles, groupTiles, chunksPerSplit);  \
   }
-#define W4A16_WG_KERNEL(WG, R, P)                                 \
-  W4A16_WG_VARIANT(WG, R, 1, P, w4a16_wg_r##R##_x##WG##_p##P##_g) \
+#define W4A16_WG_KERNEL(WG, R, P)                                   \
+  W4A16_WG_VARIANT(WG, R, 1, P, w4a16_wg_r##R##_x##WG##_p##P##_g)   \
   W4A16_WG_VARIANT(WG, R, 2, P, w4a16_wg_r##R##_x##WG##_p##P##_g64) \
   W4A16_WG_VARIANT(WG, R, 4, P, w4a16_wg_r##R##_x##WG##_p##P##_g32)
 
@@ -282,3 +272,4 @@ W4A16_WG_KERNEL(4, 16, 8)
 W4A16_WG_KERNEL(4, 32, 8)
 W4A16_WG_KERNEL(4, 64, 6)
 W4A16_WG_KERNEL(2, 64, 4)
+W4A16_WG_KERNEL(2, 128, 5)
