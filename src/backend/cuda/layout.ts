@@ -294,9 +294,8 @@ export function geometry(
  * The block shape for M rows of a K x N layer, fit to `gptq bench --sweep` on an H200 (Llama-2 7B and
  * 70B shapes): 8-row blocks up to 8 rows; up to 16, two 8-row m-blocks (whose products take half the
  * mma) while the layer has under 2^26 weights, 16-row blocks above. Above 16 rows, where the GPU has
- * warpgroup MMA (`wgmma`: sm_90), 32-row warpgroup blocks up to 32 rows on layers of up to 2^27 weights
- * (larger ones stream faster through the mma.sync kernel), and 64-row ones above 32 rows, which decode
- * each weight once per 64 rows; else 32-row mma.sync blocks.
+ * warpgroup MMA (`wgmma`: sm_90), warpgroup blocks of 32, 64 or 128 rows, which decode each weight once
+ * per block; else 32-row mma.sync blocks.
  */
 export function chooseConfig(M: number, K = 0, N = 0, wgmma = false): W4A16Config {
   const small = K * N < 2 ** 26;
@@ -304,7 +303,6 @@ export function chooseConfig(M: number, K = 0, N = 0, wgmma = false): W4A16Confi
   if (M <= 4) name = "r8_w4_p2";
   else if (M <= 8) name = "r8_w4_p3";
   else if (M <= 16) name = small ? "r8_w4_p2" : "r16_w4_p2";
-  else if (wgmma && M <= 32) name = K * N <= 2 ** 27 ? "wg_r32_x4_p8" : "r32_w4_p2";
-  else if (wgmma) name = "wg_r64_x4_p6";
+  else if (wgmma) name = M <= 32 ? "wg_r32_x4_p8" : M <= 64 ? "wg_r64_x2_p4" : "wg_r128_x2_p5";
   return W4A16_CONFIGS.find((c) => configName(c) === name)!;
 }
