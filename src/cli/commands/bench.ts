@@ -6,7 +6,7 @@ import { UsageError } from "../../util/errors.js";
 import { w4a16GroupOk } from "../../kernels/gptq-ts.js";
 
 const usage = `usage: gptq bench [--shapes llama2-7b,llama2-70b,KxN,...] [--batch 1,2,4,...] [--group 128]
-                  [--kernel gptq-ts-w4a16[:CONFIG]] [--json]
+                  [--kernel gptq-ts-w4a16[:CONFIG]] [--json] [--sweep]
 
 Checks our W4A16 kernel and cuBLAS fp16 against a float32 reference on random data, then times both
 with CUDA events (graph replays of 50 launches, weights rotated beyond the L2, median of 7) and prints
@@ -14,8 +14,9 @@ with CUDA events (graph replays of 50 launches, weights rotated beyond the L2, m
   --shapes  sets (llama2-7b, llama2-70b) and/or KxN (K = in_features); default llama2-7b
   --batch   rows of activations (M); default 1,2,4,8,16,32,64,128
   --group   group size (-1 = per channel); default 128
-  --kernel  gptq-ts-w4a16, optionally with a fixed configuration, e.g. gptq-ts-w4a16:r16_w4_p4
-            (rows of M per block, warps, weight stages), or r16_w4_p4_s8 with 8 k-splits
+  --kernel  gptq-ts-w4a16, optionally with a fixed configuration: r16_w4_p2 (mma.sync: rows of M
+            per block, warps, weight stages) or wg_r64_x2_p4 (warpgroup MMA, sm_90: rows,
+            warpgroups, stages); a suffix _s8 also fixes 8 k-splits
   --json    print the rows as JSON
   --sweep   also time every compiled block shape and split count (tuning)`;
 
