@@ -26,7 +26,7 @@ export interface DeviceBuffer {
   readonly capacity: number;
 }
 
-/** A kernel argument: a device pointer, a 32-bit int, or a float. */
+/** A kernel argument: a device pointer, a 32-bit int, a float, or bytes passed by value. */
 export type KernelArg = { ptr: number } | { i32: number } | { f32: number } | { bytes: Uint8Array };
 export const ptr = (b: DeviceBuffer | number): KernelArg => ({ ptr: typeof b === "number" ? b : b.ptr });
 export const i32 = (v: number): KernelArg => ({ i32: v });
