@@ -1,4 +1,5 @@
-// One shape, a few launches of each W4A16 configuration named on the command line, for ncu:
+// One shape, a few launches of each W4A16 configuration named on the command line ("auto": the
+// launcher's choice), for ncu:
 //   ncu --clock-control none -k regex:w4a16 node dist/bench/profile.js K N M [config ...]
 import { CudaDevice } from "../src/backend/cuda/device.js";
 import { parseConfig } from "../src/backend/cuda/layout.js";
@@ -12,7 +13,7 @@ const lin = W4A16Linear.fromLayer(dev, randomLayer(K, N, 128));
 const a = dev.upload(Uint16Array.from({ length: M * K }, () => floatToHalf(Math.random() - 0.5)));
 const out = dev.alloc(M * N * 2);
 for (const name of process.argv.slice(5)) {
-  lin.config = parseConfig(name);
+  lin.config = name === "auto" ? undefined : parseConfig(name);
   for (let i = 0; i < 3; i++) lin.forward(a, M, out);
 }
 dev.synchronize();

@@ -9,7 +9,7 @@ import { QuantizedLinear, numGroups } from "../../formats/types.js";
 import { floatToHalf, halfToFloat } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
-import { CudaDevice, DeviceBuffer } from "./device.js";
+import { CudaDevice, DeviceBuffer, ptr, u64 } from "./device.js";
 import { W4A16Config, W4A16_CONFIGS } from "./layout.js";
 import { W4A16Linear, hasWgmma } from "./linear.js";
 
@@ -64,6 +64,8 @@ export interface BenchRow {
   oursUs: number;
   /** with programmatic dependent launch (overlapping the previous launch's end) */
   oursOverlapUs: number;
+  /** a plain streaming read of the same bytes, launched and rotated the same way: the floor */
+  readUs: number;
   speedup: number;
   weightBytes: number;
   gbps: number;
@@ -85,6 +87,8 @@ export interface BenchOptions {
 export interface BenchResult {
   device: string;
   copyGBps: number;
+  /** µs per launch of an empty kernel in a graph */
+  launchUs: number;
   rows: BenchRow[];
   /** with `sweep`: µs of every configuration, per shape and M */
   sweep?: { K: number; N: number; M: number; us: Record<string, number> }[];
@@ -148,6 +152,14 @@ export function copyBandwidth(dev: CudaDevice, bytes = 1 << 30): number {
   return (2 * bytes) / (median(times.slice(2)) * 1e-3);
 }
 
+/** A kernel that only streams `words` 16-byte words of `buf` (what a weight-bound kernel cannot beat). */
+function streamRead(dev: CudaDevice, buf: DeviceBuffer, sink: DeviceBuffer): void {
+  const k = dev.kernel(import.meta.url, "kernels/stream.cu", "stream_read");
+  const words = Math.floor(buf.bytes / 16);
+  const blocks = Math.min(dev.info.smCount * 4, Math.ceil(words / 512));
+  dev.launch(k, [blocks, 1, 1], 512, 0, [ptr(buf), u64(words), ptr(sink)]);
+}
+
 /** Median µs per launch of `launch(i)` captured 50 times in a graph (i = launch index). */
 function timeGraph(dev: CudaDevice, launch: (i: number) => void): number {
   launch(0); // outside the capture: scratch buffers grow here, never while capturing
@@ -204,9 +216,12 @@ export function runBench(opts: BenchOptions): BenchResult {
   const dev = CudaDevice.get();
   const blas = Cublas.get(dev);
   const copyGBps = copyBandwidth(dev) / 1e9;
+  const empty = dev.kernel(import.meta.url, "kernels/stream.cu", "empty_kernel");
+  const launchUs = timeGraph(dev, () => dev.launch(empty, [1, 1, 1], 32, 0, []));
   log(
-    `${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s`,
+    `${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s, an empty kernel ${launchUs.toFixed(2)} µs per launch`,
   );
+  const sink = dev.alloc(16);
   const rows: BenchRow[] = [];
   const sweep: NonNullable<BenchResult["sweep"]> = [];
   const maxM = Math.max(...opts.batches);
@@ -246,6 +261,11 @@ export function runBench(opts: BenchOptions): BenchResult {
       dev.copy(b, W, W.bytes);
       wCopies.push(b);
     }
+    // the floor: the same bytes streamed by a kernel that does nothing else, rotated the same way
+    const reads = Array.from({ length: copies(ours.weightBytes) }, () => dev.alloc(ours.weightBytes));
+    for (const r of reads) dev.fill32(r, 0x3c003c00);
+    const readUs = timeGraph(dev, (i) => streamRead(dev, reads[i % reads.length], sink));
+    for (const r of reads) dev.free(r);
     const got = new Uint16Array(maxM * N);
     for (const M of opts.batches) {
       const refQ = reference(aF, qCols, M, K);
@@ -278,6 +298,7 @@ export function runBench(opts: BenchOptions): BenchResult {
         cublasUs,
         oursUs,
         oursOverlapUs,
+        readUs,
         speedup: cublasUs / oursUs,
         weightBytes: ours.weightBytes,
         gbps,
@@ -319,22 +340,29 @@ export function runBench(opts: BenchOptions): BenchResult {
     dev.free(a);
     dev.free(out);
   }
-  return { device: `${dev.info.name} (${dev.info.arch})`, copyGBps, rows, ...(opts.sweep ? { sweep } : {}) };
+  dev.free(sink);
+  return {
+    device: `${dev.info.name} (${dev.info.arch})`,
+    copyGBps,
+    launchUs,
+    rows,
+    ...(opts.sweep ? { sweep } : {}),
+  };
 }
 
 export const HEADER =
-  "| set | K x N | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW | with PDL µs | speedup | config | rel err |";
-export const RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|";
+  "| set | K x N | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW | read floor µs | with PDL µs | speedup | config | rel err |";
+export const RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 export function formatRow(r: BenchRow): string {
-  return `| ${r.set} | ${r.K}x${r.N} | ${r.M} | ${r.cublasUs.toFixed(1)} | ${r.oursUs.toFixed(1)} | ${r.speedup.toFixed(2)}x | ${r.gbps.toFixed(0)} | ${(100 * r.copyShare).toFixed(0)} % | ${r.oursOverlapUs.toFixed(1)} | ${(r.cublasUs / r.oursOverlapUs).toFixed(2)}x | ${r.config} | ${r.errOurs.toExponential(1)} |`;
+  return `| ${r.set} | ${r.K}x${r.N} | ${r.M} | ${r.cublasUs.toFixed(1)} | ${r.oursUs.toFixed(1)} | ${r.speedup.toFixed(2)}x | ${r.gbps.toFixed(0)} | ${(100 * r.copyShare).toFixed(0)} % | ${r.readUs.toFixed(1)} | ${r.oursOverlapUs.toFixed(1)} | ${(r.cublasUs / r.oursOverlapUs).toFixed(2)}x | ${r.config} | ${r.errOurs.toExponential(1)} |`;
 }
 
 /** Per set and batch: the sum over the set's layers (a whole decoder layer's linears). */
 export function setTotals(res: BenchResult): string[] {
   const lines = [
-    "| set | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW | with PDL µs | speedup |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| set | M | cuBLAS fp16 µs | ours µs | speedup | weight GB/s | of copy BW | read floor µs | with PDL µs | speedup |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ];
   const keys = new Map<string, BenchRow[]>();
   for (const r of res.rows) {
@@ -347,10 +375,11 @@ export function setTotals(res: BenchResult): string[] {
     const cu = rs.reduce((s, r) => s + r.cublasUs, 0);
     const us = rs.reduce((s, r) => s + r.oursUs, 0);
     const overlap = rs.reduce((s, r) => s + r.oursOverlapUs, 0);
+    const floor = rs.reduce((s, r) => s + r.readUs, 0);
     const bytes = rs.reduce((s, r) => s + r.weightBytes, 0);
     const gbps = bytes / (us * 1e-6) / 1e9;
     lines.push(
-      `| ${set} | ${M} | ${cu.toFixed(1)} | ${us.toFixed(1)} | ${(cu / us).toFixed(2)}x | ${gbps.toFixed(0)} | ${((100 * gbps) / res.copyGBps).toFixed(0)} % | ${overlap.toFixed(1)} | ${(cu / overlap).toFixed(2)}x |`,
+      `| ${set} | ${M} | ${cu.toFixed(1)} | ${us.toFixed(1)} | ${(cu / us).toFixed(2)}x | ${gbps.toFixed(0)} | ${((100 * gbps) / res.copyGBps).toFixed(0)} % | ${floor.toFixed(1)} | ${overlap.toFixed(1)} | ${(cu / overlap).toFixed(2)}x |`,
     );
   }
   return lines;

@@ -31,6 +31,8 @@ export type KernelArg = { ptr: number } | { i32: number } | { f32: number } | { 
 export const ptr = (b: DeviceBuffer | number): KernelArg => ({ ptr: typeof b === "number" ? b : b.ptr });
 export const i32 = (v: number): KernelArg => ({ i32: v });
 export const f32 = (v: number): KernelArg => ({ f32: v });
+/** a 64-bit integer (a size_t parameter): passed as pointers are */
+export const u64 = (v: number): KernelArg => ({ ptr: v });
 /** A parameter passed by value as raw bytes (a CUtensorMap). */
 export const bytes = (b: Uint8Array): KernelArg => ({ bytes: b });
 

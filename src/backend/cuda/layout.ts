@@ -149,7 +149,7 @@ export interface W4A16Config {
   /** rows of M per block */
   rows: 8 | 16 | 32 | 64 | 128;
   /** warps per block on tiles (wgmma: plus one producer warp) */
-  warps: 4 | 8 | 16;
+  warps: 4 | 8 | 12 | 16;
   /** chunks (128 rows of K) in flight: in each warp's weight ring (mma), or whole stages (wgmma) */
   stages: number;
   /** k-splits; 0 or absent: chosen by `geometry` */
@@ -172,6 +172,7 @@ export const W4A16_CONFIGS: W4A16Config[] = [
   { kind: "wgmma", rows: 64, warps: 16, stages: 6 },
   { kind: "wgmma", rows: 64, warps: 8, stages: 4 },
   { kind: "wgmma", rows: 128, warps: 8, stages: 5 },
+  { kind: "wgmma", rows: 128, warps: 12, stages: 4 },
 ];
 
 /** 64-column tiles one block covers: a warp each (mma) or a warpgroup each (wgmma). */
@@ -226,6 +227,8 @@ export interface W4A16Launch {
   counters: number;
   /** 128-row chunks of K each split walks */
   chunksPerSplit: number;
+  /** the split model's cost: waves x (chunks per split + a block's fixed cost), in chunks of work */
+  cost: number;
 }
 
 /**
@@ -246,9 +249,10 @@ export function sharedBytes(c: W4A16Config, groupSize: number): number {
 /**
  * Grid and k-splits for an M x Kpad x N product. `blocksPerSm` is the occupancy the driver reports for
  * the kernel. Splits: the count that minimizes waves x (chunks per split + c), c standing for a
- * block's start-up and its partial sums' round trip in chunks of work: 2 for the mma.sync kernel, 11
- * for the warpgroup one, whose blocks fill deeper pipelines and return 32 or 64 rows x 256 columns of
- * fp32 (both fit to `gptq bench --sweep` on an H200); ties go to fewer splits.
+ * block's start-up and its partial sums' round trip in chunks of work: 2 for the mma.sync kernel; 11
+ * for the warpgroup one, whose blocks fill deeper pipelines, and 20 for its 128-row blocks, whose fp32
+ * partials outweigh their share of the weights (all fit to `gptq bench --sweep` on an H200); ties go to
+ * fewer splits.
  */
 export function geometry(
   c: W4A16Config,
@@ -269,7 +273,8 @@ export function geometry(
     const cps = Math.ceil(chunks / s);
     return { cps, splits: Math.ceil(chunks / cps) };
   };
-  const fixed = c.kind === "wgmma" ? 11 : 2;
+  // warpgroup blocks return 32 KB of fp32 partials per tile at 128 rows: 8 chunks' worth of weights
+  const fixed = c.kind === "wgmma" ? Math.max(11, 4 + c.rows / 8) : 2;
   const cost = (b: { cps: number; splits: number }) =>
     Math.ceil((perSplit * b.splits) / slots) * (b.cps + fixed);
   let best = balanced(Math.min(chunks, c.splits || 1));
@@ -287,22 +292,45 @@ export function geometry(
     workspaceBytes: best.splits > 1 ? mblocks * ntiles * partialRows * 64 * 4 : 0,
     counters: mblocks * ntiles * (c.kind === "mma" ? 1 : 4),
     chunksPerSplit: best.cps,
+    cost: cost(best),
   };
 }
 
 /**
  * The block shape for M rows of a K x N layer, fit to `gptq bench --sweep` on an H200 (Llama-2 7B and
- * 70B shapes): 8-row blocks up to 8 rows; up to 16, two 8-row m-blocks (whose products take half the
- * mma) while the layer has under 2^26 weights, 16-row blocks above. Above 16 rows, where the GPU has
- * warpgroup MMA (`wgmma`: sm_90), warpgroup blocks of 32, 64 or 128 rows, which decode each weight once
- * per block; else 32-row mma.sync blocks.
+ * 70B shapes). `wgmma`: the GPU has warpgroup MMA (sm_90), whose blocks decode each weight once per 16 to
+ * 128 rows.
+ * - Up to 3 rows: 8-row mma.sync blocks of 4 warps.
+ * - 4 to 16 rows: 16-row warpgroup blocks on small layers (up to 2^25 weights, 2^26 above 8 rows).
+ *   Else up to 8 rows, 8-row blocks of 4 (up to 4 rows) or 8 warps; up to 16, two 8-row m-blocks (whose
+ *   products take half the mma) below 2^26 weights and 16-row blocks above.
+ * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (without warpgroup MMA, 32-row mma.sync
+ *   blocks). At 128 rows, three tiles per block instead of two where the split model says that fills
+ *   the GPU better without splitting K further (layers with many columns).
  */
-export function chooseConfig(M: number, K = 0, N = 0, wgmma = false): W4A16Config {
-  const small = K * N < 2 ** 26;
+export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 132): W4A16Config {
+  const weights = K * N;
   let name = "r32_w4_p2";
-  if (M <= 4) name = "r8_w4_p2";
-  else if (M <= 8) name = "r8_w4_p3";
-  else if (M <= 16) name = small ? "r8_w4_p2" : "r16_w4_p2";
-  else if (wgmma) name = M <= 32 ? "wg_r32_x4_p8" : M <= 64 ? "wg_r64_x2_p4" : "wg_r128_x2_p5";
+  if (M <= 3) name = "r8_w4_p2";
+  else if (M <= 16 && wgmma && weights <= 2 ** (M <= 8 ? 25 : 26)) name = "wg_r16_x4_p8";
+  else if (M <= 4) name = "r8_w4_p2";
+  else if (M <= 8) name = "r8_w8_p2";
+  else if (M <= 16) name = weights < 2 ** 26 ? "r8_w4_p2" : "r16_w4_p2";
+  else if (wgmma) name = M <= 32 ? "wg_r32_x4_p8" : M <= 64 ? "wg_r64_x2_p4" : wide128(M, K, N, smCount);
+  return named(name);
+}
+
+function named(name: string): W4A16Config {
   return W4A16_CONFIGS.find((c) => configName(c) === name)!;
+}
+
+/** 128-row blocks: two tiles each, or three where that costs less without more k-splits. */
+function wide128(M: number, K: number, N: number, smCount: number): string {
+  const Kpad = Math.ceil(K / 128) * 128;
+  const [two, three] = [named("wg_r128_x2_p5"), named("wg_r128_x3_p4")].map((c) => {
+    // one block per multiprocessor (their shared memory), and the bytes a stage brings in
+    const g = geometry(c, M, N, Kpad, 128, smCount, 1);
+    return { g, work: g.cost * (c.rows * 256 + tilesPerBlock(c) * 4224) };
+  });
+  return three.g.grid[2] <= two.g.grid[2] && three.work < two.work ? "wg_r128_x3_p4" : "wg_r128_x2_p5";
 }

@@ -148,7 +148,7 @@ export class W4A16Linear implements CudaLinear {
 
   configFor(M: number): W4A16Config {
     if (this.config) return this.config;
-    return chooseConfig(M, this.layout.K, this.layout.N, hasWgmma(this.dev));
+    return chooseConfig(M, this.layout.K, this.layout.N, hasWgmma(this.dev), this.dev.info.smCount);
   }
 
   /** The kernel and launch geometry for M rows. */

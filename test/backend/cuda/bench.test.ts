@@ -30,6 +30,7 @@ test("set totals sum the layers of a set and leave KxN rows out", () => {
     cublasUs: cu,
     oursUs: us,
     oursOverlapUs: 2 * us,
+    readUs: us / 2,
     speedup: cu / us,
     weightBytes: 1e6,
     gbps: 0,
@@ -40,10 +41,11 @@ test("set totals sum the layers of a set and leave KxN rows out", () => {
   const res: BenchResult = {
     device: "d",
     copyGBps: 1000,
+    launchUs: 1,
     rows: [row("llama2-7b", 1, 10, 5), row("llama2-7b", 1, 30, 5), row("64x64", 1, 1, 1)],
   };
   const lines = setTotals(res);
   assert.equal(lines.length, 3);
   // 2 MB in 10 µs = 200 GB/s = 20 % of 1000 GB/s
-  assert.equal(lines[2], "| llama2-7b | 1 | 40.0 | 10.0 | 4.00x | 200 | 20 % | 20.0 | 2.00x |");
+  assert.equal(lines[2], "| llama2-7b | 1 | 40.0 | 10.0 | 4.00x | 200 | 20 % | 5.0 | 20.0 | 2.00x |");
 });

@@ -185,8 +185,15 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       u32 qw[4];
       lds128(qw, wslot + i * 512);
 #pragma unroll
-      for (int w = 0; w < 4; w++) dequant_word(qw[w], fr[2 * w], fr[2 * w + 1]);
+      for (int w = 0; w < 4; w++) {
+        if (ACC)
+          biased_word(qw[w], fr[2 * w], fr[2 * w + 1]);
+        else
+          dequant_word(qw[w], fr[2 * w], fr[2 * w + 1]);
+      }
     };
+    // ACC: the offsets' products, 1032 * sum of a over rows k..k+7 + 72 * over k+8..k+15, per row of M
+    float corr[4];
     dequant(0, f[0]);
 #pragma unroll
     for (int i = 0; i < CHUNK; i++) {
@@ -195,6 +202,14 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
                      : "=r"(b0), "=r"(b1)
                      : "r"(slot + i * 32 + aRead));
+        if (ACC) {
+          b1 = hmul2(b1, SIXTEENTH);
+          const u32 bias[4] = {BIAS_LO, BIAS_LO, BIAS_HI, BIAS_HI};
+          if (i == 0)
+            mma0(corr, bias, b0, b1);
+          else
+            mma(corr, bias, b0, b1);
+        }
         if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
         const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
@@ -221,6 +236,14 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                      : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3])
                      : "r"(slot + mt * 16 * A_ROW + i * 32 + aRead));
+      if (ACC) {
+        a[0][2] = hmul2(a[0][2], SIXTEENTH);
+        a[0][3] = hmul2(a[0][3], SIXTEENTH);
+        if (i == 0)
+          mma0(corr, a[0], BIAS_LO, BIAS_HI);
+        else
+          mma(corr, a[0], BIAS_LO, BIAS_HI);
+      }
       if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
       const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
@@ -248,10 +271,11 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       for (int q = 0; q < 4; q++) {
         const float s0 = h2f((u16)(__byte_perm(w[2 * q], 0, sSel) & 0xffff));
         const float s1 = h2f((u16)(__byte_perm(w[2 * q + 1], 0, sSel) & 0xffff));
-        acc[0][q][0] += part[q][0] * s0;
-        acc[0][q][1] += part[q][1] * s0;
-        acc[0][q][2] += part[q][2] * s1;
-        acc[0][q][3] += part[q][3] * s1;
+        // corr: A's rows are all equal, so its outputs 0, 1 (rows 2cq, 2cq + 1) serve both columns
+        acc[0][q][0] += (part[q][0] - corr[0]) * s0;
+        acc[0][q][1] += (part[q][1] - corr[1]) * s0;
+        acc[0][q][2] += (part[q][2] - corr[0]) * s1;
+        acc[0][q][3] += (part[q][3] - corr[1]) * s1;
       }
     } else if (ACC) {
       u32 w[8];
@@ -260,11 +284,12 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
 #pragma unroll
       for (int j = 0; j < 8; j++) {
         const float s0 = h2f((u16)(w[j] & 0xffff)), s1 = h2f((u16)(w[j] >> 16));
-        acc[0][j][0] += part[j][0] * s0;
-        acc[0][j][1] += part[j][1] * s1;
+        // corr: B's columns are all equal, so its outputs 0 (row gq) and 2 (row gq + 8) serve every column
+        acc[0][j][0] += (part[j][0] - corr[0]) * s0;
+        acc[0][j][1] += (part[j][1] - corr[0]) * s1;
         if (!R8) {
-          acc[0][j][2] += part[j][2] * s0;
-          acc[0][j][3] += part[j][3] * s1;
+          acc[0][j][2] += (part[j][2] - corr[2]) * s0;
+          acc[0][j][3] += (part[j][3] - corr[2]) * s1;
         }
       }
     }
