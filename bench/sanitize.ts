@@ -8,7 +8,14 @@ import { randomLayer } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 
 const dev = CudaDevice.get();
-const configs = W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev));
+const compiled = W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev));
+// and the splits of 8- and 16-row blocks meeting in a cluster (distributed shared memory)
+const configs = [
+  ...compiled,
+  ...compiled
+    .filter((c) => c.kind === "mma" && c.rows <= 16)
+    .map((c) => ({ ...c, splits: c.rows === 8 ? 3 : 2 })),
+];
 for (const [K, N, gs] of [
   [4096, 4096, 128],
   [1024, 200, -1],

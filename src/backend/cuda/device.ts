@@ -8,6 +8,7 @@ import {
   ATTR,
   FUNC_ATTR,
   Handle,
+  LAUNCH_ATTR_CLUSTER_DIMENSION,
   LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION,
   LaunchAttribute,
   cu,
@@ -50,6 +51,8 @@ export interface Kernel {
   fn: Handle;
   name: string;
   maxDynamicShared: number;
+  /** clusters of more than 8 blocks allowed (set on first such launch) */
+  nonPortableClusters?: boolean;
 }
 
 /** Blocks are rounded up to these steps so that freed blocks get reused by similar requests. */
@@ -255,7 +258,8 @@ export class CudaDevice {
 
   /**
    * Launches `k` on the stream. `overlap`: programmatic dependent launch, so the kernel's blocks may start
-   * (and run up to their `griddepcontrol.wait`) while the previous kernel finishes.
+   * (and run up to their `griddepcontrol.wait`) while the previous kernel finishes. `cluster`: blocks
+   * per thread block cluster along z (the grid's z must be a multiple).
    */
   launch(
     k: Kernel,
@@ -263,7 +267,7 @@ export class CudaDevice {
     block: number,
     shared: number,
     args: KernelArg[],
-    overlap = false,
+    opts: { overlap?: boolean; cluster?: number } = {},
   ): void {
     this.allowShared(k, shared);
     const params = args.map((a) =>
@@ -275,10 +279,18 @@ export class CudaDevice {
             ? a.bytes
             : new Float32Array([a.f32]),
     );
-    if (!overlap) {
+    const cluster = opts.cluster ?? 1;
+    if (!opts.overlap && cluster === 1) {
       cu("cuLaunchKernel", k.fn, grid[0], grid[1], grid[2], block, 1, 1, shared, this.stream, params, null);
       return;
     }
+    if (grid[2] % cluster !== 0)
+      throw new GptqError(`${k.name}: a grid of ${grid[2]} along z is not made of clusters of ${cluster}`);
+    if (cluster > 8 && !k.nonPortableClusters) {
+      cu("cuFuncSetAttribute", k.fn, FUNC_ATTR.NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1);
+      k.nonPortableClusters = true;
+    }
+    const { attrs, count } = launchAttributes(!!opts.overlap, cluster);
     const config = {
       gridDimX: grid[0],
       gridDimY: grid[1],
@@ -288,8 +300,8 @@ export class CudaDevice {
       blockDimZ: 1,
       sharedMemBytes: shared,
       hStream: this.stream,
-      attrs: programmaticAttribute(),
-      numAttrs: 1,
+      attrs,
+      numAttrs: count,
     };
     cu("cuLaunchKernelEx", config, k.fn, params, null);
   }
@@ -330,20 +342,30 @@ export class CudaDevice {
   }
 }
 
-let overlapAttr: unknown;
-/** The one launch attribute `launch(..., overlap)` passes, allocated once. */
-export function programmaticAttribute(): unknown {
-  if (!overlapAttr) {
-    overlapAttr = koffi.alloc(LaunchAttribute, 1);
-    const value = new Array(64).fill(0);
-    value[0] = 1; // programmaticStreamSerializationAllowed
-    koffi.encode(overlapAttr, LaunchAttribute, {
-      id: LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION,
-      pad: [0, 0, 0, 0],
-      value,
+const attributeSets = new Map<string, { attrs: unknown; count: number }>();
+/** The launch attributes `launch` passes (programmatic serialization, cluster shape), allocated once each. */
+export function launchAttributes(overlap: boolean, cluster: number): { attrs: unknown; count: number } {
+  const key = `${overlap}:${cluster}`;
+  let set = attributeSets.get(key);
+  if (!set) {
+    const list: { id: number; value: number[] }[] = [];
+    if (overlap) list.push({ id: LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION, value: [1, 0, 0, 0] });
+    // clusterDim {x, y, z}: three unsigned ints
+    if (cluster > 1)
+      list.push({ id: LAUNCH_ATTR_CLUSTER_DIMENSION, value: [1, 0, 0, 0, 1, 0, 0, 0, cluster, 0, 0, 0] });
+    const attrs = list.length ? koffi.alloc(LaunchAttribute, list.length) : null;
+    list.forEach((a, i) => {
+      const value = new Array(64).fill(0);
+      a.value.forEach((b, j) => (value[j] = b));
+      koffi.encode(attrs, i * koffi.sizeof(LaunchAttribute), LaunchAttribute, {
+        id: a.id,
+        pad: [0, 0, 0, 0],
+        value,
+      });
     });
+    attributeSets.set(key, (set = { attrs, count: list.length }));
   }
-  return overlapAttr;
+  return set;
 }
 
 export class Graph {

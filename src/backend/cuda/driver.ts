@@ -43,6 +43,7 @@ export const LaunchConfig = koffi.struct("CUlaunchConfig", {
   attrs: "void*",
   numAttrs: "uint",
 });
+export const LAUNCH_ATTR_CLUSTER_DIMENSION = 4;
 export const LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 
 const SIGNATURES = [
@@ -169,7 +170,11 @@ export const ATTR = {
 } as const;
 
 /** CUfunction_attribute numbers. */
-export const FUNC_ATTR = { NUM_REGS: 4, MAX_DYNAMIC_SHARED_SIZE_BYTES: 8 } as const;
+export const FUNC_ATTR = {
+  NUM_REGS: 4,
+  MAX_DYNAMIC_SHARED_SIZE_BYTES: 8,
+  NON_PORTABLE_CLUSTER_SIZE_ALLOWED: 14,
+} as const;
 
 export { koffi };
 

@@ -229,6 +229,20 @@ export interface W4A16Launch {
   chunksPerSplit: number;
   /** the split model's cost: waves x (chunks per split + a block's fixed cost), in chunks of work */
   cost: number;
+  /**
+   * blocks per thread block cluster along the splits: the splits of a tile then add their partial
+   * sums in distributed shared memory instead of the workspace (1: no cluster)
+   */
+  cluster: number;
+}
+
+/**
+ * Most splits one cluster reduces (mma.sync blocks of 8 rows; 2 for 16 rows, whose partials take twice
+ * the registers): the first block loads every other block's partials at once. Larger clusters lost to
+ * the workspace on the H200 (their blocks wait to be placed together, and their sums to be gathered).
+ */
+export function maxCluster(c: W4A16Config): number {
+  return c.kind === "mma" ? (c.rows === 8 ? 4 : c.rows === 16 ? 2 : 1) : 1;
 }
 
 /**
@@ -243,7 +257,7 @@ export function sharedBytes(c: W4A16Config, groupSize: number): number {
   if (c.kind === "wgmma")
     return 1024 + c.stages * (Math.ceil((c.rows * 256 + tiles * (4096 + sg * 128)) / 1024) * 1024 + 16);
   const ring = c.rows <= 32 ? 4 : 3;
-  return ring * (c.rows * 272 + tiles * sg * 128 + 16) + tiles * c.stages * (4096 + 8);
+  return ring * (c.rows * 272 + tiles * sg * 128 + 16) + tiles * (c.stages * (4096 + 8) + 16);
 }
 
 /**
@@ -285,14 +299,18 @@ export function geometry(
     }
   // fp32 partials: a tile's outputs (mma: 8-row blocks keep 16 rows' worth); a counter per warp of a tile
   const partialRows = c.kind === "mma" ? Math.max(16, c.rows) : c.rows;
+  // a few splits of mma.sync blocks meet in one cluster, more in the workspace
+  const cluster = best.splits > 1 && best.splits <= maxCluster(c) ? best.splits : 1;
+  const viaWorkspace = best.splits > 1 && cluster === 1;
   return {
     grid: [mblocks, Math.ceil(ntiles / perBlock), best.splits],
     block: blockThreads(c),
     sharedBytes: sharedBytes(c, groupSize),
-    workspaceBytes: best.splits > 1 ? mblocks * ntiles * partialRows * 64 * 4 : 0,
-    counters: mblocks * ntiles * (c.kind === "mma" ? 1 : 4),
+    workspaceBytes: viaWorkspace ? mblocks * ntiles * partialRows * 64 * 4 : 0,
+    counters: viaWorkspace ? mblocks * ntiles * (c.kind === "mma" ? 1 : 4) : 0,
     chunksPerSplit: best.cps,
     cost: cost(best),
+    cluster,
   };
 }
 

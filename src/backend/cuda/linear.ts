@@ -188,11 +188,11 @@ export class W4A16Linear implements CudaLinear {
     const { kernel: k, launch: g, config } = this.plan(M);
     // zeroed once; every launch leaves it zero again
     const ws = g.workspaceBytes > 0 ? s.ws.get(g.workspaceBytes, true) : null;
-    const counters = s.counters.get(g.counters * 4, true);
+    const counters = g.counters > 0 ? s.counters.get(g.counters * 4, true) : null;
     const tail: KernelArg[] = [
       ptr(this.bias ? this.bias.ptr : 0),
       ptr(ws ? ws.ptr : 0),
-      ptr(counters),
+      ptr(counters ? counters.ptr : 0),
       i32(M),
       i32(N),
     ];
@@ -209,7 +209,10 @@ export class W4A16Linear implements CudaLinear {
             ...split,
           ]
         : [ptr(this.B), ptr(this.S), ptr(act), ptr(out), ...tail, i32(K), ...split];
-    this.dev.launch(k, g.grid, g.block, g.sharedBytes, args, this.overlap);
+    this.dev.launch(k, g.grid, g.block, g.sharedBytes, args, {
+      overlap: this.overlap,
+      cluster: g.cluster,
+    });
   }
 
   dispose(): void {

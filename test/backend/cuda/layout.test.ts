@@ -6,6 +6,7 @@ import { QuantizedLinear } from "../../../src/formats/types.js";
 import {
   W4A16_CONFIGS,
   chooseConfig,
+  maxCluster,
   configName,
   geometry,
   kernelName,
@@ -23,7 +24,7 @@ import { GPTQ_TS_DEQUANT, GPTQ_TS_W4A16 } from "../../../src/kernels/gptq-ts.js"
 import { halfToFloat } from "../../../src/tensor/dtype.js";
 import { readFileSync } from "node:fs";
 import { LaunchAttribute, LaunchConfig, koffi } from "../../../src/backend/cuda/driver.js";
-import { CudaDevice, programmaticAttribute } from "../../../src/backend/cuda/device.js";
+import { CudaDevice, launchAttributes } from "../../../src/backend/cuda/device.js";
 import { hasWgmma, w4a16DeviceUnsupported } from "../../../src/backend/cuda/linear.js";
 import { fileURLToPath } from "node:url";
 
@@ -397,7 +398,12 @@ test("launch geometry covers every chunk of K, and the configurations match the 
         assert.ok(g.grid[1] * tilesPerBlock(c) * 64 >= N);
         assert.ok(g.sharedBytes <= 227 * 1024);
         if (splits) assert.equal(g.grid[2], Math.min(splits, chunks, g.grid[2]));
-        assert.equal(g.workspaceBytes > 0, g.grid[2] > 1);
+        // the splits of a tile meet in one cluster (mma.sync, up to 16 rows) or in the workspace
+        assert.equal(g.grid[2] % g.cluster, 0);
+        assert.equal(g.cluster > 1, g.grid[2] > 1 && g.grid[2] <= maxCluster(c));
+        if (g.cluster > 1) assert.equal(g.cluster, g.grid[2]);
+        assert.equal(g.workspaceBytes > 0, g.grid[2] > 1 && g.cluster === 1);
+        assert.equal(g.counters > 0, g.workspaceBytes > 0);
       }
     }
   }
@@ -434,8 +440,13 @@ test("cuLaunchKernelEx's config and attribute have cuda.h's layout", () => {
   assert.equal(koffi.offsetof(LaunchConfig, "hStream"), 32);
   assert.equal(koffi.offsetof(LaunchConfig, "attrs"), 40);
   assert.equal(koffi.offsetof(LaunchConfig, "numAttrs"), 48);
-  const bytes = new Uint8Array(koffi.view(programmaticAttribute(), 72));
-  assert.deepEqual([bytes[0], bytes[8]], [6, 1]); // the attribute id, then its value's first int
+  // programmatic serialization (id 6, value 1), then a cluster of 1 x 1 x 12 (id 4, three unsigned ints)
+  const { attrs, count } = launchAttributes(true, 12);
+  assert.equal(count, 2);
+  const v = new Uint32Array(koffi.view(attrs, 144));
+  assert.deepEqual([v[0], v[2]], [6, 1]);
+  assert.deepEqual([v[18], v[20], v[21], v[22]], [4, 1, 1, 12]);
+  assert.equal(launchAttributes(false, 1).count, 0);
 });
 
 test("Marlin tables are permutations", () => {

@@ -84,6 +84,10 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   const u32 full = base + RING * SLOT + W * P * 4096;       // RING barriers: a slot's data landed
   const u32 empty = full + RING * 8;                         // RING barriers: every warp is done with it
   const u32 wbars = empty + RING * 8 + warp * P * 8;         // this warp's weight slots landed
+  // split-k in a cluster: per warp, its tile's partials gathered (leader) and read (the others)
+  const u32 gathered = empty + RING * 8 + W * P * 8 + warp * 16, released = gathered + 8;
+  // (up to 16 rows: their partials fit the warp's weight slots; the launcher forms clusters only then)
+  const u32 csize = MT == 1 && splits > 1 ? cluster_size() : 1;
   u64 policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
 
@@ -99,10 +103,16 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       mbar_init(empty + s * 8, tilesHere);
     }
   }
-  if (lane == 0)
+  if (lane == 0) {
     for (int s = 0; s < P; s++) mbar_init(wbars + s * 8, 1);
+    if (csize > 1) {
+      mbar_init(gathered, 32 * (csize - 1));
+      mbar_init(released, 32);
+    }
+  }
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   __syncthreads();
+  if (csize > 1) cluster_arrive();  // this block's barriers are ready for the others
   if (!active) return;
 
   // warp 0 fills the shared ring: per chunk, each staged row's 256 bytes of activations (row-major,
@@ -345,6 +355,48 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     }
   };
   if (splits == 1) {
+    store(acc);
+    return;
+  }
+  if (csize > 1) {
+    // the splits of this tile are one cluster: each leaves its partials in this warp's weight slots
+    // (float4 q of lane l at 16 (32 q + l)); the first block adds the others' through distributed
+    // shared memory and stores, then lets them go
+    constexpr int Q = T ? 4 : 8;
+    constexpr int REMOTE = T ? 3 : 1;  // blocks besides the leader: clusters of up to 4 (8 rows) or 2
+    const u32 mine = wring + lane * 16;
+#pragma unroll
+    for (int q = 0; q < Q; q++) {
+      float(&v)[4] = acc[q >> 3][q & 7];
+      st_shared4(mine + q * 512, v[0], v[1], v[2], v[3]);
+    }
+    cluster_wait();  // every block of the cluster has its barriers set up
+    if (cluster_rank() != 0) {
+      mbar_arrive_cluster(cluster_map(gathered, 0));
+      mbar_wait(released, 0);
+      return;
+    }
+    mbar_wait_cluster(gathered, 0);
+    // every remote load in flight at once, then the sums, then the others may leave
+    float4 o[REMOTE][Q];
+#pragma unroll
+    for (int r = 0; r < REMOTE; r++)
+      if (r + 1 < (int)csize)
+#pragma unroll
+        for (int q = 0; q < Q; q++) o[r][q] = ld_cluster4(cluster_map(mine + q * 512, r + 1));
+#pragma unroll
+    for (int r = 0; r < REMOTE; r++)
+      if (r + 1 < (int)csize) {
+#pragma unroll
+        for (int q = 0; q < Q; q++) {
+          float(&v)[4] = acc[q >> 3][q & 7];
+          v[0] += o[r][q].x;
+          v[1] += o[r][q].y;
+          v[2] += o[r][q].z;
+          v[3] += o[r][q].w;
+        }
+        mbar_arrive_cluster(cluster_map(released, r + 1));
+      }
     store(acc);
     return;
   }
