@@ -10,7 +10,9 @@ const usage = `usage: gptq bench [--shapes llama2-7b,llama2-70b,KxN,...] [--batc
 
 Checks our W4A16 kernel and cuBLAS fp16 against a float32 reference on random data, then times both
 with CUDA events (graph replays of 50 launches, weights rotated beyond the L2, median of 7) and prints
-µs, speedup over fp16, effective weight bandwidth and its share of the measured copy bandwidth.
+µs, speedup over fp16, effective weight bandwidth and its share of the measured copy bandwidth, the
+floor (a kernel that only reads the same bytes, launched the same way) and ours with programmatic
+dependent launch.
   --shapes  sets (llama2-7b, llama2-70b) and/or KxN (K = in_features); default llama2-7b
   --batch   rows of activations (M); default 1,2,4,8,16,32,64,128
   --group   group size (-1 = per channel); default 128

@@ -13,13 +13,16 @@
 // activations it stages in shared memory serve all its warps. It walks the k-range in chunks of 128
 // rows: the block's activations and scales go through a shared ring that warp 0 fills with bulk copies
 // while every warp waits only for the data and says when it is done with a slot; each warp's weights
-// come through its own ring of P chunks, one bulk copy per chunk. No block-wide barrier. Splits of one
-// tile add their fp32 partial sums into a workspace (so their order, and the last bit, may vary).
+// come through its own ring of P chunks, one bulk copy per chunk. No block-wide barrier. The splits of
+// one tile add their fp32 partial sums in distributed shared memory when they form one cluster (up to 4
+// splits of 8 rows, 2 of 16), else in a workspace (so their order, and the last bit, may vary).
 //
-// Decode (one m-tile, one group per chunk): the dequantized codes carry no scale; the mma sums a chunk
-// into fp32 partials and the scales multiply those once per chunk: 9 instructions per 8 weights. Up to
-// 8 rows, the weights are the mma's A operand and the activations its B (8 rows), so one mma covers 16
-// columns (256 weights). Larger M, or groups of 32/64, scale the fragments instead (registers).
+// Decode (one m-tile, one group per chunk): the codes go into the fp16 mantissa with their offsets left
+// in (1024 + q, 1024 + 16q: 5 instructions per 8 weights); the activations of the high-nibble rows are
+// divided by 16, and one more mma with constant operands gives the offsets' share, subtracted from the
+// fp32 partials once per chunk, when the scales multiply them. Up to 8 rows, the weights are the mma's A
+// operand and the activations its B (8 rows), so one mma covers 16 columns (256 weights). Larger M, or
+// groups of 32/64, dequantize exactly (9 instructions) and scale the fragments (registers).
 // Napkin math, Llama-2-7B layers at M = 1: 0.52 bytes per weight (codes + group-128 scales) against
 // 2 for fp16, so 3.9x less traffic than cuBLAS's fp16 GEMV at equal bandwidth.
 #include "w4a16.cuh"
