@@ -313,7 +313,7 @@ export function runBench(opts: BenchOptions): BenchResult {
         const chosen = ours.configFor(M);
         const tries = [
           ...W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev)),
-          ...[1, 2, 4, 8, 16, 32]
+          ...[1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
             .filter((s) => s <= Math.ceil(K / 128))
             .map((s) => ({ ...chosen, splits: s })),
         ];
