@@ -61,11 +61,25 @@ test("act-order layers are stored with rows sorted by group", () => {
   }
 });
 
+/** A kernel source file (the tests run from dist/, the sources sit in src/). */
+const source = (name: string) =>
+  readFileSync(fileURLToPath(new URL(`../../../src/backend/cuda/kernels/${name}`, import.meta.url)), "utf8");
+
+/**
+ * The ACC decode's offsets (w4a16.cuh biased_word): rows k..k+7 of a k-tile carry 1024 + q, rows
+ * k+8..k+15 carry 1024 + 16q against activations divided by 16; the constant operands 1032 and 1152 give
+ * the offsets' share, which the kernel subtracts from each chunk's partial sums.
+ */
+const biased = (row: number, q: number) => (row % 16 < 8 ? 1024 + q : 1024 + 16 * q);
+const biasedAct = (row: number) => (row % 16 < 8 ? 1 : 1 / 16);
+const offsetOperand = (row: number) => (row % 16 < 8 ? 1032 : 1152);
+
 /**
  * The kernel's arithmetic, lane by lane: B fragments from the layout, mma by the PTX fragment tables,
- * scales read where each path reads them. `acc`: the decode path, unscaled codes summed per 128-row chunk
- * and the chunk's partial sums scaled by the scales of accumulator columns 8j + 2c + e. Else every
- * fragment is scaled by the scale of its B column 8j + g.
+ * scales read where each path reads them. `acc`: the decode path, codes with their offsets left in
+ * summed per 128-row chunk, the offsets' product (one more mma per k-tile) subtracted, and the chunk's
+ * partial sums scaled by the scales of accumulator columns 8j + 2c + e. Else every fragment is
+ * dequantized exactly and scaled by the scale of its B column 8j + g.
  */
 function emulate(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number, acc: boolean): Float64Array {
   const { K, Kpad, N, ntiles, B, S, groupSize } = lay;
@@ -100,10 +114,20 @@ function emulate(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number, 
                 [2 * c + 9, nib(word, b1hi)],
               ];
               for (const [r, q] of vals)
-                for (let m = 0; m < M; m++) part[m * 64 + j * 8 + gg] += act(m, kt * 16 + r) * (q - 8) * s;
+                for (let m = 0; m < M; m++)
+                  part[m * 64 + j * 8 + gg] += acc
+                    ? act(m, kt * 16 + r) * biasedAct(r) * biased(r, q)
+                    : act(m, kt * 16 + r) * (q - 8) * s;
             }
           }
         }
+        // the offsets' mma: activations (A, the high rows / 16) x constant B, every column alike
+        if (acc)
+          for (let m = 0; m < M; m++) {
+            let corr = 0;
+            for (let r = 0; r < 16; r++) corr += act(m, kt * 16 + r) * biasedAct(r) * offsetOperand(r);
+            for (let col = 0; col < 64; col++) part[m * 64 + col] -= corr;
+          }
       }
       // accumulator side: lane (g, c) holds columns 8j + 2c + e of the chunk's partial sums
       const g = Math.floor((chunk * 128) / groupSize);
@@ -117,6 +141,24 @@ function emulate(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number, 
   for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) out[m * N + n] = C[m * Npad + n];
   return out;
 }
+
+test("the offset constants of the kernel's decode are the ones emulated here", () => {
+  const cuh = source("w4a16.cuh");
+  const half2 = (name: string) => {
+    const m = new RegExp(`${name} = 0x([0-9a-f]{8})`).exec(cuh);
+    assert.ok(m, `${name} in w4a16.cuh`);
+    const v = parseInt(m[1], 16);
+    assert.equal(v >>> 16, v & 0xffff, `${name}: both halves alike`);
+    return halfToFloat(v & 0xffff);
+  };
+  assert.equal(half2("BIAS_LO"), offsetOperand(0));
+  assert.equal(half2("BIAS_HI"), offsetOperand(8));
+  assert.equal(half2("SIXTEENTH"), biasedAct(8));
+  // and the algebra: each offset cancels, low and high rows alike
+  for (const q of [0, 7, 8, 15])
+    for (const row of [0, 8])
+      assert.equal(biased(row, q) * biasedAct(row) - offsetOperand(row) * biasedAct(row), q - 8);
+});
 
 test("the kernel's fragment mapping computes A x W on both scale paths (emulated on the CPU)", () => {
   const M = 3;
@@ -155,13 +197,15 @@ test("the kernel's fragment mapping computes A x W on both scale paths (emulated
  * The 8-row blocks' orientation: per 16 columns (word w of each lane) the weights are the mma's A
  * operand, assembled here from all 32 lanes by the PTX table for m16n8k16 (reg 0: row g, k 2c..2c+1;
  * reg 1: row g+8; reg 2: row g, k 2c+8..; reg 3: row g+8, k 2c+8..), rows 0-7 and 8-15 being columns
- * 16w + g and 16w + g + 8; the chunk's partial sums are scaled by each lane's column-g scales.
+ * 16w + g and 16w + g + 8, with their offsets left in against activations whose k 8..15 are / 16; the
+ * offsets' mma (constant A) is subtracted, and the chunk's partial sums are scaled by each lane's
+ * column-g scales.
  */
 function emulateTransposed(lay: ReturnType<typeof packW4A16>, a: Float32Array, M: number): Float64Array {
   const { K, Kpad, N, ntiles, B, S, groupSize } = lay;
   const ktiles = Kpad / 16;
   const out = new Float64Array(M * N);
-  const nib = (v: number, i: number) => ((v >>> (4 * i)) & 15) - 8;
+  const nib = (v: number, i: number) => (v >>> (4 * i)) & 15;
   const act = (m: number, k: number) => (k < K ? a[m * K + k] : 0);
   for (let t = 0; t < ntiles; t++)
     for (let chunk = 0; chunk < ktiles / 8; chunk++) {
@@ -184,13 +228,20 @@ function emulateTransposed(lay: ReturnType<typeof packW4A16>, a: Float32Array, M
             regs.forEach(([lo, hi], r) => {
               const row = gg + (r & 1) * 8;
               const k = 2 * c + (r >> 1) * 8;
-              A[row][k] = nib(word, lo);
-              A[row][k + 1] = nib(word, hi);
+              A[row][k] = biased(k, nib(word, lo));
+              A[row][k + 1] = biased(k + 1, nib(word, hi));
             });
           }
           for (let row = 0; row < 16; row++)
             for (let m = 0; m < M; m++)
-              for (let k = 0; k < 16; k++) part[row * M + m] += A[row][k] * act(m, kt * 16 + k);
+              for (let k = 0; k < 16; k++)
+                part[row * M + m] += A[row][k] * act(m, kt * 16 + k) * biasedAct(k);
+          // the offsets' mma: constant A (1032 for k 0-7, 1152 for k 8-15), the same B
+          for (let m = 0; m < M; m++) {
+            let corr = 0;
+            for (let k = 0; k < 16; k++) corr += offsetOperand(k) * act(m, kt * 16 + k) * biasedAct(k);
+            for (let row = 0; row < 16; row++) part[row * M + m] -= corr;
+          }
         }
         for (let row = 0; row < 16; row++) {
           const gg = row & 7;
@@ -366,11 +417,6 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
 });
 
 test("launch geometry covers every chunk of K, and the configurations match the compiled kernels", () => {
-  const source = (name: string) =>
-    readFileSync(
-      fileURLToPath(new URL(`../../../src/backend/cuda/kernels/${name}`, import.meta.url)),
-      "utf8",
-    );
   const compiled = [
     ...[...source("w4a16.cu").matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+), (\d+)\)/gm)].map(
       (m) => `r${m[5]}_w${m[1]}_p${m[4]}`,
