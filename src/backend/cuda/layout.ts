@@ -321,7 +321,7 @@ export function geometry(
  * - Up to 3 rows: 8-row mma.sync blocks of 4 warps.
  * - 4 to 16 rows: 16-row warpgroup blocks on small layers (up to 2^25 weights, 2^26 above 8 rows).
  *   Else up to 8 rows, 8-row blocks of 4 (up to 4 rows) or 8 warps; up to 16, two 8-row m-blocks (whose
- *   products take half the mma) below 2^26 weights and 16-row blocks above.
+ *   products take half the mma) below 2^26 weights, 16-row blocks of 8 warps below 2^27 and of 4 above.
  * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (without warpgroup MMA, 32-row mma.sync
  *   blocks). At 128 rows, three tiles per block instead of two where the split model says that fills
  *   the GPU better without splitting K further (layers with many columns).
@@ -333,7 +333,7 @@ export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 1
   else if (M <= 16 && wgmma && weights <= 2 ** (M <= 8 ? 25 : 26)) name = "wg_r16_x4_p8";
   else if (M <= 4) name = "r8_w4_p2";
   else if (M <= 8) name = "r8_w8_p2";
-  else if (M <= 16) name = weights < 2 ** 26 ? "r8_w4_p2" : "r16_w4_p2";
+  else if (M <= 16) name = weights < 2 ** 26 ? "r8_w4_p2" : weights < 2 ** 27 ? "r16_w8_p2" : "r16_w4_p2";
   else if (wgmma) name = M <= 32 ? "wg_r32_x4_p8" : M <= 64 ? "wg_r64_x2_p4" : wide128(M, K, N, smCount);
   return named(name);
 }
