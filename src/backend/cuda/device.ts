@@ -51,8 +51,6 @@ export interface Kernel {
   fn: Handle;
   name: string;
   maxDynamicShared: number;
-  /** clusters of more than 8 blocks allowed (set on first such launch) */
-  nonPortableClusters?: boolean;
 }
 
 /** Blocks are rounded up to these steps so that freed blocks get reused by similar requests. */
@@ -259,7 +257,7 @@ export class CudaDevice {
   /**
    * Launches `k` on the stream. `overlap`: programmatic dependent launch, so the kernel's blocks may start
    * (and run up to their `griddepcontrol.wait`) while the previous kernel finishes. `cluster`: blocks
-   * per thread block cluster along z (the grid's z must be a multiple).
+   * per thread block cluster along z (the grid's z must be a multiple; up to 8, the portable size).
    */
   launch(
     k: Kernel,
@@ -284,12 +282,8 @@ export class CudaDevice {
       cu("cuLaunchKernel", k.fn, grid[0], grid[1], grid[2], block, 1, 1, shared, this.stream, params, null);
       return;
     }
-    if (grid[2] % cluster !== 0)
-      throw new GptqError(`${k.name}: a grid of ${grid[2]} along z is not made of clusters of ${cluster}`);
-    if (cluster > 8 && !k.nonPortableClusters) {
-      cu("cuFuncSetAttribute", k.fn, FUNC_ATTR.NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1);
-      k.nonPortableClusters = true;
-    }
+    if (grid[2] % cluster !== 0 || cluster > 8)
+      throw new GptqError(`${k.name}: a grid of ${grid[2]} along z cannot be made of clusters of ${cluster}`);
     const { attrs, count } = launchAttributes(!!opts.overlap, cluster);
     const config = {
       gridDimX: grid[0],

@@ -170,11 +170,7 @@ export const ATTR = {
 } as const;
 
 /** CUfunction_attribute numbers. */
-export const FUNC_ATTR = {
-  NUM_REGS: 4,
-  MAX_DYNAMIC_SHARED_SIZE_BYTES: 8,
-  NON_PORTABLE_CLUSTER_SIZE_ALLOWED: 14,
-} as const;
+export const FUNC_ATTR = { NUM_REGS: 4, MAX_DYNAMIC_SHARED_SIZE_BYTES: 8 } as const;
 
 export { koffi };
 

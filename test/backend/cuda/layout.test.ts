@@ -486,12 +486,12 @@ test("cuLaunchKernelEx's config and attribute have cuda.h's layout", () => {
   assert.equal(koffi.offsetof(LaunchConfig, "hStream"), 32);
   assert.equal(koffi.offsetof(LaunchConfig, "attrs"), 40);
   assert.equal(koffi.offsetof(LaunchConfig, "numAttrs"), 48);
-  // programmatic serialization (id 6, value 1), then a cluster of 1 x 1 x 12 (id 4, three unsigned ints)
-  const { attrs, count } = launchAttributes(true, 12);
+  // programmatic serialization (id 6, value 1), then a cluster of 1 x 1 x 4 (id 4, three unsigned ints)
+  const { attrs, count } = launchAttributes(true, 4);
   assert.equal(count, 2);
   const v = new Uint32Array(koffi.view(attrs, 144));
   assert.deepEqual([v[0], v[2]], [6, 1]);
-  assert.deepEqual([v[18], v[20], v[21], v[22]], [4, 1, 1, 12]);
+  assert.deepEqual([v[18], v[20], v[21], v[22]], [4, 1, 1, 4]);
   assert.equal(launchAttributes(false, 1).count, 0);
 });
 
