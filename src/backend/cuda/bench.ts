@@ -161,7 +161,7 @@ function streamRead(dev: CudaDevice, buf: DeviceBuffer, sink: DeviceBuffer): voi
 }
 
 /** Median µs per launch of `launch(i)` captured 50 times in a graph (i = launch index). */
-function timeGraph(dev: CudaDevice, launch: (i: number) => void): number {
+export function timeGraph(dev: CudaDevice, launch: (i: number) => void): number {
   launch(0); // outside the capture: scratch buffers grow here, never while capturing
   dev.synchronize();
   const graph = dev.capture(() => {

@@ -150,6 +150,11 @@ export interface W4A16Config {
   rows: 8 | 16 | 32 | 64 | 128;
   /** warps per block on tiles (wgmma: plus one producer warp) */
   warps: 4 | 8 | 12 | 16;
+  /**
+   * mma: k-slices, warps per tile (default 1). A block's warps then take warps / kslices tiles, and the
+   * slices of a tile walk alternate chunks and add their partials in shared memory before any split-k.
+   */
+  kslices?: 2 | 4 | 8;
   /** chunks (128 rows of K) in flight: in each warp's weight ring (mma), or whole stages (wgmma) */
   stages: number;
   /** k-splits; 0 or absent: chosen by `geometry` */
@@ -161,9 +166,14 @@ export const W4A16_CONFIGS: W4A16Config[] = [
   { kind: "mma", rows: 8, warps: 4, stages: 2 },
   { kind: "mma", rows: 8, warps: 4, stages: 3 },
   { kind: "mma", rows: 8, warps: 8, stages: 2 },
+  { kind: "mma", rows: 8, warps: 4, kslices: 2, stages: 2 },
+  { kind: "mma", rows: 8, warps: 8, kslices: 2, stages: 2 },
+  { kind: "mma", rows: 8, warps: 8, kslices: 4, stages: 2 },
+  { kind: "mma", rows: 8, warps: 8, kslices: 8, stages: 2 },
   { kind: "mma", rows: 16, warps: 4, stages: 2 },
   { kind: "mma", rows: 16, warps: 4, stages: 3 },
   { kind: "mma", rows: 16, warps: 8, stages: 2 },
+  { kind: "mma", rows: 16, warps: 8, kslices: 2, stages: 2 },
   { kind: "mma", rows: 32, warps: 4, stages: 2 },
   { kind: "mma", rows: 32, warps: 4, stages: 3 },
   { kind: "mma", rows: 64, warps: 4, stages: 2 },
@@ -175,9 +185,9 @@ export const W4A16_CONFIGS: W4A16Config[] = [
   { kind: "wgmma", rows: 128, warps: 12, stages: 4 },
 ];
 
-/** 64-column tiles one block covers: a warp each (mma) or a warpgroup each (wgmma). */
+/** 64-column tiles one block covers: a warp per k-slice each (mma) or a warpgroup each (wgmma). */
 export function tilesPerBlock(c: W4A16Config): number {
-  return c.kind === "mma" ? c.warps : c.warps / 4;
+  return c.kind === "mma" ? c.warps / (c.kslices ?? 1) : c.warps / 4;
 }
 
 /** Threads per block: the tile warps, and for wgmma the warp that issues the copies. */
@@ -195,10 +205,15 @@ export function scaleVariant(groupSize: number): "g" | "g64" | "g32" {
   return groupSize === 32 ? "g32" : groupSize === 64 ? "g64" : "g";
 }
 
-/** "r8_w4_p2" (mma) or "wg_r64_x4_p6" (wgmma, x = warpgroups), with "_sN" for fixed k-splits. */
+/**
+ * "r8_w4_p2" or "r8_w8_k4_p2" (mma, k = k-slices) or "wg_r64_x4_p6" (wgmma, x = warpgroups), with "_sN"
+ * for fixed k-splits.
+ */
 export function configName(c: W4A16Config): string {
   const shape =
-    c.kind === "mma" ? `r${c.rows}_w${c.warps}_p${c.stages}` : `wg_r${c.rows}_x${c.warps / 4}_p${c.stages}`;
+    c.kind === "mma"
+      ? `r${c.rows}_w${c.warps}${c.kslices ? `_k${c.kslices}` : ""}_p${c.stages}`
+      : `wg_r${c.rows}_x${c.warps / 4}_p${c.stages}`;
   return `${shape}${c.splits ? `_s${c.splits}` : ""}`;
 }
 
@@ -209,7 +224,7 @@ export function kernelName(c: W4A16Config, groupSize: number): string {
 
 /** "r16_w4_p3", "wg_r64_x4_p6" or either with "_s8" (fixed k-splits), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
 export function parseConfig(name: string): W4A16Config {
-  const m = /^(?:w4a16_)?((?:wg_)?r\d+_[wx]\d+_p\d+)(?:_s(\d+))?$/.exec(name);
+  const m = /^(?:w4a16_)?((?:wg_)?r\d+_[wx]\d+(?:_k\d+)?_p\d+)(?:_s(\d+))?$/.exec(name);
   const c = m && W4A16_CONFIGS.find((x) => configName(x) === m[1]);
   if (!c)
     throw new GptqError(
@@ -246,18 +261,22 @@ export function maxCluster(c: W4A16Config): number {
 }
 
 /**
- * Shared memory of one block. w4a16.cu: the ring of activation rows (272 bytes each) and scales, each
- * warp's weight ring, and their mbarriers. w4a16_wgmma.cu: per stage, rounded to 1024 bytes (the
- * swizzle's period), the activations (256 bytes a row), every tile's 4 KB of weights and its scales;
- * two mbarriers per stage, and 1024 bytes to align the start.
+ * Shared memory of one block for M rows (default: a full block). w4a16.cu: the ring of activation rows
+ * (272 bytes each, as many rows as M has up to the block's, per k-slice) and scales, each warp's weight
+ * ring, and their mbarriers. w4a16_wgmma.cu: per stage, rounded to 1024 bytes (the swizzle's period),
+ * the activations (256 bytes a row), every tile's 4 KB of weights and its scales; two mbarriers per
+ * stage, and 1024 bytes to align the start.
  */
-export function sharedBytes(c: W4A16Config, groupSize: number): number {
+export function sharedBytes(c: W4A16Config, groupSize: number, M: number = c.rows): number {
   const sg = { g: 1, g64: 2, g32: 4 }[scaleVariant(groupSize)];
   const tiles = tilesPerBlock(c);
   if (c.kind === "wgmma")
     return 1024 + c.stages * (Math.ceil((c.rows * 256 + tiles * (4096 + sg * 128)) / 1024) * 1024 + 16);
   const ring = c.rows <= 32 ? 4 : 3;
-  return ring * (c.rows * 272 + tiles * sg * 128 + 16) + tiles * (c.stages * (4096 + 8) + 16);
+  const ks = c.kslices ?? 1;
+  // (sized by M only where k-slices multiply the rows staged)
+  const rows = ks > 1 ? Math.min(c.rows, M) : c.rows;
+  return ring * (ks * (rows * 272 + tiles * sg * 128) + 16) + c.warps * (c.stages * (4096 + 8) + 16);
 }
 
 /**
@@ -289,8 +308,10 @@ export function geometry(
   };
   // warpgroup blocks return 32 KB of fp32 partials per tile at 128 rows: 8 chunks' worth of weights
   const fixed = c.kind === "wgmma" ? Math.max(11, 4 + c.rows / 8) : 2;
+  // a block's k-slices walk its chunks side by side
+  const steps = (cps: number) => Math.ceil(cps / (c.kind === "mma" ? (c.kslices ?? 1) : 1));
   const cost = (b: { cps: number; splits: number }) =>
-    Math.ceil((perSplit * b.splits) / slots) * (b.cps + fixed);
+    Math.ceil((perSplit * b.splits) / slots) * (steps(b.cps) + fixed);
   let best = balanced(Math.min(chunks, c.splits || 1));
   if (!c.splits)
     for (let s = 2; s <= chunks; s++) {
@@ -305,7 +326,7 @@ export function geometry(
   return {
     grid: [mblocks, Math.ceil(ntiles / perBlock), best.splits],
     block: blockThreads(c),
-    sharedBytes: sharedBytes(c, groupSize),
+    sharedBytes: sharedBytes(c, groupSize, M),
     workspaceBytes: viaWorkspace ? mblocks * ntiles * partialRows * 64 * 4 : 0,
     counters: viaWorkspace ? mblocks * ntiles * (c.kind === "mma" ? 1 : 4) : 0,
     chunksPerSplit: best.cps,

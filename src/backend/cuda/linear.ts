@@ -160,10 +160,12 @@ export class W4A16Linear implements CudaLinear {
         `W4A16 ${configName(c)}: warpgroup MMA needs sm_90, this GPU is ${this.dev.info.arch}`,
       );
     const kernel = this.dev.kernel(import.meta.url, kernelSource(c), kernelName(c, groupSize));
-    const perSm = (this.occupancy[kernel.name] ??= this.dev.occupancy(
+    // (shared memory depends on M below a block's rows)
+    const shared = sharedBytes(c, groupSize, M);
+    const perSm = (this.occupancy[`${kernel.name}:${shared}`] ??= this.dev.occupancy(
       kernel,
       blockThreads(c),
-      sharedBytes(c, groupSize),
+      shared,
     ));
     const launch = geometry(c, M, N, Kpad, groupSize, this.dev.info.smCount, perSm);
     return { kernel, launch, config: c, name: `${kernel.name.slice(6)}_s${launch.grid[2]}` };

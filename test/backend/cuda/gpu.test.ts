@@ -118,27 +118,32 @@ test(
 
 test("every compiled W4A16 configuration is correct", { skip }, () => {
   const dev = CudaDevice.get();
-  const K = 1024;
-  const N = 192;
-  for (const gs of [128, 64, 32, -1]) {
-    const l = randomLayer(K, N, gs);
-    const lin = W4A16Linear.fromLayer(dev, l);
-    const configs = W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev));
-    // fixed splits: 2 and 3 meet in a cluster (8 and 16 rows), 8 in the workspace
-    const sixteen = configs.find((c) => c.kind === "mma" && c.rows === 16)!;
-    const fixedSplits = [configs[0], sixteen, configs[configs.length - 1]].flatMap((c) =>
-      [1, 2, 3, 8].map((splits) => ({ ...c, splits })),
-    );
-    for (const c of [...configs, ...fixedSplits]) {
-      lin.config = c;
-      for (const M of [1, 5, 16, c.rows + 1]) {
-        const a = halves(M * K);
-        const err = relErr(runLinear(lin, a, M, N), refMatmul(a, l, M));
-        assert.ok(err < 3e-3, `g=${gs} ${JSON.stringify(c)} M=${M}: relative error ${err}`);
+  const configs = W4A16_CONFIGS.filter((c) => c.kind === "mma" || hasWgmma(dev));
+  // fixed splits: 2 and 3 meet in a cluster (8 and 16 rows), 8 in the workspace; with 4 k-slices, 3
+  // and 8 splits leave slices without a chunk
+  const sixteen = configs.find((c) => c.kind === "mma" && c.rows === 16)!;
+  const sliced = configs.find((c) => c.kslices === 4)!;
+  const fixedSplits = [configs[0], sixteen, sliced, configs[configs.length - 1]].flatMap((c) =>
+    [1, 2, 3, 8].map((splits) => ({ ...c, splits })),
+  );
+  // 1024 x 192: 8 chunks of K, 3 tiles; 400 x 136: a ragged last chunk, a ragged last tile
+  for (const [K, N] of [
+    [1024, 192],
+    [400, 136],
+  ])
+    for (const gs of [128, 64, 32, -1]) {
+      const l = randomLayer(K, N, gs);
+      const lin = W4A16Linear.fromLayer(dev, l);
+      for (const c of [...configs, ...fixedSplits]) {
+        lin.config = c;
+        for (const M of [1, 5, 16, c.rows + 1]) {
+          const a = halves(M * K);
+          const err = relErr(runLinear(lin, a, M, N), refMatmul(a, l, M));
+          assert.ok(err < 3e-3, `${K}x${N} g=${gs} ${JSON.stringify(c)} M=${M}: relative error ${err}`);
+        }
       }
+      lin.dispose();
     }
-    lin.dispose();
-  }
 });
 
 test(

@@ -418,9 +418,15 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
 
 test("launch geometry covers every chunk of K, and the configurations match the compiled kernels", () => {
   const compiled = [
-    ...[...source("w4a16.cu").matchAll(/^W4A16_KERNEL\((\d+), (\d+), (true|false), (\d+), (\d+)\)/gm)].map(
-      (m) => `r${m[5]}_w${m[1]}_p${m[4]}`,
-    ),
+    ...[
+      ...source("w4a16.cu").matchAll(/^W4A16_KERNEL\((\d+), (\d+), (\d+), (true|false), (\d+), (\w+)\)/gm),
+    ].map((m) => {
+      // the symbol's name must say what the template arguments are
+      const [W, KS, MT, R8, P] = [Number(m[1]), Number(m[2]), Number(m[3]), m[4] === "true", Number(m[5])];
+      const rows = R8 ? 8 : 16 * MT;
+      assert.equal(m[6], `r${rows}_w${W}${KS > 1 ? `_k${KS}` : ""}_p${P}`);
+      return m[6];
+    }),
     ...[...source("w4a16_wgmma.cu").matchAll(/^W4A16_WG_KERNEL\((\d+), (\d+), (\d+)\)/gm)].map(
       (m) => `wg_r${m[2]}_x${m[1]}_p${m[3]}`,
     ),

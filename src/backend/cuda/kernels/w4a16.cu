@@ -54,34 +54,45 @@ __device__ __forceinline__ void lds128(u32 (&r)[4], u32 addr) {
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
-// W warps, MT 16-row m-tiles per block (R8: one m-tile of 8 rows), SG scale groups per chunk
-// (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows), P chunks in each warp's weight ring.
-template <int W, int MT, bool R8, int SG, int P>
+// W warps in KS k-slices of W / KS tiles, MT 16-row m-tiles per block (R8: one m-tile of 8 rows), SG
+// scale groups per chunk (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows), P chunks in
+// each warp's weight ring.
+template <int W, int KS, int MT, bool R8, int SG, int P>
 __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __restrict__ S,
                                       const u16* __restrict__ A, u16* __restrict__ C,
                                       const u16* __restrict__ bias, float* __restrict__ ws,
                                       int* __restrict__ counters, int M, int N, int K, int ktiles,
                                       int groupTiles, int chunksPerSplit) {
   static_assert(!R8 || MT == 1, "8-row blocks have one m-tile");
+  static_assert(KS == 1 || MT == 1, "k-slices add their partials in the weight slots: one m-tile");
   constexpr bool ACC = MT == 1 && SG == 1;  // scales on the fp32 partials of each chunk
   constexpr int ROWS = R8 ? 8 : 16 * MT;
-  constexpr int A_SLOT = ROWS * A_ROW;
-  constexpr int SLOT = A_SLOT + W * SG * 128;
+  constexpr int TW = W / KS;  // tiles per block
   // activation/scale ring: slots, and how many chunks behind the producer refills (its only wait)
   constexpr int RING = ROWS <= 32 ? 4 : 3;
   constexpr int LAG = ROWS <= 16 ? 2 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int gq = lane >> 2, cq = lane & 3;  // mma fragment row group and column pair
+  const int tw = warp % TW, ks = warp / TW;  // this warp's tile in the block and k-slice
+  const int gq = lane >> 2, cq = lane & 3;   // mma fragment row group and column pair
   const int ntiles = (N + 63) >> 6;
-  const int tile = blockIdx.y * W + warp;
-  const int tilesHere = imin(W, ntiles - blockIdx.y * W);
-  const bool active = warp < tilesHere;  // warps past the last tile leave after setting up
+  const int tile = blockIdx.y * TW + tw;
+  const int tilesHere = imin(TW, ntiles - blockIdx.y * TW);
+  const bool active = tw < tilesHere;  // warps past the last tile leave after setting up
   const int m0 = blockIdx.x * ROWS, split = blockIdx.z, splits = gridDim.z;
   const int c0 = split * chunksPerSplit;
   const int nchunks = imin(chunksPerSplit, (ktiles >> 3) - c0);
+  // the block walks its chunks in steps of KS, one chunk per k-slice: slice ks takes chunks ks, ks + KS, ...
+  const int nsteps = (nchunks + KS - 1) / KS;
   const int rows = imin(ROWS, M - m0);
+  // activation rows staged per chunk and k-slice: k-sliced blocks stage only M's rows when M has fewer
+  // (the launcher sizes their shared memory by M). ldmatrix still reads ROWS rows: those past M come from
+  // whatever follows, always inside the block's shared memory, and only feed outputs never stored. (Their
+  // addresses stay distinct: rows repeated in one ldmatrix conflict on the same banks.)
+  const int srows = KS > 1 ? imin(ROWS, M) : ROWS;
+  const int A_SLOT = KS * srows * A_ROW;
+  const int SLOT = A_SLOT + KS * TW * SG * 128;
   const u32 base = smem_addr(smem);
   const u32 wring = base + RING * SLOT + warp * P * 4096;  // this warp's weight slots, 4 KB each
   const u32 full = base + RING * SLOT + W * P * 4096;       // RING barriers: a slot's data landed
@@ -103,7 +114,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   if (threadIdx.x == 0) {
     for (int s = 0; s < RING; s++) {
       mbar_init(full + s * 8, 1);
-      mbar_init(empty + s * 8, tilesHere);
+      mbar_init(empty + s * 8, tilesHere * KS);
     }
   }
   if (lane == 0) {
@@ -118,34 +129,42 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   if (csize > 1) cluster_arrive();  // this block's barriers are ready for the others
   if (!active) return;
 
-  // warp 0 fills the shared ring: per chunk, each staged row's 256 bytes of activations (row-major,
-  // rows A_ROW apart) and each tile's scales for the chunk's groups
-  auto produce = [&](int c) {
-    if (c >= nchunks) return;
-    const u32 slot = base + (c % RING) * SLOT, bar = full + (c % RING) * 8;
-    const int kc = (c0 + c) * 128;
-    const u32 rowBytes = imin(256, (K - kc) * 2);
-    if (lane == 0) mbar_expect(bar, rows * rowBytes + tilesHere * SG * 128);
+  // warp 0 fills the shared ring: per step and k-slice, each staged row's 256 bytes of activations
+  // (row-major, rows A_ROW apart) and each tile's scales for the chunk's groups
+  auto produce = [&](int t) {
+    if (t >= nsteps) return;
+    const u32 slot = base + (t % RING) * SLOT, bar = full + (t % RING) * 8;
+    const int here = imin(KS, nchunks - t * KS);  // chunks in this step
+    const int per = rows + tilesHere * SG;         // copies per chunk
+    if (lane == 0) {
+      u32 bytes = 0;
+      for (int k = 0; k < here; k++) bytes += rows * imin(256, (K - (c0 + t * KS + k) * 128) * 2) + tilesHere * SG * 128;
+      mbar_expect(bar, bytes);
+    }
     __syncwarp();
-    for (int e = lane; e < rows + tilesHere * SG; e += 32) {
-      if (e < rows) {
-        bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
+    for (int e = lane; e < here * per; e += 32) {
+      const int k = e / per, r = e % per, c = c0 + t * KS + k;
+      if (r < rows) {
+        const int kc = c * 128;
+        bulk_copy(slot + (k * srows + r) * A_ROW, A + (size_t)(m0 + r) * K + kc, imin(256, (K - kc) * 2), bar);
       } else {
-        const int w = (e - rows) / SG, sg = (e - rows) % SG;
-        const int gi = ((c0 + c) * CHUNK + sg * (CHUNK / SG)) / groupTiles;
-        bulk_copy(slot + A_SLOT + (w * SG + sg) * 128, S + ((size_t)gi * ntiles + blockIdx.y * W + w) * 64, 128,
-                  bar);
+        const int w = (r - rows) / SG, sg = (r - rows) % SG;
+        const int gi = (c * CHUNK + sg * (CHUNK / SG)) / groupTiles;
+        bulk_copy(slot + A_SLOT + ((k * TW + w) * SG + sg) * 128, S + ((size_t)gi * ntiles + blockIdx.y * TW + w) * 64,
+                  128, bar);
       }
     }
   };
 
-  // a tile's chunk of weights is 4 KB contiguous: one bulk copy, issued by lane 0
+  // a tile's chunk of weights is 4 KB contiguous: one bulk copy, issued by lane 0; step t of this warp
+  // is chunk t * KS + ks of the split
   const uint4* wsrc = B + ((size_t)tile * ktiles + c0 * CHUNK) * 32;
-  auto issue = [&](int c) {
+  auto issue = [&](int t) {
+    const int c = t * KS + ks;
     if (lane == 0 && c < nchunks) {
-      const u32 bar = wbars + (c % P) * 8;
+      const u32 bar = wbars + (t % P) * 8;
       mbar_expect(bar, 4096);
-      bulk_copy_once(wring + (c % P) * 4096, wsrc + (size_t)c * CHUNK * 32, 4096, bar, policy);
+      bulk_copy_once(wring + (t % P) * 4096, wsrc + (size_t)c * CHUNK * 32, 4096, bar, policy);
     }
   };
 #pragma unroll
@@ -171,15 +190,15 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // m16 would be half empty. The words need no other layout: a word's fragments b0/b1 of sub-tiles
   // 2w, 2w+1 are exactly the A fragment of columns 16w..16w+15.
   constexpr bool T = R8;
-  const u32 sRead = A_SLOT + warp * SG * 128 + (ACC && !T ? cq : gq >> 1) * 32;
+  const u32 sRead = A_SLOT + (ks * TW + tw) * SG * 128 + (ACC && !T ? cq : gq >> 1) * 32;
   const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
   // ldmatrix.x4 lanes: 0-7 rows 0-7 and 8-15 rows 8-15 at k 0-7, 16-31 the same at k 8-15. 8-row
   // blocks re-read rows 0-7 as the unused rows 8-15, so the mma's register quad fills directly
-  const u32 aRead = T ? (lane & 7) * A_ROW + ((lane >> 3) & 1) * 16 : (lane & 15) * A_ROW + (lane >> 4) * 16;
+  const u32 aRead = ks * srows * A_ROW + (T ? (lane & 7) * A_ROW + ((lane >> 3) & 1) * 16 : (lane & 15) * A_ROW + (lane >> 4) * 16);
 
-  auto compute = [&](int c) {
-    const u32 slot = base + (c % RING) * SLOT;
-    const u32 wslot = wring + (c % P) * 4096 + lane * 16;
+  auto compute = [&](int t) {
+    const u32 slot = base + (t % RING) * SLOT;
+    const u32 wslot = wring + (t % P) * 4096 + lane * 16;
     float part[8][4];
     u32 sc[SG][8];  // fragment side: (s, s) per sub-tile and group
     if (!ACC) {
@@ -308,17 +327,19 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     }
   };
 
-  for (int c = 0; c < nchunks; c++) {
-    if (warp == 0 && c >= LAG && c - LAG + RING < nchunks) {
-      mbar_wait(empty + ((c - LAG) % RING) * 8, ((c - LAG) / RING) & 1);
-      produce(c - LAG + RING);
+  for (int t = 0; t < nsteps; t++) {
+    if (warp == 0 && t >= LAG && t - LAG + RING < nsteps) {
+      mbar_wait(empty + ((t - LAG) % RING) * 8, ((t - LAG) / RING) & 1);
+      produce(t - LAG + RING);
     }
-    mbar_wait(full + (c % RING) * 8, (c / RING) & 1);
-    mbar_wait(wbars + (c % P) * 8, (c / P) & 1);
-    compute(c);
+    if (t * KS + ks < nchunks) {  // the last step may have no chunk for this slice
+      mbar_wait(full + (t % RING) * 8, (t / RING) & 1);
+      mbar_wait(wbars + (t % P) * 8, (t / P) & 1);
+      compute(t);
+    }
     __syncwarp();  // every lane has read both slots before they are refilled
-    if (lane == 0) mbar_arrive(empty + (c % RING) * 8);
-    issue(c + P);
+    if (lane == 0) mbar_arrive(empty + (t % RING) * 8);
+    issue(t + P);
   }
 
   // this lane's outputs: rows m0 + 16 mt + gq (+ 8), columns 64 tile + 8 j + 2 cq (+ 1)
@@ -357,6 +378,34 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       }
     }
   };
+  constexpr int Q = T ? 4 : 8;  // float4 of partials per lane (up to 16 rows)
+  if (KS > 1) {
+    // the k-slices of a tile add up in shared memory: each leaves its partials in its weight slots
+    // (every copy into them has landed), and slice 0 takes them
+    const u32 mine = wring + lane * 16;
+    if (ks > 0)
+#pragma unroll
+      for (int q = 0; q < Q; q++) {
+        float(&v)[4] = acc[0][q];
+        st_shared4(mine + q * 512, v[0], v[1], v[2], v[3]);
+      }
+    asm volatile("bar.sync 1, %0;" ::"r"(tilesHere * KS * 32) : "memory");
+    if (ks > 0) return;
+#pragma unroll
+    for (int k = 1; k < KS; k++)
+#pragma unroll
+      for (int q = 0; q < Q; q++) {
+        float4 o;
+        asm volatile("ld.shared.v4.f32 {%0,%1,%2,%3}, [%4];"
+                     : "=f"(o.x), "=f"(o.y), "=f"(o.z), "=f"(o.w)
+                     : "r"(mine + k * TW * P * 4096 + q * 512));
+        float(&v)[4] = acc[0][q];
+        v[0] += o.x;
+        v[1] += o.y;
+        v[2] += o.z;
+        v[3] += o.w;
+      }
+  }
   if (splits == 1) {
     store(acc);
     return;
@@ -365,7 +414,6 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     // the splits of this tile are one cluster: each leaves its partials in this warp's weight slots
     // (float4 q of lane l at 16 (32 q + l)); the first block adds the others' through distributed
     // shared memory and stores, then lets them go
-    constexpr int Q = T ? 4 : 8;
     constexpr int REMOTE = T ? 3 : 1;  // blocks besides the leader: clusters of up to 4 (8 rows) or 2
     const u32 mine = wring + lane * 16;
 #pragma unroll
@@ -439,26 +487,31 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
 
 // The configurations the launcher chooses from (layout.ts W4A16_CONFIGS lists the same shapes); each
 // comes in the three scale layouts: g (one group per chunk), g64, g32.
-#define W4A16_VARIANT(W, MT, R8, SG, P, NAME)                                                              \
-  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                              \
-      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
-      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                      \
-    w4a16<W, MT, R8, SG, P>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit);  \
+#define W4A16_VARIANT(W, KS, MT, R8, SG, P, NAME)                                                            \
+  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                                \
+      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M,   \
+      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                        \
+    w4a16<W, KS, MT, R8, SG, P>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit); \
   }
-#define W4A16_KERNEL(W, MT, R8, P, ROWS)                                   \
-  W4A16_VARIANT(W, MT, R8, 1, P, w4a16_r##ROWS##_w##W##_p##P##_g)         \
-  W4A16_VARIANT(W, MT, R8, 2, P, w4a16_r##ROWS##_w##W##_p##P##_g64)       \
-  W4A16_VARIANT(W, MT, R8, 4, P, w4a16_r##ROWS##_w##W##_p##P##_g32)
+#define W4A16_KERNEL(W, KS, MT, R8, P, NAME)                  \
+  W4A16_VARIANT(W, KS, MT, R8, 1, P, w4a16_##NAME##_g)       \
+  W4A16_VARIANT(W, KS, MT, R8, 2, P, w4a16_##NAME##_g64)     \
+  W4A16_VARIANT(W, KS, MT, R8, 4, P, w4a16_##NAME##_g32)
 
-W4A16_KERNEL(4, 1, true, 2, 8)
-W4A16_KERNEL(4, 1, true, 3, 8)
-W4A16_KERNEL(8, 1, true, 2, 8)
-W4A16_KERNEL(4, 1, false, 2, 16)
-W4A16_KERNEL(4, 1, false, 3, 16)
-W4A16_KERNEL(8, 1, false, 2, 16)
-W4A16_KERNEL(4, 2, false, 2, 32)
-W4A16_KERNEL(4, 2, false, 3, 32)
-W4A16_KERNEL(4, 4, false, 2, 64)
+W4A16_KERNEL(4, 1, 1, true, 2, r8_w4_p2)
+W4A16_KERNEL(4, 1, 1, true, 3, r8_w4_p3)
+W4A16_KERNEL(8, 1, 1, true, 2, r8_w8_p2)
+W4A16_KERNEL(4, 2, 1, true, 2, r8_w4_k2_p2)
+W4A16_KERNEL(8, 2, 1, true, 2, r8_w8_k2_p2)
+W4A16_KERNEL(8, 4, 1, true, 2, r8_w8_k4_p2)
+W4A16_KERNEL(8, 8, 1, true, 2, r8_w8_k8_p2)
+W4A16_KERNEL(4, 1, 1, false, 2, r16_w4_p2)
+W4A16_KERNEL(4, 1, 1, false, 3, r16_w4_p3)
+W4A16_KERNEL(8, 1, 1, false, 2, r16_w8_p2)
+W4A16_KERNEL(8, 2, 1, false, 2, r16_w8_k2_p2)
+W4A16_KERNEL(4, 1, 2, false, 2, r32_w4_p2)
+W4A16_KERNEL(4, 1, 2, false, 3, r32_w4_p3)
+W4A16_KERNEL(4, 1, 4, false, 2, r64_w4_p2)
 
 // A_perm[m, k] = A[m, perm[k]]: activations in the order of the weight rows sorted by group (act-order).
 extern "C" __global__ void permute_columns(const u16* A, const int* perm, u16* out, int M, int K) {
