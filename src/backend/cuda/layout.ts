@@ -154,7 +154,12 @@ export interface W4A16Config {
    * mma: k-slices, warps per tile (default 1). A block's warps then take warps / kslices tiles, and the
    * slices of a tile walk alternate chunks and add their partials in shared memory before any split-k.
    */
-  kslices?: 2 | 4 | 8;
+  kslices?: 2 | 4;
+  /**
+   * mma: slots of the activation and scale ring (default 4 up to 32 rows, else 3). A deeper ring stages
+   * only the rows M has.
+   */
+  ring?: 8;
   /** chunks (128 rows of K) in flight: in each warp's weight ring (mma), or whole stages (wgmma) */
   stages: number;
   /** k-splits; 0 or absent: chosen by `geometry` */
@@ -165,15 +170,12 @@ export interface W4A16Config {
 export const W4A16_CONFIGS: W4A16Config[] = [
   { kind: "mma", rows: 8, warps: 4, stages: 2 },
   { kind: "mma", rows: 8, warps: 4, stages: 3 },
-  { kind: "mma", rows: 8, warps: 8, stages: 2 },
+  { kind: "mma", rows: 8, warps: 8, stages: 2, ring: 8 },
   { kind: "mma", rows: 8, warps: 4, kslices: 2, stages: 2 },
-  { kind: "mma", rows: 8, warps: 8, kslices: 2, stages: 2 },
   { kind: "mma", rows: 8, warps: 8, kslices: 4, stages: 2 },
-  { kind: "mma", rows: 8, warps: 8, kslices: 8, stages: 2 },
   { kind: "mma", rows: 16, warps: 4, stages: 2 },
   { kind: "mma", rows: 16, warps: 4, stages: 3 },
   { kind: "mma", rows: 16, warps: 8, stages: 2 },
-  { kind: "mma", rows: 16, warps: 8, kslices: 2, stages: 2 },
   { kind: "mma", rows: 32, warps: 4, stages: 2 },
   { kind: "mma", rows: 32, warps: 4, stages: 3 },
   { kind: "mma", rows: 64, warps: 4, stages: 2 },
@@ -212,7 +214,7 @@ export function scaleVariant(groupSize: number): "g" | "g64" | "g32" {
 export function configName(c: W4A16Config): string {
   const shape =
     c.kind === "mma"
-      ? `r${c.rows}_w${c.warps}${c.kslices ? `_k${c.kslices}` : ""}_p${c.stages}`
+      ? `r${c.rows}_w${c.warps}${c.kslices ? `_k${c.kslices}` : ""}_p${c.stages}${c.ring ? `_a${c.ring}` : ""}`
       : `wg_r${c.rows}_x${c.warps / 4}_p${c.stages}`;
   return `${shape}${c.splits ? `_s${c.splits}` : ""}`;
 }
@@ -224,7 +226,7 @@ export function kernelName(c: W4A16Config, groupSize: number): string {
 
 /** "r16_w4_p3", "wg_r64_x4_p6" or either with "_s8" (fixed k-splits), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
 export function parseConfig(name: string): W4A16Config {
-  const m = /^(?:w4a16_)?((?:wg_)?r\d+_[wx]\d+(?:_k\d+)?_p\d+)(?:_s(\d+))?$/.exec(name);
+  const m = /^(?:w4a16_)?((?:wg_)?r\d+_[wx]\d+(?:_k\d+)?_p\d+(?:_a\d+)?)(?:_s(\d+))?$/.exec(name);
   const c = m && W4A16_CONFIGS.find((x) => configName(x) === m[1]);
   if (!c)
     throw new GptqError(
@@ -272,10 +274,10 @@ export function sharedBytes(c: W4A16Config, groupSize: number, M: number = c.row
   const tiles = tilesPerBlock(c);
   if (c.kind === "wgmma")
     return 1024 + c.stages * (Math.ceil((c.rows * 256 + tiles * (4096 + sg * 128)) / 1024) * 1024 + 16);
-  const ring = c.rows <= 32 ? 4 : 3;
+  const ring = c.ring ?? (c.rows <= 32 ? 4 : 3);
   const ks = c.kslices ?? 1;
-  // (sized by M only where k-slices multiply the rows staged)
-  const rows = ks > 1 ? Math.min(c.rows, M) : c.rows;
+  // (sized by M only where k-slices or a deeper ring multiply the rows staged)
+  const rows = ks > 1 || c.ring ? Math.min(c.rows, M) : c.rows;
   return ring * (ks * (rows * 272 + tiles * sg * 128) + 16) + c.warps * (c.stages * (4096 + 8) + 16);
 }
 
@@ -312,11 +314,13 @@ export function geometry(
   const steps = (cps: number) => Math.ceil(cps / (c.kind === "mma" ? (c.kslices ?? 1) : 1));
   const cost = (b: { cps: number; splits: number }) =>
     Math.ceil((perSplit * b.splits) / slots) * (steps(b.cps) + fixed);
+  // mma.sync splits keep 4 chunks or more: shorter ones cost more in partial sums than they gain
+  const minChunks = c.kind === "mma" ? 4 : 1;
   let best = balanced(Math.min(chunks, c.splits || 1));
   if (!c.splits)
     for (let s = 2; s <= chunks; s++) {
       const b = balanced(s);
-      if (cost(b) < cost(best)) best = b;
+      if (b.cps >= minChunks && cost(b) < cost(best)) best = b;
     }
   // fp32 partials: a tile's outputs (mma: 8-row blocks keep 16 rows' worth); a counter per warp of a tile
   const partialRows = c.kind === "mma" ? Math.max(16, c.rows) : c.rows;
@@ -339,9 +343,11 @@ export function geometry(
  * The block shape for M rows of a K x N layer, fit to `gptq bench --sweep` on an H200 (Llama-2 7B and
  * 70B shapes). `wgmma`: the GPU has warpgroup MMA (sm_90), whose blocks decode each weight once per 16 to
  * 128 rows.
+ * - Up to 8 rows of layers of at most 4096 x 4096: 8-row blocks of 8 warps in 4 k-slices (two tiles).
  * - Up to 3 rows: 8-row mma.sync blocks of 4 warps.
  * - 4 to 16 rows: 16-row warpgroup blocks on small layers (up to 2^25 weights, 2^26 above 8 rows).
- *   Else up to 8 rows, 8-row blocks of 4 (up to 4 rows) or 8 warps; up to 16, two 8-row m-blocks (whose
+ *   Else up to 8 rows, 8-row blocks of 4 warps (up to 4 rows), at 5 to 8 rows of 2 k-slices on layers of
+ *   at most 4096 columns, else of 8 warps with an 8-slot ring; up to 16, two 8-row m-blocks (whose
  *   products take half the mma) below 2^26 weights, 16-row blocks of 8 warps below 2^27 and of 4 above.
  * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (without warpgroup MMA, 32-row mma.sync
  *   blocks). At 128 rows, three tiles per block instead of two where the split model says that fills
@@ -349,11 +355,13 @@ export function geometry(
  */
 export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 132): W4A16Config {
   const weights = K * N;
+  const narrow = N > 0 && N <= 4096; // 64 tiles or fewer: K must supply the parallelism
   let name = "r32_w4_p2";
-  if (M <= 3) name = "r8_w4_p2";
+  if (M <= 8 && narrow && K <= 4096) name = "r8_w8_k4_p2";
+  else if (M <= 3) name = "r8_w4_p2";
   else if (M <= 16 && wgmma && weights <= 2 ** (M <= 8 ? 25 : 26)) name = "wg_r16_x4_p8";
   else if (M <= 4) name = "r8_w4_p2";
-  else if (M <= 8) name = "r8_w8_p2";
+  else if (M <= 8) name = narrow ? "r8_w4_k2_p2" : "r8_w8_p2_a8";
   else if (M <= 16) name = weights < 2 ** 26 ? "r8_w4_p2" : weights < 2 ** 27 ? "r16_w8_p2" : "r16_w4_p2";
   else if (wgmma) name = M <= 32 ? "wg_r32_x4_p8" : M <= 64 ? "wg_r64_x2_p4" : wide128(M, K, N, smCount);
   return named(name);

@@ -419,13 +419,16 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
 test("launch geometry covers every chunk of K, and the configurations match the compiled kernels", () => {
   const compiled = [
     ...[
-      ...source("w4a16.cu").matchAll(/^W4A16_KERNEL\((\d+), (\d+), (\d+), (true|false), (\d+), (\w+)\)/gm),
+      ...source("w4a16.cu").matchAll(
+        /^W4A16_KERNEL\((\d+), (\d+), (\d+), (true|false), (\d+), (\d+), (\w+)\)/gm,
+      ),
     ].map((m) => {
       // the symbol's name must say what the template arguments are
       const [W, KS, MT, R8, P] = [Number(m[1]), Number(m[2]), Number(m[3]), m[4] === "true", Number(m[5])];
       const rows = R8 ? 8 : 16 * MT;
-      assert.equal(m[6], `r${rows}_w${W}${KS > 1 ? `_k${KS}` : ""}_p${P}`);
-      return m[6];
+      const ring = Number(m[6]);
+      assert.equal(m[7], `r${rows}_w${W}${KS > 1 ? `_k${KS}` : ""}_p${P}${ring ? `_a${ring}` : ""}`);
+      return m[7];
     }),
     ...[...source("w4a16_wgmma.cu").matchAll(/^W4A16_WG_KERNEL\((\d+), (\d+), (\d+)\)/gm)].map(
       (m) => `wg_r${m[2]}_x${m[1]}_p${m[3]}`,
@@ -463,9 +466,19 @@ test("launch geometry covers every chunk of K, and the configurations match the 
     for (const gs of [128, 64, 32]) assert.ok(sharedBytes(c, gs) <= 227 * 1024, `${configName(c)} g${gs}`);
   assert.equal(chooseConfig(64, 4096, 4096).kind, "mma", "no warpgroup MMA unless the GPU has it");
   assert.equal(chooseConfig(64, 4096, 4096, true).kind, "wgmma");
-  // decode-sized products are split until every multiprocessor has blocks, as far as K's chunks allow
+  // decode-sized products are split to fill the GPU, but never below 4 chunks a split (mma.sync)
   const g = geometry(chooseConfig(1), 1, 4096, 4096, 128, 132, 3);
-  assert.deepEqual([g.grid, g.chunksPerSplit], [[1, 16, 16], 2]);
+  assert.deepEqual([g.grid, g.chunksPerSplit], [[1, 16, 8], 4]);
+  // k-sliced blocks: two tiles each, and their slices share the split's chunks
+  const sliced = parseConfig("r8_w8_k4_p2");
+  assert.equal(tilesPerBlock(sliced), 2);
+  assert.equal(chooseConfig(1, 4096, 4096, true).kslices, 4);
+  assert.equal(chooseConfig(8, 11008, 4096, true).kslices, 2);
+  assert.equal(chooseConfig(1, 4096, 12288, true).kslices, undefined);
+  // their shared memory stages only M's rows; a full block's is the most
+  assert.ok(sharedBytes(sliced, 128, 1) < sharedBytes(sliced, 128, 8));
+  assert.equal(sharedBytes(sliced, 128, 8), sharedBytes(sliced, 128));
+  assert.equal(sharedBytes(sliced, 128, 100), sharedBytes(sliced, 128));
   const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
   assert.deepEqual(parseConfig("r16_w4_p3_s8"), { kind: "mma", rows: 16, warps: 4, stages: 3, splits: 8 });

@@ -57,7 +57,7 @@ __device__ __forceinline__ void lds128(u32 (&r)[4], u32 addr) {
 // W warps in KS k-slices of W / KS tiles, MT 16-row m-tiles per block (R8: one m-tile of 8 rows), SG
 // scale groups per chunk (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows), P chunks in
 // each warp's weight ring.
-template <int W, int KS, int MT, bool R8, int SG, int P>
+template <int W, int KS, int MT, bool R8, int SG, int P, int RN>
 __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __restrict__ S,
                                       const u16* __restrict__ A, u16* __restrict__ C,
                                       const u16* __restrict__ bias, float* __restrict__ ws,
@@ -69,7 +69,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   constexpr int ROWS = R8 ? 8 : 16 * MT;
   constexpr int TW = W / KS;  // tiles per block
   // activation/scale ring: slots, and how many chunks behind the producer refills (its only wait)
-  constexpr int RING = ROWS <= 32 ? 4 : 3;
+  constexpr int RING = RN ? RN : ROWS <= 32 ? 4 : 3;
   constexpr int LAG = ROWS <= 16 ? 2 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
 
@@ -90,7 +90,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // (the launcher sizes their shared memory by M). ldmatrix still reads ROWS rows: those past M come from
   // whatever follows, always inside the block's shared memory, and only feed outputs never stored. (Their
   // addresses stay distinct: rows repeated in one ldmatrix conflict on the same banks.)
-  const int srows = KS > 1 ? imin(ROWS, M) : ROWS;
+  const int srows = KS > 1 || RN ? imin(ROWS, M) : ROWS;
   const int A_SLOT = KS * srows * A_ROW;
   const int SLOT = A_SLOT + KS * TW * SG * 128;
   const u32 base = smem_addr(smem);
@@ -487,31 +487,28 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
 
 // The configurations the launcher chooses from (layout.ts W4A16_CONFIGS lists the same shapes); each
 // comes in the three scale layouts: g (one group per chunk), g64, g32.
-#define W4A16_VARIANT(W, KS, MT, R8, SG, P, NAME)                                                            \
+#define W4A16_VARIANT(W, KS, MT, R8, SG, P, RN, NAME)                                                            \
   extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                                \
       const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M,   \
       int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                        \
-    w4a16<W, KS, MT, R8, SG, P>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit); \
+    w4a16<W, KS, MT, R8, SG, P, RN>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit); \
   }
-#define W4A16_KERNEL(W, KS, MT, R8, P, NAME)                  \
-  W4A16_VARIANT(W, KS, MT, R8, 1, P, w4a16_##NAME##_g)       \
-  W4A16_VARIANT(W, KS, MT, R8, 2, P, w4a16_##NAME##_g64)     \
-  W4A16_VARIANT(W, KS, MT, R8, 4, P, w4a16_##NAME##_g32)
+#define W4A16_KERNEL(W, KS, MT, R8, P, RN, NAME)                  \
+  W4A16_VARIANT(W, KS, MT, R8, 1, P, RN, w4a16_##NAME##_g)       \
+  W4A16_VARIANT(W, KS, MT, R8, 2, P, RN, w4a16_##NAME##_g64)     \
+  W4A16_VARIANT(W, KS, MT, R8, 4, P, RN, w4a16_##NAME##_g32)
 
-W4A16_KERNEL(4, 1, 1, true, 2, r8_w4_p2)
-W4A16_KERNEL(4, 1, 1, true, 3, r8_w4_p3)
-W4A16_KERNEL(8, 1, 1, true, 2, r8_w8_p2)
-W4A16_KERNEL(4, 2, 1, true, 2, r8_w4_k2_p2)
-W4A16_KERNEL(8, 2, 1, true, 2, r8_w8_k2_p2)
-W4A16_KERNEL(8, 4, 1, true, 2, r8_w8_k4_p2)
-W4A16_KERNEL(8, 8, 1, true, 2, r8_w8_k8_p2)
-W4A16_KERNEL(4, 1, 1, false, 2, r16_w4_p2)
-W4A16_KERNEL(4, 1, 1, false, 3, r16_w4_p3)
-W4A16_KERNEL(8, 1, 1, false, 2, r16_w8_p2)
-W4A16_KERNEL(8, 2, 1, false, 2, r16_w8_k2_p2)
-W4A16_KERNEL(4, 1, 2, false, 2, r32_w4_p2)
-W4A16_KERNEL(4, 1, 2, false, 3, r32_w4_p3)
-W4A16_KERNEL(4, 1, 4, false, 2, r64_w4_p2)
+W4A16_KERNEL(4, 1, 1, true, 2, 0, r8_w4_p2)
+W4A16_KERNEL(4, 1, 1, true, 3, 0, r8_w4_p3)
+W4A16_KERNEL(8, 1, 1, true, 2, 8, r8_w8_p2_a8)
+W4A16_KERNEL(4, 2, 1, true, 2, 0, r8_w4_k2_p2)
+W4A16_KERNEL(8, 4, 1, true, 2, 0, r8_w8_k4_p2)
+W4A16_KERNEL(4, 1, 1, false, 2, 0, r16_w4_p2)
+W4A16_KERNEL(4, 1, 1, false, 3, 0, r16_w4_p3)
+W4A16_KERNEL(8, 1, 1, false, 2, 0, r16_w8_p2)
+W4A16_KERNEL(4, 1, 2, false, 2, 0, r32_w4_p2)
+W4A16_KERNEL(4, 1, 2, false, 3, 0, r32_w4_p3)
+W4A16_KERNEL(4, 1, 4, false, 2, 0, r64_w4_p2)
 
 // A_perm[m, k] = A[m, perm[k]]: activations in the order of the weight rows sorted by group (act-order).
 extern "C" __global__ void permute_columns(const u16* A, const int* perm, u16* out, int M, int K) {
