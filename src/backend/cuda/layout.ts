@@ -349,8 +349,8 @@ export function geometry(
  *   Else up to 8 rows, 8-row blocks of 4 warps (up to 4 rows), at 5 to 8 rows of 2 k-slices on layers of
  *   at most 4096 columns, else of 8 warps with an 8-slot ring; up to 16, two 8-row m-blocks (whose
  *   products take half the mma) below 2^26 weights, 16-row blocks of 8 warps below 2^27 and of 4 above.
- * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (without warpgroup MMA, 32-row mma.sync
- *   blocks). At 128 rows, three tiles per block instead of two where the split model says that fills
+ * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (64 on layers of up to 2^24 weights, where
+ *   two 64-row m-blocks fill the GPU better; without warpgroup MMA, 32-row mma.sync blocks). At 128 rows, three tiles per block instead of two where the split model says that fills
  *   the GPU better without splitting K further (layers with many columns).
  */
 export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 132): W4A16Config {
@@ -363,7 +363,9 @@ export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 1
   else if (M <= 4) name = "r8_w4_p2";
   else if (M <= 8) name = narrow ? "r8_w4_k2_p2" : "r8_w8_p2_a8";
   else if (M <= 16) name = weights < 2 ** 26 ? "r8_w4_p2" : weights < 2 ** 27 ? "r16_w8_p2" : "r16_w4_p2";
-  else if (wgmma) name = M <= 32 ? "wg_r32_x4_p8" : M <= 64 ? "wg_r64_x2_p4" : wide128(M, K, N, smCount);
+  else if (wgmma)
+    name =
+      M <= 32 ? "wg_r32_x4_p8" : M <= 64 || weights <= 2 ** 24 ? "wg_r64_x2_p4" : wide128(M, K, N, smCount);
   return named(name);
 }
 

@@ -475,6 +475,8 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.equal(chooseConfig(1, 4096, 4096, true).kslices, 4);
   assert.equal(chooseConfig(8, 11008, 4096, true).kslices, 2);
   assert.equal(chooseConfig(1, 4096, 12288, true).kslices, undefined);
+  assert.equal(configName(chooseConfig(128, 4096, 4096, true)), "wg_r64_x2_p4");
+  assert.equal(configName(chooseConfig(128, 4096, 12288, true)).slice(0, 7), "wg_r128");
   // their shared memory stages only M's rows; a full block's is the most
   assert.ok(sharedBytes(sliced, 128, 1) < sharedBytes(sliced, 128, 8));
   assert.equal(sharedBytes(sliced, 128, 8), sharedBytes(sliced, 128));
