@@ -7,8 +7,16 @@ import { W4A16Linear } from "../src/backend/cuda/linear.js";
 import { randomLayer, timeGraph } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 
+// (name in kernels/stream.cu, warps, ring slots, bytes a copy); "_nohint": no evict-first policy;
+// "_red32", "_red8", "_store": the k-splits' partial sums through the workspace (see stream.cu)
 const VARIANTS: [name: string, warps: number, slots: number, bytes: number][] = [
   ["w4_p2", 4, 2, 4096],
+  ["w4_p2_nohint", 4, 2, 4096],
+  ["w4_p3", 4, 3, 4096],
+  ["w4_p4", 4, 4, 4096],
+  ["w8_p2", 8, 2, 4096],
+  ["w4_p2_8k", 4, 2, 8192],
+  ["w4_p4_8k", 4, 4, 8192],
   ["w4_p2_red32", 4, 2, 4096],
   ["w4_p2_red8", 4, 2, 4096],
   ["w4_p2_store", 4, 2, 4096],
@@ -62,7 +70,11 @@ for (const [K, N] of shapes) {
   for (const [name, W, P, bytes] of VARIANTS) {
     const k = dev.kernel(src, "kernels/stream.cu", `stream_tiles_${name}`);
     const shared = W * P * (bytes + 8);
-    const splitsList = [...new Set([planSplits, 2, 4, 8, 16, 32].filter((s) => s <= chunks))];
+    // the plain stream and the reductions over a range of split counts; the other rings at ours
+    const sweep = name === "w4_p2" || name.includes("red") || name.includes("store");
+    const splitsList = sweep
+      ? [...new Set([planSplits, 1, 2, 4, 8, 16, 32].filter((s) => s <= chunks))]
+      : [planSplits];
     for (const s of splitsList) {
       const cps = Math.ceil(chunks / s);
       const z = Math.ceil(chunks / cps);

@@ -29,8 +29,9 @@ extern "C" __global__ void empty_kernel() {}
 
 // The floor of streaming weights the way w4a16.cu does, for `bench/floors.ts`: a block of W warps takes
 // W adjacent tiles over one k-range; each warp walks its tile's chunks (4 KB each, contiguous) through
-// its own ring of P slots of BYTES, one bulk copy per slot, touching one word a lane. REDUCE: the k-splits
-// then add 16 floats a lane into a workspace as w4a16.cu's 8-row blocks do, and the last converts them.
+// its own ring of P slots of BYTES, one bulk copy per slot, touching one word a lane. REDUCE: the
+// k-splits then meet as w4a16.cu's do through its workspace (1, 2: atomics, the last split reads back;
+// 3: plain stores of one row per split, the last split sums them), to price the reduction alone.
 #include "w4a16.cuh"
 
 template <int W, int P, int BYTES, bool HINT, int REDUCE>
@@ -75,25 +76,15 @@ __device__ __forceinline__ void stream_tiles(const uint4* __restrict__ B, int kt
     issue(s + P);
   }
   const float f = (float)(x & 1);
-  if (REDUCE == 1 && gridDim.z > 1) {
+  // 1: every lane adds 16 floats; 2: a quarter of the lanes, as w4a16.cu's 8-row blocks at M = 1
+  if ((REDUCE == 1 || REDUCE == 2) && gridDim.z > 1) {
+    const bool holds = REDUCE == 1 || (lane & 3) == 0;
     float4* part = reinterpret_cast<float4*>(ws + ((size_t)tile * 32 + lane) * 32);
-#pragma unroll
-    for (int j = 0; j < 4; j++) red_add4(part + j, f, f, f, f);
-    if (!last_split(&counters[tile], gridDim.z, lane)) return;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      x ^= __float_as_uint(__ldcg(part + j).x);
-      __stcg(part + j, make_float4(0.f, 0.f, 0.f, 0.f));
-    }
-    if (lane == 0) counters[tile] = 0;
-  }
-  if (REDUCE == 2 && gridDim.z > 1) {  // as w4a16.cu's 8-row blocks at M = 1: a quarter of the lanes
-    float4* part = reinterpret_cast<float4*>(ws + ((size_t)tile * 32 + lane) * 32);
-    if ((lane & 3) == 0)
+    if (holds)
 #pragma unroll
       for (int j = 0; j < 4; j++) red_add4(part + j, f, f, f, f);
     if (!last_split(&counters[tile], gridDim.z, lane)) return;
-    if ((lane & 3) == 0)
+    if (holds)
 #pragma unroll
       for (int j = 0; j < 4; j++) {
         x ^= __float_as_uint(__ldcg(part + j).x);
@@ -127,6 +118,12 @@ __device__ __forceinline__ void stream_tiles(const uint4* __restrict__ B, int kt
     stream_tiles<W, P, BYTES, HINT, REDUCE>(B, ktiles, ntiles, cps, ws, counters, sink);                    \
   }
 STREAM_TILES(4, 2, 4096, true, 0, stream_tiles_w4_p2)
+STREAM_TILES(4, 2, 4096, false, 0, stream_tiles_w4_p2_nohint)
+STREAM_TILES(4, 3, 4096, true, 0, stream_tiles_w4_p3)
+STREAM_TILES(4, 4, 4096, true, 0, stream_tiles_w4_p4)
+STREAM_TILES(8, 2, 4096, true, 0, stream_tiles_w8_p2)
+STREAM_TILES(4, 2, 8192, true, 0, stream_tiles_w4_p2_8k)
+STREAM_TILES(4, 4, 8192, true, 0, stream_tiles_w4_p4_8k)
 STREAM_TILES(4, 2, 4096, true, 1, stream_tiles_w4_p2_red32)
 STREAM_TILES(4, 2, 4096, true, 2, stream_tiles_w4_p2_red8)
 STREAM_TILES(4, 2, 4096, true, 3, stream_tiles_w4_p2_store)

@@ -10,10 +10,13 @@
 // each pair of lanes' columns (see layout.ts).
 //
 // Work: a block of W warps takes W adjacent 64-column tiles over one k-range (a "split"), so the
-// activations it stages in shared memory serve all its warps. It walks the k-range in chunks of 128
-// rows: the block's activations and scales go through a shared ring that warp 0 fills with bulk copies
-// while every warp waits only for the data and says when it is done with a slot; each warp's weights
-// come through its own ring of P chunks, one bulk copy per chunk. No block-wide barrier. The splits of
+// activations it stages in shared memory serve all its warps; or, in KS k-slices, W / KS tiles whose
+// KS warps each walk alternate chunks of the range (narrow layers, where the tiles alone cannot fill
+// the GPU without many splits). It walks the k-range in chunks of 128 rows: the block's activations and
+// scales go through a shared ring that warp 0 fills with bulk copies while every warp waits only for the
+// data and says when it is done with a slot; each warp's weights come through its own ring of P
+// chunks, one bulk copy per chunk. No block-wide barrier in the loop; the k-slices of a tile add their
+// partials in shared memory after it, behind one named barrier. The splits of
 // one tile add their fp32 partial sums in distributed shared memory when they form one cluster (up to 4
 // splits of 8 rows, 2 of 16), else in a workspace (so their order, and the last bit, may vary).
 //
@@ -56,8 +59,8 @@ __device__ __forceinline__ void lds128(u32 (&r)[4], u32 addr) {
 
 // W warps in KS k-slices of W / KS tiles, MT 16-row m-tiles per block (R8: one m-tile of 8 rows), SG
 // scale groups per chunk (1: one group covers the chunk; 2 or 4: groups of 64 or 32 rows), P chunks in
-// each warp's weight ring.
-template <int W, int KS, int MT, bool R8, int SG, int P, int RN>
+// each warp's weight ring, AR slots in the activation ring (0: 4 up to 32 rows, else 3).
+template <int W, int KS, int MT, bool R8, int SG, int P, int AR>
 __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __restrict__ S,
                                       const u16* __restrict__ A, u16* __restrict__ C,
                                       const u16* __restrict__ bias, float* __restrict__ ws,
@@ -69,7 +72,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   constexpr int ROWS = R8 ? 8 : 16 * MT;
   constexpr int TW = W / KS;  // tiles per block
   // activation/scale ring: slots, and how many chunks behind the producer refills (its only wait)
-  constexpr int RING = RN ? RN : ROWS <= 32 ? 4 : 3;
+  constexpr int RING = AR ? AR : ROWS <= 32 ? 4 : 3;
   constexpr int LAG = ROWS <= 16 ? 2 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
 
@@ -86,11 +89,11 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // the block walks its chunks in steps of KS, one chunk per k-slice: slice ks takes chunks ks, ks + KS, ...
   const int nsteps = (nchunks + KS - 1) / KS;
   const int rows = imin(ROWS, M - m0);
-  // activation rows staged per chunk and k-slice: k-sliced blocks stage only M's rows when M has fewer
-  // (the launcher sizes their shared memory by M). ldmatrix still reads ROWS rows: those past M come from
-  // whatever follows, always inside the block's shared memory, and only feed outputs never stored. (Their
-  // addresses stay distinct: rows repeated in one ldmatrix conflict on the same banks.)
-  const int srows = KS > 1 || RN ? imin(ROWS, M) : ROWS;
+  // activation rows staged per chunk and k-slice: k-sliced blocks and deeper rings stage only M's rows
+  // when M has fewer (the launcher sizes their shared memory by M). ldmatrix still reads ROWS rows: those
+  // past M come from whatever follows, always inside the block's shared memory, and only feed outputs
+  // never stored. (Their addresses stay distinct: rows repeated in one ldmatrix conflict on the same banks.)
+  const int srows = KS > 1 || AR ? imin(ROWS, M) : ROWS;
   const int A_SLOT = KS * srows * A_ROW;
   const int SLOT = A_SLOT + KS * TW * SG * 128;
   const u32 base = smem_addr(smem);
@@ -138,7 +141,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     const int per = rows + tilesHere * SG;         // copies per chunk
     if (lane == 0) {
       u32 bytes = 0;
-      for (int k = 0; k < here; k++) bytes += rows * imin(256, (K - (c0 + t * KS + k) * 128) * 2) + tilesHere * SG * 128;
+      for (int k = 0; k < here; k++)
+        bytes += rows * imin(256, (K - (c0 + t * KS + k) * 128) * 2) + tilesHere * SG * 128;
       mbar_expect(bar, bytes);
     }
     __syncwarp();
@@ -150,8 +154,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       } else {
         const int w = (r - rows) / SG, sg = (r - rows) % SG;
         const int gi = (c * CHUNK + sg * (CHUNK / SG)) / groupTiles;
-        bulk_copy(slot + A_SLOT + ((k * TW + w) * SG + sg) * 128, S + ((size_t)gi * ntiles + blockIdx.y * TW + w) * 64,
-                  128, bar);
+        const u16* src = S + ((size_t)gi * ntiles + blockIdx.y * TW + w) * 64;
+        bulk_copy(slot + A_SLOT + ((k * TW + w) * SG + sg) * 128, src, 128, bar);
       }
     }
   };
@@ -194,7 +198,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
   // ldmatrix.x4 lanes: 0-7 rows 0-7 and 8-15 rows 8-15 at k 0-7, 16-31 the same at k 8-15. 8-row
   // blocks re-read rows 0-7 as the unused rows 8-15, so the mma's register quad fills directly
-  const u32 aRead = ks * srows * A_ROW + (T ? (lane & 7) * A_ROW + ((lane >> 3) & 1) * 16 : (lane & 15) * A_ROW + (lane >> 4) * 16);
+  const u32 aRead = ks * srows * A_ROW +
+                    (T ? (lane & 7) * A_ROW + ((lane >> 3) & 1) * 16 : (lane & 15) * A_ROW + (lane >> 4) * 16);
 
   auto compute = [&](int t) {
     const u32 slot = base + (t % RING) * SLOT;
@@ -487,16 +492,18 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
 
 // The configurations the launcher chooses from (layout.ts W4A16_CONFIGS lists the same shapes); each
 // comes in the three scale layouts: g (one group per chunk), g64, g32.
-#define W4A16_VARIANT(W, KS, MT, R8, SG, P, RN, NAME)                                                            \
-  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                                \
-      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M,   \
-      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                        \
-    w4a16<W, KS, MT, R8, SG, P, RN>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles, chunksPerSplit); \
+#define W4A16_VARIANT(W, KS, MT, R8, SG, P, AR, NAME)                                                      \
+  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                                              \
+      const uint4* B, const u16* S, const u16* A, u16* C, const u16* bias, float* ws, int* counters, int M, \
+      int N, int K, int ktiles, int groupTiles, int chunksPerSplit) {                                      \
+    w4a16<W, KS, MT, R8, SG, P, AR>(B, S, A, C, bias, ws, counters, M, N, K, ktiles, groupTiles,            \
+                                    chunksPerSplit);                                                       \
   }
-#define W4A16_KERNEL(W, KS, MT, R8, P, RN, NAME)                  \
-  W4A16_VARIANT(W, KS, MT, R8, 1, P, RN, w4a16_##NAME##_g)       \
-  W4A16_VARIANT(W, KS, MT, R8, 2, P, RN, w4a16_##NAME##_g64)     \
-  W4A16_VARIANT(W, KS, MT, R8, 4, P, RN, w4a16_##NAME##_g32)
+// W warps, KS k-slices, MT m-tiles, 8-row, P weight slots, AR activation slots (0: default), the name
+#define W4A16_KERNEL(W, KS, MT, R8, P, AR, NAME)            \
+  W4A16_VARIANT(W, KS, MT, R8, 1, P, AR, w4a16_##NAME##_g)   \
+  W4A16_VARIANT(W, KS, MT, R8, 2, P, AR, w4a16_##NAME##_g64) \
+  W4A16_VARIANT(W, KS, MT, R8, 4, P, AR, w4a16_##NAME##_g32)
 
 W4A16_KERNEL(4, 1, 1, true, 2, 0, r8_w4_p2)
 W4A16_KERNEL(4, 1, 1, true, 3, 0, r8_w4_p3)
