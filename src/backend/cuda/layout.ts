@@ -208,8 +208,8 @@ export function scaleVariant(groupSize: number): "g" | "g64" | "g32" {
 }
 
 /**
- * "r8_w4_p2" or "r8_w8_k4_p2" (mma, k = k-slices) or "wg_r64_x4_p6" (wgmma, x = warpgroups), with "_sN"
- * for fixed k-splits.
+ * "r8_w4_p2", "r8_w8_k4_p2" (k = k-slices) or "r8_w8_p2_a8" (a = activation ring slots) for mma, or
+ * "wg_r64_x4_p6" (wgmma, x = warpgroups), with "_sN" for fixed k-splits.
  */
 export function configName(c: W4A16Config): string {
   const shape =
@@ -224,7 +224,7 @@ export function kernelName(c: W4A16Config, groupSize: number): string {
   return `w4a16_${configName({ ...c, splits: 0 })}_${scaleVariant(groupSize)}`;
 }
 
-/** "r16_w4_p3", "wg_r64_x4_p6" or either with "_s8" (fixed k-splits), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
+/** A `configName` ("r16_w4_p3", "wg_r64_x4_p6", either with "_s8"), as `gptq bench --kernel gptq-ts-w4a16:NAME` takes. */
 export function parseConfig(name: string): W4A16Config {
   const m = /^(?:w4a16_)?((?:wg_)?r\d+_[wx]\d+(?:_k\d+)?_p\d+(?:_a\d+)?)(?:_s(\d+))?$/.exec(name);
   const c = m && W4A16_CONFIGS.find((x) => configName(x) === m[1]);
@@ -287,7 +287,8 @@ export function sharedBytes(c: W4A16Config, groupSize: number, M: number = c.row
  * block's start-up and its partial sums' round trip in chunks of work: 2 for the mma.sync kernel; 11
  * for the warpgroup one, whose blocks fill deeper pipelines, and 20 for its 128-row blocks, whose fp32
  * partials outweigh their share of the weights (all fit to `gptq bench --sweep` on an H200); ties go to
- * fewer splits.
+ * fewer splits. A k-sliced block's chunks count as steps of one chunk per slice, and mma.sync splits
+ * keep at least 4 chunks (`bench/tune.ts`).
  */
 export function geometry(
   c: W4A16Config,
@@ -350,8 +351,9 @@ export function geometry(
  *   at most 4096 columns, else of 8 warps with an 8-slot ring; up to 16, two 8-row m-blocks (whose
  *   products take half the mma) below 2^26 weights, 16-row blocks of 8 warps below 2^27 and of 4 above.
  * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (64 on layers of up to 2^24 weights, where
- *   two 64-row m-blocks fill the GPU better; without warpgroup MMA, 32-row mma.sync blocks). At 128 rows, three tiles per block instead of two where the split model says that fills
- *   the GPU better without splitting K further (layers with many columns).
+ *   two 64-row m-blocks fill the GPU better; without warpgroup MMA, 32-row mma.sync blocks). At 128
+ *   rows, three tiles per block instead of two where the split model says that fills the GPU better
+ *   without splitting K further (layers with many columns).
  */
 export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 132): W4A16Config {
   const weights = K * N;
