@@ -71,14 +71,17 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   constexpr bool ACC = MT == 1 && SG == 1;  // scales on the fp32 partials of each chunk
   constexpr int ROWS = R8 ? 8 : 16 * MT;
   constexpr int TW = W / KS;  // tiles per block
+  // one warp per tile and a full block's rows staged: the producer and the loop skip the k-slice
+  // arithmetic, which cost 2-5 % at batch 1 on layers of long K (its divisions sit on warp 0's path)
+  constexpr bool SIMPLE = KS == 1 && AR == 0;
   // activation/scale ring: slots, and how many chunks behind the producer refills (its only wait)
   constexpr int RING = AR ? AR : ROWS <= 32 ? 4 : 3;
   constexpr int LAG = ROWS <= 16 ? 2 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int tw = warp % TW, ks = warp / TW;  // this warp's tile in the block and k-slice
-  const int gq = lane >> 2, cq = lane & 3;   // mma fragment row group and column pair
+  const int tw = SIMPLE ? warp : warp % TW, ks = SIMPLE ? 0 : warp / TW;  // tile in the block, k-slice
+  const int gq = lane >> 2, cq = lane & 3;  // mma fragment row group and column pair
   const int ntiles = (N + 63) >> 6;
   const int tile = blockIdx.y * TW + tw;
   const int tilesHere = imin(TW, ntiles - blockIdx.y * TW);
@@ -137,6 +140,23 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   auto produce = [&](int t) {
     if (t >= nsteps) return;
     const u32 slot = base + (t % RING) * SLOT, bar = full + (t % RING) * 8;
+    if constexpr (SIMPLE) {  // one chunk a step
+      const int kc = (c0 + t) * 128;
+      const u32 rowBytes = imin(256, (K - kc) * 2);
+      if (lane == 0) mbar_expect(bar, rows * rowBytes + tilesHere * SG * 128);
+      __syncwarp();
+      for (int e = lane; e < rows + tilesHere * SG; e += 32) {
+        if (e < rows) {
+          bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
+        } else {
+          const int w = (e - rows) / SG, sg = (e - rows) % SG;
+          const int gi = ((c0 + t) * CHUNK + sg * (CHUNK / SG)) / groupTiles;
+          bulk_copy(slot + A_SLOT + (w * SG + sg) * 128, S + ((size_t)gi * ntiles + blockIdx.y * W + w) * 64, 128,
+                    bar);
+        }
+      }
+      return;
+    }
     const int here = imin(KS, nchunks - t * KS);  // chunks in this step
     const int per = rows + tilesHere * SG;         // copies per chunk
     if (lane == 0) {
@@ -337,7 +357,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       mbar_wait(empty + ((t - LAG) % RING) * 8, ((t - LAG) / RING) & 1);
       produce(t - LAG + RING);
     }
-    if (t * KS + ks < nchunks) {  // the last step may have no chunk for this slice
+    if (SIMPLE || t * KS + ks < nchunks) {  // the last step may have no chunk for this slice
       mbar_wait(full + (t % RING) * 8, (t / RING) & 1);
       mbar_wait(wbars + (t % P) * 8, (t / P) & 1);
       compute(t);
