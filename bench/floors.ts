@@ -4,7 +4,7 @@
 //   node dist/bench/floors.js [KxN ...]
 import { CudaDevice, DeviceBuffer, i32, ptr, u64 } from "../src/backend/cuda/device.js";
 import { W4A16Linear } from "../src/backend/cuda/linear.js";
-import { randomLayer, timeGraph } from "../src/backend/cuda/bench.js";
+import { randomLayer, streamKernel, timeGraph } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 
 // (name in kernels/stream.cu, warps, ring slots, bytes a copy); "_nohint": no evict-first policy;
@@ -37,7 +37,6 @@ const shapes = (
 ).map((s) => s.split("x").map(Number));
 const dev = CudaDevice.get();
 const sink = dev.alloc(16);
-const src = import.meta.url.replace(/bench\/floors\.js$/, "src/backend/cuda/bench.js");
 for (const [K, N] of shapes) {
   const lin = W4A16Linear.fromLayer(dev, randomLayer(K, N, 128));
   const { B } = lin.buffers;
@@ -62,13 +61,13 @@ for (const [K, N] of shapes) {
   const a = dev.upload(Uint16Array.from({ length: K }, () => floatToHalf(Math.random() - 0.5)));
   const out = dev.alloc(N * 2);
   line.push(`${timeGraph(dev, (i) => copiesOurs[i % copiesOurs.length].forward(a, 1, out)).toFixed(2)}`);
-  const ldg = dev.kernel(src, "kernels/stream.cu", "stream_read");
+  const ldg = streamKernel(dev, "stream_read");
   const words = Math.floor(B.bytes / 16);
   line.push(
     `ldg ${timeGraph(dev, (i) => dev.launch(ldg, [Math.min(dev.info.smCount * 4, Math.ceil(words / 512)), 1, 1], 512, 0, [ptr(bufs[i % bufs.length]), u64(words), ptr(sink)])).toFixed(2)}`,
   );
   for (const [name, W, P, bytes] of VARIANTS) {
-    const k = dev.kernel(src, "kernels/stream.cu", `stream_tiles_${name}`);
+    const k = streamKernel(dev, `stream_tiles_${name}`);
     const shared = W * P * (bytes + 8);
     // the plain stream and the reductions over a range of split counts; the other rings at ours
     const sweep = name === "w4_p2" || name.includes("red") || name.includes("store");

@@ -9,7 +9,7 @@ import { QuantizedLinear, numGroups } from "../../formats/types.js";
 import { floatToHalf, halfToFloat } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
-import { CudaDevice, DeviceBuffer, ptr, u64 } from "./device.js";
+import { CudaDevice, DeviceBuffer, Kernel, ptr, u64 } from "./device.js";
 import { W4A16Config, W4A16_CONFIGS } from "./layout.js";
 import { W4A16Linear, hasWgmma } from "./linear.js";
 
@@ -152,9 +152,14 @@ export function copyBandwidth(dev: CudaDevice, bytes = 1 << 30): number {
   return (2 * bytes) / (median(times.slice(2)) * 1e-3);
 }
 
+/** A kernel of `kernels/stream.cu`: the floors benchmarks compare against. */
+export function streamKernel(dev: CudaDevice, name: string): Kernel {
+  return dev.kernel(import.meta.url, "kernels/stream.cu", name);
+}
+
 /** A kernel that only streams `words` 16-byte words of `buf` (what a weight-bound kernel cannot beat). */
 function streamRead(dev: CudaDevice, buf: DeviceBuffer, sink: DeviceBuffer): void {
-  const k = dev.kernel(import.meta.url, "kernels/stream.cu", "stream_read");
+  const k = streamKernel(dev, "stream_read");
   const words = Math.floor(buf.bytes / 16);
   const blocks = Math.min(dev.info.smCount * 4, Math.ceil(words / 512));
   dev.launch(k, [blocks, 1, 1], 512, 0, [ptr(buf), u64(words), ptr(sink)]);
@@ -216,7 +221,7 @@ export function runBench(opts: BenchOptions): BenchResult {
   const dev = CudaDevice.get();
   const blas = Cublas.get(dev);
   const copyGBps = copyBandwidth(dev) / 1e9;
-  const empty = dev.kernel(import.meta.url, "kernels/stream.cu", "empty_kernel");
+  const empty = streamKernel(dev, "empty_kernel");
   const launchUs = timeGraph(dev, () => dev.launch(empty, [1, 1, 1], 32, 0, []));
   log(
     `${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s, an empty kernel ${launchUs.toFixed(2)} µs per launch`,
