@@ -264,8 +264,8 @@ export function maxCluster(c: W4A16Config): number {
 
 /**
  * Shared memory of one block for M rows (default: a full block). w4a16.cu: the ring of activation rows
- * (272 bytes each, as many rows as M has up to the block's, per k-slice) and scales, each warp's weight
- * ring, and their mbarriers. w4a16_wgmma.cu: per stage, rounded to 1024 bytes (the swizzle's period),
+ * (272 bytes each, as many rows as M has up to the block's, per k-slice), each warp's ring of weights
+ * and scales, and their mbarriers. w4a16_wgmma.cu: per stage, rounded to 1024 bytes (the swizzle's period),
  * the activations (256 bytes a row), every tile's 4 KB of weights and its scales; two mbarriers per
  * stage, and 1024 bytes to align the start.
  */
@@ -278,7 +278,7 @@ export function sharedBytes(c: W4A16Config, groupSize: number, M: number = c.row
   const ks = c.kslices ?? 1;
   // (sized by M only where k-slices or a deeper ring multiply the rows staged)
   const rows = ks > 1 || c.ring ? Math.min(c.rows, M) : c.rows;
-  return ring * (ks * (rows * 272 + tiles * sg * 128) + 16) + c.warps * (c.stages * (4096 + 8) + 16);
+  return ring * (ks * rows * 272 + 16) + c.warps * (c.stages * (4096 + sg * 128 + 8) + 16);
 }
 
 /**

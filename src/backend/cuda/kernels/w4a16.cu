@@ -12,10 +12,10 @@
 // Work: a block of W warps takes W adjacent 64-column tiles over one k-range (a "split"), so the
 // activations it stages in shared memory serve all its warps; or, in KS k-slices, W / KS tiles whose
 // KS warps each walk alternate chunks of the range (narrow layers, where the tiles alone cannot fill
-// the GPU without many splits). It walks the k-range in chunks of 128 rows: the block's activations and
-// scales go through a shared ring that warp 0 fills with bulk copies while every warp waits only for the
-// data and says when it is done with a slot; each warp's weights come through its own ring of P
-// chunks, one bulk copy per chunk. No block-wide barrier in the loop; the k-slices of a tile add their
+// the GPU without many splits). It walks the k-range in chunks of 128 rows: the block's activations go
+// through a shared ring that warp 0 fills with bulk copies while every warp waits only for the data and
+// says when it is done with a slot; each warp's weights and scales come through its own ring of P
+// chunks, bulk copies that lane 0 issues. No block-wide barrier in the loop; the k-slices of a tile add their
 // partials in shared memory after it, behind one named barrier. The splits of
 // one tile add their fp32 partial sums in distributed shared memory when they form one cluster (up to 4
 // splits of 8 rows, 2 of 16), else in a workspace (so their order, and the last bit, may vary).
@@ -97,11 +97,14 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // past M come from whatever follows, always inside the block's shared memory, and only feed outputs
   // never stored. (Their addresses stay distinct: rows repeated in one ldmatrix conflict on the same banks.)
   const int srows = KS > 1 || AR ? imin(ROWS, M) : ROWS;
-  const int A_SLOT = KS * srows * A_ROW;
-  const int SLOT = A_SLOT + KS * TW * SG * 128;
+  const int SLOT = KS * srows * A_ROW;
+  constexpr int S_SLOT = SG * 128;  // a tile's scales for one chunk
   const u32 base = smem_addr(smem);
   const u32 wring = base + RING * SLOT + warp * P * 4096;  // this warp's weight slots, 4 KB each
-  const u32 full = base + RING * SLOT + W * P * 4096;       // RING barriers: a slot's data landed
+  // and its scale slots: they travel with its weights, so the shared ring carries only activations
+  // (L2-resident after the first block), and no warp waits there on a DRAM fetch of scales
+  const u32 sring = base + RING * SLOT + W * P * 4096 + warp * P * S_SLOT;
+  const u32 full = base + RING * SLOT + W * P * (4096 + S_SLOT);  // RING barriers: a slot's data landed
   const u32 empty = full + RING * 8;                         // RING barriers: every warp is done with it
   const u32 wbars = empty + RING * 8 + warp * P * 8;         // this warp's weight slots landed
   // split-k in a cluster: per warp, its tile's partials gathered (leader) and read (the others)
@@ -136,59 +139,46 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   if (!active) return;
 
   // warp 0 fills the shared ring: per step and k-slice, each staged row's 256 bytes of activations
-  // (row-major, rows A_ROW apart) and each tile's scales for the chunk's groups
+  // (row-major, rows A_ROW apart)
   auto produce = [&](int t) {
     if (t >= nsteps) return;
     const u32 slot = base + (t % RING) * SLOT, bar = full + (t % RING) * 8;
     if constexpr (SIMPLE) {  // one chunk a step
       const int kc = (c0 + t) * 128;
       const u32 rowBytes = imin(256, (K - kc) * 2);
-      if (lane == 0) mbar_expect(bar, rows * rowBytes + tilesHere * SG * 128);
+      if (lane == 0) mbar_expect(bar, rows * rowBytes);
       __syncwarp();
-      for (int e = lane; e < rows + tilesHere * SG; e += 32) {
-        if (e < rows) {
-          bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
-        } else {
-          const int w = (e - rows) / SG, sg = (e - rows) % SG;
-          const int gi = ((c0 + t) * CHUNK + sg * (CHUNK / SG)) / groupTiles;
-          bulk_copy(slot + A_SLOT + (w * SG + sg) * 128, S + ((size_t)gi * ntiles + blockIdx.y * W + w) * 64, 128,
-                    bar);
-        }
-      }
+      for (int e = lane; e < rows; e += 32) bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
       return;
     }
     const int here = imin(KS, nchunks - t * KS);  // chunks in this step
-    const int per = rows + tilesHere * SG;         // copies per chunk
     if (lane == 0) {
       u32 bytes = 0;
-      for (int k = 0; k < here; k++)
-        bytes += rows * imin(256, (K - (c0 + t * KS + k) * 128) * 2) + tilesHere * SG * 128;
+      for (int k = 0; k < here; k++) bytes += rows * imin(256, (K - (c0 + t * KS + k) * 128) * 2);
       mbar_expect(bar, bytes);
     }
     __syncwarp();
-    for (int e = lane; e < here * per; e += 32) {
-      const int k = e / per, r = e % per, c = c0 + t * KS + k;
-      if (r < rows) {
-        const int kc = c * 128;
-        bulk_copy(slot + (k * srows + r) * A_ROW, A + (size_t)(m0 + r) * K + kc, imin(256, (K - kc) * 2), bar);
-      } else {
-        const int w = (r - rows) / SG, sg = (r - rows) % SG;
-        const int gi = (c * CHUNK + sg * (CHUNK / SG)) / groupTiles;
-        const u16* src = S + ((size_t)gi * ntiles + blockIdx.y * TW + w) * 64;
-        bulk_copy(slot + A_SLOT + ((k * TW + w) * SG + sg) * 128, src, 128, bar);
-      }
+    for (int e = lane; e < here * rows; e += 32) {
+      const int k = e / rows, r = e % rows, kc = (c0 + t * KS + k) * 128;
+      bulk_copy(slot + (k * srows + r) * A_ROW, A + (size_t)(m0 + r) * K + kc, imin(256, (K - kc) * 2), bar);
     }
   };
 
-  // a tile's chunk of weights is 4 KB contiguous: one bulk copy, issued by lane 0; step t of this warp
-  // is chunk t * KS + ks of the split
+  // a tile's chunk of weights is 4 KB contiguous and its scales 128 bytes per group: lane 0 copies
+  // both (after announcing their bytes); step t of this warp is chunk t * KS + ks of the split
   const uint4* wsrc = B + ((size_t)tile * ktiles + c0 * CHUNK) * 32;
+  const u16* ssrc = S + (size_t)tile * 64;
   auto issue = [&](int t) {
     const int c = t * KS + ks;
     if (lane == 0 && c < nchunks) {
       const u32 bar = wbars + (t % P) * 8;
-      mbar_expect(bar, 4096);
+      mbar_expect(bar, 4096 + S_SLOT);
       bulk_copy_once(wring + (t % P) * 4096, wsrc + (size_t)c * CHUNK * 32, 4096, bar, policy);
+#pragma unroll
+      for (int sg = 0; sg < SG; sg++) {
+        const int gi = ((c0 + c) * CHUNK + sg * (CHUNK / SG)) / groupTiles;
+        bulk_copy_once(sring + (t % P) * S_SLOT + sg * 128, ssrc + (size_t)gi * ntiles * 64, 128, bar, policy);
+      }
     }
   };
 #pragma unroll
@@ -214,7 +204,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   // m16 would be half empty. The words need no other layout: a word's fragments b0/b1 of sub-tiles
   // 2w, 2w+1 are exactly the A fragment of columns 16w..16w+15.
   constexpr bool T = R8;
-  const u32 sRead = A_SLOT + (ks * TW + tw) * SG * 128 + (ACC && !T ? cq : gq >> 1) * 32;
+  const u32 sRead = (ACC && !T ? cq : gq >> 1) * 32;
   const u32 sSel = (gq & 1) ? 0x3232 : 0x1010;
   // ldmatrix.x4 lanes: 0-7 rows 0-7 and 8-15 rows 8-15 at k 0-7, 16-31 the same at k 8-15. 8-row
   // blocks re-read rows 0-7 as the unused rows 8-15, so the mma's register quad fills directly
@@ -224,14 +214,15 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
   auto compute = [&](int t) {
     const u32 slot = base + (t % RING) * SLOT;
     const u32 wslot = wring + (t % P) * 4096 + lane * 16;
+    const u32 sslot = sring + (t % P) * S_SLOT + sRead;
     float part[8][4];
     u32 sc[SG][8];  // fragment side: (s, s) per sub-tile and group
     if (!ACC) {
 #pragma unroll
       for (int sg = 0; sg < SG; sg++) {
         u32 w[8];
-        lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead + sg * 128);
-        lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + sg * 128 + 16);
+        lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), sslot + sg * 128);
+        lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), sslot + sg * 128 + 16);
 #pragma unroll
         for (int j = 0; j < 8; j++) sc[sg][j] = __byte_perm(w[j], 0, sSel);
       }
@@ -322,8 +313,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     if (ACC && T) {
       // accumulators: columns 16w + gq (e = 0, 1) and 16w + gq + 8 (e = 2, 3), rows 2cq, 2cq + 1
       u32 w[8];
-      lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead);
-      lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + 16);
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), sslot);
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), sslot + 16);
 #pragma unroll
       for (int q = 0; q < 4; q++) {
         const float s0 = h2f((u16)(__byte_perm(w[2 * q], 0, sSel) & 0xffff));
@@ -336,8 +327,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       }
     } else if (ACC) {
       u32 w[8];
-      lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), slot + sRead);
-      lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), slot + sRead + 16);
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[0]), sslot);
+      lds128(*reinterpret_cast<u32(*)[4]>(&w[4]), sslot + 16);
 #pragma unroll
       for (int j = 0; j < 8; j++) {
         const float s0 = h2f((u16)(w[j] & 0xffff)), s1 = h2f((u16)(w[j] >> 16));
