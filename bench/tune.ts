@@ -35,11 +35,11 @@ for (const [K, N] of shapes) {
     for (const c of copies) c.config = undefined;
     const auto = lin.plan(M).name;
     us[auto] = time();
-    // 8-row blocks of two ring slots (two m-blocks at 16 rows), and 16-row ones at 16
+    // 8-row blocks (two m-blocks at 16 rows), and 16-row ones of two weight slots at 16
     const shapesHere = W4A16_CONFIGS.filter(
       (c) =>
         c.kind === "mma" &&
-        c.stages === 2 &&
+        (c.stages === 2 || c.rows === 8) &&
         (c.kslices ?? 1) <= 4 &&
         (c.rows === 8 ? M <= 8 || c.warps === 4 : c.rows === 16 && M > 8),
     );

@@ -288,7 +288,7 @@ export function sharedBytes(c: W4A16Config, groupSize: number, M: number = c.row
  * for the warpgroup one, whose blocks fill deeper pipelines, and 20 for its 128-row blocks, whose fp32
  * partials outweigh their share of the weights (all fit to `gptq bench --sweep` on an H200); ties go to
  * fewer splits. A k-sliced block's chunks count as steps of one chunk per slice, and mma.sync splits
- * keep at least 4 chunks (`bench/tune.ts`).
+ * keep at least 4 chunks, 8 for 8-row blocks at 5–8 rows (`bench/tune.ts`).
  */
 export function geometry(
   c: W4A16Config,
@@ -315,8 +315,9 @@ export function geometry(
   const steps = (cps: number) => Math.ceil(cps / (c.kind === "mma" ? (c.kslices ?? 1) : 1));
   const cost = (b: { cps: number; splits: number }) =>
     Math.ceil((perSplit * b.splits) / slots) * (steps(b.cps) + fixed);
-  // mma.sync splits keep 4 chunks or more: shorter ones cost more in partial sums than they gain
-  const minChunks = c.kind === "mma" ? 4 : 1;
+  // mma.sync splits keep 4 chunks or more: shorter ones cost more in partial sums than they gain; 8
+  // where an 8-row block (without k-slices) adds up more than 4 rows' partials
+  const minChunks = c.kind === "mma" ? (c.rows === 8 && !c.kslices && M > 4 ? 8 : 4) : 1;
   let best = balanced(Math.min(chunks, c.splits || 1));
   if (!c.splits)
     for (let s = 2; s <= chunks; s++) {
@@ -347,8 +348,8 @@ export function geometry(
  * - Up to 8 rows of layers of at most 4096 x 4096: 8-row blocks of 8 warps in 4 k-slices (two tiles).
  * - Up to 3 rows: 8-row mma.sync blocks of 4 warps.
  * - 4 to 16 rows: 16-row warpgroup blocks on small layers (up to 2^25 weights, 2^26 above 8 rows).
- *   Else up to 8 rows, 8-row blocks of 4 warps (up to 4 rows), at 5 to 8 rows of 2 k-slices on layers of
- *   at most 4096 columns, else of 8 warps with an 8-slot ring; up to 16, two 8-row m-blocks (whose
+ *   Else up to 8 rows, 8-row blocks of 4 warps; at 5 to 8 rows in 2 k-slices on layers of at most 4096
+ *   columns, and of 8 warps with an 8-slot ring above 2^27 weights; up to 16, two 8-row m-blocks (whose
  *   products take half the mma) below 2^26 weights, 16-row blocks of 8 warps below 2^27 and of 4 above.
  * - Above 16 rows: warpgroup blocks of 32, 64 or 128 rows (64 on layers of up to 2^24 weights, where
  *   two 64-row m-blocks fill the GPU better; without warpgroup MMA, 32-row mma.sync blocks). At 128
@@ -363,7 +364,7 @@ export function chooseConfig(M: number, K = 0, N = 0, wgmma = false, smCount = 1
   else if (M <= 3) name = "r8_w4_p2";
   else if (M <= 16 && wgmma && weights <= 2 ** (M <= 8 ? 25 : 26)) name = "wg_r16_x4_p8";
   else if (M <= 4) name = "r8_w4_p2";
-  else if (M <= 8) name = narrow ? "r8_w4_k2_p2" : "r8_w8_p2_a8";
+  else if (M <= 8) name = narrow ? "r8_w4_k2_p2" : weights <= 2 ** 27 ? "r8_w4_p2" : "r8_w8_p2_a8";
   else if (M <= 16) name = weights < 2 ** 26 ? "r8_w4_p2" : weights < 2 ** 27 ? "r16_w8_p2" : "r16_w4_p2";
   else if (wgmma)
     name =

@@ -481,6 +481,11 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.ok(sharedBytes(sliced, 128, 1) < sharedBytes(sliced, 128, 8));
   assert.equal(sharedBytes(sliced, 128, 8), sharedBytes(sliced, 128));
   assert.equal(sharedBytes(sliced, 128, 100), sharedBytes(sliced, 128));
+  // at 5-8 rows, 4-warp blocks (8 warps above 2^27 weights) whose splits keep 8 chunks
+  assert.equal(configName(chooseConfig(8, 4096, 12288, true)), "r8_w4_p2");
+  assert.equal(configName(chooseConfig(8, 8192, 57344, true)), "r8_w8_p2_a8");
+  assert.equal(geometry(chooseConfig(8, 4096, 12288, true), 8, 12288, 4096, 128, 132, 5).chunksPerSplit, 8);
+  assert.equal(geometry(chooseConfig(4, 4096, 12288, true), 4, 12288, 4096, 128, 132, 5).chunksPerSplit, 4);
   const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
   assert.deepEqual(parseConfig("r16_w4_p3_s8"), { kind: "mma", rows: 16, warps: 4, stages: 3, splits: 8 });
