@@ -227,11 +227,12 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
         for (int j = 0; j < 8; j++) sc[sg][j] = __byte_perm(w[j], 0, sSel);
       }
     }
-    // software-pipelined: tile i + 1 is dequantized while tile i's products issue
-    u32 f[2][8][2];
-    auto dequant = [&](int i, u32 (&fr)[8][2]) {
-      u32 qw[4];
-      lds128(qw, wslot + i * 512);
+    // software-pipelined: tile i + 1 is dequantized while tile i's products issue. 8-row blocks load
+    // its codes a tile earlier, and tile i + 1's activations during tile i: the shared loads and the
+    // mma are volatile asm, which the compiler keeps in program order (2-4 % at batch 1-8; blocks of 16
+    // rows and more, whose products hide the loads, were 1-3 % slower so)
+    u32 f[2][8][2], q[2][4];
+    auto dequant = [&](const u32 (&qw)[4], u32 (&fr)[8][2]) {
 #pragma unroll
       for (int w = 0; w < 4; w++) {
         if (ACC)
@@ -240,16 +241,24 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
           dequant_word(qw[w], fr[2 * w], fr[2 * w + 1]);
       }
     };
+    auto ldb = [&](int i, u32& b0, u32& b1) {  // rows 0-7 at k 0-7 and k 8-15 of k-tile i
+      asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                   : "=r"(b0), "=r"(b1)
+                   : "r"(slot + i * 32 + aRead));
+    };
     // ACC: the offsets' products, 1032 * sum of a over rows k..k+7 + 72 * over k+8..k+15, per row of M
     float corr[4];
-    dequant(0, f[0]);
+    u32 bn0 = 0, bn1 = 0;
+    if (T) ldb(0, bn0, bn1);
+    lds128(q[0], wslot);
+    if (T) lds128(q[1], wslot + 512);
+    dequant(q[0], f[0]);
 #pragma unroll
     for (int i = 0; i < CHUNK; i++) {
       if (T) {
-        u32 b0, b1;  // rows 0-7 at k 0-7 and k 8-15 of this k-tile
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
-                     : "=r"(b0), "=r"(b1)
-                     : "r"(slot + i * 32 + aRead));
+        u32 b0 = bn0, b1 = bn1;
+        if (i + 1 < CHUNK) ldb(i + 1, bn0, bn1);
+        if (i + 2 < CHUNK) lds128(q[i & 1], wslot + (i + 2) * 512);
         if (ACC) {
           b1 = hmul2(b1, SIXTEENTH);
           const u32 bias[4] = {BIAS_LO, BIAS_LO, BIAS_HI, BIAS_HI};
@@ -258,7 +267,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
           else
             mma(corr, bias, b0, b1);
         }
-        if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
+        if (i + 1 < CHUNK) dequant(q[(i + 1) & 1], f[(i + 1) & 1]);
         const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
         for (int w = 0; w < 4; w++) {
@@ -292,7 +301,10 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
         else
           mma(corr, a[0], BIAS_LO, BIAS_HI);
       }
-      if (i + 1 < CHUNK) dequant(i + 1, f[(i + 1) & 1]);
+      if (i + 1 < CHUNK) {
+        lds128(q[(i + 1) & 1], wslot + (i + 1) * 512);
+        dequant(q[(i + 1) & 1], f[(i + 1) & 1]);
+      }
       const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
       for (int j = 0; j < 8; j++) {
