@@ -15,10 +15,10 @@
 // the GPU without many splits). It walks the k-range in chunks of 128 rows: the block's activations go
 // through a shared ring that warp 0 fills with bulk copies while every warp waits only for the data and
 // says when it is done with a slot; each warp's weights and scales come through its own ring of P
-// chunks, bulk copies that lane 0 issues. No block-wide barrier in the loop; the k-slices of a tile add their
-// partials in shared memory after it, behind one named barrier. The splits of
-// one tile add their fp32 partial sums in distributed shared memory when they form one cluster (up to 4
-// splits of 8 rows, 2 of 16), else in a workspace (so their order, and the last bit, may vary).
+// chunks, bulk copies that lane 0 issues. No block-wide barrier in the loop; the k-slices of a tile add
+// their partials in shared memory after it, behind one named barrier. The splits of one tile add their
+// fp32 partial sums in distributed shared memory when they form one cluster (up to 4 splits of 8 rows,
+// 2 of 16), else in a workspace (so their order, and the last bit, may vary).
 //
 // Decode (one m-tile, one group per chunk): the codes go into the fp16 mantissa with their offsets left
 // in (1024 + q, 1024 + 16q: 5 instructions per 8 weights); the activations of the high-nibble rows are
@@ -148,7 +148,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
       const u32 rowBytes = imin(256, (K - kc) * 2);
       if (lane == 0) mbar_expect(bar, rows * rowBytes);
       __syncwarp();
-      for (int e = lane; e < rows; e += 32) bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
+      for (int e = lane; e < rows; e += 32)
+        bulk_copy(slot + e * A_ROW, A + (size_t)(m0 + e) * K + kc, rowBytes, bar);
       return;
     }
     const int here = imin(KS, nchunks - t * KS);  // chunks in this step
@@ -229,9 +230,9 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     }
     // software-pipelined: tile i + 1 is dequantized while tile i's products issue. 8-row blocks load
     // its codes a tile earlier, and tile i + 1's activations during tile i: the shared loads and the
-    // mma are volatile asm, which the compiler keeps in program order (2-4 % at batch 1-8; blocks of 16
-    // rows and more, whose products hide the loads, were 1-3 % slower so)
-    u32 f[2][8][2], q[2][4];
+    // mma are volatile asm, which the compiler keeps in program order (2-4 % at batch 1-8; the same in
+    // blocks of 16 rows and more, whose products hide the loads, was 1-3 % slower)
+    u32 f[2][8][2], codes[2][4];
     auto dequant = [&](const u32 (&qw)[4], u32 (&fr)[8][2]) {
 #pragma unroll
       for (int w = 0; w < 4; w++) {
@@ -250,15 +251,15 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
     float corr[4];
     u32 bn0 = 0, bn1 = 0;
     if (T) ldb(0, bn0, bn1);
-    lds128(q[0], wslot);
-    if (T) lds128(q[1], wslot + 512);
-    dequant(q[0], f[0]);
+    lds128(codes[0], wslot);
+    if (T) lds128(codes[1], wslot + 512);
+    dequant(codes[0], f[0]);
 #pragma unroll
     for (int i = 0; i < CHUNK; i++) {
       if (T) {
         u32 b0 = bn0, b1 = bn1;
         if (i + 1 < CHUNK) ldb(i + 1, bn0, bn1);
-        if (i + 2 < CHUNK) lds128(q[i & 1], wslot + (i + 2) * 512);
+        if (i + 2 < CHUNK) lds128(codes[i & 1], wslot + (i + 2) * 512);
         if (ACC) {
           b1 = hmul2(b1, SIXTEENTH);
           const u32 bias[4] = {BIAS_LO, BIAS_LO, BIAS_HI, BIAS_HI};
@@ -267,7 +268,7 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
           else
             mma(corr, bias, b0, b1);
         }
-        if (i + 1 < CHUNK) dequant(q[(i + 1) & 1], f[(i + 1) & 1]);
+        if (i + 1 < CHUNK) dequant(codes[(i + 1) & 1], f[(i + 1) & 1]);
         const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
         for (int w = 0; w < 4; w++) {
@@ -302,8 +303,8 @@ __device__ __forceinline__ void w4a16(const uint4* __restrict__ B, const u16* __
           mma(corr, a[0], BIAS_LO, BIAS_HI);
       }
       if (i + 1 < CHUNK) {
-        lds128(q[(i + 1) & 1], wslot + (i + 1) * 512);
-        dequant(q[(i + 1) & 1], f[(i + 1) & 1]);
+        lds128(codes[(i + 1) & 1], wslot + (i + 1) * 512);
+        dequant(codes[(i + 1) & 1], f[(i + 1) & 1]);
       }
       const u32(&fr)[8][2] = f[i & 1];
 #pragma unroll
