@@ -206,7 +206,52 @@ export function loadDenseLinear(store: TensorStore, prefix: string, N: number, K
   return new DenseLinear(weight, N, K, bias);
 }
 
-export class LlamaModel {
+/** Decoder layer `i` of a checkpoint, each projection from `linear(prefix, N, K)`. */
+function readDecoderLayer(
+  store: TensorStore,
+  config: LlamaConfig,
+  i: number,
+  rotary: Rotary,
+  linear: (prefix: string, N: number, K: number) => Linear,
+): DecoderLayer {
+  const shapes = LlamaModel.linearShapes(config);
+  const D = config.hiddenSize;
+  const prefix = `model.layers.${i}`;
+  const linears = {} as Record<LinearName, Linear>;
+  for (const name of LINEAR_NAMES) {
+    const [N, K] = shapes[name];
+    linears[name] = linear(`${prefix}.${LINEAR_MODULE[name]}`, N, K);
+  }
+  return new DecoderLayer(
+    config,
+    prefix,
+    linears,
+    readFloats(store, `${prefix}.input_layernorm.weight`, [D]),
+    readFloats(store, `${prefix}.post_attention_layernorm.weight`, [D]),
+    rotary,
+  );
+}
+
+/** tokens -> T x hidden rows of the embedding table (vocab x hidden) */
+function embedRows(config: LlamaConfig, table: Float32Array, tokens: Int32Array): Float32Array {
+  const V = config.vocabSize;
+  for (let t = 0; t < tokens.length; t++)
+    if (tokens[t] < 0 || tokens[t] >= V)
+      throw new GptqError(`token ${tokens[t]} at position ${t} is outside the vocabulary [0, ${V})`);
+  const D = config.hiddenSize;
+  const out = new Float32Array(tokens.length * D);
+  for (let t = 0; t < tokens.length; t++) out.set(table.subarray(tokens[t] * D, (tokens[t] + 1) * D), t * D);
+  return out;
+}
+
+/** What layer-by-layer quantization reads of a model: its embeddings, then one decoder layer at a time. */
+export interface LayerSource {
+  readonly numLayers: number;
+  embed(tokens: Int32Array): Float32Array;
+  layer(i: number): DecoderLayer;
+}
+
+export class LlamaModel implements LayerSource {
   constructor(
     readonly config: LlamaConfig,
     /** vocab x hidden */
@@ -287,30 +332,12 @@ export class LlamaModel {
         }
         return new QuantLinear(layer);
       };
-      const shapes = LlamaModel.linearShapes(config);
       const D = config.hiddenSize;
       const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, D]);
       const rotary = Rotary.fromConfig(config);
       const layers: DecoderLayer[] = [];
-      for (let i = 0; i < config.numLayers; i++) {
-        const prefix = `model.layers.${i}`;
-        const linears = {} as Record<LinearName, Linear>;
-        for (const name of LINEAR_NAMES) {
-          const p = `${prefix}.${LINEAR_MODULE[name]}`;
-          const [N, K] = shapes[name];
-          linears[name] = linear(p, N, K);
-        }
-        layers.push(
-          new DecoderLayer(
-            config,
-            prefix,
-            linears,
-            readFloats(store, `${prefix}.input_layernorm.weight`, [D]),
-            readFloats(store, `${prefix}.post_attention_layernorm.weight`, [D]),
-            rotary,
-          ),
-        );
-      }
+      for (let i = 0; i < config.numLayers; i++)
+        layers.push(readDecoderLayer(store, config, i, rotary, linear));
       const finalNorm = readFloats(store, "model.norm.weight", [D]);
       // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says;
       // some quantizers also quantize lm_head (GPTQModel's lm_head option)
@@ -325,21 +352,17 @@ export class LlamaModel {
     }
   }
 
-  private checkTokens(tokens: Int32Array): void {
-    const V = this.config.vocabSize;
-    for (let t = 0; t < tokens.length; t++)
-      if (tokens[t] < 0 || tokens[t] >= V)
-        throw new GptqError(`token ${tokens[t]} at position ${t} is outside the vocabulary [0, ${V})`);
+  get numLayers(): number {
+    return this.layers.length;
+  }
+
+  layer(i: number): DecoderLayer {
+    return this.layers[i];
   }
 
   /** tokens -> T x hidden embeddings */
   embed(tokens: Int32Array): Float32Array {
-    this.checkTokens(tokens);
-    const D = this.config.hiddenSize;
-    const out = new Float32Array(tokens.length * D);
-    for (let t = 0; t < tokens.length; t++)
-      out.set(this.embedTokens.subarray(tokens[t] * D, (tokens[t] + 1) * D), t * D);
-    return out;
+    return embedRows(this.config, this.embedTokens, tokens);
   }
 
   /** the last decoder layer's output for one sequence: T x hidden */
@@ -357,5 +380,53 @@ export class LlamaModel {
   /** tokens of one sequence -> T x vocab logits */
   forward(tokens: Int32Array): Float32Array {
     return this.logits(this.hidden(tokens), tokens.length);
+  }
+}
+
+/**
+ * An unquantized checkpoint read one decoder layer at a time, for quantization: the embeddings, the
+ * layer at work and what has been quantized stay in memory, not every fp32 weight of the model (a 7B
+ * model's layer is 0.8 GB in fp32, the model 27 GB). `prepare` runs on each layer as it is read (the
+ * MLP padding, say). Close it when done.
+ */
+export class LayerwiseLlama implements LayerSource {
+  private constructor(
+    readonly config: LlamaConfig,
+    private readonly store: TensorStore,
+    private readonly embedTokens: Float32Array,
+    private readonly rotary: Rotary,
+    private readonly prepare: (layer: DecoderLayer) => void,
+  ) {}
+
+  static open(dir: string, prepare: (layer: DecoderLayer) => void = () => {}): LayerwiseLlama {
+    const config = readLlamaConfig(dir);
+    const store = TensorStore.open(dir);
+    try {
+      const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, config.hiddenSize]);
+      return new LayerwiseLlama(config, store, embed, Rotary.fromConfig(config), prepare);
+    } catch (e) {
+      store.close();
+      throw e;
+    }
+  }
+
+  get numLayers(): number {
+    return this.config.numLayers;
+  }
+
+  embed(tokens: Int32Array): Float32Array {
+    return embedRows(this.config, this.embedTokens, tokens);
+  }
+
+  /** reads decoder layer `i` now */
+  layer(i: number): DecoderLayer {
+    const dense = (prefix: string, N: number, K: number) => loadDenseLinear(this.store, prefix, N, K);
+    const layer = readDecoderLayer(this.store, this.config, i, this.rotary, dense);
+    this.prepare(layer);
+    return layer;
+  }
+
+  close(): void {
+    this.store.close();
   }
 }

@@ -15,7 +15,7 @@ import { Tensor, bytesOf, viewAs } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
 import { KernelQuery, KernelRule } from "../kernels/types.js";
 import { LlamaConfig, readLlamaConfig } from "./config.js";
-import { LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
+import { DecoderLayer, LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
 import { DenseLinear } from "../backend/cpu/linear.js";
 import { FORMATS } from "../formats/registry.js";
 import { CheckpointFormat, QuantScheme } from "../formats/types.js";
@@ -295,25 +295,27 @@ export async function padCheckpoint(inDir: string, outDir: string, plan: PadPlan
 export function padModelIntermediate(model: LlamaModel, to: number): void {
   const from = model.config.intermediateSize;
   if (to === from) return;
-  const f32 = (data: Float32Array, shape: number[]): Tensor => ({ dtype: "F32", shape, data });
-  for (const layer of model.layers) {
-    for (const name of ["gate_proj", "up_proj", "down_proj"] as const) {
-      const l = layer.linears[name];
-      if (!(l instanceof DenseLinear))
-        throw new GptqError(
-          `${layer.linearPrefix(name)} is quantized; only unquantized layers can be padded`,
-        );
-      const w = f32(l.weight, [l.outFeatures, l.inFeatures]);
-      layer.linears[name] =
-        name === "down_proj"
-          ? new DenseLinear(padCols(w, to).data as Float32Array, l.outFeatures, to, l.bias)
-          : new DenseLinear(
-              padRows(w, to).data as Float32Array,
-              to,
-              l.inFeatures,
-              l.bias && (padRows(f32(l.bias, [from]), to).data as Float32Array),
-            );
-    }
-  }
+  for (const layer of model.layers) padLayerIntermediate(layer, from, to);
   model.config.intermediateSize = to;
+}
+
+/** One decoder layer's MLP zero-padded from `from` to `to` intermediate features (see padModelIntermediate). */
+export function padLayerIntermediate(layer: DecoderLayer, from: number, to: number): void {
+  if (to === from) return;
+  const f32 = (data: Float32Array, shape: number[]): Tensor => ({ dtype: "F32", shape, data });
+  for (const name of ["gate_proj", "up_proj", "down_proj"] as const) {
+    const l = layer.linears[name];
+    if (!(l instanceof DenseLinear))
+      throw new GptqError(`${layer.linearPrefix(name)} is quantized; only unquantized layers can be padded`);
+    const w = f32(l.weight, [l.outFeatures, l.inFeatures]);
+    layer.linears[name] =
+      name === "down_proj"
+        ? new DenseLinear(padCols(w, to).data as Float32Array, l.outFeatures, to, l.bias)
+        : new DenseLinear(
+            padRows(w, to).data as Float32Array,
+            to,
+            l.inFeatures,
+            l.bias && (padRows(f32(l.bias, [from]), to).data as Float32Array),
+          );
+  }
 }

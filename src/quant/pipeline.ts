@@ -9,7 +9,7 @@
 import { DenseLinear, Linear } from "../backend/cpu/linear.js";
 import { dequantize } from "../formats/dequantize.js";
 import { Bits, QuantizedLinear } from "../formats/types.js";
-import { DecoderLayer, LinearName, LlamaModel } from "../model/llama.js";
+import { DecoderLayer, LayerSource, LinearName } from "../model/llama.js";
 import { GptqError } from "../util/errors.js";
 import { choleskyLowerInPlace } from "../tensor/linalg.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "./index.js";
@@ -329,12 +329,13 @@ function quantizeOne(
 }
 
 /**
- * Quantizes every decoder projection of `model` in place (each replaced by its dequantized weights, so the
- * model afterwards computes what the quantized checkpoint will) and returns the quantized layers.
+ * Quantizes every decoder projection of `model`, one layer at a time, and returns the quantized layers.
+ * Each projection of the layer object is replaced by its dequantized weights: a `LlamaModel` afterwards
+ * computes what the quantized checkpoint will; a `LayerwiseLlama` drops each layer once it is done.
  * `calibration` may be omitted for RTN only.
  */
 export function quantizeModel(
-  model: LlamaModel,
+  model: LayerSource,
   calibration: readonly Int32Array[] | undefined,
   opts: PipelineOptions,
   onEvent: (e: PipelineEvent) => void = () => {},
@@ -342,7 +343,7 @@ export function quantizeModel(
   const t0 = Date.now();
   const layers = new Map<string, QuantizedLinear>();
   const reports: LinearReport[] = [];
-  const L = model.layers.length;
+  const L = model.numLayers;
   const calibrated = calibration !== undefined && calibration.length > 0;
   if (opts.method === "gptq" && !calibrated)
     throw new GptqError("GPTQ needs calibration data (--calib FILE)");
@@ -374,7 +375,7 @@ export function quantizeModel(
   const T = (s: number) => calibration![s].length;
 
   for (let li = 0; li < L; li++) {
-    const layer = model.layers[li];
+    const layer = model.layer(li);
     const fpLinears = { ...layer.linears };
     /** runs `fn` with the layer's unquantized projections in place */
     const asFp = <R>(fn: () => R): R => {

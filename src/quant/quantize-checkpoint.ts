@@ -1,17 +1,17 @@
 /**
  * Checkpoint in, checkpoint out: checks the scheme against the output format before any work, plans the
- * MLP padding the packing needs, loads calibration data and the model, runs the layer-by-layer pipeline
- * and writes the result.
+ * MLP padding the packing needs, loads calibration data, runs the layer-by-layer pipeline on the model
+ * read one layer at a time, and writes the result.
  */
 import { CheckpointFormat } from "../formats/types.js";
 import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
 import { readLlamaConfig } from "../model/config.js";
-import { LlamaModel } from "../model/llama.js";
-import { PadPlan, formatTarget, padModelIntermediate, planPadding } from "../model/padding.js";
+import { LayerwiseLlama } from "../model/llama.js";
+import { PadPlan, formatTarget, padLayerIntermediate, planPadding } from "../model/padding.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
-import { LinearReport, PipelineEvent, PipelineOptions, quantizeModel } from "./pipeline.js";
+import { LinearReport, PipelineEvent, PipelineOptions, PipelineResult, quantizeModel } from "./pipeline.js";
 import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write.js";
 
 export interface QuantizeRequest {
@@ -89,9 +89,14 @@ export async function quantizeCheckpoint(
     : undefined;
   if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
 
-  const model = LlamaModel.load(req.modelDir);
-  padModelIntermediate(model, plan.to);
-  const run = quantizeModel(model, cal?.sequences, o, onEvent);
+  // one fp32 layer in memory at a time, padded as it is read
+  const model = LayerwiseLlama.open(req.modelDir, (layer) => padLayerIntermediate(layer, plan.from, plan.to));
+  let run: PipelineResult;
+  try {
+    run = quantizeModel(model, cal?.sequences, o, onEvent);
+  } finally {
+    model.close();
+  }
   const chosen = chooseFormat(req.format, run.layers);
   const quantConfig = {
     ...scheme,

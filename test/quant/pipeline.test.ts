@@ -4,10 +4,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DenseLinear } from "../../src/backend/cpu/linear.js";
-import { LINEAR_NAMES, LinearName, LlamaModel } from "../../src/model/llama.js";
+import { LINEAR_NAMES, LayerwiseLlama, LinearName, LlamaModel } from "../../src/model/llama.js";
 import { SyntheticSpec, syntheticTokens, writeSyntheticLlama } from "../../src/model/synthetic.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
-import { PipelineOptions, fpTargetWeights, quantizeModel } from "../../src/quant/pipeline.js";
+import { PipelineOptions, PipelineResult, fpTargetWeights, quantizeModel } from "../../src/quant/pipeline.js";
 
 const SPEC: SyntheticSpec = {
   hiddenSize: 32,
@@ -79,6 +79,31 @@ test("true-sequential: every projection is GPTQ on the inputs it sees once all b
   const report = run.reports.find((r) => r.name === "model.layers.1.mlp.down_proj")!;
   assert.equal(report.relErrorOf, "outputs");
   assert.ok(report.relError > 0 && report.relError < 0.05, `relative error ${report.relError}`);
+});
+
+test("a layer-wise model is read one layer at a time and quantizes exactly as the loaded one", () => {
+  const events: string[] = [];
+  const lazy = LayerwiseLlama.open(dir, (layer) => events.push(`read ${layer.prefix}`));
+  assert.throws(() => lazy.embed(Int32Array.of(SPEC.vocabSize)), /outside the vocabulary/);
+  let run: PipelineResult;
+  try {
+    run = quantizeModel(lazy, CALIB, OPTS, (e) => {
+      if (e.type === "linear") events.push(`quantized ${e.report.name}`);
+    });
+  } finally {
+    lazy.close();
+  }
+  // layer 1 is read only once every projection of layer 0 is quantized, and each layer once
+  const read1 = events.indexOf("read model.layers.1");
+  assert.equal(events.indexOf("read model.layers.0"), 0);
+  assert.equal(events.lastIndexOf("quantized model.layers.0.mlp.down_proj"), read1 - 1);
+  assert.equal(events.filter((e) => e.startsWith("read")).length, SPEC.numLayers);
+  const ref = quantizeModel(LlamaModel.load(dir), CALIB, OPTS);
+  assert.deepEqual([...run.layers.keys()], [...ref.layers.keys()]);
+  for (const [name, want] of ref.layers) {
+    assert.deepEqual(run.layers.get(name)!.codes, want.codes, `${name} codes`);
+    assert.deepEqual(run.layers.get(name)!.scales, want.scales, `${name} scales`);
+  }
 });
 
 test("RTN without calibration quantizes each weight on its own and reports weight error", () => {
