@@ -188,15 +188,20 @@ export interface LoadOptions {
   actQuant?: "none" | "int8";
 }
 
-function readFloats(store: TensorStore, name: string, shape: number[]): Float32Array {
-  const t = store.read(name);
+/** Checks a float tensor's header (dtype, the shape config.json implies) before its data is read. */
+function checkFloats(store: TensorStore, name: string, shape: number[]): void {
+  const t = store.info(name);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
     throw new GptqError(
       `${store.dir}: tensor ${name} has shape [${t.shape}], config.json implies [${shape}]`,
     );
   if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16")
     throw new GptqError(`${store.dir}: tensor ${name} is ${t.dtype}, expected F32, F16 or BF16`);
-  return toFloat32(t);
+}
+
+function readFloats(store: TensorStore, name: string, shape: number[]): Float32Array {
+  checkFloats(store, name, shape);
+  return toFloat32(store.read(name));
 }
 
 /** An unquantized projection: `<prefix>.weight` [N, K] and an optional `<prefix>.bias` [N]. */
@@ -204,6 +209,23 @@ export function loadDenseLinear(store: TensorStore, prefix: string, N: number, K
   const weight = readFloats(store, `${prefix}.weight`, [N, K]);
   const bias = store.has(`${prefix}.bias`) ? readFloats(store, `${prefix}.bias`, [N]) : undefined;
   return new DenseLinear(weight, N, K, bias);
+}
+
+/** The tensors of decoder layer `i` of an unquantized checkpoint: name and shape. */
+function denseLayerTensors(config: LlamaConfig, store: TensorStore, i: number): [string, number[]][] {
+  const shapes = LlamaModel.linearShapes(config);
+  const D = config.hiddenSize;
+  const prefix = `model.layers.${i}`;
+  const out: [string, number[]][] = [
+    [`${prefix}.input_layernorm.weight`, [D]],
+    [`${prefix}.post_attention_layernorm.weight`, [D]],
+  ];
+  for (const name of LINEAR_NAMES) {
+    const p = `${prefix}.${LINEAR_MODULE[name]}`;
+    out.push([`${p}.weight`, shapes[name]]);
+    if (store.has(`${p}.bias`)) out.push([`${p}.bias`, [shapes[name][0]]]);
+  }
+  return out;
 }
 
 /** Decoder layer `i` of a checkpoint, each projection from `linear(prefix, N, K)`. */
@@ -402,6 +424,10 @@ export class LayerwiseLlama implements LayerSource {
     const config = readLlamaConfig(dir);
     const store = TensorStore.open(dir);
     try {
+      // every layer's headers now: a missing or mis-shaped tensor fails before hours of work, not at
+      // its layer
+      for (let i = 0; i < config.numLayers; i++)
+        for (const [name, shape] of denseLayerTensors(config, store, i)) checkFloats(store, name, shape);
       const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, config.hiddenSize]);
       return new LayerwiseLlama(config, store, embed, Rotary.fromConfig(config), prepare);
     } catch (e) {

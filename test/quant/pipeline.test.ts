@@ -1,9 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DenseLinear } from "../../src/backend/cpu/linear.js";
+import { entry, readAllTensors, writeSafetensors } from "../../src/io/safetensors.js";
 import { LINEAR_NAMES, LayerwiseLlama, LinearName, LlamaModel } from "../../src/model/llama.js";
 import { SyntheticSpec, syntheticTokens, writeSyntheticLlama } from "../../src/model/synthetic.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
@@ -103,6 +104,31 @@ test("a layer-wise model is read one layer at a time and quantizes exactly as th
   for (const [name, want] of ref.layers) {
     assert.deepEqual(run.layers.get(name)!.codes, want.codes, `${name} codes`);
     assert.deepEqual(run.layers.get(name)!.scales, want.scales, `${name} scales`);
+  }
+});
+
+test("a layer-wise model checks every layer's tensors when it opens, before any work", () => {
+  const bad = mkdtempSync(join(tmpdir(), "gptq-pipe-bad-"));
+  try {
+    copyFileSync(join(dir, "config.json"), join(bad, "config.json"));
+    const { tensors } = readAllTensors(join(dir, "model.safetensors"));
+    const last = `model.layers.${SPEC.numLayers - 1}`;
+    const write = (skip: string) =>
+      writeSafetensors(
+        join(bad, "model.safetensors"),
+        [...tensors].filter(([name]) => name !== skip).map(([name, t]) => entry(name, t)),
+      );
+    write(`${last}.mlp.down_proj.weight`);
+    assert.throws(() => LayerwiseLlama.open(bad), /no tensor named "model.layers.1.mlp.down_proj.weight"/);
+    const up = tensors.get(`${last}.mlp.up_proj.weight`)!;
+    tensors.set(`${last}.mlp.up_proj.weight`, { ...up, shape: [up.shape[1], up.shape[0]] });
+    write("");
+    assert.throws(
+      () => LayerwiseLlama.open(bad),
+      /up_proj.weight has shape \[32,64\], config.json implies \[64,32\]/,
+    );
+  } finally {
+    rmSync(bad, { recursive: true, force: true });
   }
 });
 
