@@ -287,7 +287,8 @@ export function sharedBytes(c: W4A16Config, groupSize: number, M: number = c.row
  * block's start-up and its partial sums' round trip in chunks of work: 2 for the mma.sync kernel; 11
  * for the warpgroup one, whose blocks fill deeper pipelines, and 20 for its 128-row blocks, whose fp32
  * partials outweigh their share of the weights (all fit to `gptq bench --sweep` on an H200); ties go to
- * fewer splits. A k-sliced block's chunks count as steps of one chunk per slice, and mma.sync splits
+ * more splits, whose extra blocks hide more latency (8192x57344 at batch 1: 8 splits 2-3 % faster than
+ * 5). A k-sliced block's chunks count as steps of one chunk per slice, and mma.sync splits
  * keep at least 4 chunks, 8 for 8-row blocks at 5–8 rows (`bench/tune.ts`).
  */
 export function geometry(
@@ -322,7 +323,7 @@ export function geometry(
   if (!c.splits)
     for (let s = 2; s <= chunks; s++) {
       const b = balanced(s);
-      if (b.cps >= minChunks && cost(b) < cost(best)) best = b;
+      if (b.cps >= minChunks && cost(b) <= cost(best)) best = b;
     }
   // fp32 partials: a tile's outputs (mma: 8-row blocks keep 16 rows' worth); a counter per warp of a tile
   const partialRows = c.kind === "mma" ? Math.max(16, c.rows) : c.rows;

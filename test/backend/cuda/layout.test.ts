@@ -488,6 +488,10 @@ test("launch geometry covers every chunk of K, and the configurations match the 
   assert.equal(geometry(chooseConfig(4, 4096, 12288, true), 4, 12288, 4096, 128, 132, 5).chunksPerSplit, 4);
   const big = geometry(chooseConfig(1), 1, 57344, 8192, 128, 132, 3);
   assert.ok(big.grid[1] * big.grid[2] >= 132 * 3);
+  // a tie goes to more splits: 8 splits of 8 chunks in 3 waves cost what 5 of 13 in 2 do (5 blocks a
+  // multiprocessor), and the more blocks hide more latency
+  const tie = geometry(chooseConfig(1, 8192, 57344, true), 1, 57344, 8192, 128, 132, 5);
+  assert.deepEqual([tie.grid[2], tie.chunksPerSplit, tie.cost], [8, 8, 30]);
   assert.deepEqual(parseConfig("r16_w4_p3_s8"), { kind: "mma", rows: 16, warps: 4, stages: 3, splits: 8 });
   assert.deepEqual(parseConfig("wg_r64_x2_p4"), { kind: "wgmma", rows: 64, warps: 8, stages: 4 });
   assert.equal(kernelName(parseConfig("wg_r64_x4_p6_s2"), 64), "w4a16_wg_r64_x4_p6_g64");
