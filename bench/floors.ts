@@ -1,13 +1,13 @@
 // How fast weights can stream the way the mma.sync kernel reads them, without its arithmetic: per layer
-// at M = 1, the plain read floor, the tile-walking bulk-copy variants of kernels/stream.cu at the split
+// at M = 1, the plain read floor, the tile-walking bulk-copy variants of w4a16/read-floor.cu at the split
 // count our kernel uses (and a few others), and our kernel itself.
 //   node dist/bench/floors.js [KxN ...]
 import { CudaDevice, DeviceBuffer, i32, ptr, u64 } from "../src/backend/cuda/device.js";
-import { W4A16Linear } from "../src/backend/cuda/linear.js";
+import { W4A16Linear } from "../src/backend/cuda/w4a16/index.js";
 import { randomLayer, streamKernel, timeGraph } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 
-// (name in kernels/stream.cu, warps, ring slots, bytes a copy); "_nohint": no evict-first policy;
+// (name in w4a16/read-floor.cu, warps, ring slots, bytes a copy); "_nohint": no evict-first policy;
 // "_red32", "_red8", "_store": the k-splits' partial sums through the workspace (see stream.cu)
 const VARIANTS: [name: string, warps: number, slots: number, bytes: number][] = [
   ["w4_p2", 4, 2, 4096],

@@ -2,8 +2,7 @@
 // launcher's choice), for ncu:
 //   ncu --clock-control none -k regex:w4a16 node dist/bench/profile.js K N M [config ...]
 import { CudaDevice } from "../src/backend/cuda/device.js";
-import { parseConfig } from "../src/backend/cuda/layout.js";
-import { W4A16Linear } from "../src/backend/cuda/linear.js";
+import { W4A16Linear, parseConfig } from "../src/backend/cuda/w4a16/index.js";
 import { randomLayer } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 

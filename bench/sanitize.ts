@@ -2,8 +2,7 @@
 // included, for `compute-sanitizer --tool memcheck`:
 //   compute-sanitizer --tool memcheck node dist/bench/sanitize.js
 import { CudaDevice } from "../src/backend/cuda/device.js";
-import { W4A16_CONFIGS, configName } from "../src/backend/cuda/layout.js";
-import { W4A16Linear, hasWgmma } from "../src/backend/cuda/linear.js";
+import { W4A16Linear, W4A16_CONFIGS, configName, hasWgmma } from "../src/backend/cuda/w4a16/index.js";
 import { randomLayer } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 

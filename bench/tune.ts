@@ -4,8 +4,7 @@
 // Prints per shape and M the launcher's pick and the best of each shape; writes every time as JSON.
 import { writeFileSync } from "node:fs";
 import { CudaDevice } from "../src/backend/cuda/device.js";
-import { W4A16_CONFIGS, configName } from "../src/backend/cuda/layout.js";
-import { W4A16Linear } from "../src/backend/cuda/linear.js";
+import { W4A16Linear, W4A16_CONFIGS, configName } from "../src/backend/cuda/w4a16/index.js";
 import { SHAPE_SETS, randomLayer, timeGraph } from "../src/backend/cuda/bench.js";
 import { floatToHalf } from "../src/tensor/dtype.js";
 

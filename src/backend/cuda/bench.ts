@@ -10,8 +10,7 @@ import { floatToHalf, halfToFloat } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
 import { CudaDevice, DeviceBuffer, Kernel, ptr, u64 } from "./device.js";
-import { W4A16Config, W4A16_CONFIGS } from "./layout.js";
-import { W4A16Linear, hasWgmma } from "./linear.js";
+import { W4A16Config, W4A16Linear, W4A16_CONFIGS, hasWgmma } from "./w4a16/index.js";
 
 export const SHAPE_SETS: Record<string, [number, number][]> = {
   "llama2-7b": [
@@ -152,9 +151,9 @@ export function copyBandwidth(dev: CudaDevice, bytes = 1 << 30): number {
   return (2 * bytes) / (median(times.slice(2)) * 1e-3);
 }
 
-/** A kernel of `kernels/stream.cu`: the floors benchmarks compare against. */
+/** A kernel of `w4a16/read-floor.cu`: the floors benchmarks compare against. */
 export function streamKernel(dev: CudaDevice, name: string): Kernel {
-  return dev.kernel(import.meta.url, "kernels/stream.cu", name);
+  return dev.kernel(import.meta.url, "w4a16/read-floor.cu", name);
 }
 
 /** A kernel that only streams `words` 16-byte words of `buf` (what a weight-bound kernel cannot beat). */

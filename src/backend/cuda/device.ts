@@ -221,14 +221,18 @@ export class CudaDevice {
 
   // ---- kernels ----
 
-  /** Compiles (or loads from the cache) a .cu file that lives beside `importMetaUrl`'s module. */
-  kernel(importMetaUrl: string, file: string, name: string): Kernel {
+  /**
+   * Compiles (or loads from the cache) a .cu file that lives beside `importMetaUrl`'s module, with
+   * `generated` appended (the kernels a configuration table instantiates).
+   */
+  kernel(importMetaUrl: string, file: string, name: string, generated = ""): Kernel {
     const path = fileURLToPath(new URL(file, importMetaUrl));
-    let mod = this.modules.get(path);
+    const key = generated ? `${path}\0${generated}` : path;
+    let mod = this.modules.get(key);
     if (!mod) {
-      const { cubin } = compile(path, this.info.arch, this.info.driverVersion);
+      const { cubin } = compile({ file: path, generated }, this.info.arch, this.info.driverVersion);
       mod = cuHandle("cuModuleLoadData", cubin);
-      this.modules.set(path, mod);
+      this.modules.set(key, mod);
     }
     const fn = cuHandle("cuModuleGetFunction", mod, name);
     return { fn, name, maxDynamicShared: 48 * 1024 };

@@ -10,7 +10,7 @@ import { floatsToHalfs, halfsToFloats } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
 import { Linear, QuantLinear } from "../cpu/linear.js";
 import { CudaDevice } from "./device.js";
-import { uploadGptq } from "./dequant.js";
+import { uploadGptq } from "./dequant/dequant.js";
 import { CudaLinear, cudaLinear } from "./linear.js";
 
 export class CudaModelLinear implements Linear {

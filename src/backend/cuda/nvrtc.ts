@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { GptqError } from "../../util/errors.js";
 import { Lib, libraryCandidates, loadFirst, toolkitLibDirs } from "./library.js";
 
@@ -58,14 +59,29 @@ function check(n: Nvrtc, call: string, code: unknown, log?: string): void {
   throw new GptqError(`${call} failed: ${text}${log ? `\n${log}` : ""}`);
 }
 
-/** The CUDA C++ source and every .cuh header beside it, which `#include "x.cuh"` may pull in. */
-export function readSource(file: string): { source: string; headerText: string; includeDir: string } {
-  const includeDir = dirname(file);
-  const headers = readdirSync(includeDir)
-    .filter((n) => n.endsWith(".cuh"))
-    .sort()
-    .map((n) => `//${n}\n${readFileSync(join(includeDir, n), "utf8")}`);
-  return { source: readFileSync(file, "utf8"), headerText: headers.join("\n"), includeDir };
+/** Where every kernel source also finds its headers: the device helpers all kernel families share. */
+export const COMMON_INCLUDE_DIR = fileURLToPath(new URL("./common/", import.meta.url));
+
+/** A kernel source: a .cu file, and text appended to it (the `extern "C"` kernels a table generates). */
+export interface KernelSource {
+  file: string;
+  generated?: string;
+}
+
+/**
+ * The CUDA C++ source (with its generated part) and every .cuh header beside it or in the common folder,
+ * which `#include "x.cuh"` may pull in.
+ */
+export function readSource(src: KernelSource): { source: string; headerText: string; includeDirs: string[] } {
+  const includeDirs = [...new Set([dirname(src.file), COMMON_INCLUDE_DIR.replace(/\/$/, "")])];
+  const headers = includeDirs.flatMap((dir) =>
+    readdirSync(dir)
+      .filter((n) => n.endsWith(".cuh"))
+      .sort()
+      .map((n) => `//${n}\n${readFileSync(join(dir, n), "utf8")}`),
+  );
+  const source = readFileSync(src.file, "utf8") + (src.generated ? `\n${src.generated}` : "");
+  return { source, headerText: headers.join("\n"), includeDirs };
 }
 
 export function cacheDir(): string {
@@ -88,17 +104,18 @@ export interface CompileResult {
 }
 
 /**
- * Compiles `file` for `arch` (e.g. "sm_90a") or returns the cached cubin. `driverVersion` joins the key
+ * Compiles a source for `arch` (e.g. "sm_90a") or returns the cached cubin. `driverVersion` joins the key
  * so a driver update never loads a stale binary.
  */
 export function compile(
-  file: string,
+  src: KernelSource | string,
   arch: string,
   driverVersion: number,
   extra: string[] = [],
 ): CompileResult {
   const t0 = performance.now();
-  const { source, headerText, includeDir } = readSource(file);
+  const { file } = typeof src === "string" ? { file: src } : src;
+  const { source, headerText, includeDirs } = readSource(typeof src === "string" ? { file: src } : src);
   const options = [`--gpu-architecture=${arch}`, "-std=c++17", "--use_fast_math", "-lineinfo", ...extra];
   const n = nvrtc();
   const key = cacheKey([source, headerText, options.join(" "), n.version, String(driverVersion)]);
@@ -111,7 +128,7 @@ export function compile(
   const prog: unknown[] = [null];
   check(n, "nvrtcCreateProgram", n.f.nvrtcCreateProgram(prog, source, file, 0, null, null));
   try {
-    const opts = [...options, `-I${includeDir}`];
+    const opts = [...options, ...includeDirs.map((d) => `-I${d}`)];
     const rc = n.f.nvrtcCompileProgram(prog[0], opts.length, opts);
     if (rc !== 0) {
       const size = [0];

@@ -1,7 +1,7 @@
 /** `gptq bench`: time our CUDA W4A16 kernel against cuBLAS fp16 on layer shapes. */
 import { Command, intOption, parse, printJson } from "../command.js";
 import { HEADER, RULE, parseShapes, runBench, setTotals } from "../../backend/cuda/bench.js";
-import { parseConfig } from "../../backend/cuda/layout.js";
+import { parseConfig } from "../../backend/cuda/w4a16/index.js";
 import { UsageError } from "../../util/errors.js";
 import { w4a16GroupOk } from "../../kernels/gptq-ts.js";
 

@@ -7,9 +7,9 @@ import { packGptq } from "../../../src/formats/gptq.js";
 import { packMarlin } from "../../../src/formats/marlin.js";
 import { floatToHalf, halfToFloat } from "../../../src/tensor/dtype.js";
 import { CudaDevice } from "../../../src/backend/cuda/device.js";
-import { W4A16_CONFIGS } from "../../../src/backend/cuda/layout.js";
-import { W4A16Linear, cudaLinear, hasWgmma } from "../../../src/backend/cuda/linear.js";
-import { dequantGptq, dequantMarlin, uploadGptq } from "../../../src/backend/cuda/dequant.js";
+import { W4A16Linear, W4A16_CONFIGS, hasWgmma } from "../../../src/backend/cuda/w4a16/index.js";
+import { cudaLinear } from "../../../src/backend/cuda/linear.js";
+import { dequantGptq, dequantMarlin, uploadGptq } from "../../../src/backend/cuda/dequant/dequant.js";
 import { randomLayer } from "../../../src/backend/cuda/bench.js";
 import { compile } from "../../../src/backend/cuda/nvrtc.js";
 import { Cublas } from "../../../src/backend/cuda/cublas.js";
@@ -260,7 +260,7 @@ test("cuBLAS fp16 linear matches the reference", { skip }, () => {
 
 test("NVRTC output is cached on disk", { skip }, () => {
   const dev = CudaDevice.get();
-  const file = fileURLToPath(new URL("../../../src/backend/cuda/kernels/dequant.cu", import.meta.url));
+  const file = fileURLToPath(new URL("../../../src/backend/cuda/dequant/dequant.cu", import.meta.url));
   compile(file, dev.info.arch, dev.info.driverVersion);
   assert.equal(compile(file, dev.info.arch, dev.info.driverVersion).cached, true);
 });

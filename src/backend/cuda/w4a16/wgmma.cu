@@ -1,11 +1,11 @@
 // W4A16 GEMM for larger batches on Hopper warpgroup MMA (wgmma, sm_90a): C[M, N] = A[M, K] x W[K, N],
-// the same prepared weights as w4a16.cu (layout.ts), fp32 accumulation.
+// the same prepared weights as mma.cu (layout.ts), fp32 accumulation.
 //
 // Orientation: the weights are wgmma's A operand, from registers, and the activations its B, from shared
 // memory. A warpgroup (4 warps) takes one 64-column tile: warp w dequantizes word w of each lane, which
 // is exactly the A fragment of tile columns 16w..16w+15 (the mma.m16n8k16 A layout that wgmma uses per
 // warp), scales it by its two columns' group scales, and one m64nRk16 product covers 64 columns x R
-// activation rows x 16 k. Each weight is decoded once per R rows (not once per 16 or 32, as in w4a16.cu),
+// activation rows x 16 k. Each weight is decoded once per R rows (not once per 16 or 32, as in mma.cu),
 // and the tensor cores read the activations straight from shared memory.
 //
 // Block: WG consumer warpgroups on WG adjacent tiles over one k-range (a split) and R rows, and one
@@ -13,7 +13,7 @@
 // rows, 128-byte swizzled: wgmma's K-major layout, zero-filled past M and K), every tile's 4 KB of
 // weights and its scales (bulk copies); all complete on the stage's mbarrier. The consumers release a
 // stage on a second mbarrier once the products that read it are done; nothing else synchronizes the
-// block. Splits add fp32 partial sums into a workspace, as in w4a16.cu.
+// block. Splits add fp32 partial sums into a workspace, as in mma.cu.
 #include "w4a16.cuh"
 
 namespace {
@@ -79,24 +79,41 @@ __device__ __forceinline__ void wgmma<16>(float (&d)[8], const u32 (&a)[4], u64 
 template <>
 __device__ __forceinline__ void wgmma<32>(float (&d)[16], const u32 (&a)[4], u64 desc) {
   asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+      "{%16,%17,%18,%19}, %20, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
 }
 
 template <>
 __device__ __forceinline__ void wgmma<64>(float (&d)[32], const u32 (&a)[4], u64 desc) {
   asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%"
+      "30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
 }
 
 template <>
 __device__ __forceinline__ void wgmma<128>(float (&d)[64], const u32 (&a)[4], u64 desc) {
   asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, 1, 1, 1, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%"
+      "30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%"
+      "58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
 }
 
@@ -108,9 +125,8 @@ __device__ __forceinline__ void keep(float (&d)[N]) {  // the accumulators stay 
 
 // WG consumer warpgroups (tiles) per block, R rows (wgmma's N), SG scale groups per chunk, P stages.
 template <int WG, int R, int SG, int P>
-__device__ __forceinline__ void w4a16_wg(const TensorMap* amap, const uint4* __restrict__ B,
-                                         const u16* __restrict__ S, u16* __restrict__ C,
-                                         const u16* __restrict__ bias, float* __restrict__ ws,
+__device__ __forceinline__ void w4a16_wg(const TensorMap* amap, const uint4* __restrict__ B, const u16* __restrict__ S,
+                                         u16* __restrict__ C, const u16* __restrict__ bias, float* __restrict__ ws,
                                          int* __restrict__ counters, int M, int N, int ktiles, int groupTiles,
                                          int chunksPerSplit) {
   // per stage: activations (two 64-k boxes of R rows x 128 bytes), weights, scales; 1024-aligned
@@ -247,8 +263,7 @@ __device__ __forceinline__ void w4a16_wg(const TensorMap* amap, const uint4* __r
   float4* part = reinterpret_cast<float4*>(ws) + (size_t)idx * (R / 8) * 32 + lane;
 #pragma unroll
   for (int j = 0; j < R / 8; j++)
-    if (m0 + 8 * j < M)
-      red_add4(part + j * 32, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    if (m0 + 8 * j < M) red_add4(part + j * 32, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
   if (!last_split(&counters[idx], splits, lane)) return;
 #pragma unroll
   for (int j = 0; j < R / 8; j++)
@@ -266,22 +281,12 @@ __device__ __forceinline__ void w4a16_wg(const TensorMap* amap, const uint4* __r
 
 }  // namespace
 
-// The configurations the launcher chooses from (layout.ts W4A16_CONFIGS, kind "wgmma"), each in the
-// three scale layouts: g (one group per chunk), g64, g32. WG consumer warpgroups + 1 producer warp.
-#define W4A16_WG_VARIANT(WG, R, SG, P, NAME)                                                               \
-  extern "C" __global__ void __launch_bounds__(WG * 128 + 32) NAME(                                        \
-      const __grid_constant__ TensorMap amap, const uint4* B, const u16* S, u16* C, const u16* bias,        \
-      float* ws, int* counters, int M, int N, int ktiles, int groupTiles, int chunksPerSplit) {              \
-    w4a16_wg<WG, R, SG, P>(&amap, B, S, C, bias, ws, counters, M, N, ktiles, groupTiles, chunksPerSplit);  \
+// One kernel per shape and scale layout: configs.ts generates a W4A16_WGMMA line for each row of
+// W4A16_CONFIGS (kind "wgmma") and appends them to this source. WG consumer warpgroups + 1 producer
+// warp, R rows, SG scale groups per chunk, P stages, the symbol.
+#define W4A16_WGMMA(WG, R, SG, P, NAME)                                                                              \
+  extern "C" __global__ void __launch_bounds__(WG * 128 + 32)                                                        \
+      NAME(const __grid_constant__ TensorMap amap, const uint4* B, const u16* S, u16* C, const u16* bias, float* ws, \
+           int* counters, int M, int N, int ktiles, int groupTiles, int chunksPerSplit) {                            \
+    w4a16_wg<WG, R, SG, P>(&amap, B, S, C, bias, ws, counters, M, N, ktiles, groupTiles, chunksPerSplit);            \
   }
-#define W4A16_WG_KERNEL(WG, R, P)                                   \
-  W4A16_WG_VARIANT(WG, R, 1, P, w4a16_wg_r##R##_x##WG##_p##P##_g)   \
-  W4A16_WG_VARIANT(WG, R, 2, P, w4a16_wg_r##R##_x##WG##_p##P##_g64) \
-  W4A16_WG_VARIANT(WG, R, 4, P, w4a16_wg_r##R##_x##WG##_p##P##_g32)
-
-W4A16_WG_KERNEL(4, 16, 8)
-W4A16_WG_KERNEL(4, 32, 8)
-W4A16_WG_KERNEL(4, 64, 6)
-W4A16_WG_KERNEL(2, 64, 4)
-W4A16_WG_KERNEL(2, 128, 5)
-W4A16_WG_KERNEL(3, 128, 4)

