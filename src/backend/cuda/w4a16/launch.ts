@@ -40,10 +40,10 @@ export interface SplitModel {
 }
 
 /**
- * Fit to `gptq bench --sweep` on an H200 (2026-12-01): 2 chunks for mma.sync blocks; 11 for warpgroup
- * blocks, whose blocks fill deeper pipelines, and 20 at 128 rows, whose 32 KB of fp32 partials per tile
- * outweigh their share of the weights; mma.sync splits keep 4 chunks, 8 for 8-row blocks at 5-8 rows
- * (`bench/tune.ts`).
+ * Fit to `gptq bench --sweep` on an H200 (2026-12-01): 2 chunks for an mma.sync block; for a warpgroup
+ * block max(11, 4 + rows / 8), so 11 up to 56 rows, 12 at 64 and 20 at 128 rows, whose 32 KB of fp32
+ * partials per tile outweigh their share of the weights; mma.sync splits keep 4 chunks, 8 for 8-row
+ * blocks at 5-8 rows (`bench/tune.ts`).
  */
 export const DEFAULT_SPLIT_MODEL: SplitModel = {
   mmaBlock: 2,
