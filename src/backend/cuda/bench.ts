@@ -10,7 +10,7 @@ import { floatToHalf, halfToFloat } from "../../tensor/dtype.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
 import { CudaDevice, DeviceBuffer, Kernel, ptr, u64 } from "./device.js";
-import { W4A16Config, W4A16Linear, W4A16_CONFIGS, hasWgmma } from "./w4a16/index.js";
+import { W4A16Config, W4A16Linear, W4A16_CONFIGS, deviceTuning, hasWgmma } from "./w4a16/index.js";
 
 export const SHAPE_SETS: Record<string, [number, number][]> = {
   "llama2-7b": [
@@ -85,6 +85,8 @@ export interface BenchOptions {
 
 export interface BenchResult {
   device: string;
+  /** the W4A16 tuning table the device used, and what it was fitted on */
+  tuning: { name: string; fittedOn: string };
   copyGBps: number;
   /** µs per launch of an empty kernel in a graph */
   launchUs: number;
@@ -222,8 +224,9 @@ export function runBench(opts: BenchOptions): BenchResult {
   const copyGBps = copyBandwidth(dev) / 1e9;
   const empty = streamKernel(dev, "empty_kernel");
   const launchUs = timeGraph(dev, () => dev.launch(empty, [1, 1, 1], 32, 0, []));
+  const { tuning } = deviceTuning(dev);
   log(
-    `${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s, an empty kernel ${launchUs.toFixed(2)} µs per launch`,
+    `${dev.info.name} (${dev.info.arch}, ${dev.info.smCount} SMs, L2 ${dev.info.l2Bytes >> 20} MiB): copy ${copyGBps.toFixed(0)} GB/s, an empty kernel ${launchUs.toFixed(2)} µs per launch\nW4A16 tuning: ${tuning.name}: ${tuning.fittedOn}`,
   );
   const sink = dev.alloc(16);
   const rows: BenchRow[] = [];
@@ -347,6 +350,7 @@ export function runBench(opts: BenchOptions): BenchResult {
   dev.free(sink);
   return {
     device: `${dev.info.name} (${dev.info.arch})`,
+    tuning: { name: tuning.name, fittedOn: tuning.fittedOn },
     copyGBps,
     launchUs,
     rows,

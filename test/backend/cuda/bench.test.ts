@@ -40,6 +40,7 @@ test("set totals sum the layers of a set and leave KxN rows out", () => {
   });
   const res: BenchResult = {
     device: "d",
+    tuning: { name: "t", fittedOn: "f" },
     copyGBps: 1000,
     launchUs: 1,
     rows: [row("llama2-7b", 1, 10, 5), row("llama2-7b", 1, 30, 5), row("64x64", 1, 1, 1)],

@@ -86,7 +86,7 @@ export const DEFAULT_TUNING: DeviceTuning = {
   ...HOPPER_TUNING,
   name: "default",
   matches: () => true,
-  fittedOn: `no table fitted for this device; using the ${HOPPER_TUNING.name} table (${HOPPER_TUNING.fittedOn})`,
+  fittedOn: `no table fitted for this device; the ${HOPPER_TUNING.name} table is used (${HOPPER_TUNING.fittedOn})`,
 };
 
 /** The table for a device, and whether one was fitted on its class. */
