@@ -1,5 +1,6 @@
 /**
- * gptq-ts as a library: the public surface of each room (io, formats, kernels, quant, model, backends).
+ * gptq-ts as a library: the public surface of each room (io, formats, kernels, quant, model, backends,
+ * transform, pipeline).
  * The CLI (`src/cli/`) is a thin layer over exactly these.
  */
 
@@ -32,9 +33,11 @@ export type { KernelRule, KernelQuery, KernelVerdict } from "./kernels/types.js"
 export { KERNELS, registerKernel, findKernel, checkKernel } from "./kernels/registry.js";
 export { checkLayers } from "./kernels/check.js";
 
-// quant: RTN, GPTQ and the calibration pipeline
+// quant: RTN, GPTQ and the Hessian they share
 export * from "./quant/index.js";
-export { quantizeCheckpoint } from "./quant/quantize-checkpoint.js";
+
+// pipeline: calibration, the layer-by-layer driver, checkpoint in -> quantized checkpoint out
+export { quantizeCheckpoint } from "./pipeline/quantize-checkpoint.js";
 
 // model: Llama-family forward, perplexity, padding, tokenizer
 export { LlamaModel, DecoderLayer } from "./model/llama.js";

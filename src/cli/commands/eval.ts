@@ -2,7 +2,7 @@ import { Command, parse, printJson } from "../command.js";
 import { UsageError } from "../../util/errors.js";
 import { LlamaModel } from "../../model/llama.js";
 import { perplexity } from "../../model/perplexity.js";
-import { readTokenRows } from "../../quant/calibration.js";
+import { readTokenRows } from "../../pipeline/calibration.js";
 
 const USAGE = `usage: gptq eval <model-dir> --tokens FILE [--key evaluation_tokens] [--act-quant none|int8]
                  [--device cpu|cuda] [--json]

@@ -8,7 +8,7 @@ import { DenseLinear, QuantLinear } from "../../../src/backend/cpu/linear.js";
 import { LINEAR_NAMES, LlamaModel } from "../../../src/model/llama.js";
 import { perplexity } from "../../../src/model/perplexity.js";
 import { quantizeRtn } from "../../../src/quant/rtn.js";
-import { readTokenRows } from "../../../src/quant/calibration.js";
+import { readTokenRows } from "../../../src/pipeline/calibration.js";
 import { sharedPath, skipUnlessShared } from "../../helpers/shared.js";
 
 const noGpu = CudaDevice.available()

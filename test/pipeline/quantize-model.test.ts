@@ -8,7 +8,12 @@ import { entry, readAllTensors, writeSafetensors } from "../../src/io/safetensor
 import { LINEAR_NAMES, LayerwiseLlama, LinearName, LlamaModel } from "../../src/model/llama.js";
 import { SyntheticSpec, syntheticTokens, writeSyntheticLlama } from "../../src/model/synthetic.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
-import { PipelineOptions, PipelineResult, fpTargetWeights, quantizeModel } from "../../src/quant/pipeline.js";
+import {
+  PipelineOptions,
+  PipelineResult,
+  fpTargetWeights,
+  quantizeModel,
+} from "../../src/pipeline/quantize-model.js";
 
 const SPEC: SyntheticSpec = {
   hiddenSize: 32,

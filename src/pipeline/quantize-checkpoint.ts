@@ -11,8 +11,14 @@ import { LayerwiseLlama } from "../model/llama.js";
 import { PadPlan, formatTarget, padLayerIntermediate, planPadding } from "../model/padding.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
-import { LinearReport, PipelineEvent, PipelineOptions, PipelineResult, quantizeModel } from "./pipeline.js";
-import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write.js";
+import {
+  LinearReport,
+  PipelineEvent,
+  PipelineOptions,
+  PipelineResult,
+  quantizeModel,
+} from "./quantize-model.js";
+import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write-quantized.js";
 
 export interface QuantizeRequest {
   modelDir: string;

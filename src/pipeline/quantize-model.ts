@@ -12,8 +12,8 @@ import { Bits, QuantizedLinear } from "../formats/types.js";
 import { DecoderLayer, LayerSource, LinearName } from "../model/llama.js";
 import { GptqError } from "../util/errors.js";
 import { choleskyLowerInPlace } from "../tensor/linalg.js";
-import { HessianAccumulator, gptqQuantize, quantizeRtn } from "./index.js";
-import type { ClipMethod } from "./index.js";
+import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
+import type { ClipMethod } from "../quant/index.js";
 
 export interface PipelineOptions {
   method: "gptq" | "rtn";

@@ -16,9 +16,9 @@ import {
   writeSyntheticLlama,
   writeTokenFile,
 } from "../../src/model/synthetic.js";
-import { PipelineOptions, quantizeModel } from "../../src/quant/pipeline.js";
-import { QuantizeRequest, quantizeCheckpoint } from "../../src/quant/quantize-checkpoint.js";
-import { chooseFormat } from "../../src/quant/write.js";
+import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
+import { QuantizeRequest, quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
+import { chooseFormat } from "../../src/pipeline/write-quantized.js";
 
 // intermediate 44 is not a multiple of 8: 4-bit GPTQ packing needs it padded to 48
 const SPEC: SyntheticSpec = {
