@@ -7,7 +7,8 @@
 import { readTokenRows } from "../src/pipeline/calibration.js";
 import { LlamaModel } from "../src/model/llama.js";
 import { perplexity } from "../src/model/perplexity.js";
-import { formatTarget, padModelIntermediate, planPadding } from "../src/model/padding.js";
+import { formatTarget, planPadding } from "../src/model/pad-plan.js";
+import { padModelIntermediate } from "../src/model/padding.js";
 import { PipelineOptions, quantizeModel } from "../src/pipeline/quantize-model.js";
 import { Bits } from "../src/formats/types.js";
 import { sharedPath } from "../test/helpers/shared.js";

@@ -23,10 +23,11 @@ export { gptqToMarlin, marlinToGptq } from "./formats/repack.js";
 export { dequantize, dequantizeAs } from "./formats/dequantize.js";
 export { splitLayer, mergeLayers } from "./formats/split.js";
 
-// whole-checkpoint rewrites behind convert / dequantize / split / merge
+// whole-checkpoint rewrites behind convert / dequantize / split / merge / pad
 export { convertCheckpoint } from "./transform/convert.js";
 export { dequantizeCheckpoint } from "./transform/dequantize.js";
 export { splitCheckpoint, mergeCheckpoint } from "./transform/split.js";
+export { padCheckpoint } from "./transform/pad.js";
 
 // kernels: every kernel's compatibility rules, queried by `check` and by our dispatch
 export type { KernelRule, KernelQuery, KernelVerdict } from "./kernels/types.js";
@@ -39,10 +40,10 @@ export * from "./quant/index.js";
 // pipeline: calibration, the layer-by-layer driver, checkpoint in -> quantized checkpoint out
 export { quantizeCheckpoint } from "./pipeline/quantize-checkpoint.js";
 
-// model: Llama-family forward, perplexity, padding, tokenizer
+// model: Llama-family forward, perplexity, padding plans, tokenizer
 export { LlamaModel, DecoderLayer } from "./model/llama.js";
 export { perplexity } from "./model/perplexity.js";
-export { padCheckpoint, planPadding } from "./model/padding.js";
+export { planPadding } from "./model/pad-plan.js";
 export { Tokenizer } from "./model/tokenizer.js";
 
 // backends: CPU linears (the CUDA backend loads its driver lazily: import src/backend/cuda/* directly)

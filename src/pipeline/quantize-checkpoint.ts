@@ -8,7 +8,8 @@ import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
 import { readLlamaConfig } from "../model/config.js";
 import { LayerwiseLlama } from "../model/llama.js";
-import { PadPlan, formatTarget, padLayerIntermediate, planPadding } from "../model/padding.js";
+import { PadPlan, formatTarget, planPadding } from "../model/pad-plan.js";
+import { padLayerIntermediate } from "../model/padding.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
 import {
