@@ -11,7 +11,7 @@ import { openCheckpoint } from "../io/checkpoint.js";
 import { checkLayers, checkpointProblems } from "../kernels/check.js";
 import { KERNELS } from "../kernels/registry.js";
 import { LlamaModel } from "../model/llama.js";
-import { DEMO_SPEC, Rng, writeSyntheticLlama, writeTokenFile } from "../model/synthetic.js";
+import { DEMO_SPEC, Rng, writeSyntheticLlama, writeTokenFile } from "./synthetic.js";
 import { PipelineOptions } from "./quantize-model.js";
 import { quantizeCheckpoint } from "./quantize-checkpoint.js";
 import { convertCheckpoint } from "../transform/convert.js";

@@ -10,12 +10,8 @@ import { TensorStore } from "../../src/io/store.js";
 import { LlamaModel } from "../../src/model/llama.js";
 import { padModelIntermediate } from "../../src/model/padding.js";
 import { perplexity } from "../../src/model/perplexity.js";
-import {
-  SyntheticSpec,
-  syntheticTokens,
-  writeSyntheticLlama,
-  writeTokenFile,
-} from "../../src/model/synthetic.js";
+import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
+import { syntheticTokens } from "../helpers/synthetic.js";
 import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
 import { QuantizeRequest, quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
 import { chooseFormat } from "../../src/pipeline/write-quantized.js";

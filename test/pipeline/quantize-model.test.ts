@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { DenseLinear } from "../../src/backend/cpu/linear.js";
 import { entry, readAllTensors, writeSafetensors } from "../../src/io/safetensors.js";
 import { LINEAR_NAMES, LayerwiseLlama, LinearName, LlamaModel } from "../../src/model/llama.js";
-import { SyntheticSpec, syntheticTokens, writeSyntheticLlama } from "../../src/model/synthetic.js";
+import { SyntheticSpec, writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
+import { syntheticTokens } from "../helpers/synthetic.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
 import { PipelineOptions, PipelineResult, quantizeModel } from "../../src/pipeline/quantize-model.js";
 
