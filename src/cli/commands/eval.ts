@@ -45,7 +45,7 @@ export const evalCommand: Command = {
     const t0 = Date.now();
     const model = LlamaModel.load(positionals[0], { actQuant });
     if (device === "cuda") {
-      const { moveToCuda } = await import("../../backend/cuda/model.js");
+      const { moveToCuda } = await import("../../model/cuda.js");
       const placed = moveToCuda(model);
       const kernels = Object.entries(placed.kernels).map(([k, n]) => `${n} x ${k}`);
       process.stderr.write(`cuda: ${kernels.join(", ") || "no quantized projections"}\n`);
