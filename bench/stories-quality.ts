@@ -4,11 +4,12 @@
  *   node dist/bench/stories-quality.js [method ...]   methods: see METHODS (default: all)
  * CONFIGS=0,2 picks configurations by index; GPTQ_SHARED_DIR points at the reference data.
  */
-import { readTokenRows } from "../src/quant/calibration.js";
+import { readTokenRows } from "../src/pipeline/calibration.js";
 import { LlamaModel } from "../src/model/llama.js";
 import { perplexity } from "../src/model/perplexity.js";
-import { formatTarget, padModelIntermediate, planPadding } from "../src/model/padding.js";
-import { PipelineOptions, quantizeModel } from "../src/quant/pipeline.js";
+import { formatTarget, planPadding } from "../src/model/pad-plan.js";
+import { padModelIntermediate } from "../src/model/padding.js";
+import { PipelineOptions, quantizeModel } from "../src/pipeline/quantize-model.js";
 import { Bits } from "../src/formats/types.js";
 import { sharedPath } from "../test/helpers/shared.js";
 

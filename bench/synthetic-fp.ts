@@ -1,12 +1,8 @@
 // Writes an unquantized (fp32) Llama-shaped checkpoint of trained-like random weights and a token file
 // to calibrate it with (for memory and speed measurements of `gptq quantize`).
 // Run: node dist/bench/synthetic-fp.js <out-dir> <tokens.safetensors> [blocks=8] [hidden=1024] [intermediate=2816]
-import {
-  SyntheticSpec,
-  syntheticTokens,
-  writeSyntheticLlama,
-  writeTokenFile,
-} from "../src/model/synthetic.js";
+import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../src/pipeline/synthetic.js";
+import { syntheticTokens } from "../test/helpers/synthetic.js";
 
 const [out, tokens, blocks, hidden, inter] = process.argv.slice(2);
 if (!out || !tokens)

@@ -1,5 +1,6 @@
 /**
- * gptq-ts as a library: the public surface of each room (io, formats, kernels, quant, model, backends).
+ * gptq-ts as a library: the public surface of each room (io, formats, kernels, quant, model, backends,
+ * transform, pipeline).
  * The CLI (`src/cli/`) is a thin layer over exactly these.
  */
 
@@ -22,24 +23,27 @@ export { gptqToMarlin, marlinToGptq } from "./formats/repack.js";
 export { dequantize, dequantizeAs } from "./formats/dequantize.js";
 export { splitLayer, mergeLayers } from "./formats/split.js";
 
-// whole-checkpoint rewrites behind convert / dequantize / split / merge
+// whole-checkpoint rewrites behind convert / dequantize / split / merge / pad
 export { convertCheckpoint } from "./transform/convert.js";
 export { dequantizeCheckpoint } from "./transform/dequantize.js";
 export { splitCheckpoint, mergeCheckpoint } from "./transform/split.js";
+export { padCheckpoint } from "./transform/pad.js";
 
 // kernels: every kernel's compatibility rules, queried by `check` and by our dispatch
 export type { KernelRule, KernelQuery, KernelVerdict } from "./kernels/types.js";
 export { KERNELS, registerKernel, findKernel, checkKernel } from "./kernels/registry.js";
 export { checkLayers } from "./kernels/check.js";
 
-// quant: RTN, GPTQ and the calibration pipeline
+// quant: RTN, GPTQ and the Hessian they share
 export * from "./quant/index.js";
-export { quantizeCheckpoint } from "./quant/quantize-checkpoint.js";
 
-// model: Llama-family forward, perplexity, padding, tokenizer
+// pipeline: calibration, the layer-by-layer driver, checkpoint in -> quantized checkpoint out
+export { quantizeCheckpoint } from "./pipeline/quantize-checkpoint.js";
+
+// model: Llama-family forward, perplexity, padding plans, tokenizer
 export { LlamaModel, DecoderLayer } from "./model/llama.js";
 export { perplexity } from "./model/perplexity.js";
-export { padCheckpoint, planPadding } from "./model/padding.js";
+export { planPadding } from "./model/pad-plan.js";
 export { Tokenizer } from "./model/tokenizer.js";
 
 // backends: CPU linears (the CUDA backend loads its driver lazily: import src/backend/cuda/* directly)

@@ -4,12 +4,8 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  SyntheticSpec,
-  syntheticTokens,
-  writeSyntheticLlama,
-  writeTokenFile,
-} from "../../src/model/synthetic.js";
+import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
+import { syntheticTokens } from "../helpers/synthetic.js";
 import { PROJECT_ROOT } from "../helpers/shared.js";
 
 const MAIN = join(PROJECT_ROOT, "dist", "src", "cli", "main.js");

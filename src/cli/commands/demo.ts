@@ -1,6 +1,6 @@
 import { Command, parse, printJson } from "../command.js";
 import { UsageError } from "../../util/errors.js";
-import { runDemo } from "../../demo.js";
+import { runDemo } from "../../pipeline/demo.js";
 
 const USAGE = `usage: gptq demo [--keep] [--json]
 

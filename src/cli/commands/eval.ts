@@ -2,7 +2,7 @@ import { Command, parse, printJson } from "../command.js";
 import { UsageError } from "../../util/errors.js";
 import { LlamaModel } from "../../model/llama.js";
 import { perplexity } from "../../model/perplexity.js";
-import { readTokenRows } from "../../quant/calibration.js";
+import { readTokenRows } from "../../pipeline/calibration.js";
 
 const USAGE = `usage: gptq eval <model-dir> --tokens FILE [--key evaluation_tokens] [--act-quant none|int8]
                  [--device cpu|cuda] [--json]
@@ -45,7 +45,7 @@ export const evalCommand: Command = {
     const t0 = Date.now();
     const model = LlamaModel.load(positionals[0], { actQuant });
     if (device === "cuda") {
-      const { moveToCuda } = await import("../../backend/cuda/model.js");
+      const { moveToCuda } = await import("../../model/cuda.js");
       const placed = moveToCuda(model);
       const kernels = Object.entries(placed.kernels).map(([k, n]) => `${n} x ${k}`);
       process.stderr.write(`cuda: ${kernels.join(", ") || "no quantized projections"}\n`);

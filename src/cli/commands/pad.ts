@@ -1,6 +1,7 @@
 import { Command, intOption, parse, printJson } from "../command.js";
 import { UsageError } from "../../util/errors.js";
-import { PadTarget, kernelTarget, multipleTarget, padCheckpoint, planPadding } from "../../model/padding.js";
+import { PadTarget, kernelTarget, multipleTarget, planPadding } from "../../model/pad-plan.js";
+import { padCheckpoint } from "../../transform/pad.js";
 import { KERNELS, getKernel } from "../../kernels/registry.js";
 import { Bits } from "../../formats/types.js";
 import { readLlamaConfig } from "../../model/config.js";

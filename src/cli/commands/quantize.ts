@@ -1,8 +1,8 @@
 import { Command, floatOption, intOption, parse, printJson } from "../command.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
-import { quantizeCheckpoint, QuantizeRequest } from "../../quant/quantize-checkpoint.js";
-import { DEFAULT_CALIB_KEY } from "../../quant/calibration.js";
+import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-checkpoint.js";
+import { DEFAULT_CALIB_KEY } from "../../pipeline/calibration.js";
 import { Bits } from "../../formats/types.js";
 
 const USAGE = `usage: gptq quantize <model-dir> --out <dir> [options]

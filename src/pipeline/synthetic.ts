@@ -1,8 +1,9 @@
 /**
  * A small deterministic Llama checkpoint with the statistics that make quantization hard in real LLMs:
  * a few heavy input columns in every weight matrix, and outlier activation channels (a few hidden
- * channels carried large through the embeddings and the norms). Plus token sequences from a fixed
- * Markov chain to calibrate and evaluate on. For the demo and for tests; not a trained model.
+ * channels carried large through the embeddings and the norms). Also token files in the layout calibration
+ * reads. For the demo, the benchmarks and tests; not a trained model. Token sequences from a fixed Markov
+ * chain over its vocabulary, for tests and benchmarks, are in test/helpers/synthetic.ts.
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -130,29 +131,6 @@ export function writeSyntheticLlama(dir: string, spec: SyntheticSpec = DEMO_SPEC
   mkdirSync(dir, { recursive: true });
   writeCheckpointTensors(dir, entries);
   writeTextAtomic(join(dir, "config.json"), JSON.stringify(syntheticConfig(spec), null, 2) + "\n");
-}
-
-/**
- * `n` sequences of `seqlen` tokens from a fixed sparse Markov chain over the vocabulary (each token has a
- * few likely successors), each starting with BOS 0.
- */
-export function syntheticTokens(spec: SyntheticSpec, n: number, seqlen: number, seed: number): Int32Array[] {
-  const table = new Rng(spec.seed + 7919);
-  const V = spec.vocabSize;
-  const next = Array.from({ length: V }, () =>
-    Array.from({ length: 4 }, () => Math.floor(table.uniform() * V)),
-  );
-  const rng = new Rng(seed);
-  const out: Int32Array[] = [];
-  for (let s = 0; s < n; s++) {
-    const seq = new Int32Array(seqlen);
-    for (let t = 1; t < seqlen; t++) {
-      const u = rng.uniform();
-      seq[t] = u < 0.9 ? next[seq[t - 1]][Math.floor(u * 4.44) % 4] : Math.floor(rng.uniform() * V);
-    }
-    out.push(seq);
-  }
-  return out;
 }
 
 /** A token file in the layout `--calib` and `eval --tokens` read: named int32 [n, seqlen] tensors. */

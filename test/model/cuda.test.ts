@@ -1,15 +1,15 @@
 // The model on the GPU: stories260K with RTN 4-bit projections gives the CPU's perplexity through our
-// CUDA kernels. Runs where a GPU and ../shared are present (node --test dist/test/backend/cuda/model.test.js).
+// CUDA kernels. Runs where a GPU and ../shared are present (node --test dist/test/model/cuda.test.js).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { CudaDevice } from "../../../src/backend/cuda/device.js";
-import { moveToCuda } from "../../../src/backend/cuda/model.js";
-import { DenseLinear, QuantLinear } from "../../../src/backend/cpu/linear.js";
-import { LINEAR_NAMES, LlamaModel } from "../../../src/model/llama.js";
-import { perplexity } from "../../../src/model/perplexity.js";
-import { quantizeRtn } from "../../../src/quant/rtn.js";
-import { readTokenRows } from "../../../src/quant/calibration.js";
-import { sharedPath, skipUnlessShared } from "../../helpers/shared.js";
+import { CudaDevice } from "../../src/backend/cuda/device.js";
+import { moveToCuda } from "../../src/model/cuda.js";
+import { DenseLinear, QuantLinear } from "../../src/backend/cpu/linear.js";
+import { LINEAR_NAMES, LlamaModel } from "../../src/model/llama.js";
+import { perplexity } from "../../src/model/perplexity.js";
+import { quantizeRtn } from "../../src/quant/rtn.js";
+import { readTokenRows } from "../../src/pipeline/calibration.js";
+import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 const noGpu = CudaDevice.available()
   ? false

@@ -13,7 +13,8 @@ import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { FORMATS } from "../formats/registry.js";
 import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { readLlamaConfig } from "../model/config.js";
-import { PadPlan, padMlpTensor, paddedMlpShape } from "../model/padding.js";
+import { PadPlan } from "../model/pad-plan.js";
+import { padMlpTensor, paddedMlpShape } from "../transform/pad.js";
 import { GptqError } from "../util/errors.js";
 
 /** "auto": GPTQ v1 (what most loaders expect) unless a zero point of 0 needs v2. */

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeSafetensors } from "../../src/io/safetensors.js";
-import { chunkTokens, loadCalibration } from "../../src/quant/calibration.js";
+import { chunkTokens, loadCalibration } from "../../src/pipeline/calibration.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 function withTmp(fn: (dir: string) => void): void {

@@ -8,11 +8,18 @@ import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
 import { readLlamaConfig } from "../model/config.js";
 import { LayerwiseLlama } from "../model/llama.js";
-import { PadPlan, formatTarget, padLayerIntermediate, planPadding } from "../model/padding.js";
+import { PadPlan, formatTarget, planPadding } from "../model/pad-plan.js";
+import { padLayerIntermediate } from "../model/padding.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
-import { LinearReport, PipelineEvent, PipelineOptions, PipelineResult, quantizeModel } from "./pipeline.js";
-import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write.js";
+import {
+  LinearReport,
+  PipelineEvent,
+  PipelineOptions,
+  PipelineResult,
+  quantizeModel,
+} from "./quantize-model.js";
+import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write-quantized.js";
 
 export interface QuantizeRequest {
   modelDir: string;

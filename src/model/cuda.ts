@@ -3,15 +3,15 @@
  * `Linear` that converts its fp32 input to fp16, runs our kernel (the one `check` lists for the layer)
  * and returns fp32. Layers no CUDA kernel takes stay on the CPU, and say why.
  */
-import { packGptq } from "../../formats/gptq.js";
-import { QuantizedLinear } from "../../formats/types.js";
-import { LINEAR_NAMES, LlamaModel } from "../../model/llama.js";
-import { floatsToHalfs, halfsToFloats } from "../../tensor/dtype.js";
-import { GptqError } from "../../util/errors.js";
-import { Linear, QuantLinear } from "../cpu/linear.js";
-import { CudaDevice } from "./device.js";
-import { uploadGptq } from "./dequant/dequant.js";
-import { CudaLinear, cudaLinear } from "./linear.js";
+import { packGptq } from "../formats/gptq.js";
+import { QuantizedLinear } from "../formats/types.js";
+import { LINEAR_NAMES, LlamaModel } from "./llama.js";
+import { floatsToHalfs, halfsToFloats } from "../tensor/dtype.js";
+import { GptqError } from "../util/errors.js";
+import { Linear, QuantLinear } from "../backend/cpu/linear.js";
+import { CudaDevice } from "../backend/cuda/device.js";
+import { uploadGptq } from "../backend/cuda/dequant/dequant.js";
+import { CudaLinear, cudaLinear } from "../backend/cuda/linear.js";
 
 export class CudaModelLinear implements Linear {
   readonly inFeatures: number;

@@ -10,15 +10,11 @@ import { TensorStore } from "../../src/io/store.js";
 import { LlamaModel } from "../../src/model/llama.js";
 import { padModelIntermediate } from "../../src/model/padding.js";
 import { perplexity } from "../../src/model/perplexity.js";
-import {
-  SyntheticSpec,
-  syntheticTokens,
-  writeSyntheticLlama,
-  writeTokenFile,
-} from "../../src/model/synthetic.js";
-import { PipelineOptions, quantizeModel } from "../../src/quant/pipeline.js";
-import { QuantizeRequest, quantizeCheckpoint } from "../../src/quant/quantize-checkpoint.js";
-import { chooseFormat } from "../../src/quant/write.js";
+import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
+import { syntheticTokens } from "../helpers/synthetic.js";
+import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
+import { QuantizeRequest, quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
+import { chooseFormat } from "../../src/pipeline/write-quantized.js";
 
 // intermediate 44 is not a multiple of 8: 4-bit GPTQ packing needs it padded to 48
 const SPEC: SyntheticSpec = {

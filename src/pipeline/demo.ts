@@ -7,14 +7,14 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openCheckpoint } from "./io/checkpoint.js";
-import { checkLayers, checkpointProblems } from "./kernels/check.js";
-import { KERNELS } from "./kernels/registry.js";
-import { LlamaModel } from "./model/llama.js";
-import { DEMO_SPEC, Rng, writeSyntheticLlama, writeTokenFile } from "./model/synthetic.js";
-import { PipelineOptions } from "./quant/pipeline.js";
-import { quantizeCheckpoint } from "./quant/quantize-checkpoint.js";
-import { convertCheckpoint } from "./transform/convert.js";
+import { openCheckpoint } from "../io/checkpoint.js";
+import { checkLayers, checkpointProblems } from "../kernels/check.js";
+import { KERNELS } from "../kernels/registry.js";
+import { LlamaModel } from "../model/llama.js";
+import { DEMO_SPEC, Rng, writeSyntheticLlama, writeTokenFile } from "./synthetic.js";
+import { PipelineOptions } from "./quantize-model.js";
+import { quantizeCheckpoint } from "./quantize-checkpoint.js";
+import { convertCheckpoint } from "../transform/convert.js";
 
 export interface DemoRow {
   name: string;

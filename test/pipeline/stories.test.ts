@@ -5,10 +5,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { LlamaModel } from "../../src/model/llama.js";
-import { formatTarget, padModelIntermediate, planPadding } from "../../src/model/padding.js";
+import { formatTarget, planPadding } from "../../src/model/pad-plan.js";
+import { padModelIntermediate } from "../../src/model/padding.js";
 import { perplexity } from "../../src/model/perplexity.js";
-import { readTokenRows } from "../../src/quant/calibration.js";
-import { PipelineOptions, quantizeModel } from "../../src/quant/pipeline.js";
+import { readTokenRows } from "../../src/pipeline/calibration.js";
+import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 const skip = skipUnlessShared("models", "stories260K-eval.safetensors");

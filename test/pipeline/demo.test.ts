@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { runDemo } from "../src/demo.js";
+import { runDemo } from "../../src/pipeline/demo.js";
 
 test("demo: GPTQ beats RTN, Marlin conversion computes the same, kernels are checked, temp files removed", async () => {
   const r = await runDemo();

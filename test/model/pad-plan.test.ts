@@ -1,0 +1,57 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { KernelRule } from "../../src/kernels/types.js";
+import { parseLlamaConfig } from "../../src/model/config.js";
+import { kernelTarget, multipleTarget, planPadding } from "../../src/model/pad-plan.js";
+
+const STORIES = parseLlamaConfig({
+  model_type: "llama",
+  hidden_size: 64,
+  intermediate_size: 172,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 8,
+  num_hidden_layers: 1,
+  vocab_size: 32,
+});
+
+/** A kernel rule of the usual kind: K and N multiples of fixed sizes. */
+function rule(name: string, kMul: number, nMul: number): KernelRule {
+  return {
+    name,
+    description: `test rule K % ${kMul}, N % ${nMul}`,
+    ours: false,
+    supports: (q) =>
+      q.inFeatures % kMul
+        ? { ok: false, reason: `in_features ${q.inFeatures} is not a multiple of ${kMul}` }
+        : q.outFeatures % nMul
+          ? { ok: false, reason: `out_features ${q.outFeatures} is not a multiple of ${nMul}` }
+          : { ok: true },
+  };
+}
+const SCHEME = { bits: 4 as const, groupSize: 128, sym: true, actOrder: false };
+
+test("plans the smallest intermediate size that fits: 172 -> 176 (x8), -> 192 (x32), unchanged when it fits", () => {
+  assert.equal(planPadding(STORIES, multipleTarget(8)).to, 176);
+  assert.equal(planPadding(STORIES, multipleTarget(32)).to, 192);
+  assert.equal(planPadding(STORIES, multipleTarget(4)).to, 172);
+  // a kernel needing K % 16 and N % 32: gate/up need N = I % 32, down needs K = I % 16 -> 192
+  assert.equal(planPadding(STORIES, kernelTarget(rule("k16n32", 16, 32), SCHEME)).to, 192);
+});
+
+test("refuses to pad hidden_size, naming the dimension, the layer, the rule and the kernels that accept", () => {
+  const strict = kernelTarget(rule("big-tiles", 128, 64), SCHEME);
+  const loose = kernelTarget(rule("small-tiles", 32, 32), SCHEME);
+  assert.throws(
+    () => planPadding(STORIES, strict, [strict, loose]),
+    (e: Error) =>
+      /q_proj \(64 -> 64\) fails: in_features 64 is not a multiple of 128/.test(e.message) &&
+      /hidden_size 64/.test(e.message) &&
+      /RMSNorm/.test(e.message) &&
+      /accept the model.*kernel small-tiles/.test(e.message) &&
+      !/accept the model.*big-tiles/.test(e.message),
+  );
+  // the key/value width (4 heads x 8) fails an N % 64 rule while hidden (64) passes
+  const n64 = kernelTarget(rule("n64", 16, 64), SCHEME);
+  assert.throws(() => planPadding(STORIES, n64), /k_proj.*num_key_value_heads x head_dim = 32.*head_dim/);
+});
