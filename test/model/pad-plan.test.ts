@@ -1,19 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KernelRule } from "../../src/kernels/types.js";
-import { parseLlamaConfig } from "../../src/model/config.js";
 import { kernelTarget, multipleTarget, planPadding } from "../../src/model/pad-plan.js";
+import { STORIES_CONFIG } from "../helpers/configs.js";
 
-const STORIES = parseLlamaConfig({
-  model_type: "llama",
-  hidden_size: 64,
-  intermediate_size: 172,
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  head_dim: 8,
-  num_hidden_layers: 1,
-  vocab_size: 32,
-});
+const STORIES = STORIES_CONFIG;
 
 /** A kernel rule of the usual kind: K and N multiples of fixed sizes. */
 function rule(name: string, kMul: number, nMul: number): KernelRule {

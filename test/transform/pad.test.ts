@@ -4,23 +4,15 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeCheckpointTensors, TensorStore } from "../../src/io/store.js";
-import { parseLlamaConfig, readLlamaConfig } from "../../src/model/config.js";
+import { readLlamaConfig } from "../../src/model/config.js";
 import { LlamaModel } from "../../src/model/llama.js";
 import { multipleTarget, planPadding } from "../../src/model/pad-plan.js";
 import { padCheckpoint } from "../../src/transform/pad.js";
 import { toFloat32 } from "../../src/tensor/tensor.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+import { STORIES_CONFIG } from "../helpers/configs.js";
 
-const STORIES = parseLlamaConfig({
-  model_type: "llama",
-  hidden_size: 64,
-  intermediate_size: 172,
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  head_dim: 8,
-  num_hidden_layers: 1,
-  vocab_size: 32,
-});
+const STORIES = STORIES_CONFIG;
 
 /** float64 reference of a SwiGLU MLP: down(silu(gate x) * up x). */
 function mlp(
