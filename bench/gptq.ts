@@ -1,7 +1,12 @@
-// GPTQ time of one layer on the CPU: Hessian accumulation from calibration tokens, the damped
-// factorisation (upper Cholesky factor of H^-1), and the whole gptqQuantize call (which includes it).
-// Run: npm run build --silent && node dist/bench/gptq.js [K] [N] [tokens] [bits] [group] [--act-order] [--clip C]
+// GPTQ time of one layer: Hessian accumulation from calibration tokens, the damped factorisation (upper
+// Cholesky factor of H^-1), and the whole gptqQuantize call (which includes it). On the CPU, or with --cuda
+// on the GPU (Hessian GEMMs from host activations, uploads included; cuSOLVER factorisation and the block
+// sweeps inside the GPTQ call; the batches of activations repeat, which the timing does not depend on).
+// Run: npm run build --silent && node dist/bench/gptq.js [K] [N] [tokens] [bits] [group] [--act-order] [--clip C] [--cuda]
 import { HessianAccumulator, gptqQuantize } from "../src/quant/index.js";
+import { CudaDevice } from "../src/backend/cuda/device.js";
+import { CudaHessian } from "../src/backend/cuda/gptq/hessian.js";
+import { cudaGptqBackend } from "../src/pipeline/cuda-gptq.js";
 import type { ClipMethod } from "../src/quant/index.js";
 import { Bits } from "../src/formats/types.js";
 import { upperCholeskyOfInverse } from "../src/tensor/linalg.js";
@@ -16,6 +21,7 @@ const TOKENS = Number(positional[2] ?? 16384);
 const bits = Number(positional[3] ?? 4) as Bits;
 const groupSize = Number(positional[4] ?? 128);
 const descAct = process.argv.includes("--act-order");
+const cuda = process.argv.includes("--cuda");
 
 /** xorshift32 -> approximately normal values (sum of four uniforms, rescaled). */
 function normals(seed: number): () => number {
@@ -46,40 +52,53 @@ const channelScale = Float32Array.from(
   { length: K },
   (_, k) => Math.exp(g() * 0.6) * (k % 97 === 13 ? 20 : 1),
 );
-const acc = new HessianAccumulator(K);
-const BATCH = 512;
-const x = new Float32Array(BATCH * K);
+const acc = cuda ? new CudaHessian(CudaDevice.get(), K) : new HessianAccumulator(K);
+const BATCH = cuda ? 2048 : 512;
+const POOL = cuda ? 4 : 1;
+const pool = Array.from({ length: POOL }, () => new Float32Array(BATCH * K));
 const hessianTime = { wall: 0, cpu: 0 };
-for (let done = 0; done < TOKENS; done += BATCH) {
+for (let done = 0, b = 0; done < TOKENS; done += BATCH, b++) {
   const rows = Math.min(BATCH, TOKENS - done);
-  for (let r = 0; r < rows; r++) for (let k = 0; k < K; k++) x[r * K + k] = g() * channelScale[k];
+  const x = pool[b % POOL];
+  if (b < POOL)
+    for (let r = 0; r < rows; r++) for (let k = 0; k < K; k++) x[r * K + k] = g() * channelScale[k];
   const m = mark();
   acc.add(x.subarray(0, rows * K), rows);
   const t = since(m);
   hessianTime.wall += t.wall;
   hessianTime.cpu += t.cpu;
 }
+let m = mark();
 const H = acc.H;
+const readH = since(m);
 
 // Weights: Gaussian with a few heavy input columns.
 const W = new Float32Array(N * K);
 for (let i = 0; i < W.length; i++) W[i] = g() * 0.02 * ((i % K) % 61 === 7 ? 4 : 1);
 
-let m = mark();
-const damped = Float64Array.from(H);
-let mean = 0;
-for (let k = 0; k < K; k++) mean += H[k * K + k] / K;
-for (let k = 0; k < K; k++) damped[k * K + k] += 0.01 * mean;
-if (!upperCholeskyOfInverse(damped, K)) throw new Error("factorisation failed");
-const factorTime = since(m);
+let factorTime = { wall: NaN, cpu: NaN };
+if (!cuda) {
+  m = mark();
+  const damped = Float64Array.from(H);
+  let mean = 0;
+  for (let k = 0; k < K; k++) mean += H[k * K + k] / K;
+  for (let k = 0; k < K; k++) damped[k * K + k] += 0.01 * mean;
+  if (!upperCholeskyOfInverse(damped, K)) throw new Error("factorisation failed");
+  factorTime = since(m);
+}
 
+const backend = cuda ? cudaGptqBackend() : undefined;
+if (backend)
+  gptqQuantize(W.subarray(0, 64 * K), 64, K, H, { bits, groupSize, sym: true, descAct, clip, backend });
 m = mark();
-const r = gptqQuantize(W, N, K, H, { bits, groupSize, sym: true, descAct, clip });
+const r = gptqQuantize(W, N, K, H, { bits, groupSize, sym: true, descAct, clip, backend });
 const gptqTime = since(m);
 
-const tag = `${K}x${N}, ${TOKENS} tokens, ${bits}-bit g${groupSize} sym${descAct ? " act-order" : ""} clip ${clip}`;
-const fmt = (t: { wall: number; cpu: number }) => `${t.wall.toFixed(1)} s (CPU ${t.cpu.toFixed(1)} s)`;
-console.log(`| layer | Hessian accumulation | factorisation (part of GPTQ) | GPTQ total |`);
-console.log(`| --- | --- | --- | --- |`);
-console.log(`| ${tag} | ${fmt(hessianTime)} | ${fmt(factorTime)} | ${fmt(gptqTime)} |`);
+const where = cuda ? CudaDevice.get().info.name : "cpu";
+const tag = `${K}x${N}, ${TOKENS} tokens, ${bits}-bit g${groupSize} sym${descAct ? " act-order" : ""} clip ${clip}, ${where}`;
+const fmt = (t: { wall: number; cpu: number }) =>
+  Number.isNaN(t.wall) ? "-" : `${t.wall.toFixed(cuda ? 3 : 1)} s (CPU ${t.cpu.toFixed(cuda ? 3 : 1)} s)`;
+console.log(`| layer | Hessian accumulation | H to the host | factorisation (part of GPTQ) | GPTQ total |`);
+console.log(`| --- | --- | --- | --- | --- |`);
+console.log(`| ${tag} | ${fmt(hessianTime)} | ${fmt(readH)} | ${fmt(factorTime)} | ${fmt(gptqTime)} |`);
 console.log(`loss ${r.loss.toExponential(3)}, damp ${r.damp}`);

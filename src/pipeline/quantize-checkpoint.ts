@@ -10,6 +10,7 @@ import { readLlamaConfig } from "../model/config.js";
 import { LayerwiseLlama } from "../model/llama.js";
 import { PadPlan, formatTarget, planPadding } from "../model/pad-plan.js";
 import { padLayerIntermediate } from "../model/padding.js";
+import { CudaDevice } from "../backend/cuda/device.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
 import {
@@ -25,6 +26,11 @@ export interface QuantizeRequest {
   modelDir: string;
   outDir: string;
   options: PipelineOptions;
+  /**
+   * where Hessians and GPTQ run: "cuda" (refused before any work without a GPU), "cpu", or "auto" (the GPU
+   * when one is found); default "cpu"
+   */
+  device?: "cpu" | "cuda" | "auto";
   /** calibration data; required for GPTQ */
   calib?: Omit<CalibrationRequest, "modelDir" | "vocabSize">;
   format: FormatChoice;
@@ -39,6 +45,8 @@ export interface QuantizeResult {
   formatNote?: string;
   pad?: PadPlan;
   calibration?: string;
+  /** where GPTQ ran, and the device's name */
+  device: { kind: "cpu" | "cuda"; name: string };
   layers: number;
   errorOf: "outputs" | "weights";
   meanRelError: number;
@@ -50,6 +58,17 @@ export interface QuantizeResult {
 }
 
 export type QuantizeEvent = PipelineEvent | { type: "note"; text: string };
+
+/** The device a request names, or the reason it cannot be had (before any work). */
+export function resolveDevice(requested: "cpu" | "cuda" | "auto"): { kind: "cpu" | "cuda"; name: string } {
+  if (requested === "cpu") return { kind: "cpu", name: "cpu" };
+  if (!CudaDevice.available()) {
+    if (requested === "auto") return { kind: "cpu", name: "cpu (no CUDA GPU found)" };
+    throw new GptqError("--device cuda: no CUDA GPU found (no driver, or no device); use --device cpu");
+  }
+  const info = CudaDevice.get().info;
+  return { kind: "cuda", name: `${info.name} (${info.arch})` };
+}
 
 export async function quantizeCheckpoint(
   req: QuantizeRequest,
@@ -75,6 +94,7 @@ export async function quantizeCheckpoint(
     throw new GptqError("--fresh-groups and --refine need GPTQ (--method gptq)");
   if (o.method === "gptq" && !req.calib)
     throw new GptqError("GPTQ needs calibration data: pass --calib FILE (or use --method rtn)");
+  const device = resolveDevice(req.device ?? "cpu");
 
   // The packing decides which shapes are storable ("auto" writes GPTQ, whose packing v1 and v2 share);
   // a scheme it cannot hold at all (Marlin with group 32, say) fails here too, before any work.
@@ -100,7 +120,7 @@ export async function quantizeCheckpoint(
   const model = LayerwiseLlama.open(req.modelDir, (layer) => padLayerIntermediate(layer, plan.from, plan.to));
   let run: PipelineResult;
   try {
-    run = quantizeModel(model, cal?.sequences, o, onEvent);
+    run = quantizeModel(model, cal?.sequences, { ...o, device: device.kind }, onEvent);
   } finally {
     model.close();
   }
@@ -140,6 +160,7 @@ export async function quantizeCheckpoint(
     formatNote: chosen.why,
     pad: plan,
     calibration: cal?.source,
+    device,
     layers: reports.length,
     errorOf: reports[0]?.relErrorOf ?? "weights",
     meanRelError: reports.reduce((s, r) => s + r.relError, 0) / Math.max(1, reports.length),

@@ -12,6 +12,10 @@ import { Bits, QuantizedLinear } from "../formats/types.js";
 import { DecoderLayer, LayerSource, LinearName } from "../model/llama.js";
 import { GptqError } from "../util/errors.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
+import { CPU_GPTQ, GptqBackend } from "../quant/gptq.js";
+import { CudaDevice } from "../backend/cuda/device.js";
+import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
+import { cudaGptqBackend } from "./cuda-gptq.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
 import { relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
@@ -41,6 +45,8 @@ export interface PipelineOptions {
   freshGroups?: boolean;
   /** GPTQ: rounds of least-squares scale refit with the codes fixed, then GPTQ again (default 0) */
   refine?: number;
+  /** where Hessians accumulate and GPTQ's factorisation and sweeps run (default "cpu") */
+  device?: "cpu" | "cuda";
 }
 
 /**
@@ -127,6 +133,22 @@ function denseOf(l: Linear, name: string): DenseLinear {
   return l;
 }
 
+/** Where a layer's Hessians accumulate and its GPTQ runs. */
+interface Compute {
+  hessian(K: number): {
+    add(x: Float32Array, rows: number): void;
+    readonly H: Float64Array;
+    dispose?(): void;
+  };
+  gptq: GptqBackend;
+}
+
+function computeOn(device: "cpu" | "cuda"): Compute {
+  if (device === "cpu") return { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
+  const dev = CudaDevice.get();
+  return { hessian: (K) => new CudaHessian(dev, K), gptq: cudaGptqBackend(dev) };
+}
+
 /**
  * Quantizes one projection. A group size above K means one group spanning K (as AutoGPTQ computes it);
  * the layer keeps the requested group size so its config and g_idx (all 0) agree.
@@ -137,6 +159,7 @@ function quantizeOne(
   K: number,
   H: Float64Array | undefined,
   o: PipelineOptions,
+  backend: GptqBackend,
 ): { layer: QuantizedLinear; Q: Float32Array; loss?: number; damp?: number } {
   const groupSize = o.groupSize > K ? -1 : o.groupSize;
   const q = { bits: o.bits, groupSize, sym: o.sym, clip: o.clip, splitRange: o.splitRange };
@@ -151,6 +174,7 @@ function quantizeOne(
       blockSize: o.blockSize,
       freshGroups: o.freshGroups,
       refine: o.refine,
+      backend,
     });
     res = { layer: r.layer, Q: r.Q, loss: r.loss, damp: r.damp };
   } else {
@@ -176,6 +200,7 @@ export function quantizeModel(
   onEvent: (e: PipelineEvent) => void = () => {},
 ): PipelineResult {
   const t0 = Date.now();
+  const compute = computeOn(opts.device ?? "cpu");
   const layers = new Map<string, QuantizedLinear>();
   const reports: LinearReport[] = [];
   const L = model.numLayers;
@@ -235,7 +260,7 @@ export function quantizeModel(
         progress(li, group.linears.join("/"));
         const first = group.linears[0];
         const K = layer.linears[first].inFeatures;
-        const acc = new HessianAccumulator(K);
+        const acc = compute.hessian(K);
         const cross = opts.fpTarget ? new CrossAccumulator(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
@@ -249,6 +274,7 @@ export function quantizeModel(
             );
         }
         H = acc.H;
+        acc.dispose?.();
         C = cross?.C;
       } else progress(li, group.linears.join("/"));
       for (const name of group.linears) {
@@ -257,7 +283,7 @@ export function quantizeModel(
         const dense = denseOf(layer.linears[name], prefix);
         const { outFeatures: N, inFeatures: K } = dense;
         const W = C && H ? fpTargetWeights(dense.weight, N, K, C, H, opts.damp) : dense.weight;
-        const r = quantizeOne(W, N, K, H, opts);
+        const r = quantizeOne(W, N, K, H, opts, compute.gptq);
         if (dense.bias) r.layer.bias = dense.bias;
         layers.set(prefix, r.layer);
         layer.linears[name] = new DenseLinear(r.Q, N, K, dense.bias);

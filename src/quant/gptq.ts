@@ -35,7 +35,63 @@ export interface GptqOptions extends QuantizerOptions {
    * codes fixed, then quantize again with GPTQ using the refit scales; the best round is kept
    */
   refine?: number;
+  /** where the factorisation and the column sweeps run (default: here, on the CPU) */
+  backend?: GptqBackend;
 }
+
+/**
+ * One sweep of GPTQ over the columns in processing order, on weights it owns: codes and the group used
+ * per processing position, group parameters (G x N `scales`/`zeros`) found on demand.
+ */
+export interface GptqSweep {
+  readonly codes: Uint8Array;
+  readonly groupOf: Int32Array;
+  /** Parameters of group g over the columns at processing positions `pos` (ascending), from w as it is. */
+  fixGroup(g: number, pos: Int32Array): void;
+  /** The sweep; returns AutoGPTQ's loss. */
+  run(blockSize: number, groups: "fixed" | "dynamic", gs: number, how: SweepGroups): number;
+  dispose?(): void;
+}
+
+export interface SweepGroups {
+  /** the group of processing position c when groups are fixed */
+  staticOf: (c: number) => number;
+  /** dynamic groups from the weights as updated when the group begins (else as at its block's start) */
+  fresh: boolean;
+}
+
+/** Where GPTQ's dense work runs: the factorisation of the damped Hessian and the sweeps. */
+export interface GptqBackend {
+  readonly name: string;
+  /**
+   * Factorises `hp` (K x K, processing order) damped by `damp` x its mean diagonal, raising `damp` until
+   * it is positive definite; returns the damping used, the damped matrix, and a maker of sweeps.
+   */
+  factor(
+    hp: Float64Array,
+    K: number,
+    damp: number,
+  ): {
+    damp: number;
+    /** the damped matrix (K x K), for the refits */
+    damped: () => Float64Array;
+    sweep(q: Quantizer, w: Float32Array, N: number, scales: Float32Array, zeros: Float32Array): GptqSweep;
+    dispose?(): void;
+  };
+}
+
+/** The CPU backend: float64 factorisation, float32 weights. */
+export const CPU_GPTQ: GptqBackend = {
+  name: "cpu",
+  factor(hp, K, damp) {
+    const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
+    return {
+      damp: used,
+      damped: () => damped,
+      sweep: (q, w, N, scales, zeros) => new Sweep(q, w, U, N, K, scales, zeros),
+    };
+  },
+};
 
 export interface GptqResult {
   layer: QuantizedLinear;
@@ -51,14 +107,14 @@ export interface GptqResult {
 }
 
 /** The largest dampening fraction tried: failures double it, starting from 0.01 when 0 was asked for. */
-const DAMP_LIMIT = 100;
+export const DAMP_LIMIT = 100;
 
-function nextDamp(d: number): number {
+export function nextDamp(d: number): number {
   return d <= 0 ? 0.01 : d * 2;
 }
 
 /** Factorises with the requested damping, raising it until H + damp * mean(diag) I is positive definite. */
-function dampedInverseFactor(
+export function dampedInverseFactor(
   H: Float64Array,
   K: number,
   damp: number,
@@ -73,7 +129,12 @@ function dampedInverseFactor(
     const U = upperCholeskyOfInverse(work, K);
     if (U) return { U, damp: d, damped: work };
   }
-  throw new GptqError(
+  throw notPositiveDefinite();
+}
+
+/** The error when no damping up to DAMP_LIMIT makes the Hessian positive definite. */
+export function notPositiveDefinite(): GptqError {
+  return new GptqError(
     `the Hessian is not positive definite even with damp ${DAMP_LIMIT} x its mean diagonal: ` +
       "the calibration inputs are degenerate (non-finite or all zero?)",
   );
@@ -151,74 +212,97 @@ export function gptqQuantize(
     }
   }
 
-  const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
+  const backend = opts.backend ?? CPU_GPTQ;
+  const factor = backend.factor(hp, K, damp);
+  const used = factor.damp;
   const w0 = refine > 0 ? Float32Array.from(w) : w;
-  let sweep = new Sweep(q, w, U, N, K, scales, zeros);
-
-  // Groups fixed before the sweep: static ones on the unpermuted weight, or the single group of -1.
-  if (staticGroups && q.groupSize !== -1) {
-    const position = new Int32Array(K);
-    for (let a = 0; a < K; a++) position[perm ? perm[a] : a] = a;
-    for (let g = 0; g < G; g++) {
-      const k0 = g * gs;
-      const pos = Int32Array.from({ length: Math.min(gs, K - k0) }, (_, i) => position[k0 + i]).sort();
-      sweep.fixGroup(g, pos);
-    }
-  } else if (q.groupSize === -1 && needsHessian) {
-    sweep.fixGroup(
-      0,
-      Int32Array.from({ length: K }, (_, i) => i),
-    );
-  }
-
-  let loss = sweep.run(blockSize, q.groupSize === -1 || staticGroups ? "fixed" : "dynamic", gs, {
-    staticOf: staticGroups && q.groupSize !== -1 ? (c) => Math.floor((perm ? perm[c] : c) / gs) : () => 0,
-    fresh: opts.freshGroups ?? false,
-  });
-
-  if (refine > 0) {
-    const refit = (s: Sweep) =>
-      refitScales({ w: w0, H: damped, codes: s.codes, groupOf: s.groupOf, scales, zeros, N, K, G });
-    let best = { error: refit(sweep), sweep, loss, scales: Float32Array.from(scales) };
-    for (let round = 0; round < refine; round++) {
-      const again = new Sweep(q, Float32Array.from(w0), U, N, K, scales, zeros);
-      const groupOf = best.sweep.groupOf;
-      const l = again.run(blockSize, "fixed", gs, { staticOf: (c) => groupOf[c], fresh: false });
-      const error = refit(again);
-      if (!(error < best.error)) break;
-      best = { error, sweep: again, loss: l, scales: Float32Array.from(scales) };
-    }
-    scales.set(best.scales);
-    sweep = best.sweep;
-    loss = best.loss;
-  }
-
-  // Back to the original column order.
-  const codes = new Uint8Array(K * N);
-  const gIdx = new Int32Array(K);
-  for (let a = 0; a < K; a++) {
-    const k = perm ? perm[a] : a;
-    codes.set(sweep.codes.subarray(a * N, (a + 1) * N), k * N);
-    gIdx[k] = sweep.groupOf[a];
-  }
-  const layer: QuantizedLinear = {
-    inFeatures: K,
-    outFeatures: N,
-    bits: q.bits,
-    groupSize: q.groupSize,
-    codes,
-    scales,
-    zeros: Uint8Array.from(zeros),
-    gIdx,
+  const sweeps: GptqSweep[] = [];
+  const newSweep = (weights: Float32Array) => {
+    const s = factor.sweep(q, weights, N, scales, zeros);
+    sweeps.push(s);
+    return s;
   };
-  return { layer, loss, damp: used, Q: dequantize(layer) };
+  try {
+    let sweep = newSweep(w);
+
+    // Groups fixed before the sweep: static ones on the unpermuted weight, or the single group of -1.
+    if (staticGroups && q.groupSize !== -1) {
+      const position = new Int32Array(K);
+      for (let a = 0; a < K; a++) position[perm ? perm[a] : a] = a;
+      for (let g = 0; g < G; g++) {
+        const k0 = g * gs;
+        const pos = Int32Array.from({ length: Math.min(gs, K - k0) }, (_, i) => position[k0 + i]).sort();
+        sweep.fixGroup(g, pos);
+      }
+    } else if (q.groupSize === -1 && needsHessian) {
+      sweep.fixGroup(
+        0,
+        Int32Array.from({ length: K }, (_, i) => i),
+      );
+    }
+
+    let loss = sweep.run(blockSize, q.groupSize === -1 || staticGroups ? "fixed" : "dynamic", gs, {
+      staticOf: staticGroups && q.groupSize !== -1 ? (c) => Math.floor((perm ? perm[c] : c) / gs) : () => 0,
+      fresh: opts.freshGroups ?? false,
+    });
+
+    if (refine > 0) {
+      const refit = (s: GptqSweep) =>
+        refitScales({
+          w: w0,
+          H: factor.damped(),
+          codes: s.codes,
+          groupOf: s.groupOf,
+          scales,
+          zeros,
+          N,
+          K,
+          G,
+        });
+      let best = { error: refit(sweep), sweep, loss, scales: Float32Array.from(scales) };
+      for (let round = 0; round < refine; round++) {
+        const again = newSweep(Float32Array.from(w0));
+        const groupOf = best.sweep.groupOf;
+        const l = again.run(blockSize, "fixed", gs, { staticOf: (c) => groupOf[c], fresh: false });
+        const error = refit(again);
+        if (!(error < best.error)) break;
+        best = { error, sweep: again, loss: l, scales: Float32Array.from(scales) };
+      }
+      scales.set(best.scales);
+      sweep = best.sweep;
+      loss = best.loss;
+    }
+
+    // Back to the original column order.
+    const codes = new Uint8Array(K * N);
+    const gIdx = new Int32Array(K);
+    for (let a = 0; a < K; a++) {
+      const k = perm ? perm[a] : a;
+      codes.set(sweep.codes.subarray(a * N, (a + 1) * N), k * N);
+      gIdx[k] = sweep.groupOf[a];
+    }
+    const layer: QuantizedLinear = {
+      inFeatures: K,
+      outFeatures: N,
+      bits: q.bits,
+      groupSize: q.groupSize,
+      codes,
+      scales,
+      zeros: Uint8Array.from(zeros),
+      gIdx,
+    };
+    return { layer, loss, damp: used, Q: dequantize(layer) };
+  } finally {
+    for (const s of sweeps) s.dispose?.();
+    factor.dispose?.();
+  }
 }
 
 /**
  * The GPTQ sweep over the columns in processing order: w (K x N) is updated in place, codes and the
  * group used are recorded per processing position, group parameters go to scales/zeros (G x N).
  */
-class Sweep {
+class Sweep implements GptqSweep {
   readonly codes: Uint8Array;
   readonly groupOf: Int32Array;
   /** 1 / d_k^2: the weight GPTQ's loss gives column k's error (d_k = U[k, k]) */
@@ -249,20 +333,21 @@ class Sweep {
 
   /** Group g's parameters from its columns' current values `buf` (in the order of `pos`). */
   private findGroup(g: number, buf: Float32Array, pos: Int32Array): void {
-    const { N, K, U, q } = this;
-    const weights = Float64Array.from(pos, (p) => this.colWeight[p]);
-    const scorer = q.clip === "gptq" ? gptqLossScorer(buf, pos, N, K, U, q.maxq) : undefined;
-    const scale = this.scales.subarray(g * N, (g + 1) * N);
-    const zero = this.zeros.subarray(g * N, (g + 1) * N);
-    findParams(q, buf, 0, pos.length, N, scale, zero, weights, scorer);
+    findGroupParams(
+      this.q,
+      buf,
+      pos,
+      this.N,
+      this.K,
+      this.colWeight,
+      () => this.U,
+      this.scales,
+      this.zeros,
+      g,
+    );
   }
 
-  run(
-    blockSize: number,
-    groups: "fixed" | "dynamic",
-    gs: number,
-    how: { staticOf: (c: number) => number; fresh: boolean },
-  ): number {
+  run(blockSize: number, groups: "fixed" | "dynamic", gs: number, how: SweepGroups): number {
     const { q, w, U, N, K } = this;
     const { maxq } = q;
     const err = new Float32Array(blockSize * N);
@@ -350,6 +435,128 @@ class Sweep {
       }
     }
   }
+}
+
+/**
+ * The dense work of a sweep a whole block at a time, where the weights live elsewhere (a GPU): `BlockSweep`
+ * runs GPTQ's group logic here and asks the engine for rows, block sweeps and lazy updates.
+ */
+export interface BlockEngine {
+  /** rows [r0, r1) of the working weight (processing order) as they stand */
+  rows(r0: number, r1: number): Float32Array;
+  /**
+   * Quantizes columns [i1, i2) with the groups `groupOf[c]` of `scales`/`zeros` (G x N), feeding each
+   * column's error into the block's later ones; returns the sum of squared scaled errors.
+   */
+  block(
+    i1: number,
+    i2: number,
+    groupOf: Int32Array,
+    scales: Float32Array,
+    zeros: Float32Array,
+    maxq: number,
+  ): number;
+  /** The columns after block [i1, i2) take its errors: W[i2:] -= U[i1:i2, i2:]^T Err. */
+  lazy(i1: number, i2: number): void;
+  /** the codes (K x N, processing order) once the sweep has run */
+  codes(): Uint8Array;
+  dispose(): void;
+}
+
+/**
+ * A sweep whose block work an engine does: group parameters are found here, at the start of the block
+ * in which a group begins (from the weights as they stood then, as AutoGPTQ does). Fresh dynamic groups
+ * end blocks at group boundaries, so every group begins a block: the same result up to rounding order.
+ */
+export class BlockSweep implements GptqSweep {
+  readonly groupOf: Int32Array;
+  private codesCache?: Uint8Array;
+  private whole?: Float32Array;
+
+  constructor(
+    private readonly q: Quantizer,
+    private readonly engine: BlockEngine,
+    /** 1 / U[k, k]^2 */
+    private readonly colWeight: Float64Array,
+    /** U's rows, for clip "gptq" */
+    private readonly U: () => Float64Array,
+    private readonly N: number,
+    private readonly K: number,
+    private readonly scales: Float32Array,
+    private readonly zeros: Float32Array,
+  ) {
+    this.groupOf = new Int32Array(K);
+  }
+
+  get codes(): Uint8Array {
+    return (this.codesCache ??= this.engine.codes());
+  }
+
+  fixGroup(g: number, pos: Int32Array): void {
+    const { N } = this;
+    const w = (this.whole ??= this.engine.rows(0, this.K));
+    const buf = new Float32Array(pos.length * N);
+    pos.forEach((p, i) => buf.set(w.subarray(p * N, (p + 1) * N), i * N));
+    findGroupParams(this.q, buf, pos, N, this.K, this.colWeight, this.U, this.scales, this.zeros, g);
+  }
+
+  run(blockSize: number, groups: "fixed" | "dynamic", gs: number, how: SweepGroups): number {
+    const { q, engine, N, K } = this;
+    this.whole = undefined;
+    this.codesCache = undefined;
+    const dynamic = groups === "dynamic";
+    let loss = 0;
+    for (let i1 = 0; i1 < K;) {
+      let i2 = Math.min(i1 + blockSize, K);
+      if (dynamic && how.fresh) i2 = Math.min(i2, (Math.floor(i1 / gs) + 1) * gs);
+      const starts: number[] = [];
+      for (let c = i1; c < i2; c++) {
+        this.groupOf[c] = dynamic ? Math.floor(c / gs) : how.staticOf(c);
+        if (dynamic && c % gs === 0) starts.push(c);
+      }
+      if (starts.length) {
+        const end = Math.max(...starts.map((c) => c + Math.min(gs, K - c)));
+        const rows = engine.rows(i1, end);
+        for (const c of starts) {
+          const cols = Math.min(gs, K - c);
+          const buf = rows.subarray((c - i1) * N, (c - i1 + cols) * N);
+          const pos = Int32Array.from({ length: cols }, (_, t) => c + t);
+          findGroupParams(q, buf, pos, N, K, this.colWeight, this.U, this.scales, this.zeros, c / gs);
+        }
+      }
+      loss += engine.block(i1, i2, this.groupOf, this.scales, this.zeros, q.maxq);
+      if (i2 < K) engine.lazy(i1, i2);
+      i1 = i2;
+    }
+    return loss / 2;
+  }
+
+  dispose(): void {
+    this.engine.dispose();
+  }
+}
+
+/**
+ * Group g's parameters (into `scales`/`zeros`, G x N) from its columns' values `buf` at processing
+ * positions `pos`: column k's error weighs 1 / U[k, k]^2 (`colWeight`); clip "gptq" also reads U's rows.
+ */
+export function findGroupParams(
+  q: Quantizer,
+  buf: Float32Array,
+  pos: Int32Array,
+  N: number,
+  K: number,
+  colWeight: Float64Array,
+  U: () => Float64Array,
+  scales: Float32Array,
+  zeros: Float32Array,
+  g: number,
+): void {
+  const weights = Float64Array.from(pos, (p) => colWeight[p]);
+  const scorer = q.clip === "gptq" ? gptqLossScorer(buf, pos, N, K, U(), q.maxq) : undefined;
+  const scale = scales.subarray(g * N, (g + 1) * N);
+  const zero = zeros.subarray(g * N, (g + 1) * N);
+  findParams(q, buf, 0, pos.length, N, scale, zero, weights, scorer);
 }
 
 /**

@@ -1,4 +1,4 @@
-/** cuBLAS (libcublas.so) through koffi: the fp16 GEMM we measure our kernels against. */
+/** cuBLAS (libcublas.so) through koffi: the fp16 GEMM we measure our kernels against, and fp32 GEMMs for GPTQ. */
 import { GptqError } from "../../util/errors.js";
 import { CudaDevice, DeviceBuffer } from "./device.js";
 import { Handle } from "./driver.js";
@@ -12,6 +12,7 @@ const SIGNATURES = [
   "int cublasGemmEx(void *handle, int transa, int transb, int m, int n, int k, const float *alpha, uint64_t A, int Atype, int lda, uint64_t B, int Btype, int ldb, const float *beta, uint64_t C, int Ctype, int ldc, int computeType, int algo)",
 ] as const;
 
+const CUDA_R_32F = 0;
 const CUDA_R_16F = 2;
 const CUBLAS_COMPUTE_32F = 68;
 const CUBLAS_GEMM_DEFAULT = -1;
@@ -61,6 +62,51 @@ export class Cublas {
    */
   linear(a: DeviceBuffer, w: DeviceBuffer, c: DeviceBuffer, M: number, N: number, K: number): void {
     this.gemm(OP_T, w.ptr, K, a.ptr, c.ptr, M, N, K);
+  }
+
+  /**
+   * fp32 GEMM in cuBLAS's column-major terms, fp32 arithmetic throughout (no TF32):
+   * C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, pointers and leading dimensions in elements.
+   */
+  gemmF32(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: number,
+    lda: number,
+    b: number,
+    ldb: number,
+    beta: number,
+    c: number,
+    ldc: number,
+  ): void {
+    this.check(
+      "cublasGemmEx",
+      this.f.cublasGemmEx(
+        this.handle,
+        transA ? OP_T : OP_N,
+        transB ? OP_T : OP_N,
+        m,
+        n,
+        k,
+        new Float32Array([alpha]),
+        a,
+        CUDA_R_32F,
+        lda,
+        b,
+        CUDA_R_32F,
+        ldb,
+        new Float32Array([beta]),
+        c,
+        CUDA_R_32F,
+        ldc,
+        CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT,
+      ),
+    );
   }
 
   /** Row-major C[M, N] = A[M, K] · B[K, N] (B in the `qweight` orientation). */

@@ -34,6 +34,8 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --seqlen N            tokens per sequence (token file: its width; text: 2048)
   --format F            gptq (v1) | gptq_v2 | marlin (default: gptq, or gptq_v2 when zero points of 0 need it)
   --pad P               auto (default): zero-pad the MLP intermediate so every layer packs; none: refuse instead
+  --device D            cuda | cpu | auto (default: the GPU when one is found): where Hessians and GPTQ
+                        run; cuda without a GPU is refused before any work
   --json                print the result as JSON on stdout
 
 Progress and one line per projection go to stderr; the summary to stdout.
@@ -66,6 +68,7 @@ export const quantizeCommand: Command = {
       seqlen: { type: "string" },
       format: { type: "string" },
       pad: { type: "string" },
+      device: { type: "string" },
       json: { type: "boolean" },
     });
     if (positionals.length !== 1) throw new UsageError("expected one <model-dir>");
@@ -85,6 +88,9 @@ export const quantizeCommand: Command = {
       throw new UsageError(`--format must be gptq, gptq_v2 or marlin, got "${format}"`);
     const pad = v.pad ?? "auto";
     if (pad !== "auto" && pad !== "none") throw new UsageError(`--pad must be auto or none, got "${pad}"`);
+    const device = v.device ?? "auto";
+    if (device !== "auto" && device !== "cuda" && device !== "cpu")
+      throw new UsageError(`--device must be cuda, cpu or auto, got "${device}"`);
 
     const req: QuantizeRequest = {
       modelDir: positionals[0],
@@ -114,6 +120,7 @@ export const quantizeCommand: Command = {
             },
       format: format as QuantizeRequest["format"],
       pad,
+      device,
     };
     const bar = new ProgressBar();
     const res = await quantizeCheckpoint(req, (e) => {
@@ -139,6 +146,7 @@ export const quantizeCommand: Command = {
       const lines = [
         `quantized ${res.layers} projections of ${res.modelDir} with ${o.method}${o.clip !== "minmax" ? ` (${o.clip} clipping)` : ""}${o.fpTarget ? " aimed at fp outputs" : ""}: ${o.bits}-bit, group ${o.groupSize}, ${o.sym ? "sym" : "asym"}${o.descAct ? ", act-order" : ""}${o.staticGroups ? ", static groups" : ""}`,
         `calibration: ${res.calibration ?? "none"}`,
+        `device: ${res.device.name}${o.method === "rtn" ? " (RTN runs on the CPU)" : ""}`,
         res.pad
           ? res.pad.from === res.pad.to
             ? `padding: none needed (${res.pad.target})`

@@ -1,0 +1,72 @@
+/**
+ * The GPTQ Hessian H = 2/n sum_x x x^T accumulated on the GPU, batch by batch with AutoGPTQ's running
+ * rescale (H *= n / (n + rows), then + 2 / (n + rows) X^T X): one fp32 GEMM per batch (cuBLAS).
+ */
+import { GptqError } from "../../../util/errors.js";
+import { Cublas } from "../cublas.js";
+import { CudaDevice, DeviceBuffer } from "../device.js";
+
+export class CudaHessian {
+  private readonly h: DeviceBuffer;
+  private x?: DeviceBuffer;
+  private n = 0;
+
+  constructor(
+    private readonly dev: CudaDevice,
+    readonly inFeatures: number,
+  ) {
+    if (!(Number.isInteger(inFeatures) && inFeatures > 0))
+      throw new GptqError(`in_features must be a positive integer, got ${inFeatures}`);
+    this.h = dev.alloc(inFeatures * inFeatures * 4);
+    dev.fill32(this.h, 0);
+  }
+
+  get nsamples(): number {
+    return this.n;
+  }
+
+  /** Adds `rows` input rows (x is rows x K row-major). */
+  add(x: Float32Array, rows: number): void {
+    const K = this.inFeatures;
+    if (!(Number.isInteger(rows) && rows >= 0) || x.length !== rows * K)
+      throw new GptqError(`Hessian input has ${x.length} values, expected rows x K = ${rows} x ${K}`);
+    if (rows === 0) return;
+    for (let i = 0; i < x.length; i++)
+      if (!Number.isFinite(x[i]))
+        throw new GptqError(`calibration input has a non-finite value at row ${Math.floor(i / K)}`);
+    if (!this.x || this.x.bytes < x.byteLength) {
+      if (this.x) this.dev.free(this.x);
+      this.x = this.dev.alloc(x.byteLength);
+    }
+    this.dev.upload(x, this.x);
+    const total = this.n + rows;
+    // row-major X (rows x K) is column-major K x rows: H = keep H + alpha X' X'^T (symmetric either way)
+    Cublas.get(this.dev).gemmF32(
+      false,
+      true,
+      K,
+      K,
+      rows,
+      2 / total,
+      this.x.ptr,
+      K,
+      this.x.ptr,
+      K,
+      this.n / total,
+      this.h.ptr,
+      K,
+    );
+    this.n = total;
+  }
+
+  /** K x K on the host, float64. */
+  get H(): Float64Array {
+    const K = this.inFeatures;
+    return Float64Array.from(this.dev.download(this.h, new Float32Array(K * K)));
+  }
+
+  dispose(): void {
+    this.dev.free(this.h);
+    if (this.x) this.dev.free(this.x);
+  }
+}
