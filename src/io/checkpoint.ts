@@ -5,7 +5,7 @@
  * Opening and listing read headers only, plus `g_idx` (K int32 per layer) and one layer's `qzeros`;
  * only `inferQuantConfig` (the repair) reads every layer's `qzeros`.
  */
-import { Bits, CheckpointFormat, numGroups } from "../formats/types.js";
+import { Bits, CheckpointFormat, StoredFormat, groupSizeFor, numGroups } from "../formats/types.js";
 import { unpackCols } from "../formats/bitpack.js";
 import { TensorInfo } from "./safetensors.js";
 import { TensorStore } from "./store.js";
@@ -20,8 +20,7 @@ import {
 
 export * from "./quant-config.js";
 
-/** How layers are stored: packed GPTQ (v1 and v2 look alike; only the config tells) or Marlin. */
-export type StoredFormat = "gptq" | "marlin";
+export { groupSizeFor };
 
 export interface QuantizedLayerInfo {
   /** tensor prefix, e.g. "model.layers.0.self_attn.q_proj" */
@@ -34,7 +33,8 @@ export interface QuantizedLayerInfo {
   groupSize: number;
   /** `g_idx` is not k // group (always false for Marlin, whose files carry no g_idx) */
   actOrder: boolean;
-  format: StoredFormat;
+  /** the format the tensors show: GPTQ v1 and v2 store the same tensors and show as "gptq" (the config tells) */
+  format: CheckpointFormat;
   hasBias: boolean;
 }
 
@@ -71,7 +71,7 @@ function marlinPrefixes(store: TensorStore): string[] {
 }
 
 /** The format of the stored tensors, "fp" when nothing is quantized; a mix of formats is refused. */
-export function detectFormat(store: TensorStore): StoredFormat | "fp" {
+export function detectFormat(store: TensorStore): StoredFormat {
   const g = gptqPrefixes(store);
   const m = marlinPrefixes(store);
   if (g.length && m.length)
@@ -89,23 +89,6 @@ function shape2(store: TensorStore, name: string, layer: string, dtypes: string[
       `layer ${layer}: ${name} is ${t.dtype}${JSON.stringify(t.shape)}, expected a 2-D ${dtypes.join("/")} tensor`,
     );
   return [t.shape[0], t.shape[1]];
-}
-
-/**
- * The group size that ceil(K / g) = G implies, preferring powers of two, then multiples of 32
- * (several values fit when the last group is partial); -1 for one group.
- */
-export function groupSizeFor(K: number, G: number): number | undefined {
-  if (G === 1) return -1;
-  if (G < 1 || G > K) return undefined;
-  // ceil(K / g) = G  <=>  K / G <= g < K / (G - 1)
-  const lo = Math.ceil(K / G);
-  const hi = Math.floor((K - 1) / (G - 1));
-  const fits = (g: number) => g >= lo && g <= hi && Math.ceil(K / g) === G;
-  for (let p = 1; p <= hi; p *= 2) if (fits(p)) return p;
-  for (let g = Math.ceil(lo / 32) * 32; g <= hi; g += 32) if (fits(g)) return g;
-  for (let g = lo; g <= hi; g++) if (fits(g)) return g;
-  return undefined;
 }
 
 /** Act-order and group size from `g_idx`: trivial when g_idx[k] = k // g for the g of its first run. */
@@ -260,7 +243,7 @@ export interface Checkpoint {
   /** the same per config source ("quantize_config.json", "config.json#quantization_config") */
   missingKeysBySource: Record<string, string[]>;
   /** the format of the stored tensors, v1 or v2 as the config says */
-  format: CheckpointFormat | "fp";
+  format: StoredFormat;
   /** quantized layers; empty for "fp" */
   layers: QuantizedLayerInfo[];
   /** unquantized linear weights (all linears of an "fp" checkpoint, or those a quantized one left unquantized) */
@@ -385,7 +368,7 @@ export function openCheckpoint(dir: string, opts: OpenOptions = {}): Checkpoint 
     const layers = listQuantizedLayers(store);
     const warnings = opts.verify === false ? [] : verifyConfig(dir, store, read?.config, layers);
     const stored = layers[0]?.format;
-    const format: CheckpointFormat | "fp" =
+    const format: StoredFormat =
       stored === undefined
         ? "fp"
         : stored === "marlin"
