@@ -102,7 +102,7 @@ export interface FormatTraits {
     header: HeaderLookup,
     readInt32: (suffix: string) => Int32Array,
   ): LayerGrouping;
-  /** zero points as stored, G x N (GPTQ v1: zero − 1); absent where the zero point is implicit, 2^(bits−1) */
+  /** zero points as stored, G x N (GPTQ v1: zero − 1); absent where it is implicit, 2^(bits−1) */
   storedZeros?(dims: LayerDims, readInt32: (suffix: string) => Int32Array): Uint8Array;
   /** why a config's scheme cannot describe tensors stored in this format, or undefined */
   configProblem?(scheme: QuantScheme): ConfigMismatch | undefined;

@@ -43,7 +43,7 @@ export interface QuantizedLayerInfo {
   groupSize: number;
   /** the group index (`g_idx`) is not k // group (always false for Marlin, whose files carry none) */
   actOrder: boolean;
-  /** the format the tensors show: GPTQ v1 and v2 store the same tensors and show as "gptq" (the config tells) */
+  /** the format the tensors show: GPTQ v1 and v2 store the same tensors, both show as "gptq" */
   format: CheckpointFormat;
   hasBias: boolean;
 }
