@@ -12,10 +12,6 @@ export type CheckpointFormat = (typeof CHECKPOINT_FORMATS)[number];
 /** What a checkpoint's tensors are stored as: one quantized format, or "fp" when no layer is quantized. */
 export type StoredFormat = CheckpointFormat | "fp";
 
-export function isQuantizedFormat(format: StoredFormat): format is CheckpointFormat {
-  return format !== "fp";
-}
-
 export interface QuantScheme {
   bits: Bits;
   /** -1 = one group over all of K */
