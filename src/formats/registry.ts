@@ -47,8 +47,8 @@ export interface WriteOptions {
 export interface FormatWords {
   /** "GPTQ", "Marlin" */
   label: string;
-  /** its marker where a message lists what is not stored: "qweight", "Marlin B/s" */
-  marker: string;
+  /** its marker tensors where a message lists what is not stored ("no qweight, no Marlin B/s") */
+  markerName: string;
   /** a layer's bit width and what shows it: "4-bit (qzeros hold 64 zero points in 8 words)" */
   bits(dims: LayerDims): string;
 }
@@ -142,7 +142,7 @@ function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTrait
     groupIndex: "g_idx",
     words: {
       label: "GPTQ",
-      marker: "qweight",
+      markerName: "qweight",
       bits: ({ bits, outFeatures: N }) =>
         `${bits}-bit (qzeros hold ${N} zero points in ${(N * bits) / 32} words)`,
     },
@@ -222,12 +222,12 @@ const marlinTraits: FormatTraits = {
   marker: MARLIN_MARKER,
   words: {
     label: "Marlin",
-    marker: "Marlin B/s",
+    markerName: "Marlin B/s",
     bits: ({ bits }) => `${bits}-bit (Marlin B holds 4-bit codes only)`,
   },
   detect: (names) => markedPrefixes(names, MARLIN_MARKER),
   inspect: inspectMarlin,
-  grouping: (prefix, dims) => marlinGrouping(prefix, dims),
+  grouping: marlinGrouping,
   configProblem(s) {
     if (s.bits === 4 && s.sym && !s.descAct) return undefined;
     return {

@@ -198,7 +198,7 @@ export function verifyConfig(
   if (!layers.length) {
     if (config)
       throw new GptqError(
-        `${dir}: the config says ${config.bits}-bit ${config.checkpointFormat}, but no quantized tensors are stored (${DETECTABLE_FORMATS.map((f) => `no ${f.words.marker}`).join(", ")}); ${FIX(dir)}`,
+        `${dir}: the config says ${config.bits}-bit ${config.checkpointFormat}, but no quantized tensors are stored (${DETECTABLE_FORMATS.map((f) => `no ${f.words.markerName}`).join(", ")}); ${FIX(dir)}`,
       );
     return warnings;
   }
@@ -226,7 +226,7 @@ export function verifyConfig(
     if (l.actOrder && !config.descAct)
       throw mismatch(dir, l.name, "desc_act false", `act-order: ${stored.groupIndex} is not k // group_size`);
   }
-  // GPTQ v1 and v2 store the same tensors: their zero points tell which one they are.
+  // Stored zero points (GPTQ's) must agree with sym; v1 and v2 store the same tensors and differ by them.
   if (stored.storedZeros) {
     const z = zeroPointEvidence(store, first);
     const half = 1 << (first.bits - 1);
