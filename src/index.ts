@@ -15,7 +15,7 @@ export type { QuantConfig } from "./io/quant-config.js";
 
 // formats: GPTQ v1/v2 and Marlin, one registry
 export * from "./formats/types.js";
-export { FORMATS, formatTraits } from "./formats/registry.js";
+export { FORMATS, formatTraits, detectLayers, resolveFormat } from "./formats/registry.js";
 export type { FormatTraits } from "./formats/registry.js";
 export { packGptq, unpackGptq, qzerosV1ToV2, qzerosV2ToV1 } from "./formats/gptq.js";
 export { packMarlin, unpackMarlin } from "./formats/marlin.js";
@@ -30,8 +30,9 @@ export { splitCheckpoint, mergeCheckpoint } from "./transform/split.js";
 export { padCheckpoint } from "./transform/pad.js";
 
 // kernels: every kernel's compatibility rules, queried by `check` and by our dispatch
-export type { KernelRule, KernelQuery, KernelVerdict } from "./kernels/types.js";
+export type { KernelRule, KernelQuery, KernelVerdict, DeviceCapability } from "./kernels/types.js";
 export { KERNELS, registerKernel, findKernel, checkKernel } from "./kernels/registry.js";
+export { canRun, layerQuery } from "./kernels/can-run.js";
 export { checkLayers } from "./kernels/check.js";
 
 // quant: RTN, GPTQ and the Hessian they share

@@ -5,7 +5,8 @@
 import { floatsToHalfs, halfsToFloats } from "../tensor/dtype.js";
 import { GptqError } from "../util/errors.js";
 import { firstOutOfRange, packCols, packRows, packUnit, unpackCols, unpackRows } from "./bitpack.js";
-import { Bits, GptqTensors, QuantizedLinear, numGroups } from "./types.js";
+import { FLOAT_DTYPES, HeaderLookup, LayerDims, LayerGrouping, matrixHeader } from "./headers.js";
+import { Bits, GptqTensors, QuantizedLinear, groupSizeFor, numGroups } from "./types.js";
 
 export type GptqVersion = "v1" | "v2";
 
@@ -182,4 +183,78 @@ function shiftZeros(qzeros: Int32Array, G: number, N: number, bits: Bits, delta:
     z[i] += delta;
   }
   return packCols(z, G, N, bits);
+}
+
+// ---- a stored layer, from its tensors' headers (and g_idx, when it has one) ----
+
+/** `qweight`, `qzeros` and `scales` of layer `prefix`: K, N, bits and G, or an error naming the layer. */
+export function inspectGptq(prefix: string, header: HeaderLookup): LayerDims {
+  const p = prefix;
+  const [R, N] = matrixHeader(header, p, "qweight", ["I32"]);
+  const [G, C] = matrixHeader(header, p, "qzeros", ["I32"]);
+  const [Gs, Ns] = matrixHeader(header, p, "scales", FLOAT_DTYPES);
+  if (Ns !== N || Gs !== G)
+    throw new GptqError(
+      `layer ${p}: scales are [${Gs}, ${Ns}] but qweight has ${N} outputs and qzeros ${G} groups: expected [${G}, ${N}]`,
+    );
+  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: qweight is [${R}, ${N}], an empty matrix`);
+  const bits = GPTQ_BITS.find((b) => C * 32 === N * b);
+  if (!bits)
+    throw new GptqError(
+      `layer ${p}: qzeros [${G}, ${C}] do not hold ${N} zero points at 2, 3, 4 or 8 bits (N * bits / 32 words per group)`,
+    );
+  if ((R * 32) % bits !== 0)
+    throw new GptqError(`layer ${p}: qweight has ${R} rows, not a whole number of ${bits}-bit codes`);
+  const K = (R * 32) / bits;
+  if (G < 1 || G > K) throw new GptqError(`layer ${p}: ${G} groups for ${K} input rows`);
+  const g = header("g_idx");
+  if (g) {
+    if (g.shape.length === 1 && g.shape[0] !== K)
+      throw new GptqError(
+        `layer ${p}: g_idx has ${g.shape[0]} rows but qweight holds ${K} (${R} words of ${32 / bits} codes); the packing dropped or added rows: re-pack from the unquantized weights`,
+      );
+    if (g.shape.length !== 1 || g.shape[0] !== K || (g.dtype !== "I32" && g.dtype !== "I64"))
+      throw new GptqError(
+        `layer ${p}: ${p}.g_idx is ${g.dtype}${JSON.stringify(g.shape)}, expected int32[${K}] (one group index per input row)`,
+      );
+  }
+  return { inFeatures: K, outFeatures: N, bits, groups: G };
+}
+
+/**
+ * Group size and act-order of an inspected GPTQ layer: from `g_idx` when stored (trivial when g_idx[k]
+ * = k // g for the g of its first run), else from the group count.
+ */
+export function gptqGrouping(
+  prefix: string,
+  dims: LayerDims,
+  header: HeaderLookup,
+  readInt32: (suffix: string) => Int32Array,
+): LayerGrouping {
+  const { inFeatures: K, groups: G } = dims;
+  if (!header("g_idx")) {
+    const groupSize = groupSizeFor(K, G);
+    if (groupSize === undefined)
+      throw new GptqError(`layer ${prefix}: no group size gives ${G} groups over ${K} rows`);
+    return { groupSize, actOrder: false };
+  }
+  const g = readInt32("g_idx");
+  const counts = new Int32Array(G);
+  for (let k = 0; k < K; k++) {
+    const v = g[k];
+    if (v < 0 || v >= G)
+      throw new GptqError(`layer ${prefix}: g_idx[${k}] is ${v}, outside the ${G} groups that scales hold`);
+    counts[v]++;
+  }
+  let run = 0;
+  while (run < K && g[run] === 0) run++;
+  let trivial = run > 0;
+  for (let k = 0; trivial && k < K; k++) if (g[k] !== Math.floor(k / run)) trivial = false;
+  const biggest = counts.reduce((a, b) => Math.max(a, b), 0);
+  return { actOrder: !trivial, groupSize: G === 1 ? -1 : trivial ? run : biggest };
+}
+
+/** The zero points of an inspected GPTQ layer as `qzeros` stores them (v1: zero − 1), G x N. */
+export function storedGptqZeros(dims: LayerDims, readInt32: (suffix: string) => Int32Array): Uint8Array {
+  return unpackCols(readInt32("qzeros"), dims.groups, dims.outFeatures, dims.bits);
 }

@@ -6,7 +6,8 @@
 import { floatsToHalfs, halfsToFloats } from "../tensor/dtype.js";
 import { GptqError } from "../util/errors.js";
 import { hasActOrder, sequentialGroupIndex, validateLayer } from "./gptq.js";
-import { MarlinTensors, QuantizedLinear, numGroups } from "./types.js";
+import { FLOAT_DTYPES, HeaderLookup, LayerDims, LayerGrouping, matrixHeader } from "./headers.js";
+import { MarlinTensors, QuantizedLinear, groupSizeFor, numGroups } from "./types.js";
 
 export const MARLIN_ZERO = 8;
 export const MARLIN_GROUP_SIZES: readonly number[] = [128, -1];
@@ -164,4 +165,28 @@ function permuteScales(scales: Float32Array, G: number, inverse: boolean): Float
       else out[b + i] = scales[b + perm[i]];
     }
   return out;
+}
+
+// ---- a stored layer, from its tensors' headers ----
+
+/** `B` and `s` of layer `prefix`: K, N and G (4 bits), or an error naming the layer. */
+export function inspectMarlin(prefix: string, header: HeaderLookup): LayerDims {
+  const p = prefix;
+  const [R, C] = matrixHeader(header, p, "B", ["I32"]);
+  const [G, N] = matrixHeader(header, p, "s", FLOAT_DTYPES);
+  if (C !== 2 * N)
+    throw new GptqError(
+      `layer ${p}: Marlin B is [${R}, ${C}] but s has ${N} outputs: expected [${R}, ${2 * N}]`,
+    );
+  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: Marlin B is [${R}, ${C}], an empty matrix`);
+  return { inFeatures: R * 16, outFeatures: N, bits: 4, groups: G };
+}
+
+/** Group size of an inspected Marlin layer, from its group count (Marlin files hold no act-order). */
+export function marlinGrouping(prefix: string, dims: LayerDims): LayerGrouping {
+  const { inFeatures: K, groups: G } = dims;
+  const groupSize = groupSizeFor(K, G);
+  if (groupSize === undefined)
+    throw new GptqError(`layer ${prefix}: Marlin s holds ${G} groups for ${K} input rows`);
+  return { groupSize, actOrder: false };
 }

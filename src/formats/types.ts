@@ -5,8 +5,12 @@
 
 export type Bits = 2 | 3 | 4 | 8;
 
-/** Stored checkpoint formats (`checkpoint_format` in the config); "fp" = not quantized. */
-export type CheckpointFormat = "gptq" | "gptq_v2" | "marlin";
+/** Quantized checkpoint formats (`checkpoint_format` in the config), in registry order. */
+export const CHECKPOINT_FORMATS = ["gptq", "gptq_v2", "marlin"] as const;
+export type CheckpointFormat = (typeof CHECKPOINT_FORMATS)[number];
+
+/** What a checkpoint's tensors are stored as: one quantized format, or "fp" when no layer is quantized. */
+export type StoredFormat = CheckpointFormat | "fp";
 
 export interface QuantScheme {
   bits: Bits;
@@ -53,4 +57,21 @@ export interface MarlinTensors {
 
 export function numGroups(inFeatures: number, groupSize: number): number {
   return groupSize === -1 ? 1 : Math.ceil(inFeatures / groupSize);
+}
+
+/**
+ * The group size that ceil(K / g) = G implies, preferring powers of two, then multiples of 32
+ * (several values fit when the last group is partial); -1 for one group.
+ */
+export function groupSizeFor(K: number, G: number): number | undefined {
+  if (G === 1) return -1;
+  if (G < 1 || G > K) return undefined;
+  // ceil(K / g) = G  <=>  K / G <= g < K / (G - 1)
+  const lo = Math.ceil(K / G);
+  const hi = Math.floor((K - 1) / (G - 1));
+  const fits = (g: number) => g >= lo && g <= hi && Math.ceil(K / g) === G;
+  for (let p = 1; p <= hi; p *= 2) if (fits(p)) return p;
+  for (let g = Math.ceil(lo / 32) * 32; g <= hi; g += 32) if (fits(g)) return g;
+  for (let g = lo; g <= hi; g++) if (fits(g)) return g;
+  return undefined;
 }

@@ -2,11 +2,21 @@
  * A checkpoint directory: its tensors (any sharding), its quantization config, and what the tensors
  * actually are. The stored tensors are the truth; the config is checked against them, and every
  * disagreement names the layer, what the config says, what the tensors are, and the fix.
- * Opening and listing read headers only, plus `g_idx` (K int32 per layer) and one layer's `qzeros`;
- * only `inferQuantConfig` (the repair) reads every layer's `qzeros`.
+ * What a format's tensors are, how its layers are found and inspected, is the format registry's
+ * (`formats/registry.ts`): this file loops over it and names no format's tensors.
+ * Opening and listing read headers only, plus each layer's group index (GPTQ `g_idx`, K int32) and one
+ * layer's stored zero points (GPTQ `qzeros`); only `inferQuantConfig` (the repair) reads every layer's.
  */
-import { Bits, CheckpointFormat, numGroups } from "../formats/types.js";
-import { unpackCols } from "../formats/bitpack.js";
+import {
+  DETECTABLE_FORMATS,
+  FORMATS,
+  FormatTraits,
+  detectLayers,
+  packedText,
+  resolveFormat,
+} from "../formats/registry.js";
+import { HeaderLookup } from "../formats/headers.js";
+import { Bits, CheckpointFormat, StoredFormat, groupSizeFor, numGroups } from "../formats/types.js";
 import { TensorInfo } from "./safetensors.js";
 import { TensorStore } from "./store.js";
 import { toInt32 } from "../tensor/tensor.js";
@@ -20,8 +30,7 @@ import {
 
 export * from "./quant-config.js";
 
-/** How layers are stored: packed GPTQ (v1 and v2 look alike; only the config tells) or Marlin. */
-export type StoredFormat = "gptq" | "marlin";
+export { groupSizeFor };
 
 export interface QuantizedLayerInfo {
   /** tensor prefix, e.g. "model.layers.0.self_attn.q_proj" */
@@ -32,9 +41,10 @@ export interface QuantizedLayerInfo {
   groups: number; // G
   /** group size the tensors imply (-1 when one group spans K) */
   groupSize: number;
-  /** `g_idx` is not k // group (always false for Marlin, whose files carry no g_idx) */
+  /** the group index (`g_idx`) is not k // group (always false for Marlin, whose files carry none) */
   actOrder: boolean;
-  format: StoredFormat;
+  /** the format the tensors show: GPTQ v1 and v2 store the same tensors, both show as "gptq" */
+  format: CheckpointFormat;
   hasBias: boolean;
 }
 
@@ -46,7 +56,6 @@ export interface LinearWeightInfo {
   dtype: string;
 }
 
-const BITS: readonly Bits[] = [2, 3, 4, 8];
 const FLOAT_DTYPES = ["F16", "BF16", "F32"];
 
 /** Natural order, so layer 2 comes before layer 10. */
@@ -54,160 +63,47 @@ function byName(a: { name: string }, b: { name: string }): number {
   return a.name.localeCompare(b.name, "en", { numeric: true });
 }
 
-function prefixesWith(store: TensorStore, suffix: string): string[] {
-  return store
-    .names()
-    .filter((n) => n.endsWith(suffix))
-    .map((n) => n.slice(0, -suffix.length));
-}
-
-function gptqPrefixes(store: TensorStore): string[] {
-  return prefixesWith(store, ".qweight");
-}
-
-function marlinPrefixes(store: TensorStore): string[] {
-  const names = new Set(store.names());
-  return prefixesWith(store, ".B").filter((p) => names.has(`${p}.s`));
-}
-
-/** The format of the stored tensors, "fp" when nothing is quantized; a mix of formats is refused. */
-export function detectFormat(store: TensorStore): StoredFormat | "fp" {
-  const g = gptqPrefixes(store);
-  const m = marlinPrefixes(store);
-  if (g.length && m.length)
-    throw new GptqError(
-      `${store.dir}: layers stored in two formats: ${g[0]} as GPTQ (qweight) and ${m[0]} as Marlin (B, s); gptq-ts reads one format per checkpoint`,
-    );
-  return g.length ? "gptq" : m.length ? "marlin" : "fp";
-}
-
-function shape2(store: TensorStore, name: string, layer: string, dtypes: string[]): [number, number] {
-  if (!store.has(name)) throw new GptqError(`layer ${layer}: ${name} is missing`);
-  const t = store.info(name);
-  if (!dtypes.includes(t.dtype) || t.shape.length !== 2)
-    throw new GptqError(
-      `layer ${layer}: ${name} is ${t.dtype}${JSON.stringify(t.shape)}, expected a 2-D ${dtypes.join("/")} tensor`,
-    );
-  return [t.shape[0], t.shape[1]];
-}
-
 /**
- * The group size that ceil(K / g) = G implies, preferring powers of two, then multiples of 32
- * (several values fit when the last group is partial); -1 for one group.
+ * The format the stored tensors show ("gptq" for v1 and v2 alike), "fp" when nothing is quantized;
+ * a mix of formats is refused.
  */
-export function groupSizeFor(K: number, G: number): number | undefined {
-  if (G === 1) return -1;
-  if (G < 1 || G > K) return undefined;
-  // ceil(K / g) = G  <=>  K / G <= g < K / (G - 1)
-  const lo = Math.ceil(K / G);
-  const hi = Math.floor((K - 1) / (G - 1));
-  const fits = (g: number) => g >= lo && g <= hi && Math.ceil(K / g) === G;
-  for (let p = 1; p <= hi; p *= 2) if (fits(p)) return p;
-  for (let g = Math.ceil(lo / 32) * 32; g <= hi; g += 32) if (fits(g)) return g;
-  for (let g = lo; g <= hi; g++) if (fits(g)) return g;
-  return undefined;
+export function detectFormat(store: TensorStore): StoredFormat {
+  return detectLayers(store.names(), store.dir).format;
 }
 
-/** Act-order and group size from `g_idx`: trivial when g_idx[k] = k // g for the g of its first run. */
-function readGIdx(store: TensorStore, name: string, layer: string, K: number, G: number) {
-  const info = store.info(name);
-  if (info.shape.length !== 1 || info.shape[0] !== K || (info.dtype !== "I32" && info.dtype !== "I64"))
-    throw new GptqError(
-      `layer ${layer}: ${name} is ${info.dtype}${JSON.stringify(info.shape)}, expected int32[${K}] (one group index per input row)`,
-    );
-  const g = toInt32(store.read(name));
-  const counts = new Int32Array(G);
-  for (let k = 0; k < K; k++) {
-    const v = g[k];
-    if (v < 0 || v >= G)
-      throw new GptqError(`layer ${layer}: g_idx[${k}] is ${v}, outside the ${G} groups that scales hold`);
-    counts[v]++;
-  }
-  let run = 0;
-  while (run < K && g[run] === 0) run++;
-  let trivial = run > 0;
-  for (let k = 0; trivial && k < K; k++) if (g[k] !== Math.floor(k / run)) trivial = false;
-  const biggest = counts.reduce((a, b) => Math.max(a, b), 0);
-  return { actOrder: !trivial, groupSize: G === 1 ? -1 : trivial ? run : biggest };
-}
-
-function gptqLayer(store: TensorStore, p: string): QuantizedLayerInfo {
-  const [R, N] = shape2(store, `${p}.qweight`, p, ["I32"]);
-  const [G, C] = shape2(store, `${p}.qzeros`, p, ["I32"]);
-  const [Gs, Ns] = shape2(store, `${p}.scales`, p, FLOAT_DTYPES);
-  if (Ns !== N || Gs !== G)
-    throw new GptqError(
-      `layer ${p}: scales are [${Gs}, ${Ns}] but qweight has ${N} outputs and qzeros ${G} groups: expected [${G}, ${N}]`,
-    );
-  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: qweight is [${R}, ${N}], an empty matrix`);
-  const bits = BITS.find((b) => C * 32 === N * b);
-  if (!bits)
-    throw new GptqError(
-      `layer ${p}: qzeros [${G}, ${C}] do not hold ${N} zero points at 2, 3, 4 or 8 bits (N * bits / 32 words per group)`,
-    );
-  if ((R * 32) % bits !== 0)
-    throw new GptqError(`layer ${p}: qweight has ${R} rows, not a whole number of ${bits}-bit codes`);
-  const K = (R * 32) / bits;
-  if (G < 1 || G > K) throw new GptqError(`layer ${p}: ${G} groups for ${K} input rows`);
-  let actOrder = false;
-  let groupSize = groupSizeFor(K, G);
-  if (store.has(`${p}.g_idx`)) {
-    const gInfo = store.info(`${p}.g_idx`);
-    if (gInfo.shape.length === 1 && gInfo.shape[0] !== K)
-      throw new GptqError(
-        `layer ${p}: g_idx has ${gInfo.shape[0]} rows but qweight holds ${K} (${R} words of ${32 / bits} codes); the packing dropped or added rows: re-pack from the unquantized weights`,
-      );
-    ({ actOrder, groupSize } = readGIdx(store, `${p}.g_idx`, p, K, G));
-  }
-  if (groupSize === undefined)
-    throw new GptqError(`layer ${p}: no group size gives ${G} groups over ${K} rows`);
-  return {
-    name: p,
-    inFeatures: K,
-    outFeatures: N,
-    bits,
-    groups: G,
-    groupSize,
-    actOrder,
-    format: "gptq",
-    hasBias: store.has(`${p}.bias`),
+function headersOf(store: TensorStore, prefix: string): HeaderLookup {
+  return (suffix) => {
+    const name = `${prefix}.${suffix}`;
+    return store.has(name) ? store.info(name) : undefined;
   };
 }
 
-function marlinLayer(store: TensorStore, p: string): QuantizedLayerInfo {
-  const [R, C] = shape2(store, `${p}.B`, p, ["I32"]);
-  const [G, N] = shape2(store, `${p}.s`, p, FLOAT_DTYPES);
-  if (C !== 2 * N)
-    throw new GptqError(
-      `layer ${p}: Marlin B is [${R}, ${C}] but s has ${N} outputs: expected [${R}, ${2 * N}]`,
-    );
-  if (R === 0 || N === 0) throw new GptqError(`layer ${p}: Marlin B is [${R}, ${C}], an empty matrix`);
-  const K = R * 16;
-  const groupSize = groupSizeFor(K, G);
-  if (groupSize === undefined)
-    throw new GptqError(`layer ${p}: Marlin s holds ${G} groups for ${K} input rows`);
+function int32sOf(store: TensorStore, prefix: string): (suffix: string) => Int32Array {
+  return (suffix) => toInt32(store.read(`${prefix}.${suffix}`));
+}
+
+function quantizedLayer(store: TensorStore, traits: FormatTraits, p: string): QuantizedLayerInfo {
+  const header = headersOf(store, p);
+  const dims = traits.inspect(p, header);
+  const { groupSize, actOrder } = traits.grouping(p, dims, header, int32sOf(store, p));
   return {
     name: p,
-    inFeatures: K,
-    outFeatures: N,
-    bits: 4,
-    groups: G,
+    inFeatures: dims.inFeatures,
+    outFeatures: dims.outFeatures,
+    bits: dims.bits,
+    groups: dims.groups,
     groupSize,
-    actOrder: false,
-    format: "marlin",
+    actOrder,
+    format: traits.name,
     hasBias: store.has(`${p}.bias`),
   };
 }
 
 /** Every quantized linear with its shape and grouping, in natural name order. */
 export function listQuantizedLayers(store: TensorStore): QuantizedLayerInfo[] {
-  const format = detectFormat(store);
+  const { format, prefixes } = detectLayers(store.names(), store.dir);
   if (format === "fp") return [];
-  const layers =
-    format === "gptq"
-      ? gptqPrefixes(store).map((p) => gptqLayer(store, p))
-      : marlinPrefixes(store).map((p) => marlinLayer(store, p));
-  return layers.sort(byName);
+  return prefixes.map((p) => quantizedLayer(store, FORMATS[format], p)).sort(byName);
 }
 
 /** Embeddings, norms and output heads are not the linears a GPTQ quantizer replaces. */
@@ -231,18 +127,24 @@ export function listLinearWeights(store: TensorStore): LinearWeightInfo[] {
   return out.sort(byName);
 }
 
-/** The zero points of one GPTQ layer, unpacked (v1 values as stored, i.e. zero − 1). */
-function readStoredZeros(store: TensorStore, layer: QuantizedLayerInfo): Uint8Array {
-  const words = toInt32(store.read(`${layer.name}.qzeros`));
-  return unpackCols(words, layer.groups, layer.outFeatures, layer.bits);
+/**
+ * The zero points of one layer as stored (GPTQ v1: zero − 1), undefined for a format whose zero point
+ * is implicit (Marlin's 8).
+ */
+function readStoredZeros(store: TensorStore, layer: QuantizedLayerInfo): Uint8Array | undefined {
+  return FORMATS[layer.format].storedZeros?.(layer, int32sOf(store, layer.name));
 }
 
-/** What one layer's stored zero points say about the scheme: symmetric as v1, as v2, or neither. */
+/**
+ * What one layer's stored zero points say about the scheme: symmetric as v1, as v2, or neither. An
+ * implicit zero point (2^(bits−1), nothing stored) is symmetric as v2.
+ */
 export function zeroPointEvidence(
   store: TensorStore,
   layer: QuantizedLayerInfo,
 ): "sym-v1" | "sym-v2" | "asym" {
   const z = readStoredZeros(store, layer);
+  if (!z) return "sym-v2";
   const half = 1 << (layer.bits - 1);
   if (z.every((v) => v === half)) return "sym-v2";
   if (z.every((v) => v === half - 1)) return "sym-v1";
@@ -260,7 +162,7 @@ export interface Checkpoint {
   /** the same per config source ("quantize_config.json", "config.json#quantization_config") */
   missingKeysBySource: Record<string, string[]>;
   /** the format of the stored tensors, v1 or v2 as the config says */
-  format: CheckpointFormat | "fp";
+  format: StoredFormat;
   /** quantized layers; empty for "fp" */
   layers: QuantizedLayerInfo[];
   /** unquantized linear weights (all linears of an "fp" checkpoint, or those a quantized one left unquantized) */
@@ -283,8 +185,8 @@ function describeGroups(K: number, G: number, groupSize: number): string {
 }
 
 /**
- * Checks the config against the tensors; throws at the first disagreement. Reads one layer's qzeros
- * to tell v1 from v2 when the config says symmetric.
+ * Checks the config against the tensors; throws at the first disagreement. Reads one layer's stored
+ * zero points to tell v1 from v2 when the config says symmetric.
  */
 export function verifyConfig(
   dir: string,
@@ -296,40 +198,23 @@ export function verifyConfig(
   if (!layers.length) {
     if (config)
       throw new GptqError(
-        `${dir}: the config says ${config.bits}-bit ${config.checkpointFormat}, but no quantized tensors are stored (no qweight, no Marlin B/s); ${FIX(dir)}`,
+        `${dir}: the config says ${config.bits}-bit ${config.checkpointFormat}, but no quantized tensors are stored (${DETECTABLE_FORMATS.map((f) => `no ${f.words.markerName}`).join(", ")}); ${FIX(dir)}`,
       );
     return warnings;
   }
   const first = layers[0];
+  const stored = FORMATS[first.format];
   if (!config)
     throw new GptqError(
-      `${dir}: ${first.format === "marlin" ? "Marlin" : "GPTQ"} tensors are stored (e.g. ${first.name}) but there is no quantize_config.json and no quantization_config in config.json; ${FIX(dir)}`,
+      `${dir}: ${stored.words.label} tensors are stored (e.g. ${first.name}) but there is no quantize_config.json and no quantization_config in config.json; ${FIX(dir)}`,
     );
-  const cfgMarlin = config.checkpointFormat === "marlin";
-  if (cfgMarlin !== (first.format === "marlin"))
-    throw mismatch(
-      dir,
-      first.name,
-      `checkpoint_format "${config.checkpointFormat}"`,
-      first.format === "marlin" ? "Marlin-packed (B, s)" : "GPTQ-packed (qweight, qzeros, scales, g_idx)",
-    );
-  if (cfgMarlin) {
-    if (config.bits !== 4 || !config.sym || config.descAct)
-      throw mismatch(
-        dir,
-        first.name,
-        `${config.bits}-bit, ${config.sym ? "sym" : "asym"}, desc_act ${config.descAct} in Marlin format`,
-        "Marlin-packed, which holds only 4-bit symmetric weights without act-order",
-      );
-  }
+  const configured = FORMATS[config.checkpointFormat];
+  if (configured.detectedAs !== stored.name)
+    throw mismatch(dir, first.name, `checkpoint_format "${config.checkpointFormat}"`, packedText(stored));
+  const cannot = configured.configProblem?.(config);
+  if (cannot) throw mismatch(dir, first.name, cannot.says, cannot.tensors);
   for (const l of layers) {
-    if (l.bits !== config.bits)
-      throw mismatch(
-        dir,
-        l.name,
-        `bits ${config.bits}`,
-        `${l.bits}-bit (qzeros hold ${l.outFeatures} zero points in ${(l.outFeatures * l.bits) / 32} words)`,
-      );
+    if (l.bits !== config.bits) throw mismatch(dir, l.name, `bits ${config.bits}`, stored.words.bits(l));
     const G = numGroups(l.inFeatures, config.groupSize);
     if (G !== l.groups)
       throw mismatch(
@@ -339,9 +224,10 @@ export function verifyConfig(
         describeGroups(l.inFeatures, l.groups, l.groupSize),
       );
     if (l.actOrder && !config.descAct)
-      throw mismatch(dir, l.name, "desc_act false", "act-order: g_idx is not k // group_size");
+      throw mismatch(dir, l.name, "desc_act false", `act-order: ${stored.groupIndex} is not k // group_size`);
   }
-  if (first.format === "gptq") {
+  // Stored zero points (GPTQ's) must agree with sym; v1 and v2 store the same tensors and differ by them.
+  if (stored.storedZeros) {
     const z = zeroPointEvidence(store, first);
     const half = 1 << (first.bits - 1);
     if (config.sym && z === "asym")
@@ -363,7 +249,7 @@ export function verifyConfig(
     if (
       !config.sym &&
       config.checkpointFormat === "gptq" &&
-      readStoredZeros(store, first).includes((1 << first.bits) - 1)
+      readStoredZeros(store, first)!.includes((1 << first.bits) - 1)
     )
       warnings.push(
         `layer ${first.name}: a stored v1 zero point of ${(1 << first.bits) - 1} means a zero of 0 overflowed when packed (or the file is really gptq_v2); its dequantized weights may be wrong`,
@@ -377,7 +263,7 @@ export interface OpenOptions {
   verify?: boolean;
 }
 
-/** Opens a checkpoint directory (headers, configs, g_idx) and checks that config and tensors agree. */
+/** Opens a checkpoint directory (headers, configs, group indexes) and checks that config and tensors agree. */
 export function openCheckpoint(dir: string, opts: OpenOptions = {}): Checkpoint {
   const store = TensorStore.open(dir);
   try {
@@ -385,14 +271,8 @@ export function openCheckpoint(dir: string, opts: OpenOptions = {}): Checkpoint 
     const layers = listQuantizedLayers(store);
     const warnings = opts.verify === false ? [] : verifyConfig(dir, store, read?.config, layers);
     const stored = layers[0]?.format;
-    const format: CheckpointFormat | "fp" =
-      stored === undefined
-        ? "fp"
-        : stored === "marlin"
-          ? "marlin"
-          : read?.config.checkpointFormat === "gptq_v2"
-            ? "gptq_v2"
-            : "gptq";
+    const format: StoredFormat =
+      stored === undefined ? "fp" : resolveFormat(stored, read?.config.checkpointFormat);
     const quantized = new Set(layers.map((l) => l.name));
     return {
       dir,
@@ -450,9 +330,11 @@ export function inferQuantConfig(dir: string): QuantConfig | undefined {
         `${dir}: no single group size fits every layer: ${split[0]?.name ?? layers[0].name} implies ${groupSize}, ${bad.name} holds ${describeGroups(bad.inFeatures, bad.groups, bad.groupSize)}`,
       );
     const actOrder = layers.some((l) => l.actOrder);
+    const traits = FORMATS[layers[0].format];
+    // a format without stored zero points is symmetric (its zero point is implicit)
     let sym = true;
-    let checkpointFormat: CheckpointFormat = "marlin";
-    if (layers[0].format === "gptq") {
+    let checkpointFormat: CheckpointFormat = traits.name;
+    if (traits.storedZeros) {
       const evidence = layers.map((l) => zeroPointEvidence(store, l));
       const v1 = evidence.indexOf("sym-v1");
       const v2 = evidence.indexOf("sym-v2");
@@ -471,7 +353,8 @@ export function inferQuantConfig(dir: string): QuantConfig | undefined {
       groupSize,
       sym,
       // static groups + act-order leave g_idx trivial: keep a prior desc_act true in that case
-      descAct: actOrder || (checkpointFormat !== "marlin" && staticGroups && (prior?.descAct ?? false)),
+      // (a format without a group index holds no act-order)
+      descAct: actOrder || (traits.groupIndex !== undefined && staticGroups && (prior?.descAct ?? false)),
       staticGroups,
       trueSequential: prior?.trueSequential ?? true,
       quantMethod: "gptq",

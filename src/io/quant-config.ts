@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { Bits, CheckpointFormat, QuantScheme } from "../formats/types.js";
+import { Bits, CHECKPOINT_FORMATS, CheckpointFormat, QuantScheme } from "../formats/types.js";
 import { GptqError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/json.js";
 import { writeTextAtomic } from "./atomic.js";
@@ -38,7 +38,7 @@ export interface QuantConfigRead {
 }
 
 const BITS: readonly number[] = [2, 3, 4, 8];
-const FORMATS: readonly string[] = ["gptq", "gptq_v2", "marlin"];
+const FORMATS: readonly string[] = CHECKPOINT_FORMATS;
 
 /** Each field and the names it goes by, first the one we write. */
 const ALIASES = {

@@ -1,5 +1,5 @@
 /** Every layer against every kernel: what `gptq check` reports and what a loader can ask before it runs. */
-import { Bits, CheckpointFormat } from "../formats/types.js";
+import { Bits, StoredFormat } from "../formats/types.js";
 import { shardShape } from "./parallel.js";
 import { checkKernel } from "./registry.js";
 import { KernelRule, KernelVerdict } from "./types.js";
@@ -42,7 +42,7 @@ export const MARLIN_FILE_KERNELS: readonly string[] = ["marlin-ist"];
 
 export function checkpointProblems(ck: {
   dir: string;
-  format: CheckpointFormat | "fp";
+  format: StoredFormat;
   missingKeysBySource: Record<string, string[]>;
 }): CheckpointProblem[] {
   const problems: CheckpointProblem[] = [];

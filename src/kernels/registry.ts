@@ -9,8 +9,10 @@ import { EXLLAMA, EXLLAMA_V2 } from "./rules/exllama.js";
 import { MACHETE } from "./rules/machete.js";
 import { IST_MARLIN, VLLM_MARLIN } from "./rules/marlin.js";
 import { ORT } from "./rules/ort.js";
+import { QuantizedLinear } from "../formats/types.js";
+import { canRun } from "./can-run.js";
 import { GPTQ_TS_KERNELS } from "./gptq-ts.js";
-import { KernelQuery, KernelRule, KernelVerdict } from "./types.js";
+import { DeviceCapability, KernelQuery, KernelRule, KernelVerdict } from "./types.js";
 
 /** In registration order: the order `check` lists them. */
 export const KERNELS: KernelRule[] = [];
@@ -36,17 +38,20 @@ export function getKernel(name: string): KernelRule {
 }
 
 /**
- * A kernel's verdict, with the kernels that accept the layer as it is added to a failing verdict's
- * fix ("... ; or use kernel exllama").
+ * A kernel's verdict (`canRun`), with the kernels that accept the layer as it is added to a failing
+ * verdict's fix ("... ; or use kernel exllama").
  */
 export function checkKernel(
   rule: KernelRule,
-  q: KernelQuery,
+  q: KernelQuery | QuantizedLinear,
   alternatives: readonly KernelRule[] = KERNELS,
+  device?: DeviceCapability,
 ): KernelVerdict {
-  const v = rule.supports(q);
+  const v = canRun(rule, q, device);
   if (v.ok) return v;
-  const others = alternatives.filter((k) => k.name !== rule.name && k.supports(q).ok).map((k) => k.name);
+  const others = alternatives
+    .filter((k) => k.name !== rule.name && canRun(k, q, device).ok)
+    .map((k) => k.name);
   if (!others.length) return v;
   const use = `use kernel ${others.slice(0, 3).join(" or ")}`;
   return { ...v, fix: v.fix ? `${v.fix}; or ${use}` : use };

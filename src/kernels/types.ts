@@ -2,7 +2,7 @@
  * The compatibility rules of a matmul kernel (ours or the ecosystem's), in one shape: `check` lists
  * every registered kernel's verdict for every layer, and our own dispatch asks the same question.
  */
-import { Bits } from "../formats/types.js";
+import { Bits, QuantizedLinear } from "../formats/types.js";
 
 /** What a kernel is asked to run: one layer's shape (of one tensor-parallel shard) and its scheme. */
 export interface KernelQuery {
@@ -31,6 +31,14 @@ export interface KernelVerdict {
   fix?: string;
 }
 
+/** The GPU a kernel would run on. */
+export interface DeviceCapability {
+  /** compute capability as one number, major * 10 + minor: 80 (A100), 86, 89, 90 (H100, H200), 100 */
+  sm: number;
+  /** the architecture as the driver names it ("sm_90a"), for messages; default `sm_<sm>` */
+  arch?: string;
+}
+
 export interface KernelRule {
   /** the name users pass to `--kernel` */
   name: string;
@@ -38,5 +46,13 @@ export interface KernelRule {
   description: string;
   /** our own kernels (runnable by gptq-ts) vs rules of other projects' kernels */
   ours: boolean;
+  /** the rules on a layer's shape and scheme: what `check` lists */
   supports(q: KernelQuery): KernelVerdict;
+  /**
+   * The rules on a layer's own data that its query does not show (zero points, g_idx order), with the
+   * shape rules that data needs; absent when the query says all. Asked by `canRun` for an unpacked layer.
+   */
+  supportsLayer?(layer: QuantizedLinear): KernelVerdict;
+  /** the GPU it needs; absent when any GPU it is built for will do. Asked by `canRun` given a device. */
+  supportsDevice?(device: DeviceCapability): KernelVerdict;
 }

@@ -4,6 +4,7 @@
  * are and each call dequantizes them to an fp16 scratch that cuBLAS multiplies.
  */
 import { QuantizedLinear } from "../../formats/types.js";
+import { layerQuery } from "../../kernels/can-run.js";
 import { GPTQ_TS_W4A16, pickKernel } from "../../kernels/gptq-ts.js";
 import { GptqError } from "../../util/errors.js";
 import { Cublas } from "./cublas.js";
@@ -63,19 +64,7 @@ export function cudaLinear(
   gptq: () => DeviceGptq,
   kernel?: string,
 ): CudaLinear {
-  let sym = true;
-  for (let i = 0; i < layer.zeros.length && sym; i++) sym = layer.zeros[i] === 1 << (layer.bits - 1);
-  let actOrder = false;
-  const gs = layer.groupSize === -1 ? layer.inFeatures : layer.groupSize;
-  for (let k = 0; k < layer.inFeatures && !actOrder; k++) actOrder = layer.gIdx[k] !== Math.floor(k / gs);
-  const q = {
-    inFeatures: layer.inFeatures,
-    outFeatures: layer.outFeatures,
-    bits: layer.bits,
-    groupSize: layer.groupSize,
-    sym,
-    actOrder,
-  };
+  const q = layerQuery(layer);
   let rule;
   try {
     rule = pickKernel(q, kernel);

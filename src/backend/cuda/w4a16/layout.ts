@@ -16,7 +16,7 @@
 import { QuantizedLinear, numGroups } from "../../../formats/types.js";
 import { floatToHalf } from "../../../tensor/dtype.js";
 import { GptqError } from "../../../util/errors.js";
-import { w4a16GroupOk } from "../../../kernels/gptq-ts.js";
+import { w4a16LayerVerdict } from "../../../kernels/gptq-ts.js";
 
 export interface W4A16Layout {
   K: number;
@@ -33,17 +33,9 @@ export interface W4A16Layout {
   bias: Uint16Array | null;
 }
 
-/** Why the W4A16 kernel cannot take this layer, or null when it can. */
+/** Why the W4A16 kernel cannot take this layer, or null when it can (its rule: kernels/gptq-ts.ts). */
 export function w4a16Unsupported(layer: QuantizedLinear): string | null {
-  const { bits, inFeatures: K, groupSize } = layer;
-  if (bits !== 4) return `${bits}-bit weights (the W4A16 kernel runs 4-bit)`;
-  if (K % 16 !== 0) return `in_features ${K} is not a multiple of 16`;
-  if (!w4a16GroupOk(groupSize))
-    return `group size ${groupSize} (the W4A16 kernel takes 32, 64, multiples of 128, -1)`;
-  for (let i = 0; i < layer.zeros.length; i++)
-    if (layer.zeros[i] !== 8) return "asymmetric zero points (the W4A16 kernel is symmetric: zero 8)";
-  if (!sortedGroups(layer)) return "g_idx does not sort into contiguous groups of group_size rows";
-  return null;
+  return w4a16LayerVerdict(layer).reason ?? null;
 }
 
 /** Rows in group order (stable argsort of g_idx): the identity without act-order. */
@@ -51,13 +43,6 @@ export function groupOrder(gIdx: Int32Array): Int32Array {
   const idx = Array.from({ length: gIdx.length }, (_, i) => i);
   idx.sort((a, b) => gIdx[a] - gIdx[b] || a - b);
   return Int32Array.from(idx);
-}
-
-function sortedGroups(layer: QuantizedLinear): boolean {
-  const gs = layer.groupSize === -1 ? layer.inFeatures : layer.groupSize;
-  const order = groupOrder(layer.gIdx);
-  for (let k = 0; k < order.length; k++) if (layer.gIdx[order[k]] !== Math.floor(k / gs)) return false;
-  return true;
 }
 
 export function packW4A16(layer: QuantizedLinear): W4A16Layout {

@@ -4,7 +4,7 @@
  * the instantiations configs.ts generates.
  */
 import { QuantizedLinear } from "../../../formats/types.js";
-import { GPTQ_TS_W4A16 } from "../../../kernels/gptq-ts.js";
+import { GPTQ_TS_W4A16, w4a16DeviceVerdict } from "../../../kernels/gptq-ts.js";
 import { GptqError } from "../../../util/errors.js";
 import { CudaDevice, DeviceBuffer, Kernel, KernelArg, bytes, i32, ptr } from "../device.js";
 import { tensorMap2dF16 } from "../driver.js";
@@ -51,7 +51,7 @@ function smVersion(dev: CudaDevice): number {
 
 /** Why this GPU cannot run the W4A16 kernel (bulk copies (TMA) and mbarriers: sm_90 and later), or null. */
 export function w4a16DeviceUnsupported(dev: CudaDevice): string | null {
-  return smVersion(dev) < 90 ? `needs sm_90 or later, this GPU is ${dev.info.arch}` : null;
+  return w4a16DeviceVerdict({ sm: smVersion(dev), arch: dev.info.arch }).reason ?? null;
 }
 
 /** Whether the GPU has Hopper's warpgroup MMA (sm_90 only: later architectures dropped it). */
