@@ -6,9 +6,12 @@
 import { CheckpointFormat } from "../formats/types.js";
 import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
-import { readLlamaConfig } from "../model/config.js";
-import { LayerwiseLlama } from "../model/llama.js";
-import { PadPlan, formatTarget, planPadding } from "../model/pad-plan.js";
+import { checkOutputDir } from "../io/output.js";
+import { LlamaConfig, readLlamaConfig } from "../model/config.js";
+import { LINEAR_MODULE, LayerwiseLlama } from "../model/llama.js";
+import { PadPlan, decoderLinearShapes, formatTarget, planPadding } from "../model/pad-plan.js";
+import { checkOutputPath } from "../transform/rewrite.js";
+import { LayerShape } from "../formats/gptq.js";
 import { padLayerIntermediate } from "../model/padding.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
@@ -19,7 +22,12 @@ import {
   PipelineResult,
   quantizeModel,
 } from "./quantize-model.js";
-import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write-quantized.js";
+import {
+  FormatChoice,
+  chooseFormat,
+  quantizedCheckpointBytes,
+  writeQuantizedCheckpoint,
+} from "./write-quantized.js";
 
 export interface QuantizeRequest {
   modelDir: string;
@@ -85,6 +93,12 @@ export async function quantizeCheckpoint(
     throw new GptqError(
       `intermediate_size ${plan.from} does not fit ${plan.target} (${plan.to} would); use --pad auto to zero-pad it (the model's function is unchanged)`,
     );
+  // The output can be written and the result fits the disk: known now, not after hours of work.
+  checkOutputPath(req.modelDir, req.outDir);
+  checkOutputDir(
+    req.outDir,
+    quantizedCheckpointBytes(req.modelDir, projectionShapes(config, plan.to, o), packing, plan),
+  );
   if (plan.to !== plan.from)
     onEvent({
       type: "note",
@@ -148,4 +162,22 @@ export async function quantizeCheckpoint(
     seconds: (Date.now() - t0) / 1000,
     reports,
   };
+}
+
+/** Every decoder projection the pipeline quantizes, by tensor prefix, with the shape it will have. */
+function projectionShapes(
+  config: LlamaConfig,
+  intermediate: number,
+  o: PipelineOptions,
+): Map<string, LayerShape> {
+  const shapes = new Map<string, LayerShape>();
+  for (let i = 0; i < config.numLayers; i++)
+    for (const s of decoderLinearShapes(config, intermediate))
+      shapes.set(`model.layers.${i}.${LINEAR_MODULE[s.linear]}`, {
+        inFeatures: s.inFeatures,
+        outFeatures: s.outFeatures,
+        bits: o.bits,
+        groupSize: o.groupSize,
+      });
+  return shapes;
 }

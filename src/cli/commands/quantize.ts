@@ -1,4 +1,5 @@
 import { Command, floatOption, intOption, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
 import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-checkpoint.js";
@@ -115,6 +116,7 @@ export const quantizeCommand: Command = {
       format: format as QuantizeRequest["format"],
       pad,
     };
+    prepareOutput("quantize", req.outDir);
     const bar = new ProgressBar();
     const res = await quantizeCheckpoint(req, (e) => {
       if (e.type === "note") bar.log(e.text);
