@@ -55,6 +55,8 @@ export interface QuantizeResult {
   quantizeSeconds: number;
   seconds: number;
   reports: LinearReport[];
+  /** what the user should know about the result (too few calibration tokens...); also sent as notes */
+  warnings: string[];
 }
 
 export type QuantizeEvent = PipelineEvent | { type: "note"; text: string };
@@ -109,6 +111,12 @@ export async function quantizeCheckpoint(
     ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
     : undefined;
   if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
+  const warnings: string[] = [];
+  const few = cal && o.method === "gptq" ? fewTokensWarning(config, plan.to, cal.sequences) : undefined;
+  if (few) {
+    warnings.push(few);
+    onEvent({ type: "note", text: `warning: ${few}` });
+  }
 
   // one fp32 layer in memory at a time, padded as it is read
   const model = LayerwiseLlama.open(req.modelDir, (layer) => padLayerIntermediate(layer, plan.from, plan.to));
@@ -161,6 +169,7 @@ export async function quantizeCheckpoint(
     quantizeSeconds: run.seconds,
     seconds: (Date.now() - t0) / 1000,
     reports,
+    warnings,
   };
 }
 
@@ -180,4 +189,21 @@ function projectionShapes(
         groupSize: o.groupSize,
       });
   return shapes;
+}
+
+/**
+ * GPTQ's Hessian of a projection is X^T X over the calibration tokens: with fewer tokens than its
+ * in_features it is rank-deficient (rank at most the token count), and the weights it cannot see are
+ * quantized on dampening alone. Says which projections, and how many tokens would do.
+ */
+export function fewTokensWarning(
+  config: LlamaConfig,
+  intermediate: number,
+  sequences: readonly Int32Array[],
+): string | undefined {
+  const tokens = sequences.reduce((n, s) => n + s.length, 0);
+  const short = decoderLinearShapes(config, intermediate).filter((s) => s.inFeatures > tokens);
+  if (!short.length) return undefined;
+  const need = Math.max(...short.map((s) => s.inFeatures));
+  return `${tokens} calibration tokens are fewer than the in_features of ${short.map((s) => `${s.linear} (${s.inFeatures})`).join(", ")} in every layer: their Hessians are rank-deficient and GPTQ leans on dampening there; give at least ${need} tokens (--nsamples x --seqlen)`;
 }

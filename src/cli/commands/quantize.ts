@@ -86,6 +86,8 @@ export const quantizeCommand: Command = {
       throw new UsageError(`--format must be gptq, gptq_v2 or marlin, got "${format}"`);
     const pad = v.pad ?? "auto";
     if (pad !== "auto" && pad !== "none") throw new UsageError(`--pad must be auto or none, got "${pad}"`);
+    if (v.calib === undefined && (v["calib-key"] ?? v.nsamples ?? v.seqlen) !== undefined)
+      throw new UsageError("--calib-key, --nsamples and --seqlen describe --calib FILE; give it too");
 
     const req: QuantizeRequest = {
       modelDir: positionals[0],
@@ -118,6 +120,7 @@ export const quantizeCommand: Command = {
     };
     prepareOutput("quantize", req.outDir);
     const bar = new ProgressBar();
+    // the bar is cleared on failure too, so the error is a line of its own
     const res = await quantizeCheckpoint(req, (e) => {
       if (e.type === "note") bar.log(e.text);
       else if (e.type === "step")
@@ -133,8 +136,7 @@ export const quantizeCommand: Command = {
           `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`,
         );
       }
-    });
-    bar.done();
+    }).finally(() => bar.done());
     if (v.json) printJson(res);
     else {
       const o = req.options;
