@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** `gptq`: one entry point, one file per command under commands/. */
 import { COMMANDS } from "./commands/index.js";
-import { GptqError, UsageError } from "../util/errors.js";
+import { EXIT_INTERNAL, internalError, reportError } from "./errors.js";
 
 function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length), 4);
@@ -37,15 +37,9 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return (await cmd.run(rest)) ?? 0;
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`gptq ${name}: ${e.message}\n\n${cmd.usage.trimEnd()}\n`);
-      return 2;
-    }
-    if (e instanceof GptqError) {
-      process.stderr.write(`gptq ${name}: error: ${e.message.split("\n")[0]}\n`);
-      return 1;
-    }
-    throw e;
+    const r = reportError(name, cmd.usage, e);
+    process.stderr.write(r.text);
+    return r.code;
   }
 }
 
@@ -54,9 +48,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    process.stderr.write(
-      `gptq: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`,
-    );
-    process.exitCode = 70;
+    process.stderr.write(internalError(e));
+    process.exitCode = EXIT_INTERNAL;
   },
 );

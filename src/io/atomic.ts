@@ -1,6 +1,7 @@
 import {
   closeSync,
   fsyncSync,
+  lstatSync,
   openSync,
   writeSync,
   renameSync,
@@ -11,12 +12,29 @@ import {
   readdirSync,
 } from "node:fs";
 import { GptqError } from "../util/errors.js";
-import { dirname, basename, join } from "node:path";
+import { dirname, basename, join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
+
+/** `.<name>.tmp-<pid>-<8 hex>`: the name tempSibling gives, read back (the name it stands for, the pid). */
+const TEMP_NAME = /^\.(.+)\.tmp-(\d+)-[0-9a-f]{8}$/;
 
 /** A sibling temporary path, so the final rename stays on one file system. */
 export function tempSibling(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+}
+
+/** The name a temporary sibling stands for and the process that made it; undefined for other names. */
+export function parseTempName(name: string): { target: string; pid: number } | undefined {
+  const m = TEMP_NAME.exec(name);
+  return m ? { target: m[1], pid: Number(m[2]) } : undefined;
+}
+
+/** A path with every temporary component (`.out.tmp-123-0a1b2c3d`) read as the name it stands for (`out`). */
+export function untempPath(path: string): string {
+  return path
+    .split(/([/\\])/)
+    .map((part) => parseTempName(part)?.target ?? part)
+    .join("");
 }
 
 function processAlive(pid: number): boolean {
@@ -28,28 +46,62 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/** Bytes of the files under `path` (a file: its size; links are not followed). */
+export function treeBytes(path: string): number {
+  const s = lstatSync(path);
+  if (!s.isDirectory()) return s.size;
+  let total = 0;
+  for (const name of readdirSync(path)) total += treeBytes(join(path, name));
+  return total;
+}
+
+export interface Leftovers {
+  /** names removed from the folder */
+  removed: string[];
+  /** bytes they held */
+  bytes: number;
+}
+
 /**
- * Temporary siblings of `path` left by a process that was killed mid-build (a signal gives synchronous
- * writers no chance to clean up): removed once their process is gone, so they never pile up.
+ * Temporary siblings in `dir` (files or folders named as tempSibling names them) left by a process that
+ * was killed mid-write (a signal gives synchronous writers no chance to clean up): removed once their
+ * process is gone, whatever output they were for, so they never pile up. A live process's (ours
+ * included) are kept; one that cannot be removed is left as it is.
  */
-export function removeAbandonedSiblings(path: string): string[] {
-  const dir = dirname(path);
-  const prefix = `.${basename(path)}.tmp-`;
-  const removed: string[] = [];
-  if (!existsSync(dir)) return removed;
-  for (const name of readdirSync(dir)) {
-    if (!name.startsWith(prefix)) continue;
-    const m = /^(\d+)-[0-9a-f]{8}$/.exec(name.slice(prefix.length));
-    if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
-    rmSync(join(dir, name), { recursive: true, force: true });
-    removed.push(name);
+export function removeAbandonedTemporaries(dir: string): Leftovers {
+  const out: Leftovers = { removed: [], bytes: 0 };
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out; // absent or unreadable: nothing of ours can be there
   }
-  return removed;
+  for (const name of names) {
+    const t = parseTempName(name);
+    if (!t || t.pid === process.pid || processAlive(t.pid)) continue;
+    const p = join(dir, name);
+    try {
+      const bytes = treeBytes(p);
+      rmSync(p, { recursive: true, force: true });
+      out.removed.push(name);
+      out.bytes += bytes;
+    } catch {
+      // another user's, or removed meanwhile by another run: not ours to fail on
+    }
+  }
+  return out;
+}
+
+/** Adds `path` to an operating-system error that lacks one (write(2), fsync(2) name no file). */
+function withPath(e: unknown, path: string): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (err instanceof Error && typeof err.code === "string" && err.path === undefined) err.path = path;
+  return e;
 }
 
 /**
  * Writes a file through a temporary sibling and renames it into place: a reader never sees a
- * half-written file, and a failure leaves nothing behind.
+ * half-written file, and a failure leaves nothing behind. An operating-system error carries `path`.
  */
 export function writeFileAtomic(path: string, write: (fd: number) => void): void {
   const tmp = tempSibling(path);
@@ -57,13 +109,22 @@ export function writeFileAtomic(path: string, write: (fd: number) => void): void
   try {
     write(fd);
     fsyncSync(fd);
-    closeSync(fd);
   } catch (e) {
-    closeSync(fd);
+    try {
+      closeSync(fd);
+    } catch {
+      // the write's error is the one to report
+    }
     rmSync(tmp, { force: true });
-    throw e;
+    throw withPath(e, path);
   }
-  renameSync(tmp, path);
+  try {
+    closeSync(fd); // a network file system may report a failed write only here
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw withPath(e, path);
+  }
 }
 
 export function writeTextAtomic(path: string, text: string): void {
@@ -74,17 +135,31 @@ export function writeTextAtomic(path: string, text: string): void {
   });
 }
 
+/** Removes `dir` and its parents up to and including `top` while they are empty. */
+function removeEmptyFolders(dir: string, top: string): void {
+  const stop = resolve(top);
+  for (let d = resolve(dir); d.length >= stop.length; d = dirname(d)) {
+    try {
+      rmdirSync(d);
+    } catch {
+      return; // not empty: another process's files are there now
+    }
+    if (d === stop) return;
+  }
+}
+
 /**
  * Builds an output directory in a temporary sibling and renames it into place when `build` succeeds;
  * on failure the temporary directory is removed and `out` is untouched. `out` must not exist yet
- * (or be an empty directory), so no input is ever overwritten.
+ * (or be an empty directory), so no input is ever overwritten; if another process creates it meanwhile,
+ * the rename fails (ENOTEMPTY or EEXIST) and that process's output stays as it is.
  */
 export async function buildDirAtomic<T>(out: string, build: (tmpDir: string) => Promise<T> | T): Promise<T> {
   if (existsSync(out) && readdirSync(out).length > 0)
     throw new GptqError(`output ${out} already exists and is not empty; choose another path`);
-  // the first parent folder created here, if any, goes too when the build fails
+  // the first parent folder created here, if any, goes too when the build fails (if still empty)
   const createdParent = mkdirSync(dirname(out), { recursive: true });
-  removeAbandonedSiblings(out);
+  removeAbandonedTemporaries(dirname(out));
   const tmp = tempSibling(out);
   mkdirSync(tmp);
   try {
@@ -93,7 +168,8 @@ export async function buildDirAtomic<T>(out: string, build: (tmpDir: string) => 
     renameSync(tmp, out);
     return result;
   } catch (e) {
-    rmSync(createdParent ?? tmp, { recursive: true, force: true });
+    rmSync(tmp, { recursive: true, force: true });
+    if (createdParent) removeEmptyFolders(dirname(out), createdParent);
     throw e;
   }
 }

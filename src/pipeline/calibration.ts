@@ -2,7 +2,7 @@
  * Calibration data: token sequences from a safetensors file (an int32/int64 [n, seqlen] tensor) or from a
  * text file tokenized with the model's `tokenizer.json` and cut into consecutive chunks.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { toInt32 } from "../tensor/tensor.js";
@@ -40,6 +40,14 @@ export function isTokenFile(path: string): boolean {
 
 export function loadCalibration(req: CalibrationRequest): Calibration {
   if (!existsSync(req.file)) throw new GptqError(`calibration file ${req.file} does not exist`);
+  if (!statSync(req.file).isFile())
+    throw new GptqError(
+      `calibration file ${req.file} is a folder; give a .safetensors token file or a text file`,
+    );
+  if (req.key !== undefined && !isTokenFile(req.file))
+    throw new GptqError(
+      `--calib-key names a tensor of a .safetensors token file; ${req.file} is read as text (tokenized with the model's tokenizer.json)`,
+    );
   if (req.nsamples !== undefined && req.nsamples < 1) throw new GptqError(`--nsamples must be at least 1`);
   if (req.seqlen !== undefined && req.seqlen < 2) throw new GptqError(`--seqlen must be at least 2`);
   const cal = isTokenFile(req.file) ? fromTokenFile(req) : fromText(req);

@@ -6,9 +6,12 @@
 import { CheckpointFormat } from "../formats/types.js";
 import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
-import { readLlamaConfig } from "../model/config.js";
-import { LayerwiseLlama } from "../model/llama.js";
-import { PadPlan, formatTarget, planPadding } from "../model/pad-plan.js";
+import { checkOutputDir } from "../io/output.js";
+import { LlamaConfig, readLlamaConfig } from "../model/config.js";
+import { LINEAR_MODULE, LayerwiseLlama } from "../model/llama.js";
+import { PadPlan, decoderLinearShapes, formatTarget, planPadding } from "../model/pad-plan.js";
+import { checkOutputPath } from "../transform/rewrite.js";
+import { LayerShape } from "../formats/gptq.js";
 import { padLayerIntermediate } from "../model/padding.js";
 import { CudaDevice } from "../backend/cuda/device.js";
 import { GptqError } from "../util/errors.js";
@@ -20,7 +23,12 @@ import {
   PipelineResult,
   quantizeModel,
 } from "./quantize-model.js";
-import { FormatChoice, chooseFormat, writeQuantizedCheckpoint } from "./write-quantized.js";
+import {
+  FormatChoice,
+  chooseFormat,
+  quantizedCheckpointBytes,
+  writeQuantizedCheckpoint,
+} from "./write-quantized.js";
 
 export interface QuantizeRequest {
   modelDir: string;
@@ -55,6 +63,8 @@ export interface QuantizeResult {
   quantizeSeconds: number;
   seconds: number;
   reports: LinearReport[];
+  /** what the user should know about the result (too few calibration tokens...); also sent as notes */
+  warnings: string[];
 }
 
 export type QuantizeEvent = PipelineEvent | { type: "note"; text: string };
@@ -105,6 +115,12 @@ export async function quantizeCheckpoint(
     throw new GptqError(
       `intermediate_size ${plan.from} does not fit ${plan.target} (${plan.to} would); use --pad auto to zero-pad it (the model's function is unchanged)`,
     );
+  // The output can be written and the result fits the disk: known now, not after hours of work.
+  checkOutputPath(req.modelDir, req.outDir);
+  checkOutputDir(
+    req.outDir,
+    quantizedCheckpointBytes(req.modelDir, projectionShapes(config, plan.to, o), packing, plan),
+  );
   if (plan.to !== plan.from)
     onEvent({
       type: "note",
@@ -115,6 +131,12 @@ export async function quantizeCheckpoint(
     ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
     : undefined;
   if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
+  const warnings: string[] = [];
+  const few = cal && o.method === "gptq" ? fewTokensWarning(config, plan.to, cal.sequences) : undefined;
+  if (few) {
+    warnings.push(few);
+    onEvent({ type: "note", text: `warning: ${few}` });
+  }
 
   // one fp32 layer in memory at a time, padded as it is read
   const model = LayerwiseLlama.open(req.modelDir, (layer) => padLayerIntermediate(layer, plan.from, plan.to));
@@ -168,5 +190,41 @@ export async function quantizeCheckpoint(
     quantizeSeconds: run.seconds,
     seconds: (Date.now() - t0) / 1000,
     reports,
+    warnings,
   };
+}
+
+/** Every decoder projection the pipeline quantizes, by tensor prefix, with the shape it will have. */
+function projectionShapes(
+  config: LlamaConfig,
+  intermediate: number,
+  o: PipelineOptions,
+): Map<string, LayerShape> {
+  const shapes = new Map<string, LayerShape>();
+  for (let i = 0; i < config.numLayers; i++)
+    for (const s of decoderLinearShapes(config, intermediate))
+      shapes.set(`model.layers.${i}.${LINEAR_MODULE[s.linear]}`, {
+        inFeatures: s.inFeatures,
+        outFeatures: s.outFeatures,
+        bits: o.bits,
+        groupSize: o.groupSize,
+      });
+  return shapes;
+}
+
+/**
+ * GPTQ's Hessian of a projection is X^T X over the calibration tokens: with fewer tokens than its
+ * in_features it is rank-deficient (rank at most the token count), and the weights it cannot see are
+ * quantized on dampening alone. Says which projections, and how many tokens would do.
+ */
+export function fewTokensWarning(
+  config: LlamaConfig,
+  intermediate: number,
+  sequences: readonly Int32Array[],
+): string | undefined {
+  const tokens = sequences.reduce((n, s) => n + s.length, 0);
+  const short = decoderLinearShapes(config, intermediate).filter((s) => s.inFeatures > tokens);
+  if (!short.length) return undefined;
+  const need = Math.max(...short.map((s) => s.inFeatures));
+  return `${tokens} calibration tokens are fewer than the in_features of ${short.map((s) => `${s.linear} (${s.inFeatures})`).join(", ")} in every layer: their Hessians are rank-deficient and GPTQ leans on dampening there; give at least ${need} tokens (--nsamples x --seqlen)`;
 }

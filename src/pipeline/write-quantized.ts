@@ -7,10 +7,12 @@
 import { copyFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { buildDirAtomic, writeTextAtomic } from "../io/atomic.js";
+import { tensorFileBytes } from "../io/output.js";
 import { QuantConfig, writeQuantConfig } from "../io/quant-config.js";
 import { TensorEntry } from "../io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { FORMATS } from "../formats/registry.js";
+import { LayerShape } from "../formats/gptq.js";
 import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { readLlamaConfig } from "../model/config.js";
 import { PadPlan } from "../model/pad-plan.js";
@@ -59,6 +61,55 @@ export interface WriteRequest {
   pad?: PadPlan;
 }
 
+/** Files of the source carried over as they are (tensors and config files are written anew). */
+function carriedFiles(sourceDir: string): string[] {
+  return readdirSync(sourceDir).filter((f) => {
+    if (f === "config.json" || f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json"))
+      return false;
+    if (f === "quantize_config.json" || f === "quant_config.json") return false;
+    return statSync(join(sourceDir, f)).isFile();
+  });
+}
+
+/**
+ * Bytes `writeQuantizedCheckpoint` will write for layers of these shapes (by tensor prefix), known
+ * before quantizing: the format's tensors for each of them, every other tensor (padded), the carried
+ * files and the config files.
+ */
+export function quantizedCheckpointBytes(
+  sourceDir: string,
+  layers: ReadonlyMap<string, LayerShape>,
+  format: CheckpointFormat,
+  pad?: PadPlan,
+): number {
+  const config = readLlamaConfig(sourceDir);
+  const from = pad?.from ?? config.intermediateSize;
+  const to = pad?.to ?? config.intermediateSize;
+  const store = TensorStore.open(sourceDir);
+  try {
+    const tensors: { name: string; dtype: TensorEntry["dtype"]; shape: number[] }[] = [];
+    for (const name of store.names()) {
+      const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : undefined;
+      const shape = prefix !== undefined ? layers.get(prefix) : undefined;
+      if (prefix !== undefined && shape) {
+        for (const t of FORMATS[format].layout(shape)) tensors.push({ ...t, name: `${prefix}.${t.suffix}` });
+        continue;
+      }
+      const info = store.info(name);
+      tensors.push({
+        name,
+        dtype: info.dtype,
+        shape: paddedMlpShape(name, info.shape, from, to) ?? info.shape,
+      });
+    }
+    const carried = carriedFiles(sourceDir).reduce((s, f) => s + statSync(join(sourceDir, f)).size, 0);
+    const configs = statSync(join(sourceDir, "config.json")).size + 8192; // plus the quantization config
+    return tensorFileBytes(tensors) + carried + configs;
+  } finally {
+    store.close();
+  }
+}
+
 export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ files: string[] }> {
   const { layers, format } = req;
   const traits = FORMATS[format];
@@ -91,13 +142,7 @@ export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ fil
       );
     let files: string[] = [];
     await buildDirAtomic(req.outDir, (tmp) => {
-      for (const f of readdirSync(req.sourceDir)) {
-        const p = join(req.sourceDir, f);
-        if (f === "config.json" || f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json"))
-          continue;
-        if (f === "quantize_config.json" || f === "quant_config.json") continue;
-        if (statSync(p).isFile()) copyFileSync(p, join(tmp, f));
-      }
+      for (const f of carriedFiles(req.sourceDir)) copyFileSync(join(req.sourceDir, f), join(tmp, f));
       files = writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
       const raw: Record<string, unknown> = { ...config.raw, intermediate_size: to };
       delete raw.quantization_config;

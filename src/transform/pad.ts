@@ -6,6 +6,7 @@
 import { copyFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { buildDirAtomic, writeTextAtomic } from "../io/atomic.js";
+import { checkOutputDir, tensorFileBytes } from "../io/output.js";
 import { TensorEntry } from "../io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { Tensor } from "../tensor/tensor.js";
@@ -13,6 +14,7 @@ import { GptqError } from "../util/errors.js";
 import { readLlamaConfig } from "../model/config.js";
 import { PadPlan } from "../model/pad-plan.js";
 import { padCols, padRows } from "../model/padding.js";
+import { checkOutputPath } from "./rewrite.js";
 
 const MLP_TENSOR = /\.mlp\.(gate_proj|up_proj|down_proj)\.(weight|bias)$/;
 
@@ -84,13 +86,19 @@ export async function padCheckpoint(inDir: string, outDir: string, plan: PadPlan
         data: () => padMlpTensor(name, store.read(name), plan.from, plan.to).data,
       };
     });
+    const carried = readdirSync(inDir).filter(
+      (f) =>
+        !(f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json")) &&
+        statSync(join(inDir, f)).isFile(),
+    );
+    // before any work: the output can be created and the copy fits the disk (config.json is rewritten)
+    checkOutputPath(inDir, outDir);
+    checkOutputDir(
+      outDir,
+      tensorFileBytes(entries) + carried.reduce((s, f) => s + statSync(join(inDir, f)).size, 0) + 4096,
+    );
     await buildDirAtomic(outDir, (tmp) => {
-      for (const f of readdirSync(inDir)) {
-        const p = join(inDir, f);
-        if (f === "config.json" || f.endsWith(".safetensors") || f.endsWith(".safetensors.index.json"))
-          continue;
-        if (statSync(p).isFile()) copyFileSync(p, join(tmp, f));
-      }
+      for (const f of carried) if (f !== "config.json") copyFileSync(join(inDir, f), join(tmp, f));
       writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
       writeTextAtomic(
         join(tmp, "config.json"),

@@ -6,7 +6,8 @@
  */
 import { cpSync, readdirSync, realpathSync, statSync, existsSync } from "node:fs";
 import { join, resolve, sep } from "node:path";
-import { buildDirAtomic } from "../io/atomic.js";
+import { buildDirAtomic, treeBytes } from "../io/atomic.js";
+import { checkOutputDir, tensorFileBytes } from "../io/output.js";
 import { TensorEntry } from "../io/safetensors.js";
 import { INDEX_FILE, TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { DType } from "../tensor/dtype.js";
@@ -84,8 +85,14 @@ export async function rewriteCheckpoint(
   }
   // keep the input's sharding: its largest shard bounds ours (a single file: HF's default 5 GB)
   const maxShardBytes = store.files.length > 1 ? Math.max(...store.files.map((f) => f.fileSize)) : 5e9;
+  const others = otherFiles(input, new Set(store.shardNames));
+  // before any work: the output can be created and what it will hold fits the disk
+  checkOutputDir(
+    output,
+    tensorFileBytes(entries) + others.reduce((s, f) => s + treeBytes(join(input, f)), 0),
+  );
   return buildDirAtomic(output, (tmp) => {
-    const filesCopied = copyOtherFiles(input, tmp, new Set(store.shardNames));
+    const filesCopied = copyFiles(input, tmp, others);
     const shards = writeCheckpointTensors(tmp, entries, { maxShardBytes, metadata: store.metadata() });
     plan.finish?.(tmp);
     plan.verify?.(tmp);
@@ -109,14 +116,17 @@ function lazyOutputs(r: Rewrite): TensorEntry[] {
   }));
 }
 
-/** Copies every file and folder of the input except its safetensors shards and index. */
-function copyOtherFiles(input: string, out: string, shards: ReadonlySet<string>): string[] {
-  const copied: string[] = [];
-  for (const name of readdirSync(input).sort()) {
-    if (shards.has(name) || name === INDEX_FILE || name.endsWith(".safetensors")) continue;
+/** Every file and folder of the input except its safetensors shards and index: carried over as they are. */
+function otherFiles(input: string, shards: ReadonlySet<string>): string[] {
+  return readdirSync(input)
+    .sort()
+    .filter((name) => !(shards.has(name) || name === INDEX_FILE || name.endsWith(".safetensors")));
+}
+
+function copyFiles(input: string, out: string, names: readonly string[]): string[] {
+  for (const name of names) {
     const src = join(input, name);
     cpSync(src, join(out, name), { recursive: statSync(src).isDirectory(), preserveTimestamps: true });
-    copied.push(name);
   }
-  return copied;
+  return [...names];
 }

@@ -1,4 +1,5 @@
 import { Command, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { convertCheckpoint } from "../../transform/convert.js";
 import { isCheckpointFormat } from "../../formats/registry.js";
 import { UsageError } from "../../util/errors.js";
@@ -33,6 +34,7 @@ export const convertCommand: Command = {
     if (!isCheckpointFormat(values.to))
       throw new UsageError(`--to must be gptq, gptq_v2 or marlin, not "${values.to}"`);
     const [input, output] = positionals;
+    prepareOutput("convert", output);
     const r = await convertCheckpoint(input, output, values.to);
     if (values.json) printJson({ input, output, ...r });
     else

@@ -1,4 +1,5 @@
 import { Command, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { dequantizeCheckpoint } from "../../transform/dequantize.js";
 import { FLOAT_DTYPE_NAMES } from "../../tensor/dtype.js";
 import { UsageError } from "../../util/errors.js";
@@ -25,6 +26,7 @@ export const dequantizeCommand: Command = {
     const dtype = FLOAT_DTYPE_NAMES[name];
     if (!dtype) throw new UsageError(`--dtype must be float16, bfloat16 or float32, not "${name}"`);
     const [input, output] = positionals;
+    prepareOutput("dequantize", output);
     const r = await dequantizeCheckpoint(input, output, dtype);
     if (values.json) printJson({ input, output, ...r });
     else

@@ -1,4 +1,7 @@
+import { statSync } from "node:fs";
+import { join } from "node:path";
 import { Command, parse } from "../command.js";
+import { removeLeftovers } from "../output.js";
 import {
   QuantConfig,
   clearQuantConfig,
@@ -8,6 +11,7 @@ import {
   readRawQuantSections,
   writeQuantConfig,
 } from "../../io/checkpoint.js";
+import { checkWritableDir } from "../../io/output.js";
 import { UsageError } from "../../util/errors.js";
 
 const usage = `usage: gptq fix-config <dir>
@@ -39,6 +43,16 @@ function currentConfig(dir: string) {
   }
 }
 
+/** What rewriting the config files writes: config.json again and a quantize_config.json. */
+function configBytes(dir: string): number {
+  const p = join(dir, "config.json");
+  try {
+    return statSync(p).size + 8192;
+  } catch {
+    return 8192;
+  }
+}
+
 export const fixConfigCommand: Command = {
   name: "fix-config",
   summary: "rewrite the config files so they describe the stored tensors",
@@ -47,6 +61,7 @@ export const fixConfigCommand: Command = {
     const { positionals } = parse(argv, {});
     if (positionals.length !== 1) throw new UsageError("expected one checkpoint directory");
     const dir = positionals[0];
+    removeLeftovers("fix-config", dir);
     const fixed = inferQuantConfig(dir);
     const before = currentConfig(dir);
     if (!fixed) {
@@ -55,6 +70,7 @@ export const fixConfigCommand: Command = {
         process.stdout.write(`${dir}: unquantized, and no quantization config to remove; nothing to do\n`);
         return;
       }
+      checkWritableDir(dir, configBytes(dir));
       clearQuantConfig(dir);
       process.stdout.write(`${dir}: no quantized tensors stored: removed the quantization config\n`);
       return;
@@ -68,6 +84,7 @@ export const fixConfigCommand: Command = {
       process.stdout.write(`${dir}: the config already describes the tensors; nothing to do\n`);
       return;
     }
+    checkWritableDir(dir, configBytes(dir));
     writeQuantConfig(dir, fixed);
     openCheckpoint(dir).close(); // the rewritten config must now pass the same verification
     process.stdout.write(

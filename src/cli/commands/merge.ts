@@ -1,4 +1,5 @@
 import { Command, listOption, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { mergeCheckpoint } from "../../transform/split.js";
 import { UsageError } from "../../util/errors.js";
 
@@ -31,6 +32,7 @@ export const mergeCommand: Command = {
     if (layers.length < 2) throw new UsageError("--layers needs at least two layers");
     if (!values.name) throw new UsageError("--name is required");
     const [input, output] = positionals;
+    prepareOutput("merge", output);
     const r = await mergeCheckpoint(input, output, layers, values.name);
     if (values.json) printJson({ input, output, ...r });
     else

@@ -1,4 +1,5 @@
 import { Command, intOption, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { UsageError } from "../../util/errors.js";
 import { PadTarget, kernelTarget, multipleTarget, planPadding } from "../../model/pad-plan.js";
 import { padCheckpoint } from "../../transform/pad.js";
@@ -64,6 +65,7 @@ export const padCommand: Command = {
       target = kernelTarget(getKernel(values.kernel!), scheme);
       alternatives = KERNELS.map((k) => kernelTarget(k, scheme));
     }
+    prepareOutput("pad", outDir);
     const plan = planPadding(readLlamaConfig(inDir), target, alternatives);
     const res = await padCheckpoint(inDir, outDir, plan);
     if (values.json) printJson({ ...plan, tensors: res.tensors, out: outDir });

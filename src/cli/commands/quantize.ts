@@ -1,4 +1,5 @@
 import { Command, floatOption, intOption, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
 import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-checkpoint.js";
@@ -91,6 +92,8 @@ export const quantizeCommand: Command = {
     const device = v.device ?? "auto";
     if (device !== "auto" && device !== "cuda" && device !== "cpu")
       throw new UsageError(`--device must be cuda, cpu or auto, got "${device}"`);
+    if (v.calib === undefined && (v["calib-key"] ?? v.nsamples ?? v.seqlen) !== undefined)
+      throw new UsageError("--calib-key, --nsamples and --seqlen describe --calib FILE; give it too");
 
     const req: QuantizeRequest = {
       modelDir: positionals[0],
@@ -122,7 +125,9 @@ export const quantizeCommand: Command = {
       pad,
       device,
     };
+    prepareOutput("quantize", req.outDir);
     const bar = new ProgressBar();
+    // the bar is cleared on failure too, so the error is a line of its own
     const res = await quantizeCheckpoint(req, (e) => {
       if (e.type === "note") bar.log(e.text);
       else if (e.type === "step")
@@ -138,8 +143,7 @@ export const quantizeCommand: Command = {
           `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`,
         );
       }
-    });
-    bar.done();
+    }).finally(() => bar.done());
     if (v.json) printJson(res);
     else {
       const o = req.options;

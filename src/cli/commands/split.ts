@@ -1,4 +1,5 @@
 import { Command, listOption, parse, printJson } from "../command.js";
+import { prepareOutput } from "../output.js";
 import { splitCheckpoint } from "../../transform/split.js";
 import { UsageError } from "../../util/errors.js";
 
@@ -40,6 +41,7 @@ export const splitCommand: Command = {
     if (names.length !== sizes.length)
       throw new UsageError(`${sizes.length} sizes but ${names.length} names; give one name per part`);
     const [input, output] = positionals;
+    prepareOutput("split", output);
     const r = await splitCheckpoint(input, output, values.layer, sizes, names);
     if (values.json) printJson({ input, output, ...r });
     else
