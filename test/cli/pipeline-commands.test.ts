@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
 import { syntheticTokens } from "../helpers/synthetic.js";
 import { PROJECT_ROOT } from "../helpers/shared.js";
+import { CudaDevice } from "../../src/backend/cuda/device.js";
 
 const MAIN = join(PROJECT_ROOT, "dist", "src", "cli", "main.js");
 const SPEC: SyntheticSpec = {
@@ -101,6 +102,35 @@ test("quantize -> eval -> inspect -> check -> convert, and pad, from the command
     const p = gptq("pad", fp, join(dir, "padded"), "--multiple", "16", "--json");
     assert.equal(p.code, 0, p.err);
     assert.equal(JSON.parse(p.out).to, 48);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("quantize --device: cuda without a GPU is refused before any work; auto falls back to the CPU and says so", () => {
+  const dir = mkdtempSync(join(tmpdir(), "gptq-cli-"));
+  try {
+    const fp = join(dir, "fp");
+    writeSyntheticLlama(fp, SPEC);
+    const tokens = join(dir, "tokens.safetensors");
+    writeTokenFile(tokens, { calibration_tokens: syntheticTokens(SPEC, 4, 16, 1) });
+    assert.equal(gptq("quantize", fp, "--out", join(dir, "g"), "--device", "gpu").code, 2);
+    const gpu = CudaDevice.available();
+    if (!gpu) {
+      const r = gptq("quantize", fp, "--out", join(dir, "c"), "--calib", tokens, "--device", "cuda");
+      assert.equal(r.code, 1);
+      assert.equal(
+        r.err,
+        "gptq quantize: error: --device cuda: no CUDA GPU found (no driver, or no device); use --device cpu\n",
+      );
+      assert.ok(!existsSync(join(dir, "c")));
+    }
+    const a = gptq("quantize", fp, "--out", join(dir, "a"), "--calib", tokens, "--json");
+    assert.equal(a.code, 0, a.err);
+    assert.equal(JSON.parse(a.out).device.kind, gpu ? "cuda" : "cpu");
+    const s = gptq("quantize", fp, "--out", join(dir, "s"), "--calib", tokens, "--device", "cpu");
+    assert.equal(s.code, 0, s.err);
+    assert.match(s.out, /^device: cpu$/m);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
