@@ -41,7 +41,20 @@ export function parse<O extends Options>(argv: string[], options: O): Parsed<O> 
   try {
     return parseArgs({ args, options, allowPositionals: true, strict: true });
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    const message = (e as Error).message;
+    if ((e as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")
+      throw new UnknownOptionError(message, Object.keys(options));
+    throw new UsageError(message);
+  }
+}
+
+/** An option the command does not take; `known` lists those it does (what its --help must describe). */
+export class UnknownOptionError extends UsageError {
+  constructor(
+    message: string,
+    readonly known: string[],
+  ) {
+    super(message);
   }
 }
 
