@@ -5,8 +5,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { COMMANDS } from "../../src/cli/commands/index.js";
 import { linearLine, stepLabel } from "../../src/cli/commands/quantize.js";
 import { writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
+import { UsageError } from "../../src/util/errors.js";
 import { tmpDir } from "../helpers/checkpoints.js";
 import { gptq } from "../helpers/cli.js";
 
@@ -20,15 +22,18 @@ const SPEC = {
   seed: 5,
 };
 
-/** Exit 2, and stderr's first line is exactly `gptq <command>: <message>` (then the usage). */
-function usageError(args: string[], message: string | RegExp): void {
-  const r = gptq(...args);
-  assert.equal(r.code, 2, `${args.join(" ")}: exit ${r.code}; stderr: ${r.stderr}`);
-  const first = r.stderr.split("\n")[0];
-  if (typeof message === "string") assert.equal(first, `gptq ${args[0]}: ${message}`);
-  else assert.match(first, message);
-  assert.match(r.stderr, new RegExp(`\nusage: gptq ${args[0]} `));
-  assert.doesNotMatch(r.stderr, /ambiguous/);
+/** The command refuses `args` with a usage error whose message is `message`, before touching any file. */
+async function usageError(args: string[], message: string | RegExp): Promise<void> {
+  const cmd = COMMANDS.find((c) => c.name === args[0])!;
+  await assert.rejects(
+    async () => cmd.run(args.slice(1)),
+    (e: unknown) => {
+      assert.ok(e instanceof UsageError, `${args.join(" ")}: ${String(e)}`);
+      if (typeof message === "string") assert.equal(e.message, message);
+      else assert.match(e.message, message);
+      return true;
+    },
+  );
 }
 
 test("--group-size -1 means one group, given as two words or with =", () => {
@@ -53,25 +58,42 @@ test("--group-size -1 means one group, given as two words or with =", () => {
   }
 });
 
-test("a negative number an option does not allow is a usage error naming the option (exit 2)", () => {
+test("a negative number an option does not allow is a usage error naming the option (exit 2)", async () => {
+  // as the user sees it: exit 2, the message, then the usage, and nothing about "ambiguous" arguments
+  for (const args of [
+    ["quantize", "m", "--out", "o", "--group-size", "-2"],
+    ["check", "m", "--group-size", "-2"],
+  ]) {
+    const r = gptq(...args);
+    assert.equal(r.code, 2, `${args.join(" ")}: exit ${r.code}; stderr: ${r.stderr}`);
+    assert.equal(
+      r.stderr.split("\n")[0],
+      `gptq ${args[0]}: --group-size must be a positive number of input rows, or -1 for one group, got -2`,
+    );
+    assert.match(r.stderr, new RegExp(`\nusage: gptq ${args[0]} `));
+    assert.doesNotMatch(r.stderr, /ambiguous/);
+  }
   const group = (v: string) =>
     `--group-size must be a positive number of input rows, or -1 for one group, got ${v}`;
-  usageError(["quantize", "m", "--out", "o", "--group-size", "-2"], group("-2"));
-  usageError(["quantize", "m", "--out", "o", "--group-size=-128"], group("-128"));
-  usageError(["quantize", "m", "--out", "o", "--group-size", "0"], group("0"));
-  usageError(["check", "m", "--group-size", "-2"], group("-2"));
-  usageError(["pad", "a", "b", "--kernel", "ort", "--group-size", "-3"], group("-3"));
-  usageError(["quantize", "m", "--out", "o", "--damp", "-0.5"], "--damp must be at least 0, got -0.5");
-  usageError(["quantize", "m", "--out", "o", "--refine", "-1"], "--refine must be at least 0, got -1");
-  usageError(["quantize", "m", "--out", "o", "--nsamples", "-4"], "--nsamples must be at least 1, got -4");
-  usageError(["quantize", "m", "--out", "o", "--seqlen", "-4"], "--seqlen must be at least 2, got -4");
-  usageError(["quantize", "m", "--out", "o", "--bits", "-4"], "--bits must be 2, 3, 4 or 8, got -4");
-  usageError(["check", "m", "--tp", "-2"], "--tp must be at least 1, got -2");
-  usageError(["pad", "a", "b", "--multiple", "-8"], "--multiple must be at least 1, got -8");
-  usageError(["bench", "--batch", "-1"], "--batch values must be positive");
-  usageError(["bench", "--group", "-2"], "--group must be 32, 64, a multiple of 128, or -1");
+  await usageError(["quantize", "m", "--out", "o", "--group-size", "-2"], group("-2"));
+  await usageError(["quantize", "m", "--out", "o", "--group-size=-128"], group("-128"));
+  await usageError(["quantize", "m", "--out", "o", "--group-size", "0"], group("0"));
+  await usageError(["check", "m", "--group-size", "-2"], group("-2"));
+  await usageError(["pad", "a", "b", "--kernel", "ort", "--group-size", "-3"], group("-3"));
+  await usageError(["quantize", "m", "--out", "o", "--damp", "-0.5"], "--damp must be at least 0, got -0.5");
+  await usageError(["quantize", "m", "--out", "o", "--refine", "-1"], "--refine must be at least 0, got -1");
+  await usageError(
+    ["quantize", "m", "--out", "o", "--nsamples", "-4"],
+    "--nsamples must be at least 1, got -4",
+  );
+  await usageError(["quantize", "m", "--out", "o", "--seqlen", "-4"], "--seqlen must be at least 2, got -4");
+  await usageError(["quantize", "m", "--out", "o", "--bits", "-4"], "--bits must be 2, 3, 4 or 8, got -4");
+  await usageError(["check", "m", "--tp", "-2"], "--tp must be at least 1, got -2");
+  await usageError(["pad", "a", "b", "--multiple", "-8"], "--multiple must be at least 1, got -8");
+  await usageError(["bench", "--batch", "-1"], "--batch values must be positive");
+  await usageError(["bench", "--group", "-2"], "--group must be 32, 64, a multiple of 128, or -1");
   // a dash that is not a number is still an option
-  usageError(["quantize", "m", "--out", "o", "--nosuch"], /^gptq quantize: Unknown option '--nosuch'/);
+  await usageError(["quantize", "m", "--out", "o", "--nosuch"], /^Unknown option '--nosuch'/);
 });
 
 test("quantize's progress bar and its per-projection lines number decoder layers from 0", () => {
