@@ -18,7 +18,8 @@ if (!out) {
 mkdirSync(out, { recursive: true });
 const w4a16Dir = dirname(fileURLToPath(import.meta.resolve("../src/backend/cuda/w4a16/configs.js")));
 for (const dir of [w4a16Dir, COMMON_INCLUDE_DIR])
-  for (const name of readdirSync(dir)) if (name.endsWith(".cuh")) copyFileSync(join(dir, name), join(out, name));
+  for (const name of readdirSync(dir))
+    if (name.endsWith(".cuh")) copyFileSync(join(dir, name), join(out, name));
 for (const kind of ["mma", "wgmma"] as const) {
   const file = kernelSource({ kind } as W4A16Config);
   writeFileSync(join(out, file), readFileSync(join(w4a16Dir, file), "utf8") + "\n" + instantiations(kind));
