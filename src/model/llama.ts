@@ -7,6 +7,7 @@
 import { gemmNT } from "../backend/cpu/gemm.js";
 import { A8W4Linear, DenseLinear, Linear, QuantLinear } from "../backend/cpu/linear.js";
 import { FORMATS } from "../formats/registry.js";
+import { splitLayer } from "../formats/split.js";
 import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { openCheckpoint } from "../io/checkpoint.js";
 import { TensorStore } from "../io/store.js";
@@ -36,6 +37,15 @@ export const LINEAR_MODULE: Record<LinearName, string> = {
   up_proj: "mlp.up_proj",
   down_proj: "mlp.down_proj",
 };
+
+/**
+ * Fused projections, as Phi-3 publishes them and as `gptq merge` writes them: one linear whose outputs
+ * are its parts' outputs concatenated in this order along out_features (q, k, v; gate, up).
+ */
+export const FUSED_LINEARS: readonly { module: string; parts: readonly LinearName[] }[] = [
+  { module: "self_attn.qkv_proj", parts: ["q_proj", "k_proj", "v_proj"] },
+  { module: "mlp.gate_up_proj", parts: ["gate_proj", "up_proj"] },
+];
 
 export type CaptureFn = (linear: string, x: Float32Array, rows: number) => void;
 
@@ -228,21 +238,50 @@ function denseLayerTensors(config: LlamaConfig, store: TensorStore, i: number): 
   return out;
 }
 
-/** Decoder layer `i` of a checkpoint, each projection from `linear(prefix, N, K)`. */
+/** Where a decoder layer's projections come from: one stored projection, or a fused one in parts. */
+interface LinearSource {
+  /** whether a projection (quantized or not) is stored under this tensor prefix */
+  has(prefix: string): boolean;
+  /** the projection at `prefix`, N x K */
+  linear(prefix: string, N: number, K: number): Linear;
+  /** the fused projection at `prefix`, sum(sizes) x K, split along out_features into parts of these sizes */
+  fused(prefix: string, sizes: readonly number[], K: number): Linear[];
+}
+
+/**
+ * Decoder layer `i` of a checkpoint. A fused `qkv_proj` or `gate_up_proj` stands for its parts (and
+ * must not be stored beside them); every other projection is read on its own.
+ */
 function readDecoderLayer(
   store: TensorStore,
   config: LlamaConfig,
   i: number,
   rotary: Rotary,
-  linear: (prefix: string, N: number, K: number) => Linear,
+  source: LinearSource,
 ): DecoderLayer {
   const shapes = LlamaModel.linearShapes(config);
   const D = config.hiddenSize;
   const prefix = `model.layers.${i}`;
   const linears = {} as Record<LinearName, Linear>;
+  for (const f of FUSED_LINEARS) {
+    const fusedPrefix = `${prefix}.${f.module}`;
+    if (!source.has(fusedPrefix)) continue;
+    const both = f.parts.find((p) => source.has(`${prefix}.${LINEAR_MODULE[p]}`));
+    if (both)
+      throw new GptqError(
+        `${store.dir}: both ${fusedPrefix} and ${prefix}.${LINEAR_MODULE[both]} are stored; a projection is either fused or separate`,
+      );
+    const parts = source.fused(
+      fusedPrefix,
+      f.parts.map((p) => shapes[p][0]),
+      shapes[f.parts[0]][1],
+    );
+    f.parts.forEach((p, j) => (linears[p] = parts[j]));
+  }
   for (const name of LINEAR_NAMES) {
+    if (linears[name]) continue;
     const [N, K] = shapes[name];
-    linears[name] = linear(`${prefix}.${LINEAR_MODULE[name]}`, N, K);
+    linears[name] = source.linear(`${prefix}.${LINEAR_MODULE[name]}`, N, K);
   }
   return new DecoderLayer(
     config,
@@ -252,6 +291,25 @@ function readDecoderLayer(
     readFloats(store, `${prefix}.post_attention_layernorm.weight`, [D]),
     rotary,
   );
+}
+
+/** "config.json implies 128 x 64 (q_proj 64 + k_proj 32 + v_proj 32)" for a fused projection */
+function fusedShape(prefix: string, sizes: readonly number[], K: number): string {
+  const f = FUSED_LINEARS.find((x) => prefix.endsWith(`.${x.module}`));
+  const N = sizes.reduce((a, b) => a + b, 0);
+  const parts = f ? ` (${f.parts.map((p, j) => `${p} ${sizes[j]}`).join(" + ")})` : "";
+  return `${N} x ${K}${parts}`;
+}
+
+/** A dense fused projection split into dense parts (rows of its weight and bias). */
+function splitDense(whole: DenseLinear, sizes: readonly number[]): DenseLinear[] {
+  const K = whole.inFeatures;
+  let at = 0;
+  return sizes.map((n) => {
+    const from = at;
+    at += n;
+    return new DenseLinear(whole.weight.slice(from * K, at * K), n, K, whole.bias?.slice(from, at));
+  });
 }
 
 /** tokens -> T x hidden rows of the embedding table (vocab x hidden) */
@@ -303,7 +361,8 @@ export class LlamaModel implements LayerSource {
   /**
    * Loads a checkpoint directory (config.json + safetensors), unquantized (F32/F16/BF16) or quantized
    * (gptq, gptq_v2, marlin: config and tensors are checked against each other first). Quantized
-   * projections run from their codes; projections a checkpoint left unquantized run in fp32.
+   * projections run from their codes; projections a checkpoint left unquantized run in fp32. Fused
+   * `self_attn.qkv_proj` and `mlp.gate_up_proj` (quantized or not) are split into their parts on load.
    */
   static load(dir: string, opts: LoadOptions = {}): LlamaModel {
     const actQuant = opts.actQuant ?? "none";
@@ -318,12 +377,12 @@ export class LlamaModel implements LayerSource {
           `${dir}: int8 activations (A8W4) need a 4-bit symmetric quantized checkpoint; this one is unquantized`,
         );
       const quantized = new Map(ckpt.layers.map((l) => [l.name, l]));
-      const linear = (prefix: string, N: number, K: number): Linear => {
-        const info = quantized.get(prefix);
-        if (!info) return loadDenseLinear(store, prefix, N, K);
+      /** the quantized layer at `prefix` (bias included), checked against the shape config.json implies */
+      const readQuantized = (prefix: string, N: number, K: number, implied: string): QuantizedLinear => {
+        const info = quantized.get(prefix)!;
         if (info.outFeatures !== N || info.inFeatures !== K)
           throw new GptqError(
-            `${dir}: ${prefix} is ${info.outFeatures} x ${info.inFeatures} (out x in), config.json implies ${N} x ${K}`,
+            `${dir}: ${prefix} is ${info.outFeatures} x ${info.inFeatures} (out x in), config.json implies ${implied}`,
           );
         const format = ckpt.format as CheckpointFormat;
         // the config's group size: a partial last group makes the tensors' own count ambiguous
@@ -343,6 +402,10 @@ export class LlamaModel implements LayerSource {
           throw e;
         }
         if (store.has(`${prefix}.bias`)) layer.bias = readFloats(store, `${prefix}.bias`, [info.outFeatures]);
+        return layer;
+      };
+      /** how a quantized layer runs: dequantized group by group, or A8W4 */
+      const run = (prefix: string, layer: QuantizedLinear): Linear => {
         if (actQuant === "int8") {
           const mid = 1 << (layer.bits - 1);
           const sym = layer.zeros.every((z) => z === mid);
@@ -354,12 +417,36 @@ export class LlamaModel implements LayerSource {
         }
         return new QuantLinear(layer);
       };
+      const linear = (prefix: string, N: number, K: number): Linear =>
+        quantized.has(prefix)
+          ? run(prefix, readQuantized(prefix, N, K, `${N} x ${K}`))
+          : loadDenseLinear(store, prefix, N, K);
+      // A fused projection is split into its parts before it runs: a quantized one moves its codes,
+      // scales and zeros column by column (splitLayer), a dense one its weight rows, so each part is
+      // exactly the projection an unfused checkpoint would hold, and the model runs as one.
+      const source: LinearSource = {
+        has: (prefix) => quantized.has(prefix) || store.has(`${prefix}.weight`),
+        linear,
+        fused(prefix, sizes, K) {
+          const N = sizes.reduce((a, b) => a + b, 0);
+          if (quantized.has(prefix))
+            return splitLayer(readQuantized(prefix, N, K, fusedShape(prefix, sizes, K)), sizes).map((p) =>
+              run(prefix, p),
+            );
+          const t = store.info(`${prefix}.weight`);
+          if (t.shape.length !== 2 || t.shape[0] !== N || t.shape[1] !== K)
+            throw new GptqError(
+              `${dir}: tensor ${prefix}.weight has shape [${t.shape}], config.json implies ${fusedShape(prefix, sizes, K)}`,
+            );
+          return splitDense(loadDenseLinear(store, prefix, N, K), sizes);
+        },
+      };
       const D = config.hiddenSize;
       const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, D]);
       const rotary = Rotary.fromConfig(config);
       const layers: DecoderLayer[] = [];
       for (let i = 0; i < config.numLayers; i++)
-        layers.push(readDecoderLayer(store, config, i, rotary, linear));
+        layers.push(readDecoderLayer(store, config, i, rotary, source));
       const finalNorm = readFloats(store, "model.norm.weight", [D]);
       // a checkpoint without lm_head.weight ties it to the embeddings whatever the config says;
       // some quantizers also quantize lm_head (GPTQModel's lm_head option)
@@ -424,6 +511,16 @@ export class LayerwiseLlama implements LayerSource {
     const config = readLlamaConfig(dir);
     const store = TensorStore.open(dir);
     try {
+      // quantized projections are written in place of their own `.weight`: a fused one is refused now,
+      // with the reason, rather than after the work
+      for (let i = 0; i < config.numLayers; i++)
+        for (const f of FUSED_LINEARS) {
+          const name = `model.layers.${i}.${f.module}.weight`;
+          if (store.has(name))
+            throw new GptqError(
+              `${dir}: ${name} is a fused projection; quantize reads ${f.parts.join(", ")} as separate tensors (eval loads fused checkpoints)`,
+            );
+        }
       // every layer's headers now: a missing or mis-shaped tensor fails before hours of work, not at
       // its layer
       for (let i = 0; i < config.numLayers; i++)
@@ -446,8 +543,15 @@ export class LayerwiseLlama implements LayerSource {
 
   /** reads decoder layer `i` now */
   layer(i: number): DecoderLayer {
-    const dense = (prefix: string, N: number, K: number) => loadDenseLinear(this.store, prefix, N, K);
-    const layer = readDecoderLayer(this.store, this.config, i, this.rotary, dense);
+    const store = this.store;
+    const source: LinearSource = {
+      has: (prefix) => store.has(`${prefix}.weight`),
+      linear: (prefix, N, K) => loadDenseLinear(store, prefix, N, K),
+      fused: (prefix) => {
+        throw new GptqError(`${store.dir}: ${prefix} is fused; quantization reads separate projections`);
+      },
+    };
+    const layer = readDecoderLayer(store, this.config, i, this.rotary, source);
     this.prepare(layer);
     return layer;
   }

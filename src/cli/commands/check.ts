@@ -1,4 +1,4 @@
-import { Command, intOption, parse, printJson } from "../command.js";
+import { Command, groupSizeOption, intOption, parse, printJson } from "../command.js";
 import { openCheckpoint } from "../../io/checkpoint.js";
 import {
   CheckLayer,
@@ -106,9 +106,7 @@ export const checkCommand: Command = {
     const bitsOpt = intOption(values.bits, "bits");
     if (bitsOpt !== undefined && ![2, 3, 4, 8].includes(bitsOpt))
       throw new UsageError(`--bits must be 2, 3, 4 or 8, got ${bitsOpt}`);
-    const groupOpt = intOption(values["group-size"], "group-size");
-    if (groupOpt !== undefined && groupOpt !== -1 && groupOpt < 1)
-      throw new UsageError(`--group-size must be -1 or positive, got ${groupOpt}`);
+    const groupOpt = groupSizeOption(values["group-size"], "group-size");
     const required = kernelsByName(values.require ?? []);
     const listed = values.kernel?.length ? kernelsByName(values.kernel) : KERNELS;
     const kernels = [...listed, ...required.filter((r) => !listed.includes(r))];

@@ -9,6 +9,8 @@ const USAGE = `usage: gptq eval <model-dir> --tokens FILE [--key evaluation_toke
 
 Perplexity of a checkpoint (unquantized, or GPTQ v1/v2/Marlin run from its packed tensors) over every
 next-token prediction of the token sequences in FILE (a safetensors int32/int64 [n, seqlen] tensor).
+Fused projections (self_attn.qkv_proj, mlp.gate_up_proj: as gptq merge writes them, or Phi-3 style)
+are split into q/k/v and gate/up on load, exactly: the perplexity is the unfused checkpoint's.
 
   --tokens FILE       token ids
   --key K             tensor name in FILE (default evaluation_tokens)

@@ -1,4 +1,4 @@
-import { Command, intOption, parse, printJson } from "../command.js";
+import { Command, groupSizeOption, intOption, parse, printJson } from "../command.js";
 import { prepareOutput } from "../output.js";
 import { UsageError } from "../../util/errors.js";
 import { PadTarget, kernelTarget, multipleTarget, planPadding } from "../../model/pad-plan.js";
@@ -54,13 +54,14 @@ export const padCommand: Command = {
     if (![2, 3, 4, 8].includes(bits)) throw new UsageError(`--bits must be 2, 3, 4 or 8, got ${bits}`);
     const scheme = {
       bits: bits as Bits,
-      groupSize: intOption(values["group-size"], "group-size", 128)!,
+      groupSize: groupSizeOption(values["group-size"], "group-size", 128)!,
       sym: !values.asym,
       actOrder: values["desc-act"] ?? false,
     };
     let target: PadTarget;
     let alternatives: PadTarget[] = [];
-    if (values.multiple !== undefined) target = multipleTarget(intOption(values.multiple, "multiple")!);
+    if (values.multiple !== undefined)
+      target = multipleTarget(intOption(values.multiple, "multiple", undefined, 1)!);
     else {
       target = kernelTarget(getKernel(values.kernel!), scheme);
       alternatives = KERNELS.map((k) => kernelTarget(k, scheme));

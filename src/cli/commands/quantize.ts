@@ -1,8 +1,9 @@
-import { Command, floatOption, intOption, parse, printJson } from "../command.js";
+import { Command, floatOption, groupSizeOption, intOption, parse, printJson } from "../command.js";
 import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
 import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-checkpoint.js";
+import { LinearReport, PipelineEvent } from "../../pipeline/quantize-model.js";
 import { DEFAULT_CALIB_KEY } from "../../pipeline/calibration.js";
 import { Bits } from "../../formats/types.js";
 
@@ -39,8 +40,21 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
                         run; cuda without a GPU is refused before any work
   --json                print the result as JSON on stdout
 
-Progress and one line per projection go to stderr; the summary to stdout.
+Progress and one line per projection go to stderr; the summary to stdout. Decoder layers are numbered
+from 0, as in the tensor names (model.layers.0, ...), in both.
 `;
+
+/** The progress bar's label: "layer 3 of 0..4 gate/up  elapsed 2.1s  left 1.4s". */
+export function stepLabel(e: Extract<PipelineEvent, { type: "step" }>): string {
+  return `layer ${e.layer} of 0..${e.layers - 1} ${e.step}  elapsed ${formatSeconds(e.elapsed)}  left ${formatSeconds(e.eta)}`;
+}
+
+/** One projection's line: "layer  3 gate_proj 64->176  rel. output error 7.312e-3  loss 1.126e+0". */
+export function linearLine(r: LinearReport): string {
+  const loss = r.loss !== undefined ? `  loss ${r.loss.toExponential(3)}` : "";
+  const damp = r.damp !== undefined ? `  damp raised to ${r.damp}` : "";
+  return `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`;
+}
 
 export const quantizeCommand: Command = {
   name: "quantize",
@@ -92,25 +106,26 @@ export const quantizeCommand: Command = {
     const device = v.device ?? "auto";
     if (device !== "auto" && device !== "cuda" && device !== "cpu")
       throw new UsageError(`--device must be cuda, cpu or auto, got "${device}"`);
+    const nsamples = intOption(v.nsamples, "nsamples", undefined, 1);
+    const seqlen = intOption(v.seqlen, "seqlen", undefined, 2);
     if (v.calib === undefined && (v["calib-key"] ?? v.nsamples ?? v.seqlen) !== undefined)
       throw new UsageError("--calib-key, --nsamples and --seqlen describe --calib FILE; give it too");
-
     const req: QuantizeRequest = {
       modelDir: positionals[0],
       outDir: v.out,
       options: {
         method,
         bits: bits as Bits,
-        groupSize: intOption(v["group-size"], "group-size", 128)!,
+        groupSize: groupSizeOption(v["group-size"], "group-size", 128)!,
         sym: !v.asym,
         descAct: v["desc-act"] ?? false,
         staticGroups: v["static-groups"] ?? false,
-        damp: floatOption(v.damp, "damp", 0.01)!,
+        damp: floatOption(v.damp, "damp", 0.01, 0)!,
         clip,
         fpTarget: v["fp-target"] ?? false,
         splitRange: v["split-range"] ?? false,
         freshGroups: v["fresh-groups"] ?? false,
-        refine: intOption(v.refine, "refine", 0)!,
+        refine: intOption(v.refine, "refine", 0, 0)!,
       },
       calib:
         v.calib === undefined
@@ -118,8 +133,8 @@ export const quantizeCommand: Command = {
           : {
               file: v.calib,
               key: v["calib-key"],
-              nsamples: intOption(v.nsamples, "nsamples"),
-              seqlen: intOption(v.seqlen, "seqlen"),
+              nsamples,
+              seqlen,
             },
       format: format as QuantizeRequest["format"],
       pad,
@@ -130,19 +145,8 @@ export const quantizeCommand: Command = {
     // the bar is cleared on failure too, so the error is a line of its own
     const res = await quantizeCheckpoint(req, (e) => {
       if (e.type === "note") bar.log(e.text);
-      else if (e.type === "step")
-        bar.update(
-          e.done / e.total,
-          `layer ${e.layer + 1}/${e.layers} ${e.step}  elapsed ${formatSeconds(e.elapsed)}  left ${formatSeconds(e.eta)}`,
-        );
-      else {
-        const r = e.report;
-        const loss = r.loss !== undefined ? `  loss ${r.loss.toExponential(3)}` : "";
-        const damp = r.damp !== undefined ? `  damp raised to ${r.damp}` : "";
-        bar.log(
-          `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`,
-        );
-      }
+      else if (e.type === "step") bar.update(e.done / e.total, stepLabel(e));
+      else bar.log(linearLine(e.report));
     }).finally(() => bar.done());
     if (v.json) printJson(res);
     else {
