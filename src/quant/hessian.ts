@@ -3,6 +3,7 @@
  * running rescale (H *= n / (n + rows) before adding the new rows scaled by 2 / (n + rows)), in float64.
  * n counts input rows (tokens). Only the upper triangle is accumulated; `H` mirrors it on read.
  */
+import { checkCalibrationRows } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
 
 /** Rows transposed per step: a K x ROWS float64 panel swept against itself while it is in cache. */
@@ -40,12 +41,8 @@ export class HessianAccumulator {
   /** Adds `rows` input rows (x is rows x K row-major). */
   add(x: Float32Array, rows: number): void {
     const K = this.inFeatures;
-    if (!(Number.isInteger(rows) && rows >= 0) || x.length !== rows * K)
-      throw new GptqError(`Hessian input has ${x.length} values, expected rows x K = ${rows} x ${K}`);
+    checkCalibrationRows(x, rows, K);
     if (rows === 0) return;
-    for (let i = 0; i < x.length; i++)
-      if (!Number.isFinite(x[i]))
-        throw new GptqError(`calibration input has a non-finite value at row ${Math.floor(i / K)}`);
     const total = this.n + rows;
     const keep = this.n / total;
     const h = this.h;

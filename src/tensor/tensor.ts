@@ -107,3 +107,12 @@ export function fromFloat32(values: Float32Array, dtype: DType, shape: number[])
       throw new GptqError(`cannot store float values as ${dtype}`);
   }
 }
+
+/** Checks calibration inputs (rows x K row-major) before a Hessian takes them: the shape, and every value finite. */
+export function checkCalibrationRows(x: Float32Array, rows: number, K: number): void {
+  if (!(Number.isInteger(rows) && rows >= 0) || x.length !== rows * K)
+    throw new GptqError(`Hessian input has ${x.length} values, expected rows x K = ${rows} x ${K}`);
+  for (let i = 0; i < x.length; i++)
+    if (!Number.isFinite(x[i]))
+      throw new GptqError(`calibration input has a non-finite value at row ${Math.floor(i / K)}`);
+}

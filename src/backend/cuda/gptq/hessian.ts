@@ -2,6 +2,7 @@
  * The GPTQ Hessian H = 2/n sum_x x x^T accumulated on the GPU, batch by batch with AutoGPTQ's running
  * rescale (H *= n / (n + rows), then + 2 / (n + rows) X^T X): one fp32 GEMM per batch (cuBLAS).
  */
+import { checkCalibrationRows } from "../../../tensor/tensor.js";
 import { GptqError } from "../../../util/errors.js";
 import { Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer } from "../device.js";
@@ -28,12 +29,8 @@ export class CudaHessian {
   /** Adds `rows` input rows (x is rows x K row-major). */
   add(x: Float32Array, rows: number): void {
     const K = this.inFeatures;
-    if (!(Number.isInteger(rows) && rows >= 0) || x.length !== rows * K)
-      throw new GptqError(`Hessian input has ${x.length} values, expected rows x K = ${rows} x ${K}`);
+    checkCalibrationRows(x, rows, K);
     if (rows === 0) return;
-    for (let i = 0; i < x.length; i++)
-      if (!Number.isFinite(x[i]))
-        throw new GptqError(`calibration input has a non-finite value at row ${Math.floor(i / K)}`);
     if (!this.x || this.x.bytes < x.byteLength) {
       if (this.x) this.dev.free(this.x);
       this.x = this.dev.alloc(x.byteLength);
