@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { writeTextAtomic } from "../io/atomic.js";
 import { TensorEntry, writeSafetensors } from "../io/safetensors.js";
 import { writeCheckpointTensors } from "../io/store.js";
+import { floatsToBf16s, floatsToHalfs } from "../tensor/dtype.js";
 
 export interface SyntheticSpec {
   hiddenSize: number;
@@ -31,6 +32,35 @@ export const DEMO_SPEC: SyntheticSpec = {
   vocabSize: 256,
   seed: 1,
 };
+
+/** Llama-2 shapes (vocabulary 32000) for measurements at scale: write them with `bench/synthetic-fp.ts`. */
+export const SCALE_SPECS: Record<"llama2-7b" | "llama2-13b", SyntheticSpec> = {
+  "llama2-7b": {
+    hiddenSize: 4096,
+    intermediateSize: 11008,
+    numLayers: 32,
+    numHeads: 32,
+    numKvHeads: 32,
+    vocabSize: 32000,
+    seed: 1,
+  },
+  "llama2-13b": {
+    hiddenSize: 5120,
+    intermediateSize: 13824,
+    numLayers: 40,
+    numHeads: 40,
+    numKvHeads: 40,
+    vocabSize: 32000,
+    seed: 1,
+  },
+};
+
+export interface SyntheticWriteOptions {
+  /** stored dtype (default F32) */
+  dtype?: "F32" | "F16" | "BF16";
+  /** bytes per shard (default 5 GB, as Hugging Face writes them) */
+  maxShardBytes?: number;
+}
 
 /** A small deterministic generator (mulberry32) with a Gaussian sampler. */
 export class Rng {
@@ -96,41 +126,57 @@ export function syntheticConfig(spec: SyntheticSpec): Record<string, unknown> {
   };
 }
 
-/** Writes config.json and model.safetensors (fp32) of the synthetic model into `dir` (created if absent). */
-export function writeSyntheticLlama(dir: string, spec: SyntheticSpec = DEMO_SPEC): void {
+/**
+ * Writes config.json and the tensors (model.safetensors, or shards and an index) of the synthetic model
+ * into `dir` (created if absent). Each tensor is generated as the writer reaches it, so memory stays at the
+ * largest one (a 7B model's 500 MB embeddings in fp32), and the values are the same whatever the dtype
+ * and sharding (the generator runs in the same order).
+ */
+export function writeSyntheticLlama(
+  dir: string,
+  spec: SyntheticSpec = DEMO_SPEC,
+  opts: SyntheticWriteOptions = {},
+): void {
   const rng = new Rng(spec.seed);
+  const dtype = opts.dtype ?? "F32";
   const { hiddenSize: D, intermediateSize: I, vocabSize: V } = spec;
   const hd = D / spec.numHeads;
   const outliers = [3, Math.floor(D / 2) + 1];
   const entries: TensorEntry[] = [];
-  const add = (name: string, shape: number[], data: Float32Array) =>
-    entries.push({ name, dtype: "F32", shape, data });
-  const embed = weight(rng, V, D, 0);
-  for (let v = 0; v < V; v++) for (const c of outliers) embed[v * D + c] *= 6;
-  add("model.embed_tokens.weight", [V, D], embed);
+  const stored = (w: Float32Array) =>
+    dtype === "F32" ? w : dtype === "F16" ? floatsToHalfs(w) : floatsToBf16s(w);
+  const add = (name: string, shape: number[], make: () => Float32Array) =>
+    entries.push({ name, dtype, shape, data: () => stored(make()) });
+  add("model.embed_tokens.weight", [V, D], () => {
+    const embed = weight(rng, V, D, 0);
+    for (let v = 0; v < V; v++) for (const c of outliers) embed[v * D + c] *= 6;
+    return embed;
+  });
   for (let l = 0; l < spec.numLayers; l++) {
     const p = `model.layers.${l}`;
-    add(`${p}.input_layernorm.weight`, [D], norm(rng, D, outliers));
-    add(`${p}.self_attn.q_proj.weight`, [spec.numHeads * hd, D], weight(rng, spec.numHeads * hd, D, 3));
-    add(`${p}.self_attn.k_proj.weight`, [spec.numKvHeads * hd, D], weight(rng, spec.numKvHeads * hd, D, 3));
-    add(`${p}.self_attn.v_proj.weight`, [spec.numKvHeads * hd, D], weight(rng, spec.numKvHeads * hd, D, 3));
+    const q = spec.numHeads * hd;
+    const kv = spec.numKvHeads * hd;
+    add(`${p}.input_layernorm.weight`, [D], () => norm(rng, D, outliers));
+    add(`${p}.self_attn.q_proj.weight`, [q, D], () => weight(rng, q, D, 3));
+    add(`${p}.self_attn.k_proj.weight`, [kv, D], () => weight(rng, kv, D, 3));
+    add(`${p}.self_attn.v_proj.weight`, [kv, D], () => weight(rng, kv, D, 3));
     // Residual branches scaled down, as deep-network initialisations do, so each layer refines the stream.
-    add(
-      `${p}.self_attn.o_proj.weight`,
-      [D, spec.numHeads * hd],
-      scaled(weight(rng, D, spec.numHeads * hd, 2), 0.1),
-    );
-    add(`${p}.post_attention_layernorm.weight`, [D], norm(rng, D, outliers));
-    add(`${p}.mlp.gate_proj.weight`, [I, D], weight(rng, I, D, 3));
-    add(`${p}.mlp.up_proj.weight`, [I, D], weight(rng, I, D, 3));
-    add(`${p}.mlp.down_proj.weight`, [D, I], scaled(weight(rng, D, I, 4), 0.1));
+    add(`${p}.self_attn.o_proj.weight`, [D, q], () => scaled(weight(rng, D, q, 2), 0.1));
+    add(`${p}.post_attention_layernorm.weight`, [D], () => norm(rng, D, outliers));
+    add(`${p}.mlp.gate_proj.weight`, [I, D], () => weight(rng, I, D, 3));
+    add(`${p}.mlp.up_proj.weight`, [I, D], () => weight(rng, I, D, 3));
+    add(`${p}.mlp.down_proj.weight`, [D, I], () => scaled(weight(rng, D, I, 4), 0.1));
   }
-  add("model.norm.weight", [D], norm(rng, D, []));
+  add("model.norm.weight", [D], () => norm(rng, D, []));
   // A scaled head gives peaked next-token distributions, so quantization damage shows in perplexity.
-  add("lm_head.weight", [V, D], scaled(weight(rng, V, D, 0), 2));
+  add("lm_head.weight", [V, D], () => scaled(weight(rng, V, D, 0), 2));
   mkdirSync(dir, { recursive: true });
-  writeCheckpointTensors(dir, entries);
-  writeTextAtomic(join(dir, "config.json"), JSON.stringify(syntheticConfig(spec), null, 2) + "\n");
+  writeCheckpointTensors(dir, entries, { maxShardBytes: opts.maxShardBytes });
+  const config = {
+    ...syntheticConfig(spec),
+    torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype],
+  };
+  writeTextAtomic(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
 }
 
 /** A token file in the layout `--calib` and `eval --tokens` read: named int32 [n, seqlen] tensors. */
