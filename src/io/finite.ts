@@ -2,7 +2,11 @@
 import { DType, DTYPE_BYTES } from "../tensor/dtype.js";
 import { FLOAT_TENSOR_DTYPES, nonFiniteProblem } from "../tensor/finite.js";
 import { viewAs } from "../tensor/tensor.js";
+import { SafetensorsFile } from "./safetensors.js";
 import { TensorStore } from "./store.js";
+
+/** What a tensor's check reads: a store, or one safetensors file. */
+export type ChunkReader = Pick<TensorStore | SafetensorsFile, "info" | "readChunks">;
 
 /**
  * Why tensor `name` of `store` is not all finite ("<what> has a non-finite value (NaN) at [3, 17]; the
@@ -10,7 +14,7 @@ import { TensorStore } from "./store.js";
  * `chunkBytes` (a multiple of 8); `onBytes` hears how many bytes each piece held.
  */
 export function storedNonFinite(
-  store: TensorStore,
+  store: ChunkReader,
   name: string,
   what: string = name,
   opts: { chunkBytes?: number; onBytes?: (bytes: number) => void } = {},
