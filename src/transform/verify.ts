@@ -90,6 +90,12 @@ function shardList(
       }
       shards.push(s);
     }
+    const named = new Set(Object.values(weightMap));
+    for (const f of readdirSync(dir).sort())
+      if (f.endsWith(".safetensors") && !named.has(f))
+        problems.push({
+          problem: `shard ${f} is missing from ${INDEX_FILE}: none of its tensors are in "weight_map", so loaders never read it`,
+        });
     if (!Object.keys(weightMap).length)
       problems.push({ problem: `${INDEX_FILE}: "weight_map" lists no tensors` });
     return { shards: shards.sort(), weightMap };

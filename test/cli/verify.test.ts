@@ -211,6 +211,19 @@ test("a shard the index names but the directory lacks is refused", () => {
   );
 });
 
+test("a shard file the index does not name is refused", () => {
+  const dir = packed({ format: "gptq", maxShardBytes: 20_000 });
+  const path = join(dir, INDEX_FILE);
+  const index = JSON.parse(readFileSync(path, "utf8"));
+  const shard = shardOf(dir, "lm_head.weight").split("/").pop()!;
+  for (const [k, v] of Object.entries(index.weight_map)) if (v === shard) delete index.weight_map[k];
+  writeFileSync(path, JSON.stringify(index));
+  assertProblem(
+    dir,
+    new RegExp(`^shard ${shard.replace(/\./g, "\\.")} is missing from model\\.safetensors\\.index\\.json`),
+  );
+});
+
 test("a tensor the index places in a shard that does not store it is refused", () => {
   const dir = packed({ format: "gptq", maxShardBytes: 20_000 });
   const path = join(dir, INDEX_FILE);
