@@ -28,6 +28,8 @@ export { convertCheckpoint } from "./transform/convert.js";
 export { dequantizeCheckpoint } from "./transform/dequantize.js";
 export { splitCheckpoint, mergeCheckpoint } from "./transform/split.js";
 export { padCheckpoint } from "./transform/pad.js";
+export { verifyCheckpoint } from "./transform/verify.js";
+export type { VerifyReport, VerifyProblem } from "./transform/verify.js";
 
 // kernels: every kernel's compatibility rules, queried by `check` and by our dispatch
 export type { KernelRule, KernelQuery, KernelVerdict, DeviceCapability } from "./kernels/types.js";

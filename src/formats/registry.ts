@@ -5,6 +5,7 @@
  * A layer's `<prefix>.bias` is the same in every format and is not part of these traits.
  */
 import { DType } from "../tensor/dtype.js";
+import { nonFiniteProblem } from "../tensor/finite.js";
 import { Tensor, TypedArray, fromFloat32, toFloat32, toInt32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
 import { packUnit } from "./bitpack.js";
@@ -119,6 +120,12 @@ function expectShape(t: Tensor, want: number[], what: string): void {
     throw new GptqError(`${what} is ${JSON.stringify(t.shape)}, expected ${JSON.stringify(want)}`);
 }
 
+/** Refuses stored float data holding NaN or ±Inf, naming the tensor and the first bad index. */
+function requireFinite(t: Tensor, suffix: string): void {
+  const problem = nonFiniteProblem(suffix, t.dtype, t.shape, t.data);
+  if (problem) throw new GptqError(problem);
+}
+
 function storedScales(scales: Float32Array, dtype: DType): TypedArray {
   if (dtype !== "BF16" && dtype !== "F32") throw new GptqError(`scales cannot be stored as ${dtype}`);
   return fromFloat32(scales, dtype, [scales.length]).data;
@@ -171,6 +178,7 @@ function gptqTraits(name: "gptq" | "gptq_v2", version: GptqVersion): FormatTrait
       expectShape(qweight, [(K * bits) / 32, N], "qweight");
       expectShape(qzeros, [G, (N * bits) / 32], "qzeros");
       expectShape(scales, [G, N], "scales");
+      requireFinite(scales, "scales");
       const gIdxT = get("g_idx");
       if (gIdxT) expectShape(gIdxT, [K], "g_idx");
       const fp16 = scales.dtype === "F16";
@@ -252,6 +260,7 @@ const marlinTraits: FormatTraits = {
     expectShape(B, [K / 16, 2 * N], "B");
     expectShape(s, [G, N], "s");
     if (s.dtype !== "F16") throw new GptqError(`Marlin s must be F16, not ${s.dtype}`);
+    requireFinite(s, "s");
     return unpackMarlin({ B: toInt32(B), s: s.data as Uint16Array }, shape);
   },
   layout({ inFeatures: K, outFeatures: N, groupSize }) {

@@ -11,7 +11,9 @@ import { splitLayer } from "../formats/split.js";
 import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { openCheckpoint } from "../io/checkpoint.js";
 import { TensorStore } from "../io/store.js";
+import { storedNonFinite } from "../io/finite.js";
 import { toFloat32 } from "../tensor/tensor.js";
+import { nonFiniteProblem } from "../tensor/finite.js";
 import { GptqError } from "../util/errors.js";
 import { LlamaConfig, readLlamaConfig } from "./config.js";
 import { Rotary } from "./rope.js";
@@ -209,9 +211,13 @@ function checkFloats(store: TensorStore, name: string, shape: number[]): void {
     throw new GptqError(`${store.dir}: tensor ${name} is ${t.dtype}, expected F32, F16 or BF16`);
 }
 
+/** A float tensor checked (header, then every value finite) and widened to fp32. */
 function readFloats(store: TensorStore, name: string, shape: number[]): Float32Array {
   checkFloats(store, name, shape);
-  return toFloat32(store.read(name));
+  const t = store.read(name);
+  const problem = nonFiniteProblem(`${store.dir}: tensor ${name}`, t.dtype, t.shape, t.data);
+  if (problem) throw new GptqError(problem);
+  return toFloat32(t);
 }
 
 /** An unquantized projection: `<prefix>.weight` [N, K] and an optional `<prefix>.bias` [N]. */
@@ -525,6 +531,12 @@ export class LayerwiseLlama implements LayerSource {
       // its layer
       for (let i = 0; i < config.numLayers; i++)
         for (const [name, shape] of denseLayerTensors(config, store, i)) checkFloats(store, name, shape);
+      // and every value finite: a NaN weight would otherwise surface as NaN losses layers later
+      for (let i = 0; i < config.numLayers; i++)
+        for (const [name] of denseLayerTensors(config, store, i)) {
+          const problem = storedNonFinite(store, name, `${dir}: tensor ${name}`);
+          if (problem) throw new GptqError(problem);
+        }
       const embed = readFloats(store, "model.embed_tokens.weight", [config.vocabSize, config.hiddenSize]);
       return new LayerwiseLlama(config, store, embed, Rotary.fromConfig(config), prepare);
     } catch (e) {

@@ -2,6 +2,7 @@
  * Perplexity over all next-token predictions: exp of the mean negative log-likelihood of token t+1 given
  * tokens 0..t, over every position of every sequence (a sequence of T tokens contributes T - 1).
  */
+import { firstNonFinite, nonFiniteKind } from "../tensor/finite.js";
 import { GptqError } from "../util/errors.js";
 import { LlamaModel } from "./llama.js";
 
@@ -30,13 +31,20 @@ export function perplexity(model: LlamaModel, sequences: readonly Int32Array[]):
   const V = model.config.vocabSize;
   let nll = 0;
   let tokens = 0;
-  for (const seq of sequences) {
+  for (const [s, seq] of sequences.entries()) {
     const T = seq.length;
     if (T < 2) continue;
     const h = model.hidden(seq);
     for (let r0 = 0; r0 < T - 1; r0 += LOGIT_ROWS) {
       const rows = Math.min(LOGIT_ROWS, T - 1 - r0);
       const logits = model.logits(h.subarray(r0 * D, (r0 + rows) * D), rows);
+      const bad = firstNonFinite("F32", logits);
+      if (bad >= 0) {
+        const at = r0 + Math.floor(bad / V);
+        throw new GptqError(
+          `the logits of sequence ${s}, position ${at} hold a non-finite value (${nonFiniteKind("F32", logits, bad)}) at token ${bad % V}: the forward pass overflowed or the model's weights are corrupt; run \`gptq verify\` on the checkpoint`,
+        );
+      }
       for (let r = 0; r < rows; r++) nll += tokenNll(logits, r * V, V, seq[r0 + r + 1]);
     }
     tokens += T - 1;

@@ -6,6 +6,7 @@ import { writeTextAtomic } from "../io/atomic.js";
 import { FloatDType, dequantizeAs, dequantizeRows } from "../formats/dequantize.js";
 import { QuantizedLinear } from "../formats/types.js";
 import { DType } from "../tensor/dtype.js";
+import { firstNonFinite, indexText, nonFiniteKind } from "../tensor/finite.js";
 import { fromFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
 import { layerShape, layerTensorNames, readLayer } from "./layers.js";
@@ -65,6 +66,12 @@ export async function dequantizeCheckpoint(
             const t = out.store.read(name);
             if (t.dtype !== dtype || !sameAsStored(layer, t.data as ArrayLike<number>, dtype))
               throw new GptqError(`verification failed: ${name} differs from the dequantized source`);
+            // the scales were finite when read; a product can still overflow a 16-bit dtype
+            const bad = firstNonFinite(t.dtype, t.data);
+            if (bad >= 0)
+              throw new GptqError(
+                `${name} dequantizes to a non-finite value (${nonFiniteKind(t.dtype, t.data, bad)}) at ${indexText(t.shape, bad)}: scale x (code - zero) overflows ${TORCH_DTYPE[dtype]}; use --dtype float32`,
+              );
             verifiedLayers++;
           }
         } finally {

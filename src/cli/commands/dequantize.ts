@@ -31,7 +31,7 @@ export const dequantizeCommand: Command = {
     if (values.json) printJson({ input, output, ...r });
     else
       process.stdout.write(
-        `dequantized ${r.layers} ${r.from} layers to ${name} into ${output} (${r.shards.length} shard${r.shards.length === 1 ? "" : "s"}); all ${r.verifiedLayers} written weights checked\n`,
+        `dequantized ${r.layers} ${r.from} layers to ${name} into ${output} (${r.shards.length} shard${r.shards.length === 1 ? "" : "s"}); all ${r.verifiedLayers} written weights read back: equal to the source dequantized, and finite\n`,
       );
   },
 };

@@ -2,6 +2,7 @@ import { Command } from "../command.js";
 import { checkCommand } from "./check.js";
 import { fixConfigCommand } from "./fix-config.js";
 import { inspectCommand } from "./inspect.js";
+import { verifyCommand } from "./verify.js";
 import { convertCommand } from "./convert.js";
 import { dequantizeCommand } from "./dequantize.js";
 import { splitCommand } from "./split.js";
@@ -15,6 +16,7 @@ import { demoCommand } from "./demo.js";
 /** Every CLI command, in the order `gptq --help` lists them. */
 export const COMMANDS: Command[] = [
   inspectCommand,
+  verifyCommand,
   checkCommand,
   fixConfigCommand,
   quantizeCommand,
