@@ -11,6 +11,7 @@ import {
 import { KERNELS, findKernel } from "../../kernels/registry.js";
 import { KernelRule } from "../../kernels/types.js";
 import { Bits } from "../../formats/types.js";
+import { fixContext } from "../../model/dimensions.js";
 import { GptqError, UsageError } from "../../util/errors.js";
 
 const USAGE = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
@@ -137,7 +138,11 @@ export const checkCommand: Command = {
     } finally {
       ck.close();
     }
-    const reports = checkLayers(layers, scheme, kernels, tp, problems);
+    const fixes = fixContext(ck.dir, ck.format !== "fp", {
+      ...scheme,
+      actOrder: layers.some((l) => l.actOrder),
+    });
+    const reports = checkLayers(layers, scheme, kernels, tp, problems, fixes);
     if (values.json)
       printJson({
         format: ck.format,
@@ -168,7 +173,7 @@ export const checkCommand: Command = {
         for (const k of kernels) {
           const v = r.kernels[k.name];
           out.push(
-            `  ${k.name.padEnd(width)}  ${v.ok ? "ok" : `FAIL  ${v.reason}${v.fix ? `\n  ${" ".repeat(width)}        fix: ${v.fix}` : ""}`}`,
+            `  ${k.name.padEnd(width)}  ${v.ok ? "ok" : `FAIL  ${v.reason}${v.fix ? `\n  ${" ".repeat(width)}        fix: ${v.fix}` : ""}${v.note ? `\n  ${" ".repeat(width)}        note: ${v.note}` : ""}`}`,
           );
         }
       }
