@@ -86,7 +86,7 @@ function renderRemedy(
   const schemeChange = r.bits || r.sym || r.groupSize !== undefined || r.noActOrder;
   if (!ctx.quantizable && (schemeChange || ctx.quantized || pads.length))
     return {
-      note: `quantizing again${schemeChange ? ` with ${schemeWords(r).join(", ")}` : ""} would fix it, but ${ctx.notQuantizableWhy ?? "gptq quantize does not take this model"}`,
+      note: `${ctx.quantized ? "quantizing again" : "quantizing"}${pads.length ? " after padding" : ""}${schemeChange ? ` with ${schemeWords(r).join(", ")}` : ""} would fix it, but ${ctx.notQuantizableWhy ?? "gptq quantize does not take this model"}`,
     };
   const fp = ctx.quantized ? "<fp-model>" : ctx.dir;
   const steps: string[] = [];

@@ -71,7 +71,7 @@ export function modelFixFacts(dir: string): ModelFixFacts {
     return {
       modelType,
       llamaFamily: false,
-      why: `gptq quantize and gptq pad take Llama, Mistral and Qwen2 models only (${e.message})`,
+      why: `gptq quantize and gptq pad take Llama, Mistral and Qwen2 models only (${modelType ? `this is model_type "${modelType}"` : e.message})`,
     };
   }
 }
