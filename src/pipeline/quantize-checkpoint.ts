@@ -131,16 +131,16 @@ export async function quantizeCheckpoint(
     req.outDir,
     quantizedCheckpointBytes(req.modelDir, projectionShapes(config, plan.to, o), packing, plan),
   );
+  // calibration input is checked before anything is said about the work
+  const cal = req.calib
+    ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
+    : undefined;
+  if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
   if (plan.to !== plan.from)
     onEvent({
       type: "note",
       text: `padding intermediate_size ${plan.from} -> ${plan.to} with zeros for ${plan.target}`,
     });
-
-  const cal = req.calib
-    ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
-    : undefined;
-  if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
   const warnings: string[] = [];
   const checkScheme = { bits: o.bits, groupSize: o.groupSize, sym: o.sym };
   const written = [...projectionShapes(config, plan.to, o)].map(([name, sh]) => ({

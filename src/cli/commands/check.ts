@@ -17,8 +17,10 @@ import { GptqError, UsageError } from "../../util/errors.js";
 const USAGE = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
                   [--tp N] [--require NAME]... [--json]
 
-For every linear layer and kernel: compatible or not, the rule that fails, and a fix (pad in or out
-features to X, another group size, another kernel). Reads tensor headers and g_idx only.
+For every linear layer and kernel: compatible or not, the rule that fails, and fixes you can run: a
+gptq command (gptq pad to a multiple, gptq quantize with another group size, gptq convert to
+gptq_v2) or a kernel that takes the layer as it is; a note says what no command can change (hidden
+size, heads). Reads tensor headers and g_idx only.
 A quantized checkpoint is checked with its own scheme; an unquantized one with a planned scheme
 (default 4-bit, group 128, symmetric, no act-order), so shapes can be checked before quantizing.
 
@@ -33,7 +35,7 @@ options:
                     split in_features
   --require NAME    exit 1 unless every layer passes this kernel (repeatable)
   --json            {"format", "scheme", "tp", "layers": [{"name", "inFeatures", "outFeatures",
-                      "shard"?, "kernels": {"<kernel>": {"ok", "reason"?, "fix"?}}}]}
+                      "shard"?, "kernels": {"<kernel>": {"ok", "reason"?, "fix"?, "note"?}}}]}
 
 examples:
   gptq check ./falcon-7b --bits 4 --group-size 128 --kernel exllama --kernel marlin
