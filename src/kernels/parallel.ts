@@ -27,7 +27,7 @@ export interface Shard {
   kSplitAcrossRanks: boolean;
   tpRanks: number;
   /** set when the split dimension does not divide evenly: no kernel can run the layer then */
-  problem?: { reason: string; fix: string };
+  problem?: { reason: string; fix: string; pad: { side: "in" | "out"; to: number } };
 }
 
 /** One rank's shape of a layer split over `tp` ranks. */
@@ -43,6 +43,7 @@ export function shardShape(name: string, inFeatures: number, outFeatures: number
     shard.problem = {
       reason: `${dim}_features ${size} cannot be split evenly across ${tp} tensor-parallel ranks`,
       fix: `pad ${dim}_features to ${Math.ceil(size / tp) * tp}`,
+      pad: { side: dim, to: Math.ceil(size / tp) * tp },
     };
   return shard;
 }

@@ -9,6 +9,8 @@ import { EXLLAMA, EXLLAMA_V2 } from "./rules/exllama.js";
 import { MACHETE } from "./rules/machete.js";
 import { IST_MARLIN, VLLM_MARLIN } from "./rules/marlin.js";
 import { ORT } from "./rules/ort.js";
+import { TORCH_INT4_CPU } from "./rules/torch.js";
+import { GPTQMODEL_LOADER } from "./rules/gptqmodel.js";
 import { QuantizedLinear } from "../formats/types.js";
 import { canRun } from "./can-run.js";
 import { GPTQ_TS_KERNELS } from "./gptq-ts.js";
@@ -54,7 +56,7 @@ export function checkKernel(
     .map((k) => k.name);
   if (!others.length) return v;
   const use = `use kernel ${others.slice(0, 3).join(" or ")}`;
-  return { ...v, fix: v.fix ? `${v.fix}; or ${use}` : use };
+  return { ...v, fix: v.fix ? `${v.fix}; or ${use}` : use, alternatives: others };
 }
 
 for (const rule of [
@@ -65,6 +67,8 @@ for (const rule of [
   EXLLAMA_V2,
   CUDA_OLD,
   TRITON,
+  TORCH_INT4_CPU,
+  GPTQMODEL_LOADER,
   ORT,
   XNNPACK_A8W4,
   ...GPTQ_TS_KERNELS,

@@ -2,7 +2,9 @@
  * Building blocks of kernel rules: each rule lists the checks that fail and the changes that make the
  * layer pass, so every verdict carries the first reason and a complete fix.
  */
-import { KernelQuery, KernelVerdict } from "./types.js";
+import { KernelQuery, KernelVerdict, Remedy } from "./types.js";
+
+export type { Remedy };
 
 export function nextMultiple(x: number, m: number): number {
   return Math.ceil(x / m) * m;
@@ -15,21 +17,6 @@ function gcd(a: number, b: number): number {
 
 export function lcm(a: number, b: number): number {
   return (a / gcd(a, b)) * b;
-}
-
-/** One complete way to make a layer pass; every field set is a change to make. */
-export interface Remedy {
-  bits?: readonly number[];
-  sym?: boolean;
-  groupSize?: number;
-  /** pad in_features (of one shard) to this */
-  padIn?: number;
-  /** pad out_features (of one shard) to this */
-  padOut?: number;
-  /** drop act-order: quantize without desc_act, or with static groups */
-  noActOrder?: boolean;
-  /** a free-form change no field above covers */
-  other?: string;
 }
 
 function ranks(q: KernelQuery): number {
@@ -59,8 +46,9 @@ export function describeRemedy(q: KernelQuery, r: Remedy): string {
 export function verdict(q: KernelQuery, failures: string[], remedies: Remedy[]): KernelVerdict {
   if (!failures.length) return { ok: true };
   const fixes = remedies.map((r) => describeRemedy(q, r)).filter((f) => f.length > 0);
+  const kept = remedies.filter((r) => describeRemedy(q, r).length > 0);
   return fixes.length
-    ? { ok: false, reason: failures[0], fix: fixes.join("; or ") }
+    ? { ok: false, reason: failures[0], fix: fixes.join("; or "), remedies: kept }
     : { ok: false, reason: failures[0] };
 }
 

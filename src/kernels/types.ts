@@ -2,7 +2,7 @@
  * The compatibility rules of a matmul kernel (ours or the ecosystem's), in one shape: `check` lists
  * every registered kernel's verdict for every layer, and our own dispatch asks the same question.
  */
-import { Bits, QuantizedLinear } from "../formats/types.js";
+import { Bits, QuantizedLinear, StoredFormat } from "../formats/types.js";
 
 /** What a kernel is asked to run: one layer's shape (of one tensor-parallel shard) and its scheme. */
 export interface KernelQuery {
@@ -23,12 +23,48 @@ export interface KernelQuery {
   tpRanks?: number;
 }
 
+/** One complete way to make a layer pass; every field set is a change to make. */
+export interface Remedy {
+  bits?: readonly number[];
+  sym?: boolean;
+  groupSize?: number;
+  /** pad in_features (of one shard) to this */
+  padIn?: number;
+  /** pad out_features (of one shard) to this */
+  padOut?: number;
+  /** drop act-order: quantize without desc_act, or with static groups */
+  noActOrder?: boolean;
+  /** a free-form change no field above covers */
+  other?: string;
+}
+
 export interface KernelVerdict {
   ok: boolean;
   /** the first rule that fails, in words ("in_features 4544 is not a multiple of 128") */
   reason?: string;
   /** what makes it pass ("pad in_features to 4608", "use group size 64", "use kernel exllama") */
   fix?: string;
+  /**
+   * the changes behind `fix`, best first, for callers that know the model and can spell each as a
+   * command (`check`); `fix` says them in words without that knowledge
+   */
+  remedies?: Remedy[];
+  /** other kernels that accept the layer as it is (set by `checkKernel`) */
+  alternatives?: string[];
+  /** why no change can be offered, or what a fix cannot do (printed after the fix) */
+  note?: string;
+}
+
+/**
+ * What a loader sees of a whole quantized checkpoint beyond its layers' shapes: the stored format,
+ * the scheme and who wrote it (GPTQModel's `meta.quantizer`).
+ */
+export interface CheckpointFacts {
+  dir: string;
+  format: StoredFormat;
+  sym: boolean;
+  /** `meta.quantizer` of the quantization config, as written (e.g. ["gptqmodel:2.1.0"]); [] when absent */
+  quantizer: string[];
 }
 
 /** The GPU a kernel would run on. */
@@ -55,4 +91,9 @@ export interface KernelRule {
   supportsLayer?(layer: QuantizedLinear): KernelVerdict;
   /** the GPU it needs; absent when any GPU it is built for will do. Asked by `canRun` given a device. */
   supportsDevice?(device: DeviceCapability): KernelVerdict;
+  /**
+   * A loader's rules on the checkpoint as a whole (the format, who wrote it), whatever the shapes;
+   * absent when it has none. Asked by `check` for a quantized checkpoint.
+   */
+  supportsCheckpoint?(ck: CheckpointFacts): KernelVerdict;
 }

@@ -74,6 +74,23 @@ export function formatTarget(format: CheckpointFormat, scheme: QuantScheme): Pad
   };
 }
 
+/**
+ * `target` and full groups: the group size divides the intermediate size, so down_proj has no partial
+ * last group (torch's CPU int4 kernel, ExLlama, Machete and ExecuTorch refuse one). Other dimensions
+ * are left as they are: padding cannot change them.
+ */
+export function fullGroupsTarget(target: PadTarget, groupSize: number): PadTarget {
+  if (groupSize === -1) return target;
+  return {
+    describe: `${target.describe} and full groups of ${groupSize}`,
+    problem: (s) =>
+      target.problem(s) ??
+      (s.linear === "down_proj" && s.inFeatures % groupSize
+        ? `group size ${groupSize} does not divide in_features ${s.inFeatures} (a partial last group)`
+        : undefined),
+  };
+}
+
 export interface PadPlan {
   dimension: "intermediate_size";
   from: number;

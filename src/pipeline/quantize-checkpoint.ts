@@ -9,13 +9,20 @@ import { detectFormat } from "../io/checkpoint.js";
 import { checkOutputDir } from "../io/output.js";
 import { LlamaConfig, readLlamaConfig } from "../model/config.js";
 import { LINEAR_MODULE, LayerwiseLlama } from "../model/llama.js";
-import { PadPlan, decoderLinearShapes, formatTarget, planPadding } from "../model/pad-plan.js";
+import {
+  PadPlan,
+  decoderLinearShapes,
+  formatTarget,
+  fullGroupsTarget,
+  planPadding,
+} from "../model/pad-plan.js";
 import { checkOutputPath } from "../transform/rewrite.js";
 import { LayerShape } from "../formats/gptq.js";
 import { padLayerIntermediate } from "../model/padding.js";
 import { CudaDevice } from "../backend/cuda/device.js";
 import { GptqError } from "../util/errors.js";
 import { CalibrationRequest, loadCalibration } from "./calibration.js";
+import { RuntimeSummary, marlinWarning, runtimeSummary } from "./runtimes.js";
 import {
   LinearReport,
   PipelineEvent,
@@ -65,6 +72,8 @@ export interface QuantizeResult {
   reports: LinearReport[];
   /** what the user should know about the result (too few calibration tokens...); also sent as notes */
   warnings: string[];
+  /** the kernels and loaders (the kernel registry's) that accept every layer written, and the others */
+  runtimes: RuntimeSummary;
 }
 
 export type QuantizeEvent = PipelineEvent | { type: "note"; text: string };
@@ -110,7 +119,8 @@ export async function quantizeCheckpoint(
   // a scheme it cannot hold at all (Marlin with group 32, say) fails here too, before any work.
   const packing: CheckpointFormat = req.format === "auto" ? "gptq" : req.format;
   const scheme = { bits: o.bits, groupSize: o.groupSize, sym: o.sym, descAct: o.descAct };
-  const plan = planPadding(config, formatTarget(packing, scheme));
+  // and full groups along the intermediate, which the most runtimes accept (see fullGroupsTarget)
+  const plan = planPadding(config, fullGroupsTarget(formatTarget(packing, scheme), scheme.groupSize));
   if (req.pad === "none" && plan.to !== plan.from)
     throw new GptqError(
       `intermediate_size ${plan.from} does not fit ${plan.target} (${plan.to} would); use --pad auto to zero-pad it (the model's function is unchanged)`,
@@ -121,17 +131,29 @@ export async function quantizeCheckpoint(
     req.outDir,
     quantizedCheckpointBytes(req.modelDir, projectionShapes(config, plan.to, o), packing, plan),
   );
+  // calibration input is checked before anything is said about the work
+  const cal = req.calib
+    ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
+    : undefined;
+  if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
   if (plan.to !== plan.from)
     onEvent({
       type: "note",
       text: `padding intermediate_size ${plan.from} -> ${plan.to} with zeros for ${plan.target}`,
     });
-
-  const cal = req.calib
-    ? loadCalibration({ ...req.calib, modelDir: req.modelDir, vocabSize: config.vocabSize })
-    : undefined;
-  if (cal) onEvent({ type: "note", text: `calibration: ${cal.source}` });
   const warnings: string[] = [];
+  const checkScheme = { bits: o.bits, groupSize: o.groupSize, sym: o.sym };
+  const written = [...projectionShapes(config, plan.to, o)].map(([name, sh]) => ({
+    name,
+    inFeatures: sh.inFeatures,
+    outFeatures: sh.outFeatures,
+    actOrder: o.descAct && !o.staticGroups,
+  }));
+  const marlin = req.format === "marlin" ? marlinWarning(written, checkScheme) : undefined;
+  if (marlin) {
+    warnings.push(marlin);
+    onEvent({ type: "note", text: `warning: ${marlin}` });
+  }
   const few = cal && o.method === "gptq" ? fewTokensWarning(config, plan.to, cal.sequences) : undefined;
   if (few) {
     warnings.push(few);
@@ -191,6 +213,7 @@ export async function quantizeCheckpoint(
     seconds: (Date.now() - t0) / 1000,
     reports,
     warnings,
+    runtimes: runtimeSummary(req.outDir, chosen.format, written, checkScheme, quantConfig.meta),
   };
 }
 

@@ -22,7 +22,7 @@ interface Report {
     name: string;
     inFeatures: number;
     outFeatures: number;
-    kernels: Record<string, { ok: boolean; reason?: string; fix?: string }>;
+    kernels: Record<string, { ok: boolean; reason?: string; fix?: string; note?: string }>;
   }[];
 }
 
@@ -74,16 +74,29 @@ test("Falcon-7B, planned 4-bit group 128: exllama wants group 64 or in 4608, Mar
     dense.kernels.exllama.reason,
     "group size 128 does not divide in_features 4544 (no partial groups)",
   );
-  assert.match(dense.kernels.exllama.fix!, /^use group size 64; or pad in_features to 4608; or use kernel /);
+  // Falcon: gptq quantize and pad do not take it, and hidden_size is under LayerNorm: kernels only, and why
+  assert.match(dense.kernels.exllama.fix!, /^use kernel [a-z0-9-]+( or [a-z0-9-]+)*$/);
+  assert.match(dense.kernels.exllama.note!, /^quantizing with group size 64 would fix it, but gptq quantize/);
+  assert.match(
+    dense.kernels.exllama.note!,
+    /in_features 4544 is num_attention_heads x head_dim, which cannot be padded to 4608: padding head_dim/,
+  );
+  assert.match(
+    layer(rep, "dense_h_to_4h").kernels.exllama.note!,
+    /in_features 4544 is hidden_size, which cannot be padded to 4608: LayerNorm takes the mean and variance/,
+  );
   assert.equal(dense.kernels.marlin.reason, "in_features 4544 is not a multiple of 128");
-  assert.match(dense.kernels.marlin.fix!, /^pad in_features to 4608/);
+  assert.match(
+    dense.kernels.marlin.note!,
+    /^in_features 4544 is num_attention_heads x head_dim, which cannot be padded to 4608/,
+  );
   assert.equal(layer(rep, "dense_4h_to_h").kernels.marlin.ok, true);
   assert.equal(layer(rep, "dense_4h_to_h").kernels.exllama.ok, true);
   const g64 = checkJson(dir, "--group-size", "64", "--kernel", "exllama");
   assert.ok(g64.layers.every((l) => l.kernels.exllama.ok && Object.keys(l.kernels).length === 1));
   const r = gptq("check", dir, "--require", "exllama");
   assert.match(assertOneLineError(r, 1), /^gptq check: error: 3 of 4 layers fail kernel exllama \(first: /);
-  assert.match(r.stdout, /fix: use group size 64; or pad in_features to 4608/, "the report is still printed");
+  assert.match(r.stdout, /note: quantizing with group size 64 would fix it/, "the report is still printed");
 });
 
 test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256, vLLM Marlin fails down_proj at tp 2", () => {
@@ -92,7 +105,18 @@ test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256,
   const dir = writeCheckpointDir(
     join(root, "qwen14b-gptq"),
     layers.flatMap((l) => gptqEntries(l, { bits: 4, groupSize: 128, sym: true, version: "v1" })),
-    { "quantize_config.json": { bits: 4, group_size: 128, sym: true, desc_act: false } },
+    {
+      "quantize_config.json": { bits: 4, group_size: 128, sym: true, desc_act: false },
+      "config.json": {
+        model_type: "qwen2",
+        hidden_size: 5120,
+        intermediate_size: 13696,
+        num_attention_heads: 40,
+        num_key_value_heads: 40,
+        num_hidden_layers: 1,
+        vocab_size: 152064,
+      },
+    },
   );
   const one = checkJson(dir);
   assert.deepEqual((one as unknown as { scheme: object }).scheme, {
@@ -107,13 +131,20 @@ test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256,
   );
   const up = layer(one, "up_proj").kernels["marlin-ist"];
   assert.deepEqual([up.ok, up.reason], [false, "out_features 13696 is not a multiple of 256"]);
-  assert.match(up.fix!, /^pad out_features to 13824/);
+  // quantized: padding means quantizing the unquantized model again, padded
+  assert.match(
+    up.fix!,
+    /^re-quantize from the unquantized model: gptq pad <fp-model> <padded> --multiple 256, then gptq quantize <padded> --out <out> --bits 4 --group-size 128; or use kernel /,
+  );
   const down = layer(one, "down_proj").kernels["marlin-ist"];
   assert.equal(down.ok, true, "down_proj: in 13696 % 128 == 0 and out 5120 % 256 == 0");
   const tp2 = checkJson(dir, "--tp", "2", "--kernel", "marlin");
   const d = layer(tp2, "down_proj").kernels.marlin;
   assert.deepEqual([d.ok, d.reason], [false, "in_features 6848 is not a multiple of 128"]);
-  assert.match(d.fix!, /^pad in_features to 13824 \(6912 per rank\)/);
+  assert.match(
+    d.fix!,
+    /^re-quantize from the unquantized model: gptq pad <fp-model> <padded> --multiple 256, then /,
+  );
   assert.equal(layer(tp2, "up_proj").kernels.marlin.ok, true, "column-parallel: 6848 outputs per rank, % 64");
   assert.equal(layer(tp2, "o_proj").kernels.marlin.ok, true, "row-parallel: 2560 inputs per rank");
   const r = gptq("check", dir, "--tp", "2", "--require", "marlin");
@@ -123,19 +154,33 @@ test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256,
   );
   assert.match(
     gptq("check", dir, "--tp", "3").stdout,
-    /q_proj: in 5120, out 5120.*\n.*FAIL  out_features 5120 cannot be split evenly across 3 tensor-parallel ranks\n.*fix: pad out_features to 5121/,
+    /q_proj: in 5120, out 5120.*\n.*FAIL  out_features 5120 cannot be split evenly across 3 tensor-parallel ranks\n.*note: out_features 5120 is num_attention_heads x head_dim, which cannot be padded to 5121: padding head_dim/,
   );
 });
 
 test("a 288-wide model with group 256", () => {
   const layers = llamaLayers(0, 288, 768, 288);
-  const dir = writeCheckpointDir(join(root, "w288"), layers.flatMap(fpEntries));
+  const dir = writeCheckpointDir(join(root, "w288"), layers.flatMap(fpEntries), {
+    "config.json": {
+      model_type: "llama",
+      hidden_size: 288,
+      intermediate_size: 768,
+      num_attention_heads: 6,
+      num_hidden_layers: 1,
+      vocab_size: 32000,
+    },
+  });
   const rep = checkJson(dir, "--group-size", "256");
   const q = layer(rep, "q_proj").kernels;
   assert.equal(q.exllama.reason, "group size 256 does not divide in_features 288 (no partial groups)");
-  assert.match(q.exllama.fix!, /^use group size 32; or pad in_features to 512/);
+  assert.match(
+    q.exllama.fix!,
+    new RegExp(`^gptq quantize ${dir} --out <out> --bits 4 --group-size 32; or use kernel `),
+  );
+  assert.match(q.exllama.note!, /^in_features 288 is hidden_size, which cannot be padded to 512: RMSNorm/);
   assert.equal(q.marlin.reason, "group size 256 is not supported (only -1, 32, 64 or 128)");
-  assert.match(q.marlin.fix!, /^use group size 128 and pad in_features to 384 and pad out_features to 320/);
+  assert.match(q.marlin.fix!, /^use kernel /);
+  assert.match(q.marlin.note!, /^in_features 288 is hidden_size, which cannot be padded to 384/);
   assert.equal(q["xnnpack-a8w4"].ok, false);
   assert.equal(q.ort.ok, true);
   const down = layer(rep, "down_proj").kernels;
@@ -189,7 +234,7 @@ test("vLLM's Marlin is not chosen when config.json's section lacks sym or desc_a
     ok: false,
     reason:
       "the quantization config does not spell out sym, desc_act, so vLLM will not choose its gptq_marlin kernels",
-    fix: `run \`gptq fix-config ${dir}\``,
+    fix: `gptq fix-config ${dir}`,
   });
   assert.equal(v.exllama.ok, true);
   assert.match(gptq("inspect", dir).stdout, /does not spell out sym, desc_act \(defaults assumed\)/);
@@ -218,12 +263,9 @@ test("a Marlin-packed checkpoint: only the Marlin-file loader reads it as is; th
     ok: false,
     reason:
       "the checkpoint is Marlin-packed (B, s); this kernel's loader reads GPTQ tensors (qweight, qzeros, scales)",
-    fix: `convert it first: gptq convert ${dir} <out> --to gptq`,
+    fix: `gptq convert ${dir} <out> --to gptq`,
   });
   assert.ok(layer(rep, "q_proj").kernels["marlin-ist"].ok);
   const down = layer(checkJson(dir, "--kernel", "marlin", "--tp", "2"), "down_proj").kernels.marlin;
-  assert.match(
-    down.fix!,
-    /^convert it first: gptq convert .* --to gptq, then pad in_features to 13824 \(6912 per rank\)/,
-  );
+  assert.match(down.fix!, /^gptq convert .* --to gptq, then use kernel /);
 });

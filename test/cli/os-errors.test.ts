@@ -335,7 +335,7 @@ test("too few calibration tokens for a layer's in_features: quantize warns on st
   const r = gptq("quantize", fp, "--out", out, "--calib", tokens, "--calib-key", "one_sequence", "--json");
   assert.equal(r.code, 0, r.stderr);
   const want =
-    /^16 calibration tokens are fewer than the in_features of q_proj \(32\), k_proj \(32\), v_proj \(32\), o_proj \(32\), gate_proj \(32\), up_proj \(32\), down_proj \(48\) in every layer: .*rank-deficient.*; give at least 48 tokens/;
+    /^16 calibration tokens are fewer than the in_features of q_proj \(32\), k_proj \(32\), v_proj \(32\), o_proj \(32\), gate_proj \(32\), up_proj \(32\), down_proj \(128\) in every layer: .*rank-deficient.*; give at least 128 tokens/;
   const res = JSON.parse(r.stdout);
   assert.equal(res.warnings.length, 1);
   assert.match(res.warnings[0], want);

@@ -61,6 +61,7 @@ test("dispatch picks by the same rule: W4A16 on sm_90, dequant below, a forced W
     ok: false,
     reason: "needs sm_90 or later, this GPU is sm_80",
     fix: "run it on an sm_90 or later GPU (H100, H200); or use kernel gptq-ts-dequant",
+    alternatives: ["gptq-ts-dequant"],
   });
   // without a device or data, `check`'s verdict is the query's (with the kernels that run it as it is)
   const q3 = { ...q, bits: 3 as const };

@@ -1,7 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KernelRule } from "../../src/kernels/types.js";
-import { kernelTarget, multipleTarget, planPadding } from "../../src/model/pad-plan.js";
+import {
+  formatTarget,
+  fullGroupsTarget,
+  kernelTarget,
+  multipleTarget,
+  planPadding,
+} from "../../src/model/pad-plan.js";
 import { STORIES_CONFIG } from "../helpers/configs.js";
 
 const STORIES = STORIES_CONFIG;
@@ -45,4 +51,15 @@ test("refuses to pad hidden_size, naming the dimension, the layer, the rule and 
   // the key/value width (4 heads x 8) fails an N % 64 rule while hidden (64) passes
   const n64 = kernelTarget(rule("n64", 16, 64), SCHEME);
   assert.throws(() => planPadding(STORIES, n64), /k_proj.*num_key_value_heads x head_dim = 32.*head_dim/);
+});
+
+test("--pad auto's target: the packing and full groups, so stories260K's 172 becomes 192 at group 32 (not 176)", () => {
+  const scheme = { bits: 4 as const, groupSize: 32, sym: true, descAct: false };
+  assert.equal(planPadding(STORIES, formatTarget("gptq", scheme)).to, 176, "packing alone");
+  const plan = planPadding(STORIES, fullGroupsTarget(formatTarget("gptq", scheme), 32));
+  assert.equal(plan.to, 192);
+  assert.equal(plan.target, "gptq 4-bit packing and full groups of 32");
+  assert.equal(planPadding(STORIES, fullGroupsTarget(formatTarget("gptq", scheme), 128)).to, 256);
+  // group -1: one group over K, always full
+  assert.equal(planPadding(STORIES, fullGroupsTarget(formatTarget("gptq", scheme), -1)).to, 176);
 });

@@ -11,13 +11,16 @@ import {
 import { KERNELS, findKernel } from "../../kernels/registry.js";
 import { KernelRule } from "../../kernels/types.js";
 import { Bits } from "../../formats/types.js";
+import { fixContext } from "../../model/dimensions.js";
 import { GptqError, UsageError } from "../../util/errors.js";
 
 const USAGE = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
                   [--tp N] [--require NAME]... [--json]
 
-For every linear layer and kernel: compatible or not, the rule that fails, and a fix (pad in or out
-features to X, another group size, another kernel). Reads tensor headers and g_idx only.
+For every linear layer and kernel: compatible or not, the rule that fails, and fixes you can run: a
+gptq command (gptq pad to a multiple, gptq quantize with another group size, gptq convert to
+gptq_v2) or a kernel that takes the layer as it is; a note says what no command can change (hidden
+size, heads). Reads tensor headers and g_idx only.
 A quantized checkpoint is checked with its own scheme; an unquantized one with a planned scheme
 (default 4-bit, group 128, symmetric, no act-order), so shapes can be checked before quantizing.
 
@@ -32,7 +35,7 @@ options:
                     split in_features
   --require NAME    exit 1 unless every layer passes this kernel (repeatable)
   --json            {"format", "scheme", "tp", "layers": [{"name", "inFeatures", "outFeatures",
-                      "shard"?, "kernels": {"<kernel>": {"ok", "reason"?, "fix"?}}}]}
+                      "shard"?, "kernels": {"<kernel>": {"ok", "reason"?, "fix"?, "note"?}}}]}
 
 examples:
   gptq check ./falcon-7b --bits 4 --group-size 128 --kernel exllama --kernel marlin
@@ -137,7 +140,11 @@ export const checkCommand: Command = {
     } finally {
       ck.close();
     }
-    const reports = checkLayers(layers, scheme, kernels, tp, problems);
+    const fixes = fixContext(ck.dir, ck.format !== "fp", {
+      ...scheme,
+      actOrder: layers.some((l) => l.actOrder),
+    });
+    const reports = checkLayers(layers, scheme, kernels, tp, problems, fixes);
     if (values.json)
       printJson({
         format: ck.format,
@@ -168,7 +175,7 @@ export const checkCommand: Command = {
         for (const k of kernels) {
           const v = r.kernels[k.name];
           out.push(
-            `  ${k.name.padEnd(width)}  ${v.ok ? "ok" : `FAIL  ${v.reason}${v.fix ? `\n  ${" ".repeat(width)}        fix: ${v.fix}` : ""}`}`,
+            `  ${k.name.padEnd(width)}  ${v.ok ? "ok" : `FAIL  ${v.reason}${v.fix ? `\n  ${" ".repeat(width)}        fix: ${v.fix}` : ""}${v.note ? `\n  ${" ".repeat(width)}        note: ${v.note}` : ""}`}`,
           );
         }
       }

@@ -6,6 +6,7 @@ import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-che
 import { LinearReport, PipelineEvent } from "../../pipeline/quantize-model.js";
 import { DEFAULT_CALIB_KEY } from "../../pipeline/calibration.js";
 import { Bits } from "../../formats/types.js";
+import { RuntimeSummary } from "../../pipeline/runtimes.js";
 
 const USAGE = `usage: gptq quantize <model-dir> --out <dir> [options]
 
@@ -54,6 +55,12 @@ export function linearLine(r: LinearReport): string {
   const loss = r.loss !== undefined ? `  loss ${r.loss.toExponential(3)}` : "";
   const damp = r.damp !== undefined ? `  damp raised to ${r.damp}` : "";
   return `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`;
+}
+
+/** "runtimes: every layer runs in a, b; not in c (3/35), d (0/35) (gptq check <out> says why)". */
+export function runtimesLine(r: RuntimeSummary, out: string): string {
+  const not = r.refuse.map((x) => `${x.name} (${x.layersOk}/${x.layers})`);
+  return `runtimes: every layer runs in ${r.accept.length ? r.accept.join(", ") : "none of the known kernels"}${not.length ? `; not in ${not.join(", ")} (gptq check ${out} says why)` : ""}`;
 }
 
 export const quantizeCommand: Command = {
@@ -161,6 +168,7 @@ export const quantizeCommand: Command = {
             : `padding: intermediate_size ${res.pad.from} -> ${res.pad.to} with zeros for ${res.pad.target} (function unchanged)`
           : "padding: off",
         `mean relative ${res.errorOf === "outputs" ? "output" : "weight"} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
+        runtimesLine(res.runtimes, res.out),
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
       process.stdout.write(lines.join("\n") + "\n");
