@@ -1,8 +1,8 @@
 /**
  * Fixes as things a user can do: the structured remedies of a kernel verdict spelled, for one model,
  * as gptq-ts commands (`gptq pad ... --multiple N`, `gptq quantize ... --group-size 64`) or kernels that
- * accept the layer as it is. A remedy that needs a dimension gptq-ts cannot pad (hidden_size, heads) is
- * not offered; the verdict's note says why instead.
+ * accept the layer as it is. A remedy that needs a dimension gptq-ts cannot pad (heads; hidden_size under
+ * LayerNorm) is not offered; the verdict's note says why instead.
  */
 import { nextMultiple } from "./remedy.js";
 import { KernelQuery, KernelVerdict, Remedy } from "./types.js";
@@ -13,6 +13,8 @@ export interface ModelDimension {
   name: string;
   /** `gptq pad` can zero-pad it keeping the function */
   paddable: boolean;
+  /** the `gptq pad` option that pads it (default --multiple: the MLP intermediate) */
+  padFlag?: "--multiple" | "--hidden-multiple";
   /** why it cannot be padded (when not paddable) */
   why?: string;
 }
@@ -69,7 +71,7 @@ function renderRemedy(
 ): Rendered {
   if (r.other) return { note: r.other };
   const ranks = q.tpRanks ?? 1;
-  const pads: { multiple: number; to: number; dim: string }[] = [];
+  const pads: { multiple: number; to: number; dim: string; flag: string }[] = [];
   for (const side of ["in", "out"] as const) {
     const perRank = side === "in" ? r.padIn : r.padOut;
     if (perRank === undefined) continue;
@@ -81,7 +83,7 @@ function renderRemedy(
       return {
         note: `${side}_features ${size}${dim ? ` is ${dim.name}, which` : ""} cannot be padded to ${to}: ${dim?.why ?? "gptq pad does not know this layer's dimension"}`,
       };
-    pads.push({ multiple: padMultiple(size, to), to, dim: dim.name });
+    pads.push({ multiple: padMultiple(size, to), to, dim: dim.name, flag: dim.padFlag ?? "--multiple" });
   }
   const schemeChange = r.bits || r.sym || r.groupSize !== undefined || r.noActOrder;
   if (!ctx.quantizable && (schemeChange || ctx.quantized || pads.length))
@@ -92,9 +94,11 @@ function renderRemedy(
   const steps: string[] = [];
   let src = fp;
   if (pads.length) {
-    const multiple = Math.max(...pads.map((p) => p.multiple));
+    const flags = [...new Set(pads.map((p) => p.flag))].map(
+      (flag) => `${flag} ${Math.max(...pads.filter((p) => p.flag === flag).map((p) => p.multiple))}`,
+    );
     src = "<padded>";
-    steps.push(`gptq pad ${fp} ${src} --multiple ${multiple}`);
+    steps.push(`gptq pad ${fp} ${src} ${flags.join(" ")}`);
   }
   if (!pads.length && !schemeChange && !ctx.quantized) return {};
   steps.push(`gptq quantize ${src} --out <out> ${quantizeFlags(ctx, r)}`);

@@ -83,10 +83,17 @@ export function layerDimension(
   side: "in" | "out",
 ): ModelDimension | undefined {
   const last = layer.split(".").pop() ?? layer;
-  const norm = LAYER_NORM.has(m.modelType)
-    ? "LayerNorm takes the mean and variance over every hidden channel, so zero channels would change its output"
-    : "RMSNorm averages over every hidden channel, so zero channels would change its output";
-  const hidden: ModelDimension = { name: "hidden_size", paddable: false, why: norm };
+  // RMSNorm over zero channels is kept exact by gptq pad --hidden-multiple (eps and norm weights rescaled);
+  // LayerNorm subtracts the mean, which turns the zero channels non-zero
+  const hidden: ModelDimension = LAYER_NORM.has(m.modelType)
+    ? {
+        name: "hidden_size",
+        paddable: false,
+        why: "LayerNorm takes the mean and variance over every hidden channel, so zero channels would change its output (subtracting the mean makes them non-zero)",
+      }
+    : m.llamaFamily
+      ? { name: "hidden_size", paddable: true, padFlag: "--hidden-multiple" }
+      : { name: "hidden_size", paddable: false, why: m.why ?? "gptq pad does not rewrite this model" };
   const heads = (what: string): ModelDimension => ({
     name: what,
     paddable: false,

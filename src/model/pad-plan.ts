@@ -1,8 +1,9 @@
 /**
- * Planning the zero-padding that keeps a Llama-family model's function exactly: only the MLP intermediate
- * dimension can be padded (see padding.ts). Given a target (a packing format, a kernel's rules or a plain
+ * Planning the zero-padding of a Llama-family model's MLP intermediate dimension, which keeps its function
+ * exactly (see padding.ts). Given a target (a packing format, a kernel's rules or a plain
  * multiple), finds the smallest intermediate size that makes every layer fit; for dimensions padding
- * cannot change (hidden_size, the head dimension) says so and names what would fit instead.
+ * cannot change (the head dimension) says so and names what would fit instead; hidden_size is padded
+ * separately (`gptq pad --hidden-multiple`).
  */
 import { GptqError } from "../util/errors.js";
 import { KernelQuery, KernelRule } from "../kernels/types.js";
@@ -105,11 +106,16 @@ function searchLimit(I: number): number {
 }
 
 /** The model dimension behind a layer's in (K) or out (N) side. */
-function dimensionOf(d: LlamaConfig, s: LinearShape, side: "in" | "out"): { dim: string; why: string } {
+function dimensionOf(
+  d: LlamaConfig,
+  s: LinearShape,
+  side: "in" | "out",
+): { dim: string; why: string; paddable?: string } {
   const headWhy = "attention scales scores by 1/sqrt(head_dim) and rotary frequencies depend on head_dim";
   const hidden = {
     dim: `hidden_size ${d.hiddenSize}`,
-    why: "RMSNorm averages over every hidden channel, so zero channels would change its output",
+    why: "",
+    paddable: "add --hidden-multiple N to pad it too (zero channels; RMSNorm is kept exact)",
   };
   const q = { dim: `num_attention_heads x head_dim = ${d.numHeads * d.headDim}`, why: headWhy };
   const kv = { dim: `num_key_value_heads x head_dim = ${d.numKvHeads * d.headDim}`, why: headWhy };
@@ -131,7 +137,11 @@ function dimensionOf(d: LlamaConfig, s: LinearShape, side: "in" | "out"): { dim:
 }
 
 /** Which side a rule's reason is about (kernel rules say "in_features ..." or "out_features ..."). */
-function blame(d: LlamaConfig, s: LinearShape, problem: string): { dim: string; why: string } | undefined {
+function blame(
+  d: LlamaConfig,
+  s: LinearShape,
+  problem: string,
+): { dim: string; why: string; paddable?: string } | undefined {
   if (/out_features|\bN\b/.test(problem)) return dimensionOf(d, s, "out");
   if (/in_features|\bK\b/.test(problem)) return dimensionOf(d, s, "in");
   return undefined; // a bits, group or scheme rule: no shape to pad
@@ -170,7 +180,9 @@ export function planPadding(d: LlamaConfig, target: PadTarget, alternatives: Pad
   throw new GptqError(
     `cannot pad for ${target.describe}: ${failing.linear} (${failing.inFeatures} -> ${failing.outFeatures}) fails: ${problem}; ` +
       (b
-        ? `that is ${b.dim}, which padding cannot change without changing the model (${b.why})`
+        ? b.paddable
+          ? `that is ${b.dim}: ${b.paddable}`
+          : `that is ${b.dim}, which padding cannot change without changing the model (${b.why})`
         : "padding does not change that") +
       (alternatives.length
         ? ok.length

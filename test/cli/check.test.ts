@@ -175,12 +175,18 @@ test("a 288-wide model with group 256", () => {
   assert.equal(q.exllama.reason, "group size 256 does not divide in_features 288 (no partial groups)");
   assert.match(
     q.exllama.fix!,
-    new RegExp(`^gptq quantize ${dir} --out <out> --bits 4 --group-size 32; or use kernel `),
+    new RegExp(
+      `^gptq quantize ${dir} --out <out> --bits 4 --group-size 32; or gptq pad ${dir} <padded> --hidden-multiple 256, then gptq quantize <padded> --out <out> --bits 4 --group-size 256; or use kernel `,
+    ),
   );
-  assert.match(q.exllama.note!, /^in_features 288 is hidden_size, which cannot be padded to 512: RMSNorm/);
+  // hidden_size is padded keeping RMSNorm exact (gptq pad --hidden-multiple): no note
+  assert.equal(q.exllama.note, undefined);
   assert.equal(q.marlin.reason, "group size 256 is not supported (only -1, 32, 64 or 128)");
   assert.match(q.marlin.fix!, /^use kernel /);
-  assert.match(q.marlin.note!, /^in_features 288 is hidden_size, which cannot be padded to 384/);
+  assert.match(
+    q.marlin.note!,
+    /^out_features 288 is num_attention_heads x head_dim, which cannot be padded to 320/,
+  );
   assert.equal(q["xnnpack-a8w4"].ok, false);
   assert.equal(q.ort.ok, true);
   const down = layer(rep, "down_proj").kernels;

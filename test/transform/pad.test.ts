@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeCheckpointTensors, TensorStore } from "../../src/io/store.js";
-import { readLlamaConfig } from "../../src/model/config.js";
+import { parseLlamaConfig, readLlamaConfig } from "../../src/model/config.js";
 import { LlamaModel } from "../../src/model/llama.js";
 import { multipleTarget, planPadding } from "../../src/model/pad-plan.js";
 import { padCheckpoint } from "../../src/transform/pad.js";
@@ -136,6 +136,55 @@ test(
       assert.equal(b.config.intermediateSize, 176);
       const tokens = Int32Array.from({ length: 64 }, (_, i) => (i * 37 + 1) % 512);
       assert.deepEqual(b.forward(tokens), a.forward(tokens));
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  },
+);
+
+test(
+  "stories260K with hidden_size padded 64 -> 96 (and the intermediate 172 -> 192): the same logits to rounding",
+  { skip: skipUnlessShared("models", "stories260K", "model.safetensors") },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "gptq-pad-"));
+    try {
+      const src = sharedPath("models", "stories260K");
+      const source = readLlamaConfig(src);
+      const tokens = Int32Array.from({ length: 64 }, (_, i) => (i * 37 + 1) % 512);
+      const want = LlamaModel.load(src).forward(tokens);
+      for (const [multiple, to] of [
+        [1, 172],
+        [64, 192],
+      ]) {
+        const out = join(dir, `padded-${multiple}`);
+        const padded = parseLlamaConfig({ ...source.raw, hidden_size: 96, head_dim: source.headDim });
+        const res = await padCheckpoint(src, out, planPadding(padded, multipleTarget(multiple)), {
+          from: 64,
+          to: 96,
+        });
+        assert.deepEqual(res.hidden, { from: 64, to: 96 });
+        const b = LlamaModel.load(out);
+        assert.deepEqual([b.config.hiddenSize, b.config.headDim, b.config.intermediateSize], [96, 8, to]);
+        assert.ok(Math.abs(b.config.rmsNormEps - (source.rmsNormEps * 64) / 96) < 1e-18);
+        const got = b.forward(tokens);
+        let worst = 0;
+        let scale = 0;
+        for (let i = 0; i < want.length; i++) {
+          worst = Math.max(worst, Math.abs(got[i] - want[i]));
+          scale = Math.max(scale, Math.abs(want[i]));
+        }
+        assert.ok(worst <= 1e-5 * scale, `logits differ by ${worst} (largest ${scale})`);
+      }
+      // the zero channels are exactly that: embeddings and the projections writing the stream
+      const store = TensorStore.open(join(dir, "padded-1"));
+      try {
+        const emb = toFloat32(store.read("model.embed_tokens.weight"));
+        const o = toFloat32(store.read("model.layers.0.self_attn.o_proj.weight"));
+        for (let v = 0; v < 8; v++) for (let c = 64; c < 96; c++) assert.equal(emb[v * 96 + c], 0);
+        for (let r = 64; r < 96; r++) for (let c = 0; c < 64; c++) assert.equal(o[r * 64 + c], 0);
+      } finally {
+        store.close();
+      }
     } finally {
       rmSync(dir, { recursive: true });
     }
