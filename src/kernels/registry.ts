@@ -9,6 +9,7 @@ import { EXLLAMA, EXLLAMA_V2 } from "./rules/exllama.js";
 import { MACHETE } from "./rules/machete.js";
 import { IST_MARLIN, VLLM_MARLIN } from "./rules/marlin.js";
 import { ORT } from "./rules/ort.js";
+import { VLLM_GPTQ } from "./rules/vllm.js";
 import { TORCH_INT4_CPU } from "./rules/torch.js";
 import { GPTQMODEL_LOADER } from "./rules/gptqmodel.js";
 import { QuantizedLinear } from "../formats/types.js";
@@ -63,6 +64,7 @@ for (const rule of [
   VLLM_MARLIN,
   IST_MARLIN,
   MACHETE,
+  VLLM_GPTQ,
   EXLLAMA,
   EXLLAMA_V2,
   CUDA_OLD,

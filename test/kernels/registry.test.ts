@@ -27,6 +27,7 @@ test("registry holds the ecosystem's kernels and refuses a duplicate name", () =
       "marlin",
       "marlin-ist",
       "machete",
+      "vllm-gptq",
       "exllama",
       "exllamav2",
       "cuda-old",
@@ -43,7 +44,7 @@ test("registry holds the ecosystem's kernels and refuses a duplicate name", () =
   assert.equal(findKernel("nope"), undefined);
   assert.throws(() => getKernel("nope"), /unknown kernel "nope"; known kernels: marlin, marlin-ist/);
   assert.throws(() => registerKernel({ ...KERNELS[0] }), /already registered/);
-  assert.equal(KERNELS.length, 13);
+  assert.equal(KERNELS.length, 14);
 });
 
 test("Falcon-7B (hidden 4544, group 128): exllama needs group 64 or padding to 4608, Marlin needs in % 128", () => {
@@ -114,7 +115,7 @@ test("scheme rules: bits, symmetry, act-order, tensor-parallel act-order", () =>
   assert.equal(verdict("marlin", q4(2048, 4096, 128, split)).ok, true);
   assert.equal(verdict("marlin", q4(2048, 4096, -1, split)).ok, false);
   const alt = checkKernel(getKernel("marlin"), q4(4096, 4096, 128, { sym: false }));
-  assert.match(alt.fix!, /; or use kernel machete or exllama or exllamav2$/);
+  assert.match(alt.fix!, /; or use kernel machete or vllm-gptq or exllama$/);
 });
 
 /** Applies a fix's text to a query: the fix must be something a user can act on, and it must work. */
@@ -211,4 +212,27 @@ test("tensor parallelism: row-parallel layers split in_features, the others out_
     fix: "pad out_features to 5121",
     pad: { side: "out", to: 5121 },
   });
+});
+
+test("vLLM's plain gptq method: full groups per shard, out_features whole packed words", () => {
+  const q = (K: number, N: number, bits: 2 | 3 | 4 | 8, groupSize: number, tpRanks = 1) =>
+    getKernel("vllm-gptq").supports({
+      inFeatures: K,
+      outFeatures: N,
+      bits,
+      groupSize,
+      sym: false,
+      actOrder: true,
+      tpRanks,
+    });
+  assert.equal(q(4096, 4096, 4, 128).ok, true);
+  assert.equal(q(176, 64, 4, 32).ok, false, "a partial last group");
+  assert.match(q(176, 64, 4, 32).reason!, /group size 32 does not divide in_features 176/);
+  assert.equal(q(192, 64, 4, 32).ok, true);
+  assert.equal(q(176, 64, 4, -1).ok, true, "one group per column always fits");
+  assert.equal(q(256, 200, 4, 128).ok, true, "200 = 25 words of 8 outputs");
+  assert.equal(q(256, 200, 3, 128).ok, false, "3-bit packs 32 outputs in 3 words");
+  assert.equal(q(256, 96, 3, 128).ok, true);
+  assert.equal(q(256, 100, 8, 128).ok, true);
+  assert.equal(q(256, 102, 8, 128).ok, false);
 });
