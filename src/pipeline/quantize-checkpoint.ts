@@ -32,7 +32,7 @@ import {
 } from "./quantize-model.js";
 import {
   FormatChoice,
-  chooseFormat,
+  PackedLayers,
   quantizedCheckpointBytes,
   writeQuantizedCheckpoint,
 } from "./write-quantized.js";
@@ -163,12 +163,16 @@ export async function quantizeCheckpoint(
   // one fp32 layer in memory at a time, padded as it is read
   const model = LayerwiseLlama.open(req.modelDir, (layer) => padLayerIntermediate(layer, plan.from, plan.to));
   let run: PipelineResult;
+  // each layer packed as soon as it is quantized: the codes never pile up
+  const packed = new PackedLayers(req.format);
   try {
-    run = quantizeModel(model, cal?.sequences, { ...o, device: device.kind }, onEvent);
+    run = quantizeModel(model, cal?.sequences, { ...o, device: device.kind }, onEvent, (p, l) =>
+      packed.add(p, l),
+    );
   } finally {
     model.close();
   }
-  const chosen = chooseFormat(req.format, run.layers);
+  const chosen = packed.format();
   const quantConfig = {
     ...scheme,
     staticGroups: o.staticGroups,
@@ -190,8 +194,7 @@ export async function quantizeCheckpoint(
   await writeQuantizedCheckpoint({
     sourceDir: req.modelDir,
     outDir: req.outDir,
-    layers: run.layers,
-    format: chosen.format,
+    layers: packed,
     quantConfig,
     pad: plan,
   });

@@ -198,6 +198,8 @@ export function quantizeModel(
   calibration: readonly Int32Array[] | undefined,
   opts: PipelineOptions,
   onEvent: (e: PipelineEvent) => void = () => {},
+  /** where each quantized layer goes as soon as it is done (then `layers` stays empty); default: `layers` */
+  keep?: (prefix: string, layer: QuantizedLinear) => void,
 ): PipelineResult {
   const t0 = Date.now();
   const compute = computeOn(opts.device ?? "cpu");
@@ -285,7 +287,8 @@ export function quantizeModel(
         const W = C && H ? fpTargetWeights(dense.weight, N, K, C, H, opts.damp) : dense.weight;
         const r = quantizeOne(W, N, K, H, opts, compute.gptq);
         if (dense.bias) r.layer.bias = dense.bias;
-        layers.set(prefix, r.layer);
+        if (keep) keep(prefix, r.layer);
+        else layers.set(prefix, r.layer);
         layer.linears[name] = new DenseLinear(r.Q, N, K, dense.bias);
         const report: LinearReport = {
           layer: li,

@@ -11,9 +11,9 @@ import { tensorFileBytes } from "../io/output.js";
 import { QuantConfig, writeQuantConfig } from "../io/quant-config.js";
 import { TensorEntry } from "../io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../io/store.js";
-import { FORMATS } from "../formats/registry.js";
-import { LayerShape } from "../formats/gptq.js";
-import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
+import { FORMATS, LayerTensor } from "../formats/registry.js";
+import { LayerShape, qzerosV2ToV1 } from "../formats/gptq.js";
+import { Bits, CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { readLlamaConfig } from "../model/config.js";
 import { PadPlan } from "../model/pad-plan.js";
 import { padMlpTensor, paddedMlpShape } from "../transform/pad.js";
@@ -50,12 +50,72 @@ export function chooseFormat(
   return { format: choice };
 }
 
+/**
+ * Quantized layers packed as the pipeline hands them over, so the codes (a byte each) are dropped layer by
+ * layer: `auto` packs as GPTQ v2 (the packing v1 shares but for qzeros) and keeps only whether a zero point
+ * of 0 was seen; an explicit format checks and packs each layer in it at once, so a layer it cannot hold
+ * fails before the rest is quantized.
+ */
+export class PackedLayers {
+  private readonly packed = new Map<string, { tensors: LayerTensor[]; groups: number; shape: LayerShape }>();
+  private zeroOfZero?: string;
+
+  constructor(private readonly choice: FormatChoice) {}
+
+  add(prefix: string, layer: QuantizedLinear): void {
+    const format = this.choice === "auto" ? "gptq_v2" : this.choice;
+    if (this.choice === "auto") {
+      if (this.zeroOfZero === undefined && layer.zeros.includes(0)) this.zeroOfZero = prefix;
+    } else chooseFormat(this.choice, new Map([[prefix, layer]]));
+    const { inFeatures, outFeatures, bits, groupSize } = layer;
+    this.packed.set(prefix, {
+      tensors: FORMATS[format].write(layer),
+      groups: layer.scales.length / outFeatures,
+      shape: { inFeatures, outFeatures, bits, groupSize },
+    });
+  }
+
+  /** The format written: as `chooseFormat` decides it. */
+  format(): { format: CheckpointFormat; why?: string } {
+    if (this.choice !== "auto") return { format: this.choice };
+    if (this.zeroOfZero !== undefined)
+      return {
+        format: "gptq_v2",
+        why: `${this.zeroOfZero} has zero points of 0, which GPTQ v1 cannot store; wrote gptq_v2`,
+      };
+    return { format: "gptq" };
+  }
+
+  get size(): number {
+    return this.packed.size;
+  }
+
+  prefixes(): string[] {
+    return [...this.packed.keys()];
+  }
+
+  /** A layer's tensors in the chosen format, handed over once (v2-packed qzeros shifted for v1). */
+  take(prefix: string): LayerTensor[] | undefined {
+    const p = this.packed.get(prefix);
+    if (!p) return undefined;
+    this.packed.delete(prefix);
+    if (this.choice !== "auto" || this.format().format !== "gptq") return p.tensors;
+    return p.tensors.map((t) =>
+      t.suffix === "qzeros"
+        ? {
+            ...t,
+            data: qzerosV2ToV1(t.data as Int32Array, p.groups, p.shape.outFeatures, p.shape.bits as Bits),
+          }
+        : t,
+    );
+  }
+}
+
 export interface WriteRequest {
   sourceDir: string;
   outDir: string;
-  /** quantized layers by tensor prefix; emptied as they are packed */
-  layers: Map<string, QuantizedLinear>;
-  format: CheckpointFormat;
+  /** quantized layers by tensor prefix, packed in the format they are written in; emptied as they are */
+  layers: PackedLayers;
   quantConfig: QuantConfig;
   /** the MLP padding applied before quantizing, if any */
   pad?: PadPlan;
@@ -111,8 +171,7 @@ export function quantizedCheckpointBytes(
 }
 
 export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ files: string[] }> {
-  const { layers, format } = req;
-  const traits = FORMATS[format];
+  const { layers } = req;
   const config = readLlamaConfig(req.sourceDir);
   const from = req.pad?.from ?? config.intermediateSize;
   const to = req.pad?.to ?? config.intermediateSize;
@@ -121,11 +180,10 @@ export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ fil
     const entries: TensorEntry[] = [];
     for (const name of store.names()) {
       const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : undefined;
-      const layer = prefix !== undefined ? layers.get(prefix) : undefined;
-      if (prefix !== undefined && layer) {
-        for (const t of traits.write(layer))
+      const packed = prefix !== undefined ? layers.take(prefix) : undefined;
+      if (prefix !== undefined && packed) {
+        for (const t of packed)
           entries.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape, data: t.data });
-        layers.delete(prefix); // the packed tensors replace the codes
         continue;
       }
       const info = store.info(name);
@@ -138,7 +196,7 @@ export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ fil
     }
     if (layers.size)
       throw new GptqError(
-        `quantized layer ${[...layers.keys()][0]} has no ${[...layers.keys()][0]}.weight in ${req.sourceDir}`,
+        `quantized layer ${layers.prefixes()[0]} has no ${layers.prefixes()[0]}.weight in ${req.sourceDir}`,
       );
     let files: string[] = [];
     await buildDirAtomic(req.outDir, (tmp) => {

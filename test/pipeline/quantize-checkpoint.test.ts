@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FORMATS } from "../../src/formats/registry.js";
-import { QuantizedLinear } from "../../src/formats/types.js";
+import { Bits, QuantizedLinear } from "../../src/formats/types.js";
 import { readQuantConfig } from "../../src/io/quant-config.js";
 import { TensorStore } from "../../src/io/store.js";
 import { LlamaModel } from "../../src/model/llama.js";
@@ -14,7 +14,7 @@ import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pi
 import { syntheticTokens } from "../helpers/synthetic.js";
 import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
 import { QuantizeRequest, quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
-import { chooseFormat } from "../../src/pipeline/write-quantized.js";
+import { PackedLayers, chooseFormat } from "../../src/pipeline/write-quantized.js";
 
 // intermediate 44 is not a multiple of 8: 4-bit GPTQ packing needs it padded to 48
 const SPEC: SyntheticSpec = {
@@ -128,4 +128,60 @@ test("format auto writes v1 unless a zero point of 0 needs v2; explicit v1 refus
   assert.equal(v2.format, "gptq_v2");
   assert.match(v2.why!, /zero points of 0/);
   assert.throws(() => chooseFormat("gptq", new Map([["a", layer(0)]])), /cannot write a as gptq.*gptq_v2/);
+});
+
+test("layers packed as they come: auto writes exactly what v1 (or v2, with a zero of 0) packs; explicit formats refuse at once", () => {
+  const layer = (bits: Bits, zeroOf: (i: number) => number, N = 64, K = 96): QuantizedLinear => {
+    const G = K / 32;
+    return {
+      inFeatures: K,
+      outFeatures: N,
+      bits,
+      groupSize: 32,
+      codes: Uint8Array.from({ length: K * N }, (_, i) => (i * 7) % (1 << bits)),
+      scales: Float32Array.from({ length: G * N }, (_, i) => 0.5 + (i % 5) / 8),
+      zeros: Uint8Array.from({ length: G * N }, (_, i) => zeroOf(i)),
+      gIdx: Int32Array.from({ length: K }, (_, k) => Math.floor(k / 32)),
+    };
+  };
+  for (const bits of [2, 3, 4, 8] as Bits[]) {
+    const max = (1 << bits) - 1;
+    const a = layer(bits, (i) => 1 + (i % max));
+    const b = layer(bits, (i) => 1 + ((3 * i) % max));
+    const packed = new PackedLayers("auto");
+    packed.add("a", a);
+    packed.add("b", b);
+    assert.deepEqual(
+      packed.format(),
+      chooseFormat(
+        "auto",
+        new Map([
+          ["a", a],
+          ["b", b],
+        ]),
+      ),
+    );
+    assert.equal(packed.format().format, "gptq");
+    for (const [name, l] of [
+      ["a", a],
+      ["b", b],
+    ] as const)
+      assert.deepEqual(packed.take(name), FORMATS.gptq.write(l), `${bits}-bit ${name}`);
+    assert.equal(packed.size, 0);
+
+    const zero = layer(bits, (i) => i % (max + 1));
+    const v2 = new PackedLayers("auto");
+    v2.add("z", zero);
+    assert.deepEqual(v2.format(), chooseFormat("auto", new Map([["z", zero]])));
+    assert.deepEqual(v2.take("z"), FORMATS.gptq_v2.write(zero));
+    assert.throws(() => new PackedLayers("gptq").add("z", zero), /cannot write z as gptq.*gptq_v2/);
+  }
+  assert.throws(
+    () =>
+      new PackedLayers("marlin").add(
+        "m",
+        layer(4, (i) => i),
+      ),
+    /cannot write m as marlin/,
+  );
 });
