@@ -4,6 +4,7 @@
  * the instantiations configs.ts generates.
  */
 import { QuantizedLinear } from "../../../formats/types.js";
+import { deviceCapability } from "../../../kernels/can-run.js";
 import { GPTQ_TS_W4A16, w4a16DeviceVerdict } from "../../../kernels/gptq-ts.js";
 import { GptqError } from "../../../util/errors.js";
 import { CudaDevice, DeviceBuffer, Kernel, KernelArg, bytes, i32, ptr } from "../device.js";
@@ -45,18 +46,14 @@ export function deviceTuning(dev: CudaDevice): { tuning: DeviceTuning; fitted: b
   return t;
 }
 
-function smVersion(dev: CudaDevice): number {
-  return Number(/sm_(\d+)/.exec(dev.info.arch)?.[1] ?? 0);
-}
-
 /** Why this GPU cannot run the W4A16 kernel (bulk copies (TMA) and mbarriers: sm_90 and later), or null. */
 export function w4a16DeviceUnsupported(dev: CudaDevice): string | null {
-  return w4a16DeviceVerdict({ sm: smVersion(dev), arch: dev.info.arch }).reason ?? null;
+  return w4a16DeviceVerdict(deviceCapability(dev.info.arch)).reason ?? null;
 }
 
 /** Whether the GPU has Hopper's warpgroup MMA (sm_90 only: later architectures dropped it). */
 export function hasWgmma(dev: CudaDevice): boolean {
-  return smVersion(dev) === 90;
+  return deviceCapability(dev.info.arch).sm === 90;
 }
 
 /** Tensor maps of activation buffers, by address and shape (encoding one takes a driver call). */
