@@ -6,23 +6,16 @@ import assert from "node:assert/strict";
 import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
+import { writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
 import { perplexity } from "../../src/model/perplexity.js";
 import { LlamaModel } from "../../src/model/llama.js";
 import { GptqError } from "../../src/util/errors.js";
 import { syntheticTokens } from "../helpers/synthetic.js";
 import { assertOneLineError, gptq } from "../helpers/cli.js";
 import { pokeFloat } from "../helpers/corrupt.js";
+import { TINY_SPEC } from "../helpers/synthetic.js";
 
-const SPEC: SyntheticSpec = {
-  hiddenSize: 32,
-  intermediateSize: 48,
-  numLayers: 1,
-  numHeads: 4,
-  numKvHeads: 2,
-  vocabSize: 64,
-  seed: 5,
-};
+const SPEC = TINY_SPEC;
 const DOWN = "model.layers.0.mlp.down_proj";
 
 let root: string;

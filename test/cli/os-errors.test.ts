@@ -18,29 +18,18 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import {
-  SyntheticSpec,
-  syntheticConfig,
-  writeSyntheticLlama,
-  writeTokenFile,
-} from "../../src/pipeline/synthetic.js";
+import { syntheticConfig, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
 import { quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
 import { treeBytes } from "../../src/io/atomic.js";
 import { CliResult, assertOneLineError, gptq } from "../helpers/cli.js";
 import { PROJECT_ROOT } from "../helpers/shared.js";
 import { fpEntries, llamaExtras, llamaLayers, writeCheckpointDir } from "../helpers/checkpoints.js";
 import { syntheticTokens } from "../helpers/synthetic.js";
+import { PLAIN_GPTQ } from "../helpers/configs.js";
+import { TINY_SPEC } from "../helpers/synthetic.js";
 
 const MAIN = join(PROJECT_ROOT, "dist/src/cli/main.js");
-const SPEC: SyntheticSpec = {
-  hiddenSize: 32,
-  intermediateSize: 48,
-  numLayers: 1,
-  numHeads: 4,
-  numKvHeads: 2,
-  vocabSize: 64,
-  seed: 5,
-};
+const SPEC = TINY_SPEC;
 const GATE = "model.layers.0.mlp.gate_proj";
 const UP = "model.layers.0.mlp.up_proj";
 
@@ -63,16 +52,7 @@ const q = join(root, "q");
 await quantizeCheckpoint({
   modelDir: fp,
   outDir: q,
-  options: {
-    method: "rtn",
-    bits: 4,
-    groupSize: 16,
-    sym: true,
-    descAct: false,
-    staticGroups: false,
-    damp: 0.01,
-    clip: "minmax",
-  },
+  options: { ...PLAIN_GPTQ, method: "rtn", groupSize: 16 },
   format: "gptq",
   pad: "auto",
 });

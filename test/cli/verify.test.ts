@@ -27,6 +27,7 @@ import { gptq } from "../helpers/cli.js";
 import { pokeFloat, pokeInt32, shardOf } from "../helpers/corrupt.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import { randomLayer } from "../formats/helpers.js";
+import { TINY_SPEC } from "../helpers/synthetic.js";
 
 const L = "model.layers.0.mlp.down_proj";
 let root: string;
@@ -121,12 +122,7 @@ test("a good sharded checkpoint with an index passes, and --json reports it", ()
 test("a good unquantized checkpoint passes (synthetic, and stories260K when ../shared has it)", (t) => {
   const fp = join(root, "fp");
   writeSyntheticLlama(fp, {
-    hiddenSize: 32,
-    intermediateSize: 48,
-    numLayers: 1,
-    numHeads: 4,
-    numKvHeads: 2,
-    vocabSize: 64,
+    ...TINY_SPEC,
     seed: 1,
   });
   const r = verify(fp);

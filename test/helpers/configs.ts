@@ -1,5 +1,6 @@
 /** Model configs the tests share. */
 import { parseLlamaConfig } from "../../src/model/config.js";
+import { PipelineOptions } from "../../src/pipeline/quantize-model.js";
 
 /** stories260K's shapes (hidden 64, intermediate 172, 8 heads over 4 kv heads of 8) in one layer. */
 export const STORIES_CONFIG = parseLlamaConfig({
@@ -12,3 +13,15 @@ export const STORIES_CONFIG = parseLlamaConfig({
   num_hidden_layers: 1,
   vocab_size: 32,
 });
+
+/** Plain GPTQ (AutoGPTQ's defaults: 4-bit, group 128, symmetric, min/max ranges); tests override a field or two. */
+export const PLAIN_GPTQ: PipelineOptions = {
+  method: "gptq",
+  bits: 4,
+  groupSize: 128,
+  sym: true,
+  descAct: false,
+  staticGroups: false,
+  damp: 0.01,
+  clip: "minmax",
+};

@@ -23,3 +23,14 @@ export function syntheticTokens(spec: SyntheticSpec, n: number, seqlen: number, 
   }
   return out;
 }
+
+/** A one-layer synthetic Llama small enough for CLI tests to quantize in a second. */
+export const TINY_SPEC: SyntheticSpec = {
+  hiddenSize: 32,
+  intermediateSize: 48,
+  numLayers: 1,
+  numHeads: 4,
+  numKvHeads: 2,
+  vocabSize: 64,
+  seed: 5,
+};

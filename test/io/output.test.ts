@@ -16,6 +16,7 @@ import { treeBytes } from "../../src/io/atomic.js";
 import { writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
 import { quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
 import { quantizedCheckpointBytes } from "../../src/pipeline/write-quantized.js";
+import { PLAIN_GPTQ } from "../helpers/configs.js";
 
 function withRoot(f: (root: string) => void | Promise<void>) {
   return async () => {
@@ -103,16 +104,7 @@ test(
     const res = await quantizeCheckpoint({
       modelDir: fp,
       outDir: out,
-      options: {
-        method: "rtn",
-        bits: 4,
-        groupSize: 32,
-        sym: true,
-        descAct: false,
-        staticGroups: false,
-        damp: 0.01,
-        clip: "minmax",
-      },
+      options: { ...PLAIN_GPTQ, method: "rtn", groupSize: 32 },
       format: "auto",
       pad: "auto",
     });

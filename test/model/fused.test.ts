@@ -20,22 +20,14 @@ import { tmpDir } from "../helpers/checkpoints.js";
 import { assertOneLineError, gptq } from "../helpers/cli.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import { syntheticTokens } from "../helpers/synthetic.js";
+import { PLAIN_GPTQ } from "../helpers/configs.js";
 
 const MODEL = sharedPath("models", "stories260K");
 const EVAL = sharedPath("models", "stories260K-eval.safetensors");
 const skip =
   skipUnlessShared("models", "stories260K") || skipUnlessShared("models", "stories260K-eval.safetensors");
 
-const RTN: PipelineOptions = {
-  method: "rtn",
-  bits: 4,
-  groupSize: 32,
-  sym: true,
-  descAct: false,
-  staticGroups: false,
-  damp: 0.01,
-  clip: "minmax",
-};
+const RTN: PipelineOptions = { ...PLAIN_GPTQ, method: "rtn", groupSize: 32 };
 
 /** `gptq eval --json`: perplexity and prediction count, failing the test on any other exit. */
 function evalPpl(dir: string, tokens: string, ...extra: string[]): { ppl: number; tokens: number } {

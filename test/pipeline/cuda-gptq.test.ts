@@ -18,6 +18,7 @@ import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-mode
 import { GptqOptions, gptqQuantize } from "../../src/quant/gptq.js";
 import { HessianAccumulator } from "../../src/quant/hessian.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+import { PLAIN_GPTQ } from "../helpers/configs.js";
 import {
   gram,
   llmLike,
@@ -129,37 +130,9 @@ test(
     const calib = readTokenRows(tokens, "calibration_tokens").rows;
     const evalRows = readTokenRows(tokens, "evaluation_tokens").rows;
     const configs: PipelineOptions[] = [
-      {
-        method: "gptq",
-        bits: 4,
-        groupSize: 32,
-        sym: true,
-        descAct: true,
-        staticGroups: false,
-        damp: 0.01,
-        clip: "minmax",
-      },
-      {
-        method: "gptq",
-        bits: 3,
-        groupSize: 64,
-        sym: true,
-        descAct: false,
-        staticGroups: false,
-        damp: 0.01,
-        clip: "hessian",
-        refine: 1,
-      },
-      {
-        method: "gptq",
-        bits: 2,
-        groupSize: 16,
-        sym: false,
-        descAct: true,
-        staticGroups: false,
-        damp: 0.01,
-        clip: "minmax",
-      },
+      { ...PLAIN_GPTQ, groupSize: 32, descAct: true },
+      { ...PLAIN_GPTQ, bits: 3, groupSize: 64, clip: "hessian", refine: 1 },
+      { ...PLAIN_GPTQ, bits: 2, groupSize: 16, sym: false, descAct: true },
     ];
     for (const opts of configs) {
       const ppl = (device: "cpu" | "cuda") => {

@@ -11,18 +11,10 @@ import { perplexity } from "../../src/model/perplexity.js";
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+import { PLAIN_GPTQ } from "../helpers/configs.js";
 
 const skip = skipUnlessShared("models", "stories260K-eval.safetensors");
-const OPTS: PipelineOptions = {
-  method: "gptq",
-  bits: 4,
-  groupSize: 32,
-  sym: true,
-  descAct: false,
-  staticGroups: false,
-  damp: 0.01,
-  clip: "minmax",
-};
+const OPTS: PipelineOptions = { ...PLAIN_GPTQ, groupSize: 32 };
 // from the model's metadata report and ../shared/models/README.md
 const REFERENCE_GPTQ = 144.8;
 const REFERENCE_GPTQ_MSE = 116.8;

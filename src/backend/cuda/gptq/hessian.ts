@@ -22,10 +22,6 @@ export class CudaHessian {
     dev.fill32(this.h, 0);
   }
 
-  get nsamples(): number {
-    return this.n;
-  }
-
   /** Adds `rows` input rows (x is rows x K row-major). */
   add(x: Float32Array, rows: number): void {
     const K = this.inFeatures;
