@@ -83,6 +83,31 @@ export class Cublas {
     c: number,
     ldc: number,
   ): void {
+    this.gemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, "f32", "f32");
+  }
+
+  /**
+   * GEMM in cuBLAS's column-major terms with A and B of type `ab` and C of type `cType`, fp32 accumulation
+   * (on the tensor cores for fp16 inputs): C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C.
+   */
+  gemmEx(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: number,
+    lda: number,
+    b: number,
+    ldb: number,
+    beta: number,
+    c: number,
+    ldc: number,
+    ab: "f16" | "f32",
+    cType: "f16" | "f32",
+  ): void {
+    const type = (t: "f16" | "f32") => (t === "f16" ? CUDA_R_16F : CUDA_R_32F);
     this.check(
       "cublasGemmEx",
       this.f.cublasGemmEx(
@@ -94,14 +119,14 @@ export class Cublas {
         k,
         new Float32Array([alpha]),
         a,
-        CUDA_R_32F,
+        type(ab),
         lda,
         b,
-        CUDA_R_32F,
+        type(ab),
         ldb,
         new Float32Array([beta]),
         c,
-        CUDA_R_32F,
+        type(cType),
         ldc,
         CUBLAS_COMPUTE_32F,
         CUBLAS_GEMM_DEFAULT,
