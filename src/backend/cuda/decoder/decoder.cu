@@ -71,8 +71,7 @@ extern "C" __global__ void add_inplace(u16* __restrict__ h, const u16* __restric
 // angles of row r's position pos[r] (cos/sin: positions x stride). One thread per (row, head, i < half).
 // grid (ceil(rows x heads x half / THREADS)).
 extern "C" __global__ void rope(u16* __restrict__ x, const float* __restrict__ cosT, const float* __restrict__ sinT,
-                                int stride, const int* __restrict__ pos, int rows, int heads, int headDim,
-                                int half) {
+                                int stride, const int* __restrict__ pos, int rows, int heads, int headDim, int half) {
   const size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= (size_t)rows * heads * half) return;
   const int i = (int)(t % half);
