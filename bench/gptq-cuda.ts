@@ -61,7 +61,7 @@ function layer(tokens: number) {
   const gptq = seconds(t);
   t = process.hrtime.bigint();
   const q = dequantizeOnDevice(dev, r.layer);
-  const err = outputErrorOnDevice(dev, wd, q, hCopy, N, K);
+  const err = outputErrorOnDevice(dev, wd, "f16", q, hCopy, N, K);
   const after = seconds(t);
   dev.free(q);
   dev.free(hCopy);

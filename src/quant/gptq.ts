@@ -220,11 +220,13 @@ export function notPositiveDefinite(): GptqError {
 
 function checkHessian(H: Float64Array, K: number): void {
   if (H.length !== K * K) throw new GptqError(`Hessian has ${H.length} values, expected K x K = ${K} x ${K}`);
-  for (let i = 0; i < K; i++) {
-    const d = H[i * K + i];
+}
+
+function checkDiagonal(diag: Float64Array): void {
+  diag.forEach((d, i) => {
     if (!(Number.isFinite(d) && d >= 0))
       throw new GptqError(`Hessian diagonal ${i} is ${d}: a Hessian of inputs is finite and non-negative`);
-  }
+  });
 }
 
 /** Descending by value, ties by index (a stable order). */
@@ -282,6 +284,7 @@ export function gptqSolve(problem: GptqProblem, opts: GptqOptions): Omit<GptqRes
 
   // Dead inputs (never non-zero in calibration): their weights cannot matter, so zero them.
   const diag = problem.diagonal();
+  checkDiagonal(diag);
   const dead: number[] = [];
   for (let k = 0; k < K; k++) if (diag[k] === 0) dead.push(k);
   if (dead.length) {

@@ -139,7 +139,7 @@ test("dequantization and the output error on the device equal the host's", { ski
   const wd = dev.upload(floatsToHalfs(W));
   const w16 = halfsToFloats(floatsToHalfs(W));
   const hd = dev.upload(new Float32Array(H));
-  const e = outputErrorOnDevice(dev, wd, qd, hd, N, K);
+  const e = outputErrorOnDevice(dev, wd, "f16", qd, hd, N, K);
   const eHost = hostOutputError(w16, q, N, K, H);
   assert.ok(Math.abs(e - eHost) <= 1e-4 * eHost, `${e} against ${eHost}`);
   for (const b of [qd, wd, hd]) dev.free(b);

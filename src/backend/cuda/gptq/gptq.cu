@@ -171,14 +171,30 @@ extern "C" __global__ void gptq_dequantize(const unsigned char* __restrict__ cod
   out[(size_t)n * K + k] = f2h(scales[p] * ((float)codes[(size_t)k * N + n] - zeros[p]));
 }
 
-// The fp32 inputs of the output error: Wf = W and D = W - Q (all N x K; W and Q fp16); grid ceil(count / 256)
-extern "C" __global__ void gptq_error_inputs(const u16* __restrict__ W, const u16* __restrict__ Q, long long count,
+// The fp32 inputs of the output error: Wf = W and D = W - Q (all N x K; W fp16 or fp32, Q fp16);
+// grid ceil(count / 256)
+template <typename T>
+__device__ __forceinline__ void error_inputs(const T* __restrict__ W, const u16* __restrict__ Q, long long count,
                                              float* __restrict__ Wf, float* __restrict__ D) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
-  const float w = h2f(W[i]);
+  float w;
+  if constexpr (sizeof(T) == 2)
+    w = h2f(W[i]);
+  else
+    w = W[i];
   Wf[i] = w;
   D[i] = w - h2f(Q[i]);
+}
+
+extern "C" __global__ void gptq_error_inputs_f16(const u16* __restrict__ W, const u16* __restrict__ Q, long long count,
+                                                 float* __restrict__ Wf, float* __restrict__ D) {
+  error_inputs(W, Q, count, Wf, D);
+}
+
+extern "C" __global__ void gptq_error_inputs_f32(const float* __restrict__ W, const u16* __restrict__ Q,
+                                                 long long count, float* __restrict__ Wf, float* __restrict__ D) {
+  error_inputs(W, Q, count, Wf, D);
 }
 
 // Sums of d^T H d and w^T H w over output rows, from rows of (D H) and (W H) (N x K each, row-major) and D, W:

@@ -179,12 +179,13 @@ export function dequantizeOnDevice(dev: CudaDevice, layer: QuantizedLinear): Dev
 
 /**
  * ||(W - Q) X^T||^2 / ||W X^T||^2 from the Hessian (proportional to X^T X), over every output row:
- * sum_n d_n^T H d_n / sum_n w_n^T H w_n, d = w - q; W and Q fp16 N x K, H fp32 K x K, all on the device.
- * Two fp32 GEMMs of N x K x K.
+ * sum_n d_n^T H d_n / sum_n w_n^T H w_n, d = w - q; W (fp16 or fp32) and Q (fp16) N x K, H fp32 K x K,
+ * all on the device. Two fp32 GEMMs of N x K x K.
  */
 export function outputErrorOnDevice(
   dev: CudaDevice,
   W: DeviceBuffer,
+  wType: "f16" | "f32",
   Q: DeviceBuffer,
   H: DeviceBuffer,
   N: number,
@@ -197,7 +198,7 @@ export function outputErrorOnDevice(
   const dh = dev.alloc(count * 4);
   const sums = dev.alloc(16);
   dev.fill32(sums, 0);
-  dev.launch(gptqKernel(dev, "gptq_error_inputs"), [blocks(count), 1, 1], THREADS, 0, [
+  dev.launch(gptqKernel(dev, `gptq_error_inputs_${wType}`), [blocks(count), 1, 1], THREADS, 0, [
     ptr(W),
     ptr(Q),
     u64(count),
