@@ -290,8 +290,9 @@ export class CudaDecoderLayer {
    */
   setWeight(name: DecoderLinearName, weight: Float32Array | DeviceBuffer): void {
     const l = this.linears[name];
-    const values = weight instanceof Float32Array ? weight.length : weight.bytes / HALF;
-    if (values < l.N * l.K)
+    const host = weight instanceof Float32Array;
+    const values = host ? weight.length : weight.bytes / HALF;
+    if (host ? values !== l.N * l.K : values < l.N * l.K)
       throw new GptqError(`${name}: a weight of ${values} values given, the projection is ${l.N} x ${l.K}`);
     const next = weight instanceof Float32Array ? uploadHalfs(this.dev, weight) : weight;
     this.dev.free(l.weight);
