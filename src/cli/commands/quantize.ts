@@ -1,3 +1,4 @@
+import { formatBytes } from "../../io/output.js";
 import { Command, floatOption, groupSizeOption, intOption, parse, printJson } from "../command.js";
 import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
@@ -169,6 +170,7 @@ export const quantizeCommand: Command = {
           : "padding: off",
         `mean relative ${res.errorOf === "outputs" ? "output" : "weight"} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
         runtimesLine(res.runtimes, res.out),
+        `memory: host peak ${formatBytes(res.memory.hostPeakBytes)}${res.memory.gpuPeakBytes !== undefined ? `, GPU peak ${formatBytes(res.memory.gpuPeakBytes)}` : ""}`,
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
       process.stdout.write(lines.join("\n") + "\n");
