@@ -352,16 +352,16 @@ function checkLayer(layer: DecoderLayer, h: Float32Array, seqLens: number[]): vo
     );
   }
   // the whole layer in place, and what it shows calibration on the way
-  const hd16 = uploadHalfs(dev, h);
+  const hDevice = uploadHalfs(dev, h);
   const seen = new Map<DecoderLinearName, Float32Array>();
-  gpu.forward(hd16, seqLens, (name, x, r) => {
+  gpu.forward(hDevice, seqLens, (name, x, r) => {
     assert.equal(r, rows);
     seen.set(name, downloadFloats(dev, x, rows * layer.linears[name].inFeatures));
   });
-  near("layer output", downloadFloats(dev, hd16, rows * D), cpu.out);
+  near("layer output", downloadFloats(dev, hDevice, rows * D), cpu.out);
   for (const name of LINEAR_NAMES)
     near(`captured ${name} input`, seen.get(name)!, cpu.inputs[name], 2 * TOLERANCE);
-  dev.free(hd16);
+  dev.free(hDevice);
   gpu.dispose();
 }
 

@@ -48,7 +48,8 @@ export type DeviceCaptureFn = (linear: DecoderLinearName, x: DeviceBuffer, rows:
 const THREADS = 256;
 /** the softmax kernel's "no sliding window" */
 const NO_WINDOW = 0x7fffffff;
-const HALF = 2;
+/** bytes of one fp16 value */
+const FP16_BYTES = 2;
 
 /** fp32 host values -> a new fp16 device buffer */
 export function uploadHalfs(dev: CudaDevice, x: Float32Array): DeviceBuffer {
@@ -57,7 +58,7 @@ export function uploadHalfs(dev: CudaDevice, x: Float32Array): DeviceBuffer {
 
 /** the first `count` fp16 values of a device buffer, widened to fp32 on the host */
 export function downloadFloats(dev: CudaDevice, buf: DeviceBuffer, count: number): Float32Array {
-  if (count * HALF > buf.bytes)
+  if (count * FP16_BYTES > buf.bytes)
     throw new GptqError(`download of ${count} fp16 values from a buffer of ${buf.bytes} bytes`);
   return halfsToFloats(dev.download(buf, new Uint16Array(count)));
 }
@@ -127,10 +128,10 @@ export function attentionPlan(
   const steps: AttentionStep[] = [];
   let row = 0;
   for (const T of seqLens) {
-    const q = bufs.q + row * qRow * HALF;
-    const k = bufs.k + row * kvRow * HALF;
-    const v = bufs.v + row * kvRow * HALF;
-    const out = bufs.out + row * qRow * HALF;
+    const q = bufs.q + row * qRow * FP16_BYTES;
+    const k = bufs.k + row * kvRow * FP16_BYTES;
+    const v = bufs.v + row * kvRow * FP16_BYTES;
+    const out = bufs.out + row * qRow * FP16_BYTES;
     for (let g = 0; g < group; g++)
       steps.push({
         T,
@@ -144,7 +145,7 @@ export function attentionPlan(
           a: k,
           lda: kvRow,
           strideA: hd,
-          b: q + g * hd * HALF,
+          b: q + g * hd * FP16_BYTES,
           ldb: qRow,
           strideB: group * hd,
           c: bufs.scores,
@@ -166,7 +167,7 @@ export function attentionPlan(
           b: bufs.probs,
           ldb: T,
           strideB: T * T,
-          c: out + g * hd * HALF,
+          c: out + g * hd * FP16_BYTES,
           ldc: qRow,
           strideC: group * hd,
           cType: "f16",
@@ -291,7 +292,7 @@ export class CudaDecoderLayer {
   setWeight(name: DecoderLinearName, weight: Float32Array | DeviceBuffer): void {
     const l = this.linears[name];
     const host = weight instanceof Float32Array;
-    const values = host ? weight.length : weight.bytes / HALF;
+    const values = host ? weight.length : weight.bytes / FP16_BYTES;
     if (host ? values !== l.N * l.K : values < l.N * l.K)
       throw new GptqError(`${name}: a weight of ${values} values given, the projection is ${l.N} x ${l.K}`);
     const next = weight instanceof Float32Array ? uploadHalfs(this.dev, weight) : weight;
@@ -314,10 +315,10 @@ export class CudaDecoderLayer {
     const pos = this.dev.upload(chunkPositions(seqLens));
     this.rope(q, rows, H, pos);
     this.rope(k, rows, KV, pos);
-    const out = this.dev.alloc(rows * H * hd * HALF);
+    const out = this.dev.alloc(rows * H * hd * FP16_BYTES);
     const longest = Math.max(...seqLens);
     const scores = this.dev.alloc(KV * longest * longest * 4);
-    const probs = this.dev.alloc(KV * longest * longest * HALF);
+    const probs = this.dev.alloc(KV * longest * longest * FP16_BYTES);
     const softmax = this.kernel("causal_softmax");
     const window = this.spec.slidingWindow ?? NO_WINDOW;
     const bufs = { q: q.ptr, k: k.ptr, v: v.ptr, out: out.ptr, scores: scores.ptr, probs: probs.ptr };
@@ -346,7 +347,7 @@ export class CudaDecoderLayer {
     const gate = this.project("gate_proj", y, rows);
     const up = this.project("up_proj", y, rows);
     const count = rows * this.intermediate;
-    const out = this.dev.alloc(count * HALF);
+    const out = this.dev.alloc(count * FP16_BYTES);
     this.elementwise("silu_mul", count, [ptr(gate), ptr(up), ptr(out), u64(count)]);
     this.dev.free(gate);
     this.dev.free(up);
@@ -357,7 +358,7 @@ export class CudaDecoderLayer {
   project(name: DecoderLinearName, x: DeviceBuffer, rows: number): DeviceBuffer {
     const l = this.linears[name];
     this.checkInput(`${name} input`, x, rows, l.K);
-    const out = this.dev.alloc(rows * l.N * HALF);
+    const out = this.dev.alloc(rows * l.N * FP16_BYTES);
     this.blas.linear(x, l.weight, out, rows, l.N, l.K);
     if (l.bias) this.elementwise("add_bias", rows * l.N, [ptr(out), ptr(l.bias), i32(l.N), u64(rows * l.N)]);
     return out;
@@ -412,7 +413,7 @@ export class CudaDecoderLayer {
   }
 
   private checkInput(what: string, x: DeviceBuffer, rows: number, width: number): void {
-    if (x.bytes < rows * width * HALF)
+    if (x.bytes < rows * width * FP16_BYTES)
       throw new GptqError(
         `${what}: a buffer of ${x.bytes} bytes is smaller than ${rows} x ${width} fp16 values`,
       );
@@ -421,7 +422,7 @@ export class CudaDecoderLayer {
   private norm(h: DeviceBuffer, rows: number, weight: DeviceBuffer): DeviceBuffer {
     const D = this.hidden;
     this.checkInput("rmsNorm input", h, rows, D);
-    const out = this.dev.alloc(rows * D * HALF);
+    const out = this.dev.alloc(rows * D * FP16_BYTES);
     this.dev.launch(this.kernel("rms_norm"), [rows, 1, 1], THREADS, 0, [
       ptr(h),
       ptr(weight),
@@ -484,7 +485,7 @@ export class CudaEmbedding {
           `token ${tokens[t]} at position ${t} is outside the vocabulary [0, ${this.vocab})`,
         );
     const ids = this.dev.upload(tokens);
-    const out = this.dev.alloc(rows * this.hidden * HALF);
+    const out = this.dev.alloc(rows * this.hidden * FP16_BYTES);
     const k = this.dev.kernel(import.meta.url, "decoder.cu", "embed_gather");
     this.dev.launch(k, [rows, 1, 1], THREADS, 0, [ptr(this.table), ptr(ids), ptr(out), i32(this.hidden)]);
     this.dev.free(ids);
