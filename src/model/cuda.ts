@@ -1,17 +1,19 @@
 /**
  * Running a loaded model's quantized projections on the GPU: each CPU `QuantLinear` is replaced by a
  * `Linear` that converts its fp32 input to fp16, runs our kernel (the one `check` lists for the layer)
- * and returns fp32. Layers no CUDA kernel takes stay on the CPU, and say why.
+ * and returns fp32. Layers no CUDA kernel takes stay on the CPU, and say why. And a whole decoder layer
+ * on the GPU (`cudaDecoderLayer`), built from a CPU one, for calibration.
  */
 import { packGptq } from "../formats/gptq.js";
 import { QuantizedLinear } from "../formats/types.js";
-import { LINEAR_NAMES, LlamaModel } from "./llama.js";
+import { DecoderLayer, LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
 import { floatsToHalfs, halfsToFloats } from "../tensor/dtype.js";
 import { GptqError } from "../util/errors.js";
-import { Linear, QuantLinear } from "../backend/cpu/linear.js";
+import { DenseLinear, Linear, QuantLinear } from "../backend/cpu/linear.js";
 import { CudaDevice } from "../backend/cuda/device.js";
 import { uploadGptq } from "../backend/cuda/dequant/dequant.js";
 import { CudaLinear, cudaLinear } from "../backend/cuda/linear.js";
+import { CudaDecoderLayer, CudaDecoderSpec, DecoderLinearSpec } from "../backend/cuda/decoder/decoder.js";
 
 export class CudaModelLinear implements Linear {
   readonly inFeatures: number;
@@ -78,4 +80,45 @@ export function moveToCuda(model: LlamaModel, dev = CudaDevice.get()): CudaPlace
       }
     }
   return placement;
+}
+
+/**
+ * What a GPU decoder layer needs of a CPU one whose projections are all dense (before quantization):
+ * weights and biases, norms, config, and the rotary tables for sequences of up to `positions` tokens.
+ * The arrays are the layer's own, not copies.
+ */
+export function decoderSpec(layer: DecoderLayer, positions: number): CudaDecoderSpec {
+  if (!(Number.isInteger(positions) && positions > 0))
+    throw new GptqError(`decoder layer on the GPU: positions must be a positive integer, got ${positions}`);
+  const linears = {} as Record<LinearName, DecoderLinearSpec>;
+  for (const name of LINEAR_NAMES) {
+    const l = layer.linears[name];
+    if (!(l instanceof DenseLinear))
+      throw new GptqError(
+        `${layer.linearPrefix(name)} is not a dense projection: build the GPU layer before quantizing, then setWeight`,
+      );
+    linears[name] = { weight: l.weight, bias: l.bias, N: l.outFeatures, K: l.inFeatures };
+  }
+  const c = layer.config;
+  const rope = layer.rotary.tables(positions);
+  return {
+    hidden: c.hiddenSize,
+    heads: c.numHeads,
+    kvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    rotaryDim: c.rotaryDim,
+    eps: c.rmsNormEps,
+    slidingWindow: c.slidingWindow,
+    ropeCos: rope.cos,
+    ropeSin: rope.sin,
+    ropeStride: rope.stride,
+    inputNorm: layer.inputNorm,
+    postAttentionNorm: layer.postAttentionNorm,
+    linears,
+  };
+}
+
+/** The CPU layer on the GPU (weights in fp16) for chunks of sequences of up to `positions` tokens. */
+export function cudaDecoderLayer(dev: CudaDevice, layer: DecoderLayer, positions: number): CudaDecoderLayer {
+  return new CudaDecoderLayer(dev, decoderSpec(layer, positions));
 }

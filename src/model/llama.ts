@@ -73,7 +73,7 @@ export class DecoderLayer {
     readonly linears: Record<LinearName, Linear>,
     readonly inputNorm: Float32Array,
     readonly postAttentionNorm: Float32Array,
-    private readonly rotary: Rotary,
+    readonly rotary: Rotary,
   ) {}
 
   /** full tensor-name prefix of one projection, e.g. "model.layers.0.self_attn.q_proj" */

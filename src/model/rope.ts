@@ -69,6 +69,13 @@ export class Rotary {
     this.positions = T;
   }
 
+  /** The cos and sin tables of positions [0, T): T x `half` each (row t holds position t's angles). */
+  tables(T: number): { cos: Float32Array; sin: Float32Array; stride: number } {
+    this.ensure(T);
+    const n = T * this.half;
+    return { cos: this.cos.slice(0, n), sin: this.sin.slice(0, n), stride: this.half };
+  }
+
   /** Rotates, in place, x = T rows of `heads` heads of headDim values; row t is at position t. */
   apply(x: Float32Array, T: number, heads: number): void {
     this.ensure(T);

@@ -1,37 +1,48 @@
 /**
- * GPTQ with its dense work on the GPU: the damped Hessian factorised by cuSOLVER and every lazy-update
- * block swept on the device (backend/cuda/gptq), group parameters found on the host by the same code as
- * the CPU path, so every option means the same on both.
+ * GPTQ with its dense work on the GPU: the Hessian and the working weight prepared on the device (dead
+ * inputs, act-order, damping), the damped Hessian factorised by cuSOLVER, every lazy-update block swept
+ * there (backend/cuda/gptq) with min-max group parameters found there too; other group searches run on
+ * the host by the same code as the CPU path, so every option means the same on both.
  */
 import { CudaDevice } from "../backend/cuda/device.js";
-import { CudaGptqFactor, CudaGptqSweep } from "../backend/cuda/gptq/sweep.js";
-import { BlockSweep, DAMP_LIMIT, GptqBackend, nextDamp, notPositiveDefinite } from "../quant/gptq.js";
+import { CudaGptqData } from "../backend/cuda/gptq/problem.js";
+import { CudaGptqSweep } from "../backend/cuda/gptq/sweep.js";
+import {
+  BlockSweep,
+  DAMP_LIMIT,
+  GptqBackend,
+  GptqFactor,
+  GptqProblem,
+  nextDamp,
+  notPositiveDefinite,
+} from "../quant/gptq.js";
 
-export function cudaGptqBackend(dev: CudaDevice = CudaDevice.get()): GptqBackend {
+/** A GPTQ problem whose Hessian and weight are already on the device. */
+export function cudaGptqProblem(dev: CudaDevice, data: CudaGptqData): GptqProblem {
+  const { N, K } = data;
   return {
-    name: "cuda",
-    factor(hp, K, damp) {
+    N,
+    K,
+    diagonal: () => data.diagonal(),
+    clearDead: (dead) => data.clearDead(dead),
+    permute: (perm) => data.permute(perm),
+    weights: () => data.weights(),
+    factor(damp): GptqFactor {
+      const diag = data.diagonal();
       let mean = 0;
-      for (let k = 0; k < K; k++) mean += hp[k * K + k];
+      for (let k = 0; k < K; k++) mean += diag[k];
       mean /= K;
       for (let d = damp; d <= DAMP_LIMIT; d = nextDamp(d)) {
-        const h32 = new Float32Array(hp);
-        for (let k = 0; k < K; k++) h32[k * K + k] = hp[k * K + k] + d * mean;
-        const f = CudaGptqFactor.of(dev, h32, K);
+        const f = data.tryFactor(d * mean);
         if (!f) continue;
         const colWeight = Float64Array.from(f.diag, (x) => 1 / (x * x));
-        const used = d;
         return {
-          damp: used,
-          damped: () => {
-            const h = Float64Array.from(hp);
-            for (let k = 0; k < K; k++) h[k * K + k] += used * mean;
-            return h;
-          },
-          sweep: (q, w, N, scales, zeros) =>
+          damp: d,
+          damped: () => data.damped(d * mean),
+          sweep: (q, scales, zeros, w) =>
             new BlockSweep(
               q,
-              new CudaGptqSweep(dev, f, w, N, scales.length / N),
+              new CudaGptqSweep(dev, f, w ?? data.weight, N, scales.length / N),
               colWeight,
               () => f.rows(),
               N,
@@ -44,5 +55,14 @@ export function cudaGptqBackend(dev: CudaDevice = CudaDevice.get()): GptqBackend
       }
       throw notPositiveDefinite();
     },
+    dispose: () => data.dispose(),
+  };
+}
+
+/** GPTQ from host arrays with its work on the GPU. */
+export function cudaGptqBackend(dev: CudaDevice = CudaDevice.get()): GptqBackend {
+  return {
+    name: "cuda",
+    problem: (W, H, N, K) => cudaGptqProblem(dev, CudaGptqData.fromHost(dev, W, H, N, K)),
   };
 }

@@ -66,6 +66,8 @@ export interface QuantizeResult {
   errorOf: "outputs" | "weights";
   meanRelError: number;
   worst: { name: string; relError: number };
+  /** peak memory: the process's resident set, and live GPU allocations when GPTQ ran there */
+  memory: { hostPeakBytes: number; gpuPeakBytes?: number };
   /** seconds in the layer-by-layer pipeline, and end to end (load, quantize, write) */
   quantizeSeconds: number;
   seconds: number;
@@ -114,6 +116,7 @@ export async function quantizeCheckpoint(
   if (o.method === "gptq" && !req.calib)
     throw new GptqError("GPTQ needs calibration data: pass --calib FILE (or use --method rtn)");
   const device = resolveDevice(req.device ?? "cpu");
+  if (device.kind === "cuda") CudaDevice.get().resetPeak();
 
   // The packing decides which shapes are storable ("auto" writes GPTQ, whose packing v1 and v2 share);
   // a scheme it cannot hold at all (Marlin with group 32, say) fails here too, before any work.
@@ -212,6 +215,10 @@ export async function quantizeCheckpoint(
     errorOf: reports[0]?.relErrorOf ?? "weights",
     meanRelError: reports.reduce((s, r) => s + r.relError, 0) / Math.max(1, reports.length),
     worst: { name: worst.name, relError: worst.relError },
+    memory: {
+      hostPeakBytes: process.resourceUsage().maxRSS * 1024,
+      gpuPeakBytes: device.kind === "cuda" ? CudaDevice.get().memoryStats().peakLiveBytes : undefined,
+    },
     quantizeSeconds: run.seconds,
     seconds: (Date.now() - t0) / 1000,
     reports,

@@ -16,6 +16,7 @@ import { CPU_GPTQ, GptqBackend } from "../quant/gptq.js";
 import { CudaDevice } from "../backend/cuda/device.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { cudaGptqBackend } from "./cuda-gptq.js";
+import { quantizeModelOnDevice } from "./quantize-model-cuda.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
 import { relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
@@ -191,7 +192,8 @@ function quantizeOne(
  * Quantizes every decoder projection of `model`, one layer at a time, and returns the quantized layers.
  * Each projection of the layer object is replaced by its dequantized weights: a `LlamaModel` afterwards
  * computes what the quantized checkpoint will; a `LayerwiseLlama` drops each layer once it is done.
- * `calibration` may be omitted for RTN only.
+ * `calibration` may be omitted for RTN only. On "cuda", GPTQ without fpTarget runs wholly on the GPU
+ * (quantize-model-cuda.ts); otherwise the forward runs here and the Hessians and GPTQ there.
  */
 export function quantizeModel(
   model: LayerSource,
@@ -201,6 +203,8 @@ export function quantizeModel(
   /** where each quantized layer goes as soon as it is done (then `layers` stays empty); default: `layers` */
   keep?: (prefix: string, layer: QuantizedLinear) => void,
 ): PipelineResult {
+  if (opts.device === "cuda" && opts.method === "gptq" && !opts.fpTarget && calibration?.length)
+    return quantizeModelOnDevice(model, calibration, opts, onEvent, keep);
   const t0 = Date.now();
   const compute = computeOn(opts.device ?? "cpu");
   const layers = new Map<string, QuantizedLinear>();

@@ -126,11 +126,83 @@ export function syntheticConfig(spec: SyntheticSpec): Record<string, unknown> {
   };
 }
 
+/** The synthetic model's tensors in writing order: embeddings, then each layer's, then the final norm and head. */
+export interface SyntheticTensors {
+  embed: TensorEntry[];
+  layer(l: number): TensorEntry[];
+  final: TensorEntry[];
+}
+
+/**
+ * The tensors of the synthetic model, each generated when the writer asks for its data. `rngOf(l)` is the
+ * generator of layer l (-1 for the embeddings, norm and head): one shared generator consumed in writing
+ * order (`writeSyntheticLlama`), or one per layer so layers can be written independently (in parallel).
+ */
+export function syntheticTensors(
+  spec: SyntheticSpec,
+  dtype: "F32" | "F16" | "BF16",
+  rngOf: (layer: number) => Rng,
+): SyntheticTensors {
+  const { hiddenSize: D, intermediateSize: I, vocabSize: V } = spec;
+  const hd = D / spec.numHeads;
+  const outliers = [3, Math.floor(D / 2) + 1];
+  const stored = (w: Float32Array) =>
+    dtype === "F32" ? w : dtype === "F16" ? floatsToHalfs(w) : floatsToBf16s(w);
+  const entry = (name: string, shape: number[], make: () => Float32Array): TensorEntry => ({
+    name,
+    dtype,
+    shape,
+    data: () => stored(make()),
+  });
+  const outer = rngOf(-1);
+  return {
+    embed: [
+      entry("model.embed_tokens.weight", [V, D], () => {
+        const embed = weight(outer, V, D, 0);
+        for (let v = 0; v < V; v++) for (const c of outliers) embed[v * D + c] *= 6;
+        return embed;
+      }),
+    ],
+    layer(l) {
+      const rng = rngOf(l);
+      const p = `model.layers.${l}`;
+      const q = spec.numHeads * hd;
+      const kv = spec.numKvHeads * hd;
+      return [
+        entry(`${p}.input_layernorm.weight`, [D], () => norm(rng, D, outliers)),
+        entry(`${p}.self_attn.q_proj.weight`, [q, D], () => weight(rng, q, D, 3)),
+        entry(`${p}.self_attn.k_proj.weight`, [kv, D], () => weight(rng, kv, D, 3)),
+        entry(`${p}.self_attn.v_proj.weight`, [kv, D], () => weight(rng, kv, D, 3)),
+        // Residual branches scaled down, as deep-network initialisations do, so each layer refines the stream.
+        entry(`${p}.self_attn.o_proj.weight`, [D, q], () => scaled(weight(rng, D, q, 2), 0.1)),
+        entry(`${p}.post_attention_layernorm.weight`, [D], () => norm(rng, D, outliers)),
+        entry(`${p}.mlp.gate_proj.weight`, [I, D], () => weight(rng, I, D, 3)),
+        entry(`${p}.mlp.up_proj.weight`, [I, D], () => weight(rng, I, D, 3)),
+        entry(`${p}.mlp.down_proj.weight`, [D, I], () => scaled(weight(rng, D, I, 4), 0.1)),
+      ];
+    },
+    final: [
+      entry("model.norm.weight", [D], () => norm(outer, D, [])),
+      // A scaled head gives peaked next-token distributions, so quantization damage shows in perplexity.
+      entry("lm_head.weight", [V, D], () => scaled(weight(outer, V, D, 0), 2)),
+    ],
+  };
+}
+
+/** config.json of the synthetic model stored as `dtype`. */
+export function syntheticConfigFor(spec: SyntheticSpec, dtype: "F32" | "F16" | "BF16"): string {
+  const config = {
+    ...syntheticConfig(spec),
+    torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype],
+  };
+  return JSON.stringify(config, null, 2) + "\n";
+}
+
 /**
  * Writes config.json and the tensors (model.safetensors, or shards and an index) of the synthetic model
  * into `dir` (created if absent). Each tensor is generated as the writer reaches it, so memory stays at the
  * largest one (a 7B model's 500 MB embeddings in fp32), and the values are the same whatever the dtype
- * and sharding (the generator runs in the same order).
+ * and sharding (one generator, consumed in writing order).
  */
 export function writeSyntheticLlama(
   dir: string,
@@ -139,44 +211,13 @@ export function writeSyntheticLlama(
 ): void {
   const rng = new Rng(spec.seed);
   const dtype = opts.dtype ?? "F32";
-  const { hiddenSize: D, intermediateSize: I, vocabSize: V } = spec;
-  const hd = D / spec.numHeads;
-  const outliers = [3, Math.floor(D / 2) + 1];
-  const entries: TensorEntry[] = [];
-  const stored = (w: Float32Array) =>
-    dtype === "F32" ? w : dtype === "F16" ? floatsToHalfs(w) : floatsToBf16s(w);
-  const add = (name: string, shape: number[], make: () => Float32Array) =>
-    entries.push({ name, dtype, shape, data: () => stored(make()) });
-  add("model.embed_tokens.weight", [V, D], () => {
-    const embed = weight(rng, V, D, 0);
-    for (let v = 0; v < V; v++) for (const c of outliers) embed[v * D + c] *= 6;
-    return embed;
-  });
-  for (let l = 0; l < spec.numLayers; l++) {
-    const p = `model.layers.${l}`;
-    const q = spec.numHeads * hd;
-    const kv = spec.numKvHeads * hd;
-    add(`${p}.input_layernorm.weight`, [D], () => norm(rng, D, outliers));
-    add(`${p}.self_attn.q_proj.weight`, [q, D], () => weight(rng, q, D, 3));
-    add(`${p}.self_attn.k_proj.weight`, [kv, D], () => weight(rng, kv, D, 3));
-    add(`${p}.self_attn.v_proj.weight`, [kv, D], () => weight(rng, kv, D, 3));
-    // Residual branches scaled down, as deep-network initialisations do, so each layer refines the stream.
-    add(`${p}.self_attn.o_proj.weight`, [D, q], () => scaled(weight(rng, D, q, 2), 0.1));
-    add(`${p}.post_attention_layernorm.weight`, [D], () => norm(rng, D, outliers));
-    add(`${p}.mlp.gate_proj.weight`, [I, D], () => weight(rng, I, D, 3));
-    add(`${p}.mlp.up_proj.weight`, [I, D], () => weight(rng, I, D, 3));
-    add(`${p}.mlp.down_proj.weight`, [D, I], () => scaled(weight(rng, D, I, 4), 0.1));
-  }
-  add("model.norm.weight", [D], () => norm(rng, D, []));
-  // A scaled head gives peaked next-token distributions, so quantization damage shows in perplexity.
-  add("lm_head.weight", [V, D], () => scaled(weight(rng, V, D, 0), 2));
+  const t = syntheticTensors(spec, dtype, () => rng);
+  const entries = [...t.embed];
+  for (let l = 0; l < spec.numLayers; l++) entries.push(...t.layer(l));
+  entries.push(...t.final);
   mkdirSync(dir, { recursive: true });
   writeCheckpointTensors(dir, entries, { maxShardBytes: opts.maxShardBytes });
-  const config = {
-    ...syntheticConfig(spec),
-    torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype],
-  };
-  writeTextAtomic(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
+  writeTextAtomic(join(dir, "config.json"), syntheticConfigFor(spec, dtype));
 }
 
 /** A token file in the layout `--calib` and `eval --tokens` read: named int32 [n, seqlen] tensors. */

@@ -60,37 +60,115 @@ export interface SweepGroups {
   fresh: boolean;
 }
 
+/**
+ * A layer's weight and Hessian where a backend keeps them. GPTQ prepares them through this (dead inputs,
+ * act-order) and factorises; the CPU keeps host arrays, a GPU device buffers.
+ */
+export interface GptqProblem {
+  readonly N: number;
+  readonly K: number;
+  /** H's diagonal as it stands */
+  diagonal(): Float64Array;
+  /** inputs never seen in calibration: H[k, k] := 1 and weight column k := 0 */
+  clearDead(dead: readonly number[]): void;
+  /** reorders H and the weight: position a takes column perm[a] */
+  permute(perm: Int32Array): void;
+  /** a host copy of the working weight, K x N in the current order */
+  weights(): Float32Array;
+  /**
+   * Factorises H damped by `damp` x its mean diagonal, raising `damp` until it is positive definite;
+   * returns the damping used, the damped matrix, and a maker of sweeps.
+   */
+  factor(damp: number): GptqFactor;
+  dispose?(): void;
+}
+
+export interface GptqFactor {
+  damp: number;
+  /** the damped matrix (K x K, processing order), for the refits */
+  damped: () => Float64Array;
+  /** a sweep over the problem's own working weight, or over `w` (K x N, processing order) when given */
+  sweep(q: Quantizer, scales: Float32Array, zeros: Float32Array, w?: Float32Array): GptqSweep;
+  dispose?(): void;
+}
+
 /** Where GPTQ's dense work runs: the factorisation of the damped Hessian and the sweeps. */
 export interface GptqBackend {
   readonly name: string;
-  /**
-   * Factorises `hp` (K x K, processing order) damped by `damp` x its mean diagonal, raising `damp` until
-   * it is positive definite; returns the damping used, the damped matrix, and a maker of sweeps.
-   */
-  factor(
-    hp: Float64Array,
-    K: number,
-    damp: number,
-  ): {
-    damp: number;
-    /** the damped matrix (K x K), for the refits */
-    damped: () => Float64Array;
-    sweep(q: Quantizer, w: Float32Array, N: number, scales: Float32Array, zeros: Float32Array): GptqSweep;
-    dispose?(): void;
-  };
+  /** the problem of weight W (N x K) and Hessian H (K x K), both left unmodified */
+  problem(W: Float32Array, H: Float64Array, N: number, K: number): GptqProblem;
+}
+
+/** Host arrays: the weight transposed to K x N, H as float64. */
+export class HostProblem implements GptqProblem {
+  private w: Float32Array;
+  private h: Float64Array;
+
+  constructor(
+    W: Float32Array,
+    H: Float64Array,
+    readonly N: number,
+    readonly K: number,
+  ) {
+    this.w = transpose(W, N, K);
+    this.h = Float64Array.from(H);
+  }
+
+  /** H as prepared (K x K, processing order) */
+  get hessian(): Float64Array {
+    return this.h;
+  }
+
+  /** the working weight (K x N, processing order), updated in place by the sweep */
+  get weight(): Float32Array {
+    return this.w;
+  }
+
+  diagonal(): Float64Array {
+    const { h, K } = this;
+    return Float64Array.from({ length: K }, (_, k) => h[k * K + k]);
+  }
+
+  clearDead(dead: readonly number[]): void {
+    const { N, K } = this;
+    for (const k of dead) {
+      this.h[k * K + k] = 1;
+      this.w.fill(0, k * N, (k + 1) * N);
+    }
+  }
+
+  permute(perm: Int32Array): void {
+    const { N, K, h, w } = this;
+    const hp = new Float64Array(K * K);
+    const wp = new Float32Array(K * N);
+    for (let a = 0; a < K; a++) {
+      const pa = perm[a];
+      for (let b = 0; b < K; b++) hp[a * K + b] = h[pa * K + perm[b]];
+      wp.set(w.subarray(pa * N, (pa + 1) * N), a * N);
+    }
+    this.h = hp;
+    this.w = wp;
+  }
+
+  weights(): Float32Array {
+    return Float32Array.from(this.w);
+  }
+
+  factor(damp: number): GptqFactor {
+    const { N, K } = this;
+    const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp);
+    return {
+      damp: used,
+      damped: () => damped,
+      sweep: (q, scales, zeros, w) => new Sweep(q, w ?? this.w, U, N, K, scales, zeros),
+    };
+  }
 }
 
 /** The CPU backend: float64 factorisation, float32 weights. */
 export const CPU_GPTQ: GptqBackend = {
   name: "cpu",
-  factor(hp, K, damp) {
-    const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
-    return {
-      damp: used,
-      damped: () => damped,
-      sweep: (q, w, N, scales, zeros) => new Sweep(q, w, U, N, K, scales, zeros),
-    };
-  },
+  problem: (W, H, N, K) => new HostProblem(W, H, N, K),
 };
 
 export interface GptqResult {
@@ -142,11 +220,13 @@ export function notPositiveDefinite(): GptqError {
 
 function checkHessian(H: Float64Array, K: number): void {
   if (H.length !== K * K) throw new GptqError(`Hessian has ${H.length} values, expected K x K = ${K} x ${K}`);
-  for (let i = 0; i < K; i++) {
-    const d = H[i * K + i];
+}
+
+function checkDiagonal(diag: Float64Array): void {
+  diag.forEach((d, i) => {
     if (!(Number.isFinite(d) && d >= 0))
       throw new GptqError(`Hessian diagonal ${i} is ${d}: a Hessian of inputs is finite and non-negative`);
-  }
+  });
 }
 
 /** Descending by value, ties by index (a stable order). */
@@ -165,6 +245,22 @@ export function gptqQuantize(
 ): GptqResult {
   checkWeight(W, N, K);
   checkHessian(H, K);
+  const backend = opts.backend ?? CPU_GPTQ;
+  const problem = backend.problem(W, H, N, K);
+  try {
+    const r = gptqSolve(problem, opts);
+    return { ...r, Q: dequantize(r.layer) };
+  } finally {
+    problem.dispose?.();
+  }
+}
+
+/**
+ * GPTQ on a prepared problem (weight and Hessian wherever the backend keeps them, left modified); the
+ * quantized layer without its dequantized weight, which the caller makes where it needs it.
+ */
+export function gptqSolve(problem: GptqProblem, opts: GptqOptions): Omit<GptqResult, "Q"> {
+  const { N, K } = problem;
   const q = resolveQuantizer(opts, K);
   const descAct = opts.descAct ?? false;
   const staticGroups = opts.staticGroups ?? false;
@@ -179,51 +275,40 @@ export function gptqQuantize(
 
   const gs = q.groupSize === -1 ? K : q.groupSize;
   const G = numGroups(K, q.groupSize);
-  const wt = transpose(W, N, K); // K x N
-  const h = Float64Array.from(H);
   const scales = new Float32Array(G * N);
   const zeros = new Float32Array(G * N);
   const needsHessian = q.clip === "hessian" || q.clip === "gptq";
 
   // One group over all of K: AutoGPTQ takes its parameters from the weight as given, before dead columns.
-  if (q.groupSize === -1 && !needsHessian) findParams(q, wt, 0, K, N, scales, zeros);
+  if (q.groupSize === -1 && !needsHessian) findParams(q, problem.weights(), 0, K, N, scales, zeros);
 
   // Dead inputs (never non-zero in calibration): their weights cannot matter, so zero them.
-  for (let k = 0; k < K; k++) {
-    if (h[k * K + k] === 0) {
-      h[k * K + k] = 1;
-      wt.fill(0, k * N, (k + 1) * N);
-    }
+  const diag = problem.diagonal();
+  checkDiagonal(diag);
+  const dead: number[] = [];
+  for (let k = 0; k < K; k++) if (diag[k] === 0) dead.push(k);
+  if (dead.length) {
+    problem.clearDead(dead);
+    for (const k of dead) diag[k] = 1;
   }
 
   let perm: Int32Array | undefined;
-  let hp = h;
-  let w = wt;
   if (descAct) {
-    const diag = new Float64Array(K);
-    for (let k = 0; k < K; k++) diag[k] = h[k * K + k];
     perm = argsortDescending(diag);
-    hp = new Float64Array(K * K);
-    w = new Float32Array(K * N);
-    for (let a = 0; a < K; a++) {
-      const pa = perm[a];
-      for (let b = 0; b < K; b++) hp[a * K + b] = h[pa * K + perm[b]];
-      w.set(wt.subarray(pa * N, (pa + 1) * N), a * N);
-    }
+    problem.permute(perm);
   }
 
-  const backend = opts.backend ?? CPU_GPTQ;
-  const factor = backend.factor(hp, K, damp);
+  const factor = problem.factor(damp);
   const used = factor.damp;
-  const w0 = refine > 0 ? Float32Array.from(w) : w;
+  const w0 = refine > 0 ? problem.weights() : undefined;
   const sweeps: GptqSweep[] = [];
-  const newSweep = (weights: Float32Array) => {
-    const s = factor.sweep(q, weights, N, scales, zeros);
+  const newSweep = (weights?: Float32Array) => {
+    const s = factor.sweep(q, scales, zeros, weights);
     sweeps.push(s);
     return s;
   };
   try {
-    let sweep = newSweep(w);
+    let sweep = newSweep();
 
     // Groups fixed before the sweep: static ones on the unpermuted weight, or the single group of -1.
     if (staticGroups && q.groupSize !== -1) {
@@ -246,7 +331,7 @@ export function gptqQuantize(
       fresh: opts.freshGroups ?? false,
     });
 
-    if (refine > 0) {
+    if (w0) {
       const refit = (s: GptqSweep) =>
         refitScales({
           w: w0,
@@ -291,7 +376,7 @@ export function gptqQuantize(
       zeros: Uint8Array.from(zeros),
       gIdx,
     };
-    return { layer, loss, damp: used, Q: dequantize(layer) };
+    return { layer, loss, damp: used };
   } finally {
     for (const s of sweeps) s.dispose?.();
     factor.dispose?.();
@@ -443,30 +528,35 @@ class Sweep implements GptqSweep {
  */
 export interface BlockEngine {
   /** rows [r0, r1) of the working weight (processing order) as they stand */
-  rows(r0: number, r1: number): Float32Array;
+  rowsOf(r0: number, r1: number): Float32Array;
+  /** groups g0 ..= g1 of the host's `scales`/`zeros` (G x N) into the engine */
+  setParams(scales: Float32Array, zeros: Float32Array, g0: number, g1: number): void;
   /**
-   * Quantizes columns [i1, i2) with the groups `groupOf[c]` of `scales`/`zeros` (G x N), feeding each
-   * column's error into the block's later ones; returns the sum of squared scaled errors.
+   * Optional: min-max parameters of group g from rows [c, c + cols) as they stand, found by the engine
+   * exactly as `findParams` finds them (clip "minmax"), without the rows leaving it.
    */
-  block(
-    i1: number,
-    i2: number,
-    groupOf: Int32Array,
-    scales: Float32Array,
-    zeros: Float32Array,
-    maxq: number,
-  ): number;
+  minmaxParams?(c: number, cols: number, g: number, maxq: number, sym: boolean): void;
+  /** every group's parameters back into the host's arrays */
+  getParams(scales: Float32Array, zeros: Float32Array): void;
+  /**
+   * Quantizes columns [i1, i2) with groups `groupOf[c]`, feeding each column's error into the block's later
+   * ones; the sum of squared scaled errors adds up in the engine.
+   */
+  block(i1: number, i2: number, groupOf: Int32Array, maxq: number): void;
   /** The columns after block [i1, i2) take its errors: W[i2:] -= U[i1:i2, i2:]^T Err. */
   lazy(i1: number, i2: number): void;
+  /** the sum of squared scaled errors since the last call */
+  takeLoss(): number;
   /** the codes (K x N, processing order) once the sweep has run */
   codes(): Uint8Array;
   dispose(): void;
 }
 
 /**
- * A sweep whose block work an engine does: group parameters are found here, at the start of the block
- * in which a group begins (from the weights as they stood then, as AutoGPTQ does). Fresh dynamic groups
- * end blocks at group boundaries, so every group begins a block: the same result up to rounding order.
+ * A sweep whose block work an engine does: group parameters are found at the start of the block in which a
+ * group begins (from the weights as they stood then, as AutoGPTQ does), by the engine for min-max, here
+ * otherwise. Fresh dynamic groups end blocks at group boundaries, so every group begins a block: the same
+ * result up to rounding order.
  */
 export class BlockSweep implements GptqSweep {
   readonly groupOf: Int32Array;
@@ -494,18 +584,19 @@ export class BlockSweep implements GptqSweep {
 
   fixGroup(g: number, pos: Int32Array): void {
     const { N } = this;
-    const w = (this.whole ??= this.engine.rows(0, this.K));
+    const w = (this.whole ??= this.engine.rowsOf(0, this.K));
     const buf = new Float32Array(pos.length * N);
     pos.forEach((p, i) => buf.set(w.subarray(p * N, (p + 1) * N), i * N));
     findGroupParams(this.q, buf, pos, N, this.K, this.colWeight, this.U, this.scales, this.zeros, g);
   }
 
   run(blockSize: number, groups: "fixed" | "dynamic", gs: number, how: SweepGroups): number {
-    const { q, engine, N, K } = this;
+    const { q, engine, N, K, scales, zeros } = this;
     this.whole = undefined;
     this.codesCache = undefined;
     const dynamic = groups === "dynamic";
-    let loss = 0;
+    if (!dynamic) engine.setParams(scales, zeros, 0, scales.length / N - 1);
+    const onEngine = q.clip === "minmax" && engine.minmaxParams !== undefined;
     for (let i1 = 0; i1 < K;) {
       let i2 = Math.min(i1 + blockSize, K);
       if (dynamic && how.fresh) i2 = Math.min(i2, (Math.floor(i1 / gs) + 1) * gs);
@@ -514,21 +605,25 @@ export class BlockSweep implements GptqSweep {
         this.groupOf[c] = dynamic ? Math.floor(c / gs) : how.staticOf(c);
         if (dynamic && c % gs === 0) starts.push(c);
       }
-      if (starts.length) {
+      if (starts.length && onEngine)
+        for (const c of starts) engine.minmaxParams!(c, Math.min(gs, K - c), c / gs, q.maxq, q.sym);
+      else if (starts.length) {
         const end = Math.max(...starts.map((c) => c + Math.min(gs, K - c)));
-        const rows = engine.rows(i1, end);
+        const rows = engine.rowsOf(i1, end);
         for (const c of starts) {
           const cols = Math.min(gs, K - c);
           const buf = rows.subarray((c - i1) * N, (c - i1 + cols) * N);
           const pos = Int32Array.from({ length: cols }, (_, t) => c + t);
-          findGroupParams(q, buf, pos, N, K, this.colWeight, this.U, this.scales, this.zeros, c / gs);
+          findGroupParams(q, buf, pos, N, K, this.colWeight, this.U, scales, zeros, c / gs);
         }
+        engine.setParams(scales, zeros, starts[0] / gs, starts[starts.length - 1] / gs);
       }
-      loss += engine.block(i1, i2, this.groupOf, this.scales, this.zeros, q.maxq);
+      engine.block(i1, i2, this.groupOf, q.maxq);
       if (i2 < K) engine.lazy(i1, i2);
       i1 = i2;
     }
-    return loss / 2;
+    engine.getParams(scales, zeros);
+    return engine.takeLoss() / 2;
   }
 
   dispose(): void {

@@ -87,11 +87,11 @@ test(
 );
 
 test(
-  "GPTQ on the GPU: every option within 0.5 % of the CPU path (1024 x 1536, LLM-like data)",
+  "GPTQ on the GPU: every option within 0.5 % of the CPU path (384 x 1024, LLM-like data)",
   { skip: noGpu },
   () => {
-    const N = 1024;
-    const K = 1536;
+    const N = 384;
+    const K = 1024;
     const W = llmLike(N, K, 5);
     const X = llmLike(2048, K, 6);
     const acc = new HessianAccumulator(K);

@@ -9,40 +9,67 @@ import {
   BlockEngine,
   BlockSweep,
   GptqBackend,
+  GptqFactor,
   GptqOptions,
+  HostProblem,
   dampedInverseFactor,
   gptqQuantize,
 } from "../../src/quant/gptq.js";
+import { Bits } from "../../src/formats/types.js";
 import { HessianAccumulator } from "../../src/quant/hessian.js";
-import { quantCode } from "../../src/quant/quantizer.js";
+import { findParams, quantCode, resolveQuantizer } from "../../src/quant/quantizer.js";
 import { llmLike, relativeOutputError } from "./data.js";
 
-/** The block work as the GPU kernel does it: a column at a time, float32 weights, error into the block. */
+/**
+ * The block work as the GPU kernel does it: a column at a time, float32 weights, error into the block, group
+ * parameters kept in the engine (found there for min-max when `minmax` is set, as the GPU does).
+ */
 class PlainEngine implements BlockEngine {
   private readonly codeBuf: Uint8Array;
   private err = new Float32Array(0);
+  private loss = 0;
+  private readonly scales: Float32Array;
+  private readonly zeros: Float32Array;
+  minmaxParams?: BlockEngine["minmaxParams"];
+
   constructor(
     private readonly w: Float32Array,
     private readonly U: Float64Array,
     private readonly N: number,
     private readonly K: number,
+    G: number,
+    minmax: boolean,
   ) {
     this.codeBuf = new Uint8Array(K * N);
+    this.scales = new Float32Array(G * N).fill(NaN);
+    this.zeros = new Float32Array(G * N).fill(NaN);
+    if (minmax)
+      this.minmaxParams = (c, cols, g, maxq, sym) =>
+        findParams(
+          resolveQuantizer({ bits: BITS_OF[maxq], groupSize: -1, sym }, K),
+          w,
+          c * N,
+          cols,
+          N,
+          this.scales.subarray(g * N, (g + 1) * N),
+          this.zeros.subarray(g * N, (g + 1) * N),
+        );
   }
-  rows(r0: number, r1: number): Float32Array {
+  rowsOf(r0: number, r1: number): Float32Array {
     return this.w.slice(r0 * this.N, r1 * this.N);
   }
-  block(
-    i1: number,
-    i2: number,
-    groupOf: Int32Array,
-    scales: Float32Array,
-    zeros: Float32Array,
-    maxq: number,
-  ): number {
-    const { w, U, N, K } = this;
+  setParams(scales: Float32Array, zeros: Float32Array, g0: number, g1: number): void {
+    const { N } = this;
+    this.scales.set(scales.subarray(g0 * N, (g1 + 1) * N), g0 * N);
+    this.zeros.set(zeros.subarray(g0 * N, (g1 + 1) * N), g0 * N);
+  }
+  getParams(scales: Float32Array, zeros: Float32Array): void {
+    scales.set(this.scales);
+    zeros.set(this.zeros);
+  }
+  block(i1: number, i2: number, groupOf: Int32Array, maxq: number): void {
+    const { w, U, N, K, scales, zeros } = this;
     this.err = new Float32Array((i2 - i1) * N);
-    let sum = 0;
     for (let c = i1; c < i2; c++) {
       const g = groupOf[c];
       for (let n = 0; n < N; n++) {
@@ -52,12 +79,11 @@ class PlainEngine implements BlockEngine {
         const code = quantCode(x, s, z, maxq);
         this.codeBuf[c * N + n] = code;
         const diff = (x - s * (code - z)) / U[c * K + c];
-        sum += diff * diff;
+        this.loss += diff * diff;
         this.err[(c - i1) * N + n] = diff;
         for (let j = c + 1; j < i2; j++) w[j * N + n] -= Math.fround(U[c * K + j] * Math.fround(diff));
       }
     }
-    return sum;
   }
   lazy(i1: number, i2: number): void {
     const { w, U, N, K } = this;
@@ -68,25 +94,57 @@ class PlainEngine implements BlockEngine {
         w[j * N + n] -= acc;
       }
   }
+  takeLoss(): number {
+    const l = this.loss;
+    this.loss = 0;
+    return l;
+  }
   codes(): Uint8Array {
     return this.codeBuf;
   }
   dispose(): void {}
 }
 
-const PLAIN: GptqBackend = {
-  name: "plain",
-  factor(hp, K, damp) {
-    const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
+const BITS_OF: Record<number, Bits> = { 3: 2, 7: 3, 15: 4, 255: 8 };
+
+/** The CPU's problem preparation with its sweeps run block by block through a PlainEngine. */
+class PlainProblem extends HostProblem {
+  constructor(
+    W: Float32Array,
+    H: Float64Array,
+    N: number,
+    K: number,
+    private readonly minmax: boolean,
+  ) {
+    super(W, H, N, K);
+  }
+
+  override factor(damp: number): GptqFactor {
+    const { N, K, minmax } = this;
+    const { U, damp: used, damped } = dampedInverseFactor(this.hessian, K, damp);
     const colWeight = Float64Array.from({ length: K }, (_, k) => 1 / (U[k * K + k] * U[k * K + k]));
     return {
       damp: used,
       damped: () => damped,
-      sweep: (q, w, N, scales, zeros) =>
-        new BlockSweep(q, new PlainEngine(w, U, N, K), colWeight, () => U, N, K, scales, zeros),
+      sweep: (q, scales, zeros, w) =>
+        new BlockSweep(
+          q,
+          new PlainEngine(w ?? this.weight, U, N, K, scales.length / N, minmax),
+          colWeight,
+          () => U,
+          N,
+          K,
+          scales,
+          zeros,
+        ),
     };
-  },
-};
+  }
+}
+
+const plainBackend = (minmax: boolean): GptqBackend => ({
+  name: "plain",
+  problem: (W, H, N, K) => new PlainProblem(W, H, N, K, minmax),
+});
 
 const N = 48;
 const K = 160;
@@ -123,16 +181,20 @@ const CASES: [string, GptqOptions][] = [
 ];
 
 for (const [name, opts] of CASES)
-  test(`block-at-a-time GPTQ equals the CPU sweep: ${name}`, () => {
-    const cpu = gptqQuantize(W, N, K, H, opts);
-    const blocks = gptqQuantize(W, N, K, H, { ...opts, backend: PLAIN });
-    let differ = 0;
-    for (let i = 0; i < K * N; i++) if (cpu.layer.codes[i] !== blocks.layer.codes[i]) differ++;
-    assert.ok(differ <= K * N * 0.005, `${differ} of ${K * N} codes differ`);
-    assert.deepEqual(blocks.layer.gIdx, cpu.layer.gIdx);
-    const eCpu = relativeOutputError(X, 400, W, cpu.Q, N, K);
-    const eBlocks = relativeOutputError(X, 400, W, blocks.Q, N, K);
-    assert.ok(Math.abs(eBlocks - eCpu) <= 0.005 * eCpu, `output error ${eBlocks} against ${eCpu}`);
-    assert.ok(Math.abs(blocks.loss - cpu.loss) <= 0.01 * cpu.loss, `loss ${blocks.loss} against ${cpu.loss}`);
-    assert.equal(blocks.damp, cpu.damp);
-  });
+  for (const minmax of opts.clip && opts.clip !== "minmax" ? [false] : [false, true])
+    test(`block-at-a-time GPTQ equals the CPU sweep: ${name}${minmax ? ", min-max in the engine" : ""}`, () => {
+      const cpu = gptqQuantize(W, N, K, H, opts);
+      const blocks = gptqQuantize(W, N, K, H, { ...opts, backend: plainBackend(minmax) });
+      let differ = 0;
+      for (let i = 0; i < K * N; i++) if (cpu.layer.codes[i] !== blocks.layer.codes[i]) differ++;
+      assert.ok(differ <= K * N * 0.005, `${differ} of ${K * N} codes differ`);
+      assert.deepEqual(blocks.layer.gIdx, cpu.layer.gIdx);
+      const eCpu = relativeOutputError(X, 400, W, cpu.Q, N, K);
+      const eBlocks = relativeOutputError(X, 400, W, blocks.Q, N, K);
+      assert.ok(Math.abs(eBlocks - eCpu) <= 0.005 * eCpu, `output error ${eBlocks} against ${eCpu}`);
+      assert.ok(
+        Math.abs(blocks.loss - cpu.loss) <= 0.01 * cpu.loss,
+        `loss ${blocks.loss} against ${cpu.loss}`,
+      );
+      assert.equal(blocks.damp, cpu.damp);
+    });

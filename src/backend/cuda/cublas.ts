@@ -10,6 +10,7 @@ const SIGNATURES = [
   "int cublasSetWorkspace_v2(void *handle, uint64_t workspace, size_t bytes)",
   "const char *cublasGetStatusString(int status)",
   "int cublasGemmEx(void *handle, int transa, int transb, int m, int n, int k, const float *alpha, uint64_t A, int Atype, int lda, uint64_t B, int Btype, int ldb, const float *beta, uint64_t C, int Ctype, int ldc, int computeType, int algo)",
+  "int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int m, int n, int k, const float *alpha, uint64_t A, int Atype, int lda, int64_t strideA, uint64_t B, int Btype, int ldb, int64_t strideB, const float *beta, uint64_t C, int Ctype, int ldc, int64_t strideC, int batchCount, int computeType, int algo)",
 ] as const;
 
 const CUDA_R_32F = 0;
@@ -20,6 +21,31 @@ const OP_N = 0;
 const OP_T = 1;
 
 type Fn = (...args: unknown[]) => unknown;
+
+/**
+ * One strided batched GEMM in cuBLAS's column-major terms: for b < batch,
+ * C_b[m, n] = alpha op(A_b)[m, k] op(B_b)[k, n], X_b = X + b strideX (device addresses, leading dimensions
+ * and strides in elements). A and B are fp16, C fp16 or fp32; fp32 accumulation.
+ */
+export interface BatchedGemm {
+  transA: boolean;
+  transB: boolean;
+  m: number;
+  n: number;
+  k: number;
+  alpha: number;
+  a: number;
+  lda: number;
+  strideA: number;
+  b: number;
+  ldb: number;
+  strideB: number;
+  c: number;
+  ldc: number;
+  strideC: number;
+  cType: "f16" | "f32";
+  batch: number;
+}
 
 export class Cublas {
   private readonly f: Record<string, Fn> = {};
@@ -83,6 +109,31 @@ export class Cublas {
     c: number,
     ldc: number,
   ): void {
+    this.gemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, "f32", "f32");
+  }
+
+  /**
+   * GEMM in cuBLAS's column-major terms with A and B of type `ab` and C of type `cType`, fp32 accumulation
+   * (on the tensor cores for fp16 inputs): C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C.
+   */
+  gemmEx(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: number,
+    lda: number,
+    b: number,
+    ldb: number,
+    beta: number,
+    c: number,
+    ldc: number,
+    ab: "f16" | "f32",
+    cType: "f16" | "f32",
+  ): void {
+    const type = (t: "f16" | "f32") => (t === "f16" ? CUDA_R_16F : CUDA_R_32F);
     this.check(
       "cublasGemmEx",
       this.f.cublasGemmEx(
@@ -94,15 +145,47 @@ export class Cublas {
         k,
         new Float32Array([alpha]),
         a,
-        CUDA_R_32F,
+        type(ab),
         lda,
         b,
-        CUDA_R_32F,
+        type(ab),
         ldb,
         new Float32Array([beta]),
         c,
-        CUDA_R_32F,
+        type(cType),
         ldc,
+        CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT,
+      ),
+    );
+  }
+
+  /** fp16 inputs, fp32 accumulation: see BatchedGemm. */
+  gemmStridedBatched(g: BatchedGemm): void {
+    this.check(
+      "cublasGemmStridedBatchedEx",
+      this.f.cublasGemmStridedBatchedEx(
+        this.handle,
+        g.transA ? OP_T : OP_N,
+        g.transB ? OP_T : OP_N,
+        g.m,
+        g.n,
+        g.k,
+        new Float32Array([g.alpha]),
+        g.a,
+        CUDA_R_16F,
+        g.lda,
+        g.strideA,
+        g.b,
+        CUDA_R_16F,
+        g.ldb,
+        g.strideB,
+        this.zero,
+        g.c,
+        g.cType === "f16" ? CUDA_R_16F : CUDA_R_32F,
+        g.ldc,
+        g.strideC,
+        g.batch,
         CUBLAS_COMPUTE_32F,
         CUBLAS_GEMM_DEFAULT,
       ),

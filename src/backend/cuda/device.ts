@@ -67,6 +67,8 @@ export class CudaDevice {
   private readonly ctx: Handle;
   private readonly pool = new Map<number, number[]>();
   private readonly live = new Map<number, number>();
+  private liveBytes = 0;
+  private peakLive = 0;
   private readonly modules = new Map<string, Handle>();
   private pinned?: { host: Handle; view: Uint8Array; bytes: number };
   private static instance?: CudaDevice;
@@ -127,6 +129,8 @@ export class CudaDevice {
       }
     }
     this.live.set(p, capacity);
+    this.liveBytes += capacity;
+    this.peakLive = Math.max(this.peakLive, this.liveBytes);
     return { ptr: p, bytes, capacity };
   }
 
@@ -135,6 +139,7 @@ export class CudaDevice {
     const cap = this.live.get(b.ptr);
     if (cap === undefined) throw new Error(`double free of device pointer ${b.ptr}`);
     this.live.delete(b.ptr);
+    this.liveBytes -= cap;
     let list = this.pool.get(cap);
     if (!list) this.pool.set(cap, (list = []));
     list.push(b.ptr);
@@ -146,13 +151,15 @@ export class CudaDevice {
     this.pool.clear();
   }
 
-  /** Bytes held by live allocations and by the cache. */
-  memoryStats(): { liveBytes: number; cachedBytes: number } {
-    let live = 0;
-    for (const c of this.live.values()) live += c;
+  /** Bytes held by live allocations (now, and at most since the last `resetPeak`) and by the cache. */
+  memoryStats(): { liveBytes: number; peakLiveBytes: number; cachedBytes: number } {
     let cachedBytes = 0;
     for (const [c, l] of this.pool) cachedBytes += c * l.length;
-    return { liveBytes: live, cachedBytes };
+    return { liveBytes: this.liveBytes, peakLiveBytes: this.peakLive, cachedBytes };
+  }
+
+  resetPeak(): void {
+    this.peakLive = this.liveBytes;
   }
 
   /** A pinned staging area of at least `bytes`, reused across copies. */

@@ -1,3 +1,4 @@
+import { formatBytes } from "../../io/output.js";
 import { Command, floatOption, groupSizeOption, intOption, parse, printJson } from "../command.js";
 import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
@@ -37,8 +38,9 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --seqlen N            tokens per sequence (token file: its width; text: 2048)
   --format F            gptq (v1) | gptq_v2 | marlin (default: gptq, or gptq_v2 when zero points of 0 need it)
   --pad P               auto (default): zero-pad the MLP intermediate so every layer packs; none: refuse instead
-  --device D            cuda | cpu | auto (default: the GPU when one is found): where Hessians and GPTQ
-                        run; cuda without a GPU is refused before any work
+  --device D            cuda | cpu | auto (default: the GPU when one is found): where calibration runs
+                        (GPTQ: each layer's forward in fp16, Hessians, GPTQ; with --fp-target the forward
+                        stays on the CPU); cuda without a GPU is refused before any work
   --json                print the result as JSON on stdout
 
 Progress and one line per projection go to stderr; the summary to stdout. Decoder layers are numbered
@@ -169,6 +171,7 @@ export const quantizeCommand: Command = {
           : "padding: off",
         `mean relative ${res.errorOf === "outputs" ? "output" : "weight"} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
         runtimesLine(res.runtimes, res.out),
+        `memory: host peak ${formatBytes(res.memory.hostPeakBytes)}${res.memory.gpuPeakBytes !== undefined ? `, GPU peak ${formatBytes(res.memory.gpuPeakBytes)}` : ""}`,
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
       process.stdout.write(lines.join("\n") + "\n");

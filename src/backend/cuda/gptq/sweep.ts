@@ -1,19 +1,27 @@
 /**
  * GPTQ's dense work on the GPU: the upper Cholesky factor of the damped inverse Hessian (cuSOLVER), the
  * column sweep of each lazy-update block (gptq.cu), and the updates of the columns after it (a cuBLAS fp32
- * GEMM). The weights stay on the device for the whole sweep; rows come back only where group parameters
- * are found (on the host, by the same code as the CPU path) and the codes at the end.
+ * GEMM). The weights stay on the device for the whole sweep; min-max group parameters are found there too,
+ * other searches on the host from the rows they need (the same code as the CPU path); codes come back at
+ * the end.
  */
 import { GptqError } from "../../../util/errors.js";
 import { Cublas } from "../cublas.js";
 import { Cusolver } from "../cusolver.js";
 import { CudaDevice, DeviceBuffer, Kernel, i32, ptr } from "../device.js";
 
-const THREADS = 128;
+/** One of gptq.cu's kernels. */
+export function gptqKernel(dev: CudaDevice, name: string): Kernel {
+  return dev.kernel(import.meta.url, "gptq.cu", name);
+}
+
 const MAX_BLOCK = 128;
 
-function sweepKernel(dev: CudaDevice): Kernel {
-  return dev.kernel(import.meta.url, "gptq.cu", "gptq_block");
+/** Rows a thread block: the most (up to 128) that still give two waves of blocks over the SMs. */
+function rowsPerBlock(dev: CudaDevice, N: number): number {
+  let t = 128;
+  while (t > 32 && Math.ceil(N / t) < 2 * dev.info.smCount) t /= 2;
+  return t;
 }
 
 /** The factor U (row-major upper triangle, K x K fp32) of a damped Hessian, on the device. */
@@ -28,21 +36,24 @@ export class CudaGptqFactor {
     readonly diag: Float64Array,
   ) {}
 
-  /** Factorises a damped K x K Hessian (fp32, processing order); null when it is not positive definite. */
-  static of(dev: CudaDevice, damped: Float32Array, K: number): CudaGptqFactor | null {
-    const U = dev.upload(damped);
-    if (!Cusolver.get(dev).upperCholeskyOfInverse(U, K)) {
-      dev.free(U);
-      return null;
+  /**
+   * Factorises a damped K x K Hessian (fp32, processing order) in place, taking ownership of the buffer;
+   * null (the buffer freed) when it is not positive definite.
+   */
+  static factorise(dev: CudaDevice, h: DeviceBuffer, K: number): CudaGptqFactor | null {
+    if (Cusolver.get(dev).upperCholeskyOfInverse(h, K)) {
+      const d = dev.alloc(K * 4);
+      dev.launch(gptqKernel(dev, "gptq_diagonal"), [Math.ceil(K / 256), 1, 1], 256, 0, [
+        ptr(h),
+        i32(K),
+        ptr(d),
+      ]);
+      const diag = Float64Array.from(dev.download(d, new Float32Array(K)));
+      dev.free(d);
+      if (diag.every((x) => x > 0 && Number.isFinite(x))) return new CudaGptqFactor(dev, h, K, diag);
     }
-    const full = dev.download(U, new Float32Array(K * K));
-    const diag = new Float64Array(K);
-    for (let k = 0; k < K; k++) diag[k] = full[k * K + k];
-    if (!diag.every((d) => d > 0 && Number.isFinite(d))) {
-      dev.free(U);
-      return null;
-    }
-    return new CudaGptqFactor(dev, U, K, diag);
+    dev.free(h);
+    return null;
   }
 
   /** U on the host (upper triangle; the lower one zero), for searches that score by GPTQ's own loss. */
@@ -62,69 +73,90 @@ export class CudaGptqFactor {
   }
 }
 
-/** One sweep's weights (K x N fp32, processing order), codes and block errors on the device. */
+/**
+ * One sweep's weights (K x N fp32, processing order: its own upload, or a device buffer it borrows and
+ * updates in place), codes, group parameters and block errors on the device.
+ */
 export class CudaGptqSweep {
   private readonly w: DeviceBuffer;
+  private readonly ownsWeights: boolean;
   private readonly codesBuf: DeviceBuffer;
   private readonly err: DeviceBuffer;
   private readonly groups: DeviceBuffer;
   private readonly params: { scales: DeviceBuffer; zeros: DeviceBuffer };
   private readonly loss: DeviceBuffer;
-  private readonly kernel: Kernel;
+  private readonly rows: number;
 
   constructor(
     private readonly dev: CudaDevice,
     private readonly factor: CudaGptqFactor,
-    w: Float32Array,
+    w: Float32Array | DeviceBuffer,
     private readonly N: number,
-    G: number,
+    private readonly G: number,
   ) {
     const { K } = factor;
-    if (w.length !== K * N) throw new GptqError(`GPTQ sweep: ${w.length} weights, expected ${K} x ${N}`);
-    this.kernel = sweepKernel(dev);
-    this.w = dev.upload(w);
+    if (w instanceof Float32Array) {
+      if (w.length !== K * N) throw new GptqError(`GPTQ sweep: ${w.length} weights, expected ${K} x ${N}`);
+      this.w = dev.upload(w);
+      this.ownsWeights = true;
+    } else {
+      this.w = w;
+      this.ownsWeights = false;
+    }
+    this.rows = rowsPerBlock(dev, N);
     this.codesBuf = dev.alloc(K * N);
     this.err = dev.alloc(MAX_BLOCK * N * 4);
     this.groups = dev.alloc(K * 4);
     this.params = { scales: dev.alloc(G * N * 4), zeros: dev.alloc(G * N * 4) };
     this.loss = dev.alloc(8);
+    dev.fill32(this.loss, 0);
   }
 
-  rows(r0: number, r1: number): Float32Array {
+  rowsOf(r0: number, r1: number): Float32Array {
     const { N } = this;
     return this.dev.download(this.w.ptr + r0 * N * 4, new Float32Array((r1 - r0) * N));
   }
 
-  block(
-    i1: number,
-    i2: number,
-    groupOf: Int32Array,
-    scales: Float32Array,
-    zeros: Float32Array,
-    maxq: number,
-  ): number {
-    const { dev, N, factor } = this;
-    const count = i2 - i1;
-    if (count > MAX_BLOCK)
-      throw new GptqError(`GPTQ sweep: blocks of up to ${MAX_BLOCK} columns, got ${count}`);
-    // the groups this block uses, uploaded as a contiguous range of rows
-    let g0 = Infinity;
-    let g1 = -1;
-    for (let c = i1; c < i2; c++) {
-      g0 = Math.min(g0, groupOf[c]);
-      g1 = Math.max(g1, groupOf[c]);
-    }
-    dev.upload(groupOf.subarray(i1, i2), { ...this.groups, ptr: this.groups.ptr + i1 * 4 });
+  setParams(scales: Float32Array, zeros: Float32Array, g0: number, g1: number): void {
+    const { dev, N } = this;
     const span = (a: Float32Array, b: DeviceBuffer) =>
       dev.upload(a.subarray(g0 * N, (g1 + 1) * N), { ...b, ptr: b.ptr + g0 * N * 4 });
     span(scales, this.params.scales);
     span(zeros, this.params.zeros);
-    dev.fill32(this.loss, 0);
+  }
+
+  minmaxParams(c: number, cols: number, g: number, maxq: number, sym: boolean): void {
+    const { dev, N } = this;
+    dev.launch(gptqKernel(dev, "gptq_minmax_params"), [Math.ceil(N / 256), 1, 1], 256, 0, [
+      ptr(this.w),
+      i32(N),
+      i32(c),
+      i32(cols),
+      i32(g),
+      i32(maxq),
+      i32(sym ? 1 : 0),
+      ptr(this.params.scales),
+      ptr(this.params.zeros),
+    ]);
+  }
+
+  getParams(scales: Float32Array, zeros: Float32Array): void {
+    const n = this.G * this.N;
+    this.dev.download(this.params.scales, scales.subarray(0, n));
+    this.dev.download(this.params.zeros, zeros.subarray(0, n));
+  }
+
+  block(i1: number, i2: number, groupOf: Int32Array, maxq: number): void {
+    const { dev, N, factor, rows } = this;
+    const count = i2 - i1;
+    if (count > MAX_BLOCK)
+      throw new GptqError(`GPTQ sweep: blocks of up to ${MAX_BLOCK} columns, got ${count}`);
+    dev.upload(groupOf.subarray(i1, i2), { ...this.groups, ptr: this.groups.ptr + i1 * 4 });
     dev.launch(
-      this.kernel,
-      [Math.ceil(N / THREADS), 1, 1],
-      THREADS,
-      (MAX_BLOCK * MAX_BLOCK + count * THREADS) * 4,
+      gptqKernel(dev, "gptq_block"),
+      [Math.ceil(N / rows), 1, 1],
+      rows,
+      (MAX_BLOCK * MAX_BLOCK + count * rows) * 4,
       [
         ptr(this.w),
         ptr(factor.U),
@@ -141,9 +173,13 @@ export class CudaGptqSweep {
         ptr(this.loss),
       ],
     );
-    return dev.download(this.loss, new Float64Array(1))[0];
   }
 
+  takeLoss(): number {
+    const l = this.dev.download(this.loss, new Float64Array(1))[0];
+    this.dev.fill32(this.loss, 0);
+    return l;
+  }
   lazy(i1: number, i2: number): void {
     const { N, factor } = this;
     const { K } = factor;
@@ -172,15 +208,8 @@ export class CudaGptqSweep {
   }
 
   dispose(): void {
-    for (const b of [
-      this.w,
-      this.codesBuf,
-      this.err,
-      this.groups,
-      this.params.scales,
-      this.params.zeros,
-      this.loss,
-    ])
+    if (this.ownsWeights) this.dev.free(this.w);
+    for (const b of [this.codesBuf, this.err, this.groups, this.params.scales, this.params.zeros, this.loss])
       this.dev.free(b);
   }
 }

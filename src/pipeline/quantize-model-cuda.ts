@@ -1,0 +1,252 @@
+/**
+ * Layer-by-layer GPTQ with the whole calibration on the GPU: the calibration set's hidden states live on
+ * the device in fp16 (chunks of sequences), each decoder layer runs there (backend/cuda/decoder), every
+ * group's Hessian is accumulated from its inputs where they are computed (tensor-core GEMMs, fp32
+ * accumulation), GPTQ prepares, factorises and sweeps on the device, and each quantized projection's
+ * dequantized weight replaces the fp16 one in place before the next group's inputs are computed. Only
+ * the weights (in), the codes and group parameters (out) and the Hessian diagonal cross the bus.
+ *
+ * The same true-sequential order and options as the CPU pipeline; activations in fp16 rather than fp32.
+ */
+import { CudaDevice, DeviceBuffer } from "../backend/cuda/device.js";
+import { CudaDecoderLayer, uploadHalfs } from "../backend/cuda/decoder/decoder.js";
+import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
+import { CudaGptqData, dequantizeOnDevice, outputErrorOnDevice } from "../backend/cuda/gptq/problem.js";
+import { DenseLinear } from "../backend/cpu/linear.js";
+import { QuantizedLinear } from "../formats/types.js";
+import { cudaDecoderLayer } from "../model/cuda.js";
+import { DecoderLayer, LayerSource, LinearName, LlamaModel } from "../model/llama.js";
+import { dequantize } from "../formats/dequantize.js";
+import { gptqSolve } from "../quant/gptq.js";
+import { GptqError } from "../util/errors.js";
+import { cudaGptqProblem } from "./cuda-gptq.js";
+import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
+import { SEQUENTIAL_GROUPS } from "./quantize-model.js";
+
+/** Calibration rows per chunk: bounds the MLP's intermediates and the attention scores of one pass. */
+const CHUNK_TOKENS = 16384;
+
+/** Sequences grouped into chunks of up to CHUNK_TOKENS rows (a longer sequence is a chunk of its own). */
+function chunksOf(calibration: readonly Int32Array[]): Int32Array[][] {
+  const chunks: Int32Array[][] = [];
+  let cur: Int32Array[] = [];
+  let rows = 0;
+  for (const s of calibration) {
+    if (cur.length && rows + s.length > CHUNK_TOKENS) {
+      chunks.push(cur);
+      cur = [];
+      rows = 0;
+    }
+    cur.push(s);
+    rows += s.length;
+  }
+  if (cur.length) chunks.push(cur);
+  return chunks;
+}
+
+interface Chunk {
+  seqLens: number[];
+  rows: number;
+  /** hidden states entering the current layer (rows x hidden fp16) */
+  h: DeviceBuffer;
+  /** after the layer's attention half, once its projections are quantized */
+  mid?: DeviceBuffer;
+  /** o_proj's input, kept from its Hessian pass to the residual */
+  attn?: DeviceBuffer;
+}
+
+export function quantizeModelOnDevice(
+  model: LayerSource,
+  calibration: readonly Int32Array[],
+  opts: PipelineOptions,
+  onEvent: (e: PipelineEvent) => void,
+  keep?: (prefix: string, layer: QuantizedLinear) => void,
+): PipelineResult {
+  if (opts.method !== "gptq" || opts.fpTarget)
+    throw new GptqError("the device-resident pipeline runs GPTQ without --fp-target");
+  const dev = CudaDevice.get();
+  const t0 = Date.now();
+  const layers = new Map<string, QuantizedLinear>();
+  const reports: LinearReport[] = [];
+  const L = model.numLayers;
+  const steps = SEQUENTIAL_GROUPS.length + 2;
+  const total = L * steps;
+  let done = 0;
+  const progress = (layer: number, step: string) => {
+    const elapsed = (Date.now() - t0) / 1000;
+    onEvent({
+      type: "step",
+      layer,
+      layers: L,
+      step,
+      done,
+      total,
+      elapsed,
+      eta: done ? (elapsed / done) * (total - done) : NaN,
+    });
+  };
+  const positions = Math.max(...calibration.map((s) => s.length));
+  const chunks: Chunk[] = chunksOf(calibration).map((seqs) => {
+    const embedded = seqs.map((s) => uploadHalfs(dev, model.embed(s)));
+    const h = dev.alloc(embedded.reduce((a, e) => a + e.bytes, 0));
+    let at = 0;
+    for (const e of embedded) {
+      dev.copy(h.ptr + at, e, e.bytes);
+      at += e.bytes;
+      dev.free(e);
+    }
+    return { seqLens: seqs.map((s) => s.length), rows: seqs.reduce((a, s) => a + s.length, 0), h };
+  });
+  const free = (b?: DeviceBuffer) => b && dev.free(b);
+
+  try {
+    for (let li = 0; li < L; li++) {
+      const layer = model.layer(li);
+      const gpu = cudaDecoderLayer(dev, layer, positions);
+      try {
+        for (const group of SEQUENTIAL_GROUPS) {
+          const first = group.linears[0];
+          if (group.block === "mlp" && !chunks[0].mid) {
+            progress(li, "attention outputs");
+            for (const c of chunks) {
+              c.mid = dev.alloc(c.h.bytes);
+              dev.copy(c.mid, c.h, c.h.bytes);
+              const y = gpu.project("o_proj", c.attn!, c.rows);
+              gpu.addInPlace(c.mid, y, c.rows);
+              dev.free(y);
+              free(c.attn);
+              c.attn = undefined;
+            }
+            done++;
+          }
+          progress(li, group.linears.join("/"));
+          const K = layer.linears[first].inFeatures;
+          const acc = new CudaHessian(dev, K);
+          for (const c of chunks) {
+            const x = groupInput(dev, gpu, first, c);
+            acc.addDevice(x, c.rows);
+            if (first === "o_proj") c.attn = x;
+            else dev.free(x);
+          }
+          const H = acc.take();
+          try {
+            for (const name of group.linears) quantizeLinear(layer, gpu, H, name, li);
+          } finally {
+            dev.free(H);
+          }
+          done++;
+        }
+        progress(li, "outputs");
+        for (const c of chunks) {
+          const y = gpu.mlpInput(c.mid!, c.seqLens);
+          const act = gpu.mlpCore(y, c.seqLens);
+          dev.free(y);
+          const down = gpu.project("down_proj", act, c.rows);
+          dev.free(act);
+          gpu.addInPlace(c.mid!, down, c.rows);
+          dev.free(down);
+          dev.free(c.h);
+          c.h = c.mid!;
+          c.mid = undefined;
+        }
+        done++;
+      } finally {
+        gpu.dispose();
+      }
+    }
+  } finally {
+    for (const c of chunks) for (const b of [c.h, c.mid, c.attn]) free(b);
+  }
+  progress(L - 1, "done");
+  return { layers, reports, seconds: (Date.now() - t0) / 1000 };
+
+  /** GPTQ of one projection from its group's Hessian H (left as it is); its dequantized weight goes into `gpu`. */
+  function quantizeLinear(
+    layer: DecoderLayer,
+    gpu: CudaDecoderLayer,
+    H: DeviceBuffer,
+    name: LinearName,
+    li: number,
+  ): void {
+    const t1 = Date.now();
+    const prefix = layer.linearPrefix(name);
+    const linear = layer.linears[name];
+    if (!(linear instanceof DenseLinear))
+      throw new GptqError(
+        `${prefix} is already quantized; quantize an unquantized (fp16/bf16/fp32) checkpoint`,
+      );
+    const { outFeatures: N, inFeatures: K } = linear;
+    const w = dev.upload(linear.weight);
+    const h = dev.alloc(K * K * 4);
+    dev.copy(h, H, K * K * 4);
+    const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, w, "f32", N, K));
+    let r;
+    try {
+      r = gptqSolve(problem, {
+        bits: opts.bits,
+        groupSize: opts.groupSize > K ? -1 : opts.groupSize,
+        sym: opts.sym,
+        clip: opts.clip,
+        splitRange: opts.splitRange,
+        descAct: opts.descAct,
+        staticGroups: opts.staticGroups,
+        damp: opts.damp,
+        blockSize: opts.blockSize,
+        freshGroups: opts.freshGroups,
+        refine: opts.refine,
+      });
+    } finally {
+      problem.dispose?.();
+    }
+    r.layer.groupSize = opts.groupSize;
+    if (linear.bias) r.layer.bias = linear.bias;
+    const q = dequantizeOnDevice(dev, r.layer);
+    const relError = outputErrorOnDevice(dev, w, "f32", q, H, N, K);
+    dev.free(w);
+    gpu.setWeight(name, q);
+    // a model held in memory computes afterwards what the quantized checkpoint will (as on the CPU path);
+    // a layer-wise one drops the layer when it is done
+    if (model instanceof LlamaModel)
+      layer.linears[name] = new DenseLinear(dequantize(r.layer), N, K, linear.bias);
+    if (keep) keep(prefix, r.layer);
+    else layers.set(prefix, r.layer);
+    const report: LinearReport = {
+      layer: li,
+      name: prefix,
+      linear: name,
+      inFeatures: K,
+      outFeatures: N,
+      relError,
+      relErrorOf: "outputs",
+      loss: r.loss,
+      damp: r.damp !== opts.damp ? r.damp : undefined,
+      seconds: (Date.now() - t1) / 1000,
+    };
+    reports.push(report);
+    onEvent({ type: "linear", report });
+  }
+}
+
+/** The input of a group's projections for one chunk (a new buffer). */
+function groupInput(dev: CudaDevice, gpu: CudaDecoderLayer, first: LinearName, c: Chunk): DeviceBuffer {
+  switch (first) {
+    case "q_proj":
+      return gpu.attentionInput(c.h, c.seqLens);
+    case "o_proj": {
+      const x = gpu.attentionInput(c.h, c.seqLens);
+      const a = gpu.attentionCore(x, c.seqLens);
+      dev.free(x);
+      return a;
+    }
+    case "gate_proj":
+      return gpu.mlpInput(c.mid!, c.seqLens);
+    case "down_proj": {
+      const y = gpu.mlpInput(c.mid!, c.seqLens);
+      const a = gpu.mlpCore(y, c.seqLens);
+      dev.free(y);
+      return a;
+    }
+    default:
+      throw new Error(`no group starts with ${first}`);
+  }
+}

@@ -1,0 +1,478 @@
+// The decoder layer on the GPU against the CPU DecoderLayer: each stage (fed the CPU's own input, so errors
+// do not pile up from stage to stage) and the whole layer, on stories260K's first layer with calibration
+// sequences of different lengths in one chunk, and on a synthetic GQA layer with q/k/v biases, llama3
+// rope scaling, partial rotary and a sliding window shorter than the sequences. The GPU tests run where
+// a GPU is present (node --test dist/test/model/cuda-decoder.test.js); the CPU tests check the pure parts
+// (the spec builder, the attention's cuBLAS call plan) everywhere.
+//
+// Tolerance: relative Frobenius error <= 1e-2. Activations and weights are fp16 (unit roundoff 2^-11 =
+// 4.9e-4) and each stage rounds its inputs, its weights and its output, with fp32 accumulation; the
+// softmax turns an absolute score error into the same relative probability error. Rounding the CPU
+// stages' inputs, weights and outputs to fp16 gives 3e-4 (the norms) to 1.1e-3 (attention) on
+// stories260K's layers, a tenth of the bound; a wrong head, position, window, bias or norm gives errors of order 1 (the window
+// check below measures one).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { DenseLinear, QuantLinear } from "../../src/backend/cpu/linear.js";
+import { CudaDevice, DeviceBuffer } from "../../src/backend/cuda/device.js";
+import { BatchedGemm } from "../../src/backend/cuda/cublas.js";
+import {
+  AttentionBuffers,
+  CudaEmbedding,
+  DecoderLinearName,
+  attentionPlan,
+  checkDecoderSpec,
+  chunkPositions,
+  chunkRows,
+  downloadFloats,
+  uploadHalfs,
+} from "../../src/backend/cuda/decoder/decoder.js";
+import { LlamaConfig, parseLlamaConfig } from "../../src/model/config.js";
+import { cudaDecoderLayer, decoderSpec } from "../../src/model/cuda.js";
+import { DecoderLayer, LINEAR_NAMES, LinearName, LlamaModel, attention } from "../../src/model/llama.js";
+import { Rotary } from "../../src/model/rope.js";
+import { readTokenRows } from "../../src/pipeline/calibration.js";
+import { Rng } from "../../src/pipeline/synthetic.js";
+import { quantizeRtn } from "../../src/quant/rtn.js";
+import { roundToHalf } from "../../src/tensor/dtype.js";
+import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+
+const noGpu = CudaDevice.available()
+  ? false
+  : "SKIPPED: no CUDA device (the CUDA tests run on a GPU machine)";
+if (noGpu) console.warn(noGpu);
+const TOLERANCE = 1e-2;
+
+/** ||a - b|| / ||b|| */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += (a[i] - b[i]) ** 2;
+    n += b[i] ** 2;
+  }
+  return Math.sqrt(d / n);
+}
+
+function near(what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = TOLERANCE): void {
+  const e = relErr(got, want);
+  assert.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} > ${tol}`);
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** A GQA layer (4 heads over 2 kv heads of 24) with q/k/v biases, llama3 rope scaling, half the head rotated, window 7. */
+function syntheticLayer(): DecoderLayer {
+  const config = parseLlamaConfig({
+    model_type: "mistral",
+    hidden_size: 64,
+    intermediate_size: 96,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    head_dim: 24,
+    num_hidden_layers: 1,
+    vocab_size: 32,
+    rms_norm_eps: 1e-5,
+    partial_rotary_factor: 0.5,
+    sliding_window: 7,
+    rope_scaling: {
+      rope_type: "llama3",
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 16,
+    },
+  });
+  assert.equal(config.rotaryDim, 12);
+  const rng = new Rng(11);
+  const normal = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
+  const linears = {} as Record<LinearName, DenseLinear>;
+  for (const [name, [N, K]] of Object.entries(LlamaModel.linearShapes(config))) {
+    const bias = ["q_proj", "k_proj", "v_proj"].includes(name) ? normal(N, 0.5) : undefined;
+    linears[name as LinearName] = new DenseLinear(normal(N * K, 1 / Math.sqrt(K)), N, K, bias);
+  }
+  const norm = () => Float32Array.from({ length: config.hiddenSize }, () => 1 + 0.1 * rng.normal());
+  return new DecoderLayer(config, "model.layers.0", linears, norm(), norm(), Rotary.fromConfig(config));
+}
+
+/** rows x hidden inputs with an outlier channel, as residual streams have */
+function syntheticHidden(rows: number, D: number): Float32Array {
+  const rng = new Rng(12);
+  const h = Float32Array.from({ length: rows * D }, () => rng.normal());
+  for (let r = 0; r < rows; r++) h[r * D + 3] *= 6;
+  return h;
+}
+
+/** The CPU layer's stage inputs and outputs over a chunk (each sequence run on its own, rows concatenated). */
+interface CpuChunk {
+  h: Float32Array;
+  inputs: Record<LinearName, Float32Array>;
+  h1: Float32Array;
+  out: Float32Array;
+}
+
+function cpuChunk(layer: DecoderLayer, h: Float32Array, seqLens: number[]): CpuChunk {
+  const D = layer.config.hiddenSize;
+  const inputs = Object.fromEntries(LINEAR_NAMES.map((n) => [n, [] as Float32Array[]]));
+  const h1: Float32Array[] = [];
+  const out: Float32Array[] = [];
+  let row = 0;
+  for (const T of seqLens) {
+    const hs = h.slice(row * D, (row + T) * D);
+    h1.push(layer.attentionBlock(hs, T));
+    out.push(layer.forward(hs, T, (name, x) => inputs[name].push(Float32Array.from(x))));
+    row += T;
+  }
+  return {
+    h,
+    inputs: Object.fromEntries(LINEAR_NAMES.map((n) => [n, concat(inputs[n])])) as Record<
+      LinearName,
+      Float32Array
+    >,
+    h1: concat(h1),
+    out: concat(out),
+  };
+}
+
+// ---- CPU: the pure parts ----
+
+test("decoderSpec hands over the layer's weights, norms, config and rotary tables", () => {
+  const layer = syntheticLayer();
+  const spec = decoderSpec(layer, 40);
+  const c = layer.config;
+  assert.deepEqual(
+    [spec.hidden, spec.heads, spec.kvHeads, spec.headDim, spec.rotaryDim, spec.eps, spec.slidingWindow],
+    [64, 4, 2, 24, 12, c.rmsNormEps, 7],
+  );
+  checkDecoderSpec(spec);
+  for (const name of LINEAR_NAMES) {
+    const l = layer.linears[name] as DenseLinear;
+    assert.equal(spec.linears[name].weight, l.weight);
+    assert.equal(spec.linears[name].bias, l.bias);
+    assert.deepEqual([spec.linears[name].N, spec.linears[name].K], [l.outFeatures, l.inFeatures]);
+  }
+  assert.ok(spec.linears.q_proj.bias && !spec.linears.o_proj.bias);
+  assert.equal(spec.inputNorm, layer.inputNorm);
+  // the tables rotate as Rotary does: row t of 40 positions, the first rotaryDim / 2 pairs of each head
+  const T = 40;
+  const rng = new Rng(3);
+  const x = Float32Array.from({ length: T * c.headDim }, () => rng.normal());
+  const want = Float32Array.from(x);
+  layer.rotary.apply(want, T, 1);
+  const got = Float32Array.from(x);
+  const half = spec.rotaryDim / 2;
+  assert.equal(spec.ropeCos.length, T * spec.ropeStride);
+  for (let t = 0; t < T; t++)
+    for (let i = 0; i < half; i++) {
+      const p = t * c.headDim;
+      const cs = spec.ropeCos[t * spec.ropeStride + i];
+      const sn = spec.ropeSin[t * spec.ropeStride + i];
+      got[p + i] = x[p + i] * cs - x[p + i + half] * sn;
+      got[p + i + half] = x[p + i + half] * cs + x[p + i] * sn;
+    }
+  assert.deepEqual(got, want);
+});
+
+test("decoderSpec and the layer refuse what they cannot run", () => {
+  const layer = syntheticLayer();
+  assert.throws(() => decoderSpec(layer, 0), /positions must be a positive integer, got 0/);
+  const spec = decoderSpec(layer, 8);
+  assert.throws(() => checkDecoderSpec({ ...spec, kvHeads: 3 }), /heads 4 is not a multiple of kvHeads 3/);
+  assert.throws(
+    () => checkDecoderSpec({ ...spec, linears: { ...spec.linears, o_proj: spec.linears.q_proj } }),
+    /o_proj is 96 x 64, expected 64 x 96/,
+  );
+  const d = layer.linears.down_proj as DenseLinear;
+  layer.linears.down_proj = new QuantLinear(
+    quantizeRtn(d.weight, d.outFeatures, d.inFeatures, { bits: 4, groupSize: 32, sym: true }),
+  );
+  assert.throws(() => decoderSpec(layer, 8), /model\.layers\.0\.mlp\.down_proj is not a dense projection/);
+  assert.deepEqual([...chunkPositions([3, 1, 2])], [0, 1, 2, 0, 0, 1]);
+  assert.equal(chunkRows([3, 1, 2], 3), 6);
+  assert.throws(() => chunkRows([3, 9], 8), /a sequence of 9 tokens is longer than the 8 positions/);
+  assert.throws(() => chunkRows([], 8), /at least one sequence/);
+  assert.throws(() => chunkRows([2, 0], 8), /sequence length 0 is not a positive integer/);
+});
+
+/**
+ * Column-major strided batched GEMM over typed arrays standing for device memory, as cuBLAS defines it:
+ * `mem` maps each buffer's base address to its values and the bytes of one of them.
+ */
+function emulateGemm(g: BatchedGemm, mem: Map<number, { data: Float64Array; bytes: number }>): void {
+  const at = (addr: number) => {
+    for (const [base, buf] of mem)
+      if (addr >= base && addr < base + buf.data.length * buf.bytes)
+        return { data: buf.data, off: (addr - base) / buf.bytes };
+    throw new Error(`address ${addr} is in no buffer`);
+  };
+  const A = at(g.a);
+  const B = at(g.b);
+  const C = at(g.c);
+  for (let b = 0; b < g.batch; b++)
+    for (let i = 0; i < g.m; i++)
+      for (let j = 0; j < g.n; j++) {
+        let s = 0;
+        for (let l = 0; l < g.k; l++) {
+          const a = A.data[A.off + b * g.strideA + (g.transA ? l + i * g.lda : i + l * g.lda)];
+          const bv = B.data[B.off + b * g.strideB + (g.transB ? j + l * g.ldb : l + j * g.ldb)];
+          s += a * bv;
+        }
+        C.data[C.off + b * g.strideC + i + j * g.ldc] = g.alpha * s;
+      }
+}
+
+/** the kernel's contract: row i of each batch entry's T x T scores -> probabilities over [i - window + 1, i] */
+function referenceSoftmax(
+  scores: Float64Array,
+  probs: Float64Array,
+  T: number,
+  batch: number,
+  window: number,
+) {
+  for (let b = 0; b < batch; b++)
+    for (let i = 0; i < T; i++) {
+      const row = (b * T + i) * T;
+      const j0 = Math.max(0, i - window + 1);
+      let max = -Infinity;
+      for (let j = j0; j <= i; j++) max = Math.max(max, scores[row + j]);
+      let sum = 0;
+      for (let j = j0; j <= i; j++) sum += Math.exp(scores[row + j] - max);
+      for (let j = 0; j < T; j++)
+        probs[row + j] = j >= j0 && j <= i ? Math.exp(scores[row + j] - max) / sum : 0;
+    }
+}
+
+test("the attention's cuBLAS plan computes the CPU's grouped-query causal attention, sequence by sequence", () => {
+  for (const window of [undefined, 4]) {
+    const config: LlamaConfig = {
+      ...syntheticLayer().config,
+      numHeads: 6,
+      numKvHeads: 2,
+      headDim: 5,
+      slidingWindow: window,
+    };
+    const { numHeads: H, numKvHeads: KV, headDim: hd } = config;
+    const seqLens = [5, 9, 3];
+    const rows = 17;
+    const longest = 9;
+    const rng = new Rng(4);
+    const rand = (n: number) => Float64Array.from({ length: n }, () => rng.normal());
+    const bufs: AttentionBuffers = {
+      q: 1 << 20,
+      k: 2 << 20,
+      v: 3 << 20,
+      out: 4 << 20,
+      scores: 5 << 20,
+      probs: 6 << 20,
+    };
+    const q = rand(rows * H * hd);
+    const k = rand(rows * KV * hd);
+    const v = rand(rows * KV * hd);
+    const out = new Float64Array(rows * H * hd);
+    const scores = new Float64Array(KV * longest * longest);
+    const probs = new Float64Array(KV * longest * longest);
+    const mem = new Map([
+      [bufs.q, { data: q, bytes: 2 }],
+      [bufs.k, { data: k, bytes: 2 }],
+      [bufs.v, { data: v, bytes: 2 }],
+      [bufs.out, { data: out, bytes: 2 }],
+      [bufs.scores, { data: scores, bytes: 4 }],
+      [bufs.probs, { data: probs, bytes: 2 }],
+    ]);
+    const plan = attentionPlan({ heads: H, kvHeads: KV, headDim: hd }, seqLens, bufs);
+    assert.equal(plan.length, seqLens.length * (H / KV));
+    for (const step of plan) {
+      emulateGemm(step.scores, mem);
+      referenceSoftmax(scores, probs, step.T, KV, window ?? Infinity);
+      emulateGemm(step.values, mem);
+    }
+    let row = 0;
+    for (const T of seqLens) {
+      const slice = (x: Float64Array, w: number) => Float32Array.from(x.subarray(row * w, (row + T) * w));
+      const want = attention(slice(q, H * hd), slice(k, KV * hd), slice(v, KV * hd), T, config);
+      near(`window ${window}, sequence of ${T}`, slice(out, H * hd), want, 1e-6);
+      row += T;
+    }
+  }
+});
+
+// ---- GPU ----
+
+function checkLayer(layer: DecoderLayer, h: Float32Array, seqLens: number[]): void {
+  const dev = CudaDevice.get();
+  const D = layer.config.hiddenSize;
+  const rows = seqLens.reduce((a, b) => a + b, 0);
+  const cpu = cpuChunk(layer, h, seqLens);
+  const gpu = cudaDecoderLayer(dev, layer, Math.max(...seqLens));
+  const run = (input: Float32Array, stage: (x: DeviceBuffer) => DeviceBuffer, width: number) => {
+    const x = uploadHalfs(dev, input);
+    const y = stage(x);
+    const out = downloadFloats(dev, y, rows * width);
+    dev.free(x);
+    dev.free(y);
+    return out;
+  };
+  const { numHeads: H, headDim: hd } = layer.config;
+  const I = layer.linears.gate_proj.outFeatures;
+  near(
+    "attentionInput",
+    run(h, (x) => gpu.attentionInput(x, seqLens), D),
+    cpu.inputs.q_proj,
+  );
+  near(
+    "attentionCore",
+    run(cpu.inputs.q_proj, (x) => gpu.attentionCore(x, seqLens), H * hd),
+    cpu.inputs.o_proj,
+  );
+  near(
+    "mlpInput",
+    run(cpu.h1, (x) => gpu.mlpInput(x, seqLens), D),
+    cpu.inputs.gate_proj,
+  );
+  near(
+    "mlpCore",
+    run(cpu.inputs.gate_proj, (x) => gpu.mlpCore(x, seqLens), I),
+    cpu.inputs.down_proj,
+  );
+  for (const name of LINEAR_NAMES) {
+    const lin = layer.linears[name];
+    near(
+      `project ${name}`,
+      run(cpu.inputs[name], (x) => gpu.project(name, x, rows), lin.outFeatures),
+      lin.forward(cpu.inputs[name], rows),
+    );
+  }
+  // the whole layer in place, and what it shows calibration on the way
+  const hDevice = uploadHalfs(dev, h);
+  const seen = new Map<DecoderLinearName, Float32Array>();
+  gpu.forward(hDevice, seqLens, (name, x, r) => {
+    assert.equal(r, rows);
+    seen.set(name, downloadFloats(dev, x, rows * layer.linears[name].inFeatures));
+  });
+  near("layer output", downloadFloats(dev, hDevice, rows * D), cpu.out);
+  for (const name of LINEAR_NAMES)
+    near(`captured ${name} input`, seen.get(name)!, cpu.inputs[name], 2 * TOLERANCE);
+  dev.free(hDevice);
+  gpu.dispose();
+}
+
+test(
+  "stories260K layer 0 on the GPU matches the CPU, three calibration sequences of 256, 100 and 37 tokens in one chunk",
+  {
+    skip: noGpu || skipUnlessShared("models", "stories260K", "model.safetensors"),
+  },
+  () => {
+    const model = LlamaModel.load(sharedPath("models", "stories260K"));
+    const { rows } = readTokenRows(
+      sharedPath("models", "stories260K-eval.safetensors"),
+      "calibration_tokens",
+    );
+    const seqLens = [256, 100, 37];
+    const ids = new Int32Array(seqLens.reduce((a, b) => a + b, 0));
+    let at = 0;
+    seqLens.forEach((T, i) => {
+      ids.set(rows[i].subarray(0, T), at);
+      at += T;
+    });
+    const h = model.embed(ids);
+    // the embedding gather is exact up to the table's fp16 rounding
+    const dev = CudaDevice.get();
+    const embedding = new CudaEmbedding(
+      dev,
+      model.embedTokens,
+      model.config.vocabSize,
+      model.config.hiddenSize,
+    );
+    const e = embedding.forward(ids);
+    assert.deepEqual(downloadFloats(dev, e, h.length), roundToHalf(h));
+    assert.throws(
+      () => embedding.forward(Int32Array.of(3, 512)),
+      /token 512 at position 1 is outside the vocabulary \[0, 512\)/,
+    );
+    dev.free(e);
+    embedding.dispose();
+    checkLayer(model.layers[0], h, seqLens);
+  },
+);
+
+test(
+  "a GQA layer with q/k/v biases, llama3 rope, partial rotary and a window of 7 on the GPU matches the CPU",
+  { skip: noGpu },
+  () => {
+    const layer = syntheticLayer();
+    const seqLens = [20, 13, 5, 31];
+    const h = syntheticHidden(69, 64);
+    checkLayer(layer, h, seqLens);
+    // the window matters here: the same attention without it is far off
+    const dev = CudaDevice.get();
+    const gpu = cudaDecoderLayer(dev, layer, 31);
+    const cpu = cpuChunk(layer, h, seqLens);
+    const x = uploadHalfs(dev, cpu.inputs.q_proj);
+    const y = gpu.attentionCore(x, seqLens);
+    const got = downloadFloats(dev, y, 69 * 96);
+    const full = cpuChunk(
+      new DecoderLayer(
+        { ...layer.config, slidingWindow: undefined },
+        layer.prefix,
+        layer.linears,
+        layer.inputNorm,
+        layer.postAttentionNorm,
+        layer.rotary,
+      ),
+      h,
+      seqLens,
+    );
+    assert.ok(
+      relErr(got, full.inputs.o_proj) > 0.1,
+      `without the window: ${relErr(got, full.inputs.o_proj)}`,
+    );
+    dev.free(x);
+    dev.free(y);
+    gpu.dispose();
+  },
+);
+
+test(
+  "setWeight replaces a projection's weight from the host or from an fp16 device buffer; the bias stays",
+  { skip: noGpu },
+  () => {
+    const dev = CudaDevice.get();
+    const layer = syntheticLayer();
+    const gpu = cudaDecoderLayer(dev, layer, 8);
+    const rows = 8;
+    const rng = new Rng(9);
+    for (const [name, fromDevice] of [
+      ["q_proj", false],
+      ["down_proj", true],
+    ] as const) {
+      const lin = layer.linears[name] as DenseLinear;
+      const w = Float32Array.from(lin.weight, (v) => -0.5 * v + 0.01);
+      gpu.setWeight(name, fromDevice ? uploadHalfs(dev, w) : w);
+      const K = lin.inFeatures;
+      const input = Float32Array.from({ length: rows * K }, () => rng.normal());
+      const xb = uploadHalfs(dev, input);
+      const y = gpu.project(name, xb, rows);
+      near(
+        `${name} after setWeight`,
+        downloadFloats(dev, y, rows * lin.outFeatures),
+        new DenseLinear(w, lin.outFeatures, K, lin.bias).forward(input, rows),
+      );
+      dev.free(xb);
+      dev.free(y);
+    }
+    assert.throws(
+      () => gpu.setWeight("o_proj", new Float32Array(10)),
+      /o_proj: a weight of 10 values given, the projection is 64 x 96/,
+    );
+    gpu.dispose();
+  },
+);
