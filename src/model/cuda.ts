@@ -5,7 +5,7 @@
  */
 import { packGptq } from "../formats/gptq.js";
 import { QuantizedLinear } from "../formats/types.js";
-import { LINEAR_NAMES, LlamaModel } from "./llama.js";
+import { DecoderModel } from "./decoder.js";
 import { floatsToHalfs, halfsToFloats } from "../tensor/dtype.js";
 import { GptqError } from "../util/errors.js";
 import { Linear, QuantLinear } from "../backend/cpu/linear.js";
@@ -62,10 +62,10 @@ export interface CudaPlacement {
 }
 
 /** Moves every quantized projection of `model` to the GPU where one of our kernels takes it. */
-export function moveToCuda(model: LlamaModel, dev = CudaDevice.get()): CudaPlacement {
+export function moveToCuda(model: DecoderModel, dev = CudaDevice.get()): CudaPlacement {
   const placement: CudaPlacement = { kernels: {}, onCpu: [] };
   for (const layer of model.layers)
-    for (const name of LINEAR_NAMES) {
+    for (const name of Object.keys(layer.linears)) {
       const lin = layer.linears[name];
       if (!(lin instanceof QuantLinear)) continue;
       try {
