@@ -7,8 +7,12 @@
 import { join } from "node:path";
 import { A8W4Linear, DenseLinear, Linear, QuantLinear } from "../src/backend/cpu/linear.js";
 import { readAllTensors } from "../src/io/safetensors.js";
-import { LINEAR_NAMES, LlamaModel } from "../src/model/llama.js";
+import { DecoderModel } from "../src/model/decoder.js";
+import { LLAMA_LINEARS } from "../src/model/families/llama.js";
 import { perplexity } from "../src/model/perplexity.js";
+
+/** the projections of a Llama decoder layer, in true-sequential order */
+const LINEAR_NAMES = LLAMA_LINEARS.map((l) => l.name);
 
 const shared = process.argv[2] ?? "../shared";
 const modelDir = join(shared, "models", "stories260K");
@@ -19,8 +23,8 @@ const [n, T] = t.shape;
 const seqs = Array.from({ length: n }, (_, i) => (t.data as Int32Array).subarray(i * T, (i + 1) * T));
 
 /** every decoder projection replaced by make(fp weight) */
-function withLinears(make: (w: Float32Array, N: number, K: number) => Linear): LlamaModel {
-  const m = LlamaModel.load(modelDir);
+function withLinears(make: (w: Float32Array, N: number, K: number) => Linear): DecoderModel {
+  const m = DecoderModel.load(modelDir);
   for (const layer of m.layers)
     for (const name of LINEAR_NAMES) {
       const l = layer.linears[name];
@@ -30,7 +34,7 @@ function withLinears(make: (w: Float32Array, N: number, K: number) => Linear): L
   return m;
 }
 
-function run(label: string, m: LlamaModel): void {
+function run(label: string, m: DecoderModel): void {
   const t0 = performance.now();
   const { ppl, tokens } = perplexity(m, seqs);
   const s = (performance.now() - t0) / 1000;
@@ -39,7 +43,7 @@ function run(label: string, m: LlamaModel): void {
 
 console.log("| model | ppl | predictions | seconds | tokens/s |");
 console.log("|---|---|---|---|---|");
-run("fp32", LlamaModel.load(modelDir));
+run("fp32", DecoderModel.load(modelDir));
 for (const g of [32, 64]) {
   run(
     `int4 sym g${g} weights, fp32 activations (QuantLinear)`,

@@ -5,7 +5,7 @@
  * CONFIGS=0,2 picks configurations by index; GPTQ_SHARED_DIR points at the reference data.
  */
 import { readTokenRows } from "../src/pipeline/calibration.js";
-import { LlamaModel } from "../src/model/llama.js";
+import { DecoderModel } from "../src/model/decoder.js";
 import { perplexity } from "../src/model/perplexity.js";
 import { formatTarget, planPadding } from "../src/model/pad-plan.js";
 import { padModelIntermediate } from "../src/model/padding.js";
@@ -51,7 +51,7 @@ for (const c of CONFIGS.filter((_, i) => picked.includes(i))) {
       clip: "minmax",
       ...METHODS[m],
     };
-    const model = LlamaModel.load(MODEL);
+    const model = DecoderModel.load(MODEL);
     const plan = planPadding(model.config, formatTarget("gptq", { ...c }));
     padModelIntermediate(model, plan.to);
     const run = quantizeModel(model, opts.method === "rtn" ? undefined : calib, opts);

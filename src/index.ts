@@ -44,7 +44,7 @@ export * from "./quant/index.js";
 export { quantizeCheckpoint } from "./pipeline/quantize-checkpoint.js";
 
 // model: Llama-family forward, perplexity, padding plans, tokenizer
-export { LlamaModel, DecoderLayer } from "./model/llama.js";
+export { DecoderModel, DecoderLayer } from "./model/decoder.js";
 export { perplexity } from "./model/perplexity.js";
 export { planPadding } from "./model/pad-plan.js";
 export { Tokenizer } from "./model/tokenizer.js";

@@ -6,14 +6,20 @@
  */
 import { packGptq } from "../formats/gptq.js";
 import { QuantizedLinear } from "../formats/types.js";
-import { DecoderLayer, LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
+import { DecoderLayer, DecoderModel } from "./decoder.js";
+import { FamilySpec, ModelConfig, Role } from "./families/types.js";
 import { floatsToHalfs, halfsToFloats } from "../tensor/dtype.js";
 import { GptqError } from "../util/errors.js";
 import { DenseLinear, Linear, QuantLinear } from "../backend/cpu/linear.js";
 import { CudaDevice } from "../backend/cuda/device.js";
 import { uploadGptq } from "../backend/cuda/dequant/dequant.js";
 import { CudaLinear, cudaLinear } from "../backend/cuda/linear.js";
-import { CudaDecoderLayer, CudaDecoderSpec, DecoderLinearSpec } from "../backend/cuda/decoder/decoder.js";
+import {
+  CudaDecoderLayer,
+  CudaDecoderSpec,
+  DecoderLinearName,
+  DecoderLinearSpec,
+} from "../backend/cuda/decoder/decoder.js";
 
 export class CudaModelLinear implements Linear {
   readonly inFeatures: number;
@@ -64,10 +70,10 @@ export interface CudaPlacement {
 }
 
 /** Moves every quantized projection of `model` to the GPU where one of our kernels takes it. */
-export function moveToCuda(model: LlamaModel, dev = CudaDevice.get()): CudaPlacement {
+export function moveToCuda(model: DecoderModel, dev = CudaDevice.get()): CudaPlacement {
   const placement: CudaPlacement = { kernels: {}, onCpu: [] };
   for (const layer of model.layers)
-    for (const name of LINEAR_NAMES) {
+    for (const name of Object.keys(layer.linears)) {
       const lin = layer.linears[name];
       if (!(lin instanceof QuantLinear)) continue;
       try {
@@ -82,6 +88,42 @@ export function moveToCuda(model: LlamaModel, dev = CudaDevice.get()): CudaPlace
   return placement;
 }
 
+/** The GPU decoder's projections by the role each computes. */
+export const DECODER_LINEARS: Record<DecoderLinearName, Role> = {
+  q_proj: "q",
+  k_proj: "k",
+  v_proj: "v",
+  o_proj: "o",
+  gate_proj: "gate",
+  up_proj: "up",
+  down_proj: "down",
+};
+
+/**
+ * Why the GPU decoder layer cannot compute a family's layers (undefined when it can): it runs the Llama
+ * block (RMSNorm before each half, rotary, grouped-query attention with a sliding window, SwiGLU, biases).
+ */
+export function cudaDecoderUnsupported(f: FamilySpec, c: ModelConfig): string | undefined {
+  const norms = f.norms(c).map((n) => n.role);
+  const unsupported = [
+    f.layout(c) !== "sequential" && "parallel attention and MLP",
+    f.norm !== "rms" && (f.norm === "layer" ? "LayerNorm" : "(1 + w) RMSNorm"),
+    f.mlp !== "gated" && "a plain MLP",
+    c.hiddenAct !== "silu" && `${c.hiddenAct} activation`,
+    f.positions !== "rope" && "learned positions",
+    c.ropeScaling.type === "longrope" && "long-rope scaling",
+    c.localRopeTheta !== undefined && "per-layer rotary bases",
+    (norms.includes("q") || norms.includes("k")) && "q/k norms",
+    (norms.includes("attentionOut") || norms.includes("mlpOut")) && "norms after the blocks",
+    c.attentionSoftcap !== undefined && "attention soft-capping",
+    c.embedScale !== undefined && "scaled embeddings",
+    Math.abs(c.attentionScale * Math.sqrt(c.headDim) - 1) > 1e-6 && "a non-standard attention scale",
+  ].filter(Boolean);
+  return unsupported.length
+    ? `the GPU decoder layer runs Llama-style blocks; ${f.name} has ${unsupported.join(", ")}`
+    : undefined;
+}
+
 /**
  * What a GPU decoder layer needs of a CPU one whose projections are all dense (before quantization):
  * weights and biases, norms, config, and the rotary tables for sequences of up to `positions` tokens.
@@ -90,30 +132,37 @@ export function moveToCuda(model: LlamaModel, dev = CudaDevice.get()): CudaPlace
 export function decoderSpec(layer: DecoderLayer, positions: number): CudaDecoderSpec {
   if (!(Number.isInteger(positions) && positions > 0))
     throw new GptqError(`decoder layer on the GPU: positions must be a positive integer, got ${positions}`);
-  const linears = {} as Record<LinearName, DecoderLinearSpec>;
-  for (const name of LINEAR_NAMES) {
-    const l = layer.linears[name];
+  const why = cudaDecoderUnsupported(layer.family, layer.config);
+  if (why) throw new GptqError(why);
+  const linears = {} as Record<DecoderLinearName, DecoderLinearSpec>;
+  for (const [name, role] of Object.entries(DECODER_LINEARS) as [DecoderLinearName, Role][]) {
+    const [stored, ...more] = layer.linearsFor([role]);
+    if (more.length || layer.segmentsOf(stored).length !== 1)
+      throw new GptqError(
+        `${layer.linearPrefix(stored)} is fused: the GPU decoder layer takes one projection per role`,
+      );
+    const l = layer.linears[stored];
     if (!(l instanceof DenseLinear))
       throw new GptqError(
-        `${layer.linearPrefix(name)} is not a dense projection: build the GPU layer before quantizing, then setWeight`,
+        `${layer.linearPrefix(stored)} is not a dense projection: build the GPU layer before quantizing, then setWeight`,
       );
     linears[name] = { weight: l.weight, bias: l.bias, N: l.outFeatures, K: l.inFeatures };
   }
   const c = layer.config;
-  const rope = layer.rotary.tables(positions);
+  const rope = layer.rotary!.tables(positions);
   return {
     hidden: c.hiddenSize,
     heads: c.numHeads,
     kvHeads: c.numKvHeads,
     headDim: c.headDim,
     rotaryDim: c.rotaryDim,
-    eps: c.rmsNormEps,
-    slidingWindow: c.slidingWindow,
+    eps: c.normEps,
+    slidingWindow: layer.window < positions ? layer.window : undefined,
     ropeCos: rope.cos,
     ropeSin: rope.sin,
     ropeStride: rope.stride,
-    inputNorm: layer.inputNorm,
-    postAttentionNorm: layer.postAttentionNorm,
+    inputNorm: layer.norms.attentionIn!.weight,
+    postAttentionNorm: layer.norms.mlpIn!.weight,
     linears,
   };
 }

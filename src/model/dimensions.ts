@@ -1,14 +1,17 @@
 /**
  * Which model dimension sits behind each side of a linear layer, and whether gptq-ts can pad it without
  * changing the function: what `check` needs to turn "pad in_features to 192" into a command, or into the
- * reason no padding can be offered. Only the MLP intermediate of a Llama-family model (Llama, Mistral,
- * Qwen2) can be padded (`gptq pad`, `quantize --pad auto`); see padding.ts.
+ * reason no padding can be offered. What can be padded is the family table's word (`paddable`): the MLP
+ * intermediate of gated-MLP families, hidden_size of Llama, Mistral and Qwen2 (see padding.ts); never
+ * the hidden size of a LayerNorm model.
  */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { FixContext, ModelDimension } from "../kernels/fixes.js";
 import { GptqError } from "../util/errors.js";
-import { parseLlamaConfig } from "./config.js";
+import { parseModelConfig } from "./config.js";
+import { familyOf } from "./families/index.js";
+import { FamilySpec } from "./families/types.js";
 
 /** Families whose blocks normalise with LayerNorm (mean and variance) rather than RMSNorm. */
 const LAYER_NORM = new Set([
@@ -46,33 +49,28 @@ const MLP_UP = new Set(["gate_proj", "up_proj", "gate_up_proj", "fc1", "dense_h_
 
 export interface ModelFixFacts {
   modelType: string;
-  /** gptq quantize and gptq pad take this model (a Llama-family config) */
-  llamaFamily: boolean;
-  /** why not, in words, when not */
+  /** the family-table entry that reads it, when gptq quantize can */
+  family?: FamilySpec;
+  /** why quantize cannot, in words, when not */
   why?: string;
 }
 
 /** The model behind a checkpoint directory's config.json. */
 export function modelFixFacts(dir: string): ModelFixFacts {
   const path = join(dir, "config.json");
-  if (!existsSync(path)) return { modelType: "", llamaFamily: false, why: `${dir} has no config.json` };
+  if (!existsSync(path)) return { modelType: "", why: `${dir} has no config.json` };
   let raw: Record<string, unknown>;
   try {
     raw = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
   } catch {
-    return { modelType: "", llamaFamily: false, why: `${path} is not valid JSON` };
+    return { modelType: "", why: `${path} is not valid JSON` };
   }
   const modelType = String(raw.model_type ?? "");
   try {
-    parseLlamaConfig(raw, path);
-    return { modelType, llamaFamily: true };
+    return { modelType, family: familyOf(parseModelConfig(raw, path)) };
   } catch (e) {
     if (!(e instanceof GptqError)) throw e;
-    return {
-      modelType,
-      llamaFamily: false,
-      why: `gptq quantize and gptq pad take Llama, Mistral and Qwen2 models only (${modelType ? `this is model_type "${modelType}"` : e.message})`,
-    };
+    return { modelType, why: e.message };
   }
 }
 
@@ -85,28 +83,41 @@ export function layerDimension(
   const last = layer.split(".").pop() ?? layer;
   // RMSNorm over zero channels is kept exact by gptq pad --hidden-multiple (eps and norm weights rescaled);
   // LayerNorm subtracts the mean, which turns the zero channels non-zero
-  const hidden: ModelDimension = LAYER_NORM.has(m.modelType)
-    ? {
-        name: "hidden_size",
-        paddable: false,
-        why: "LayerNorm takes the mean and variance over every hidden channel, so zero channels would change its output (subtracting the mean makes them non-zero)",
-      }
-    : m.llamaFamily
-      ? { name: "hidden_size", paddable: true, padFlag: "--hidden-multiple" }
-      : { name: "hidden_size", paddable: false, why: m.why ?? "gptq pad does not rewrite this model" };
+  const f = m.family;
+  const hidden: ModelDimension =
+    f?.norm === "layer" || LAYER_NORM.has(m.modelType)
+      ? {
+          name: "hidden_size",
+          paddable: false,
+          why: "LayerNorm takes the mean and variance over every hidden channel, so zero channels would change its output (subtracting the mean makes them non-zero)",
+        }
+      : f?.paddable.hidden
+        ? { name: "hidden_size", paddable: true, padFlag: "--hidden-multiple" }
+        : {
+            name: "hidden_size",
+            paddable: false,
+            why: f
+              ? `gptq pad pads hidden_size only where RMSNorm over zero channels stays exact and nothing else reads it (Llama, Mistral, Qwen2); not in ${m.modelType}`
+              : (m.why ?? "gptq pad does not rewrite this model"),
+          };
   const heads = (what: string): ModelDimension => ({
     name: what,
     paddable: false,
     why: "padding head_dim changes the 1/sqrt(head_dim) score scale and the rotary frequencies, and gptq pad does not add heads",
   });
   const falcon = m.modelType === "falcon";
-  const intermediate: ModelDimension = m.llamaFamily
+  const intermediate: ModelDimension = f?.paddable.intermediate
     ? { name: "intermediate_size", paddable: true }
     : {
         name: falcon ? "ffn_hidden_size" : "the MLP intermediate size",
         paddable: false,
-        why: falcon
-          ? "gptq pad refuses Falcon: it rewrites only Llama-family MLPs (gate_proj/up_proj/down_proj); Falcon's dense_h_to_4h/dense_4h_to_h could be zero-padded in principle (GELU(0) = 0), but pad does not do it"
+        why: f
+          ? `gptq pad rewrites only separate gate_proj/up_proj/down_proj MLPs; ${f.linears
+              .filter((l) => l.role === "up" || l.role === "down")
+              .map((l) => l.name)
+              .join(
+                "/",
+              )} of ${m.modelType} could be zero-padded in principle (the activation of 0 is 0), but pad does not do it`
           : (m.why ?? "gptq pad does not rewrite this model"),
       };
   if (side === "in" && INTO_BLOCK.has(last)) return hidden;
@@ -128,7 +139,7 @@ export function fixContext(dir: string, quantized: boolean, scheme: FixContext["
   return {
     dir,
     quantized,
-    quantizable: m.llamaFamily,
+    quantizable: m.family !== undefined,
     scheme,
     dimension: (layer, side) => layerDimension(m, layer, side),
     notQuantizableWhy: m.why,

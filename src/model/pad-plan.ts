@@ -1,31 +1,58 @@
 /**
- * Planning the zero-padding of a Llama-family model's MLP intermediate dimension, which keeps its function
- * exactly (see padding.ts). Given a target (a packing format, a kernel's rules or a plain
+ * Planning the zero-padding of a model's MLP intermediate dimension, which keeps its function exactly
+ * (see padding.ts) in the families whose table entry says so. Given a target (a packing format, a kernel's rules or a plain
  * multiple), finds the smallest intermediate size that makes every layer fit; for dimensions padding
  * cannot change (the head dimension) says so and names what would fit instead; hidden_size is padded
  * separately (`gptq pad --hidden-multiple`).
  */
 import { GptqError } from "../util/errors.js";
 import { KernelQuery, KernelRule } from "../kernels/types.js";
-import { LlamaConfig } from "./config.js";
-import { LINEAR_NAMES, LinearName, LlamaModel } from "./llama.js";
+import { ModelConfig } from "./config.js";
+import { storedProjections } from "./decoder.js";
+import { familyOf } from "./families/index.js";
+import { Role } from "./families/types.js";
 import { FORMATS } from "../formats/registry.js";
 import { CheckpointFormat, QuantScheme } from "../formats/types.js";
 
 export interface LinearShape {
-  linear: LinearName;
+  /** the family's name for the projection */
+  linear: string;
+  /** what it computes (several roles for a fused projection) */
+  roles: readonly Role[];
   inFeatures: number; // K
   outFeatures: number; // N
 }
 
-/** The seven linear shapes of one decoder layer (all layers share them). */
-export function decoderLinearShapes(d: LlamaConfig, intermediate = d.intermediateSize): LinearShape[] {
-  const shapes = LlamaModel.linearShapes({ ...d, intermediateSize: intermediate });
-  return LINEAR_NAMES.map((linear) => ({
-    linear,
-    outFeatures: shapes[linear][0],
-    inFeatures: shapes[linear][1],
+/** Whether a projection is stored under this prefix: by default, the fused projections the family has no separate parts for. */
+export type StoredCheck = (prefix: string) => boolean;
+
+/**
+ * The linear shapes of one decoder layer (all layers share them): the projections as stored (`has` says
+ * which fused ones are present; by default only those the family stores no other way).
+ */
+export function decoderLinearShapes(
+  d: ModelConfig,
+  intermediate = d.intermediateSize,
+  has?: StoredCheck,
+): LinearShape[] {
+  const family = familyOf(d);
+  const fusedOnly = (p: string) =>
+    family.fused.some(
+      (f) => p.endsWith(`.${f.module}`) && !family.linears.some((l) => f.parts.includes(l.role)),
+    );
+  return storedProjections(family, d, 0, has ?? fusedOnly, "config.json", intermediate).map((p) => ({
+    linear: p.name,
+    roles: p.roles,
+    outFeatures: p.shape[0],
+    inFeatures: p.shape[1],
   }));
+}
+
+const MLP_ROLES: readonly Role[] = ["gate", "up", "down"];
+
+/** whether every role of this projection is in the MLP */
+function isMlp(s: LinearShape): boolean {
+  return s.roles.every((r) => MLP_ROLES.includes(r));
 }
 
 /**
@@ -45,9 +72,8 @@ export function multipleTarget(multiple: number): PadTarget {
     describe: `a multiple of ${multiple}`,
     // Only the intermediate dimension is asked to be a multiple; other dimensions are left as they are.
     problem: (s) => {
-      const I = s.linear === "down_proj" ? s.inFeatures : s.outFeatures;
-      const mlp = s.linear === "gate_proj" || s.linear === "up_proj" || s.linear === "down_proj";
-      return mlp && I % multiple ? `intermediate size ${I} is not a multiple of ${multiple}` : undefined;
+      const I = s.roles.includes("down") ? s.inFeatures : s.outFeatures;
+      return isMlp(s) && I % multiple ? `intermediate size ${I} is not a multiple of ${multiple}` : undefined;
     },
   };
 }
@@ -86,7 +112,7 @@ export function fullGroupsTarget(target: PadTarget, groupSize: number): PadTarge
     describe: `${target.describe} and full groups of ${groupSize}`,
     problem: (s) =>
       target.problem(s) ??
-      (s.linear === "down_proj" && s.inFeatures % groupSize
+      (s.roles.includes("down") && s.inFeatures % groupSize
         ? `group size ${groupSize} does not divide in_features ${s.inFeatures} (a partial last group)`
         : undefined),
   };
@@ -107,38 +133,60 @@ function searchLimit(I: number): number {
 
 /** The model dimension behind a layer's in (K) or out (N) side. */
 function dimensionOf(
-  d: LlamaConfig,
+  d: ModelConfig,
   s: LinearShape,
   side: "in" | "out",
 ): { dim: string; why: string; paddable?: string } {
   const headWhy = "attention scales scores by 1/sqrt(head_dim) and rotary frequencies depend on head_dim";
-  const hidden = {
-    dim: `hidden_size ${d.hiddenSize}`,
-    why: "",
-    paddable: "add --hidden-multiple N to pad it too (zero channels; RMSNorm is kept exact)",
+  const hidden = familyOf(d).paddable.hidden
+    ? {
+        dim: `hidden_size ${d.hiddenSize}`,
+        why: "",
+        paddable: "add --hidden-multiple N to pad it too (zero channels; RMSNorm is kept exact)",
+      }
+    : {
+        dim: `hidden_size ${d.hiddenSize}`,
+        why:
+          familyOf(d).norm === "layer"
+            ? "LayerNorm subtracts the mean over every hidden channel, so zero channels would not stay zero"
+            : "gptq pad pads hidden_size only in Llama, Mistral and Qwen2",
+      };
+  const inter = {
+    dim: "intermediate_size",
+    why: familyOf(d).paddable.intermediate
+      ? "no padded size within reach fits"
+      : `gptq pad does not pad the MLP of ${d.modelType} models`,
   };
-  const q = { dim: `num_attention_heads x head_dim = ${d.numHeads * d.headDim}`, why: headWhy };
-  const kv = { dim: `num_key_value_heads x head_dim = ${d.numKvHeads * d.headDim}`, why: headWhy };
-  const inter = { dim: "intermediate_size", why: "no padded size within reach fits" };
-  switch (s.linear) {
-    case "q_proj":
-      return side === "in" ? hidden : q;
-    case "k_proj":
-    case "v_proj":
-      return side === "in" ? hidden : kv;
-    case "o_proj":
-      return side === "in" ? q : hidden;
-    case "gate_proj":
-    case "up_proj":
+  const role = s.roles[0];
+  if (s.roles.length > 1 && !isMlp(s))
+    return side === "in"
+      ? hidden
+      : { dim: `the query, key and value heads x head_dim = ${s.outFeatures}`, why: headWhy };
+  switch (role) {
+    case "q":
+      return side === "in"
+        ? hidden
+        : { dim: `num_attention_heads x head_dim = ${d.numHeads * d.headDim}`, why: headWhy };
+    case "k":
+    case "v":
+      return side === "in"
+        ? hidden
+        : { dim: `num_key_value_heads x head_dim = ${d.numKvHeads * d.headDim}`, why: headWhy };
+    case "o":
+      return side === "in"
+        ? { dim: `num_attention_heads x head_dim = ${d.numHeads * d.headDim}`, why: headWhy }
+        : hidden;
+    case "gate":
+    case "up":
       return side === "in" ? hidden : inter;
-    case "down_proj":
+    case "down":
       return side === "in" ? inter : hidden;
   }
 }
 
 /** Which side a rule's reason is about (kernel rules say "in_features ..." or "out_features ..."). */
 function blame(
-  d: LlamaConfig,
+  d: ModelConfig,
   s: LinearShape,
   problem: string,
 ): { dim: string; why: string; paddable?: string } | undefined {
@@ -148,16 +196,19 @@ function blame(
 }
 
 /** The smallest intermediate size >= the model's that makes every layer fit; undefined when none does. */
-export function findIntermediateSize(d: LlamaConfig, target: PadTarget): number | undefined {
-  const problems = (I: number) => decoderLinearShapes(d, I).filter((s) => target.problem(s) !== undefined);
-  if (problems(d.intermediateSize).some((s) => !isMlp(s.linear))) return undefined;
+export function findIntermediateSize(
+  d: ModelConfig,
+  target: PadTarget,
+  has?: StoredCheck,
+): number | undefined {
+  const problems = (I: number) =>
+    decoderLinearShapes(d, I, has).filter((s) => target.problem(s) !== undefined);
+  const now = problems(d.intermediateSize);
+  if (!now.length) return d.intermediateSize;
+  if (now.some((s) => !isMlp(s)) || !familyOf(d).paddable.intermediate) return undefined;
   const limit = searchLimit(d.intermediateSize);
   for (let I = d.intermediateSize; I <= limit; I++) if (!problems(I).length) return I;
   return undefined;
-}
-
-function isMlp(l: LinearName): boolean {
-  return l === "gate_proj" || l === "up_proj" || l === "down_proj";
 }
 
 /**
@@ -165,18 +216,25 @@ function isMlp(l: LinearName): boolean {
  * cannot be padded, the layer and rule it breaks, and `alternatives` (other targets) that would accept
  * the model, when there is no such padding.
  */
-export function planPadding(d: LlamaConfig, target: PadTarget, alternatives: PadTarget[] = []): PadPlan {
-  const to = findIntermediateSize(d, target);
+export function planPadding(
+  d: ModelConfig,
+  target: PadTarget,
+  alternatives: PadTarget[] = [],
+  has?: StoredCheck,
+): PadPlan {
+  const to = findIntermediateSize(d, target, has);
   if (to !== undefined)
     return { dimension: "intermediate_size", from: d.intermediateSize, to, target: target.describe };
   // Diagnose with the shapes at the largest intermediate size we tried (where only non-MLP reasons remain
   // unless the intermediate itself can never fit).
-  const attention = decoderLinearShapes(d).filter((s) => !isMlp(s.linear));
-  const mlp = decoderLinearShapes(d, searchLimit(d.intermediateSize)).filter((s) => isMlp(s.linear));
+  // (a family whose MLP cannot be padded is diagnosed at its own size)
+  const reach = familyOf(d).paddable.intermediate ? searchLimit(d.intermediateSize) : d.intermediateSize;
+  const attention = decoderLinearShapes(d, undefined, has).filter((s) => !isMlp(s));
+  const mlp = decoderLinearShapes(d, reach, has).filter((s) => isMlp(s));
   const failing = [...attention, ...mlp].find((s) => target.problem(s) !== undefined)!;
   const problem = target.problem(failing)!;
   const b = blame(d, failing, problem);
-  const ok = alternatives.filter((t) => findIntermediateSize(d, t) !== undefined).map((t) => t.describe);
+  const ok = alternatives.filter((t) => findIntermediateSize(d, t, has) !== undefined).map((t) => t.describe);
   throw new GptqError(
     `cannot pad for ${target.describe}: ${failing.linear} (${failing.inFeatures} -> ${failing.outFeatures}) fails: ${problem}; ` +
       (b

@@ -10,7 +10,7 @@
 import { DTYPE_BYTES } from "../tensor/dtype.js";
 import { Tensor, bytesOf, viewAs } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
-import { DecoderLayer, LlamaModel } from "./llama.js";
+import { DecoderLayer, DecoderModel } from "./decoder.js";
 import { DenseLinear } from "../backend/cpu/linear.js";
 
 /** A [rows, cols] tensor with zero rows appended to `newRows` (any dtype: zero bits are zero). */
@@ -44,30 +44,45 @@ export function padCols(t: Tensor, newCols: number): Tensor {
  * Pads a loaded model's MLP intermediate in memory (the same zeros `padCheckpoint` writes), so layers can
  * be quantized at a packable size. Changes `model.config.intermediateSize`; every layer must be dense.
  */
-export function padModelIntermediate(model: LlamaModel, to: number): void {
+export function padModelIntermediate(model: DecoderModel, to: number): void {
   const from = model.config.intermediateSize;
   if (to === from) return;
-  for (const layer of model.layers) padLayerIntermediate(layer, from, to);
-  model.config.intermediateSize = to;
+  model.layers.forEach((layer, i) => (model.layers[i] = padLayerIntermediate(layer, from, to)));
+  model.config = model.layers[0].config;
 }
 
-/** One decoder layer's MLP zero-padded from `from` to `to` intermediate features (see padModelIntermediate). */
-export function padLayerIntermediate(layer: DecoderLayer, from: number, to: number): void {
-  if (to === from) return;
-  const f32 = (data: Float32Array, shape: number[]): Tensor => ({ dtype: "F32", shape, data });
-  for (const name of ["gate_proj", "up_proj", "down_proj"] as const) {
+/**
+ * One decoder layer with its MLP zero-padded from `from` to `to` intermediate features (see
+ * padModelIntermediate): zero rows after each gate and up part (a fused gate_up_proj pads both halves),
+ * zero columns after down's.
+ */
+export function padLayerIntermediate(layer: DecoderLayer, from: number, to: number): DecoderLayer {
+  if (to === from) return layer;
+  const linears = { ...layer.linears };
+  for (const name of layer.linearsFor(["gate", "up", "down"])) {
     const l = layer.linears[name];
     if (!(l instanceof DenseLinear))
       throw new GptqError(`${layer.linearPrefix(name)} is quantized; only unquantized layers can be padded`);
-    const w = f32(l.weight, [l.outFeatures, l.inFeatures]);
-    layer.linears[name] =
-      name === "down_proj"
-        ? new DenseLinear(padCols(w, to).data as Float32Array, l.outFeatures, to, l.bias)
-        : new DenseLinear(
-            padRows(w, to).data as Float32Array,
-            to,
-            l.inFeatures,
-            l.bias && (padRows(f32(l.bias, [from]), to).data as Float32Array),
-          );
+    const K = l.inFeatures;
+    const segments = layer.segmentsOf(name);
+    if (segments.some((g) => g.part === "down")) {
+      const w: Tensor = { dtype: "F32", shape: [l.outFeatures, K], data: l.weight };
+      linears[name] = new DenseLinear(padCols(w, to).data as Float32Array, l.outFeatures, to, l.bias);
+      continue;
+    }
+    // each part's rows, then its zero rows
+    const N = (l.outFeatures / from) * to;
+    const weight = new Float32Array(N * K);
+    const bias = l.bias && new Float32Array(N);
+    let src = 0;
+    let dst = 0;
+    for (const g of segments) {
+      weight.set(l.weight.subarray(src * K, (src + g.count) * K), dst * K);
+      bias?.set(l.bias!.subarray(src, src + g.count), dst);
+      src += g.count;
+      dst += g.count + (g.from + g.count === from ? to - from : 0);
+    }
+    linears[name] = new DenseLinear(weight, N, K, bias);
   }
+  return layer.withLinears({ ...layer.config, intermediateSize: to }, linears);
 }

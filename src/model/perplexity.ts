@@ -4,7 +4,7 @@
  */
 import { firstNonFinite, nonFiniteKind } from "../tensor/finite.js";
 import { GptqError } from "../util/errors.js";
-import { LlamaModel } from "./llama.js";
+import { DecoderModel } from "./decoder.js";
 
 /** rows of logits materialised at once, so a large vocabulary never needs T x vocab floats */
 const LOGIT_ROWS = 64;
@@ -26,7 +26,7 @@ export function tokenNll(logits: Float32Array, offset: number, vocab: number, ta
   return max + Math.log(sum) - logits[offset + target];
 }
 
-export function perplexity(model: LlamaModel, sequences: readonly Int32Array[]): PerplexityResult {
+export function perplexity(model: DecoderModel, sequences: readonly Int32Array[]): PerplexityResult {
   const D = model.config.hiddenSize;
   const V = model.config.vocabSize;
   let nll = 0;

@@ -4,14 +4,27 @@
  * not the interleaved pairs of the original paper. Frequencies and angles are rounded to fp32 as
  * transformers computes them, so long positions agree with it.
  */
-import { LlamaConfig, RopeScaling } from "./config.js";
+import { ModelConfig, RopeScaling } from "./families/types.js";
 
-/** inv_freq[i] = theta^(-2i / dim), then the checkpoint's scaling rule. */
-export function inverseFrequencies(dim: number, theta: number, scaling: RopeScaling): Float32Array {
+/**
+ * inv_freq[i] = theta^(-2i / dim), then the checkpoint's scaling rule; long-rope divides by its short
+ * factors, or by its long ones for sequences of more than `positions` past the original context.
+ */
+export function inverseFrequencies(
+  dim: number,
+  theta: number,
+  scaling: RopeScaling,
+  positions = 0,
+): Float32Array {
   const half = dim / 2;
   const inv = new Float32Array(half);
   for (let i = 0; i < half; i++) inv[i] = 1 / Math.fround(theta ** Math.fround((2 * i) / dim));
-  if (scaling.type === "linear") for (let i = 0; i < half; i++) inv[i] = inv[i] / scaling.factor;
+  if (scaling.type === "longrope") {
+    const ext = positions > scaling.originalMaxPositionEmbeddings ? scaling.longFactor : scaling.shortFactor;
+    // transformers: 1 / (ext * theta^(2i/dim)), in fp32
+    for (let i = 0; i < half; i++)
+      inv[i] = 1 / Math.fround(ext[i] * Math.fround(theta ** Math.fround((2 * i) / dim)));
+  } else if (scaling.type === "linear") for (let i = 0; i < half; i++) inv[i] = inv[i] / scaling.factor;
   else if (scaling.type === "llama3") {
     const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: ctx } = scaling;
     const lowFreqWavelen = ctx / lowFreqFactor;
@@ -32,7 +45,7 @@ export function inverseFrequencies(dim: number, theta: number, scaling: RopeScal
 }
 
 export class Rotary {
-  private readonly inv: Float32Array;
+  private inv: Float32Array;
   private cos = new Float32Array(0);
   private sin = new Float32Array(0);
   private positions = 0;
@@ -41,28 +54,39 @@ export class Rotary {
   constructor(
     readonly headDim: number,
     readonly rotaryDim: number,
-    theta: number,
-    scaling: RopeScaling,
+    private readonly theta: number,
+    private readonly scaling: RopeScaling,
   ) {
     this.inv = inverseFrequencies(rotaryDim, theta, scaling);
     this.half = rotaryDim / 2;
   }
 
-  static fromConfig(c: LlamaConfig): Rotary {
+  static fromConfig(c: ModelConfig): Rotary {
     return new Rotary(c.headDim, c.rotaryDim, c.ropeTheta, c.ropeScaling);
   }
 
   /** grows the cos/sin tables to cover positions [0, T) */
   private ensure(T: number): void {
+    const sc = this.scaling;
+    const long = sc.type === "longrope" && T > sc.originalMaxPositionEmbeddings;
+    // long-rope switches to its long factors past the original context: the table restarts for them
+    if (long && this.positions <= sc.originalMaxPositionEmbeddings) {
+      this.inv = inverseFrequencies(this.rotaryDim, this.theta, sc, T);
+      this.positions = 0;
+    } else if (!long && sc.type === "longrope" && this.positions > sc.originalMaxPositionEmbeddings) {
+      this.inv = inverseFrequencies(this.rotaryDim, this.theta, sc, T);
+      this.positions = 0;
+    }
     if (T <= this.positions) return;
+    const attention = sc.type === "longrope" ? sc.attentionFactor : 1;
     const h = this.half;
     const cos = new Float32Array(T * h);
     const sin = new Float32Array(T * h);
     for (let t = 0; t < T; t++)
       for (let i = 0; i < h; i++) {
         const angle = Math.fround(t * this.inv[i]);
-        cos[t * h + i] = Math.cos(angle);
-        sin[t * h + i] = Math.sin(angle);
+        cos[t * h + i] = Math.cos(angle) * attention;
+        sin[t * h + i] = Math.sin(angle) * attention;
       }
     this.cos = cos;
     this.sin = sin;

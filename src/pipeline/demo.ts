@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { openCheckpoint } from "../io/checkpoint.js";
 import { checkLayers, checkpointProblems } from "../kernels/check.js";
 import { KERNELS } from "../kernels/registry.js";
-import { LlamaModel } from "../model/llama.js";
+import { DecoderModel } from "../model/decoder.js";
 import { DEMO_SPEC, Rng, writeSyntheticLlama, writeTokenFile } from "./synthetic.js";
 import { PipelineOptions } from "./quantize-model.js";
 import { quantizeCheckpoint } from "./quantize-checkpoint.js";
@@ -39,7 +39,7 @@ export interface DemoReport {
  * prediction given the current token alone (a one-token forward), so the fp model's perplexity is
  * meaningful and quantization damage shows in it.
  */
-function tokenSampler(model: LlamaModel): (n: number, seqlen: number, seed: number) => Int32Array[] {
+function tokenSampler(model: DecoderModel): (n: number, seqlen: number, seed: number) => Int32Array[] {
   const V = model.config.vocabSize;
   const cdf = new Float64Array(V * V);
   for (let v = 0; v < V; v++) {
@@ -81,7 +81,7 @@ function softmaxRows(logits: Float32Array, T: number, V: number): Float64Array {
  * exp of the mean cross-entropy between the fp model's next-token distributions and `model`'s: the
  * perplexity `model` would have on endless text sampled from the fp model (fp32's own is exp(entropy)).
  */
-function softPerplexity(model: LlamaModel, seqs: Int32Array[], targets: Float64Array[]): number {
+function softPerplexity(model: DecoderModel, seqs: Int32Array[], targets: Float64Array[]): number {
   const V = model.config.vocabSize;
   let ce = 0;
   let n = 0;
@@ -112,16 +112,16 @@ export async function runDemo(
     const fp = join(dir, "fp");
     writeSyntheticLlama(fp, DEMO_SPEC);
     const tokens = join(dir, "tokens.safetensors");
-    const sample = tokenSampler(LlamaModel.load(fp));
+    const sample = tokenSampler(DecoderModel.load(fp));
     const evalSeqs = sample(16, 64, 2);
     writeTokenFile(tokens, { calibration_tokens: sample(32, 64, 1), evaluation_tokens: evalSeqs });
     const { hiddenSize: H, intermediateSize: I, numLayers: L } = DEMO_SPEC;
     log(
       `synthetic Llama: hidden ${H}, intermediate ${I}, ${L} layers, heavy weight columns, outlier channels`,
     );
-    const fpModel = LlamaModel.load(fp);
+    const fpModel = DecoderModel.load(fp);
     const targets = evalSeqs.map((s) => softmaxRows(fpModel.forward(s), s.length, DEMO_SPEC.vocabSize));
-    const ppl = (d: string) => softPerplexity(LlamaModel.load(d), evalSeqs, targets);
+    const ppl = (d: string) => softPerplexity(DecoderModel.load(d), evalSeqs, targets);
     const rows: DemoRow[] = [{ name: "fp32", dir: fp, ppl: ppl(fp) }];
 
     const variants: [string, Partial<PipelineOptions>][] = [

@@ -7,8 +7,9 @@ import { CheckpointFormat } from "../formats/types.js";
 import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
 import { checkOutputDir } from "../io/output.js";
-import { LlamaConfig, readLlamaConfig } from "../model/config.js";
-import { LINEAR_MODULE, LayerwiseLlama } from "../model/llama.js";
+import { ModelConfig, readModelConfig } from "../model/config.js";
+import { LayerwiseDecoder, storedProjections } from "../model/decoder.js";
+import { familyOf } from "../model/families/index.js";
 import {
   PadPlan,
   decoderLinearShapes,
@@ -97,14 +98,18 @@ export async function quantizeCheckpoint(
 ): Promise<QuantizeResult> {
   const t0 = Date.now();
   const o = req.options;
-  const config = readLlamaConfig(req.modelDir);
+  const config = readModelConfig(req.modelDir);
   const store = TensorStore.open(req.modelDir);
+  /** which projections the checkpoint stores (fused or not), by tensor prefix */
+  let has: (prefix: string) => boolean;
   try {
     const stored = detectFormat(store);
     if (stored !== "fp")
       throw new GptqError(
         `${req.modelDir} is already quantized (${stored}); quantize an unquantized checkpoint`,
       );
+    const weights = new Set(store.names());
+    has = (prefix) => weights.has(`${prefix}.weight`);
   } finally {
     store.close();
   }
@@ -123,7 +128,12 @@ export async function quantizeCheckpoint(
   const packing: CheckpointFormat = req.format === "auto" ? "gptq" : req.format;
   const scheme = { bits: o.bits, groupSize: o.groupSize, sym: o.sym, descAct: o.descAct };
   // and full groups along the intermediate, which the most runtimes accept (see fullGroupsTarget)
-  const plan = planPadding(config, fullGroupsTarget(formatTarget(packing, scheme), scheme.groupSize));
+  const plan = planPadding(
+    config,
+    fullGroupsTarget(formatTarget(packing, scheme), scheme.groupSize),
+    [],
+    has,
+  );
   if (req.pad === "none" && plan.to !== plan.from)
     throw new GptqError(
       `intermediate_size ${plan.from} does not fit ${plan.target} (${plan.to} would); use --pad auto to zero-pad it (the model's function is unchanged)`,
@@ -132,7 +142,7 @@ export async function quantizeCheckpoint(
   checkOutputPath(req.modelDir, req.outDir);
   checkOutputDir(
     req.outDir,
-    quantizedCheckpointBytes(req.modelDir, projectionShapes(config, plan.to, o), packing, plan),
+    quantizedCheckpointBytes(req.modelDir, projectionShapes(config, plan.to, o, has), packing, plan),
   );
   // calibration input is checked before anything is said about the work
   const cal = req.calib
@@ -146,7 +156,7 @@ export async function quantizeCheckpoint(
     });
   const warnings: string[] = [];
   const checkScheme = { bits: o.bits, groupSize: o.groupSize, sym: o.sym };
-  const written = [...projectionShapes(config, plan.to, o)].map(([name, sh]) => ({
+  const written = [...projectionShapes(config, plan.to, o, has)].map(([name, sh]) => ({
     name,
     inFeatures: sh.inFeatures,
     outFeatures: sh.outFeatures,
@@ -157,14 +167,16 @@ export async function quantizeCheckpoint(
     warnings.push(marlin);
     onEvent({ type: "note", text: `warning: ${marlin}` });
   }
-  const few = cal && o.method === "gptq" ? fewTokensWarning(config, plan.to, cal.sequences) : undefined;
+  const few = cal && o.method === "gptq" ? fewTokensWarning(config, plan.to, cal.sequences, has) : undefined;
   if (few) {
     warnings.push(few);
     onEvent({ type: "note", text: `warning: ${few}` });
   }
 
   // one fp32 layer in memory at a time, padded as it is read
-  const model = LayerwiseLlama.open(req.modelDir, (layer) => padLayerIntermediate(layer, plan.from, plan.to));
+  const model = LayerwiseDecoder.open(req.modelDir, (layer) =>
+    padLayerIntermediate(layer, plan.from, plan.to),
+  );
   let run: PipelineResult;
   // each layer packed as soon as it is quantized: the codes never pile up
   const packed = new PackedLayers(req.format);
@@ -229,16 +241,18 @@ export async function quantizeCheckpoint(
 
 /** Every decoder projection the pipeline quantizes, by tensor prefix, with the shape it will have. */
 function projectionShapes(
-  config: LlamaConfig,
+  config: ModelConfig,
   intermediate: number,
   o: PipelineOptions,
+  has: (prefix: string) => boolean,
 ): Map<string, LayerShape> {
   const shapes = new Map<string, LayerShape>();
+  const family = familyOf(config);
   for (let i = 0; i < config.numLayers; i++)
-    for (const s of decoderLinearShapes(config, intermediate))
-      shapes.set(`model.layers.${i}.${LINEAR_MODULE[s.linear]}`, {
-        inFeatures: s.inFeatures,
-        outFeatures: s.outFeatures,
+    for (const p of storedProjections(family, config, i, has, "config.json", intermediate))
+      shapes.set(p.prefix, {
+        inFeatures: p.shape[1],
+        outFeatures: p.shape[0],
         bits: o.bits,
         groupSize: o.groupSize,
       });
@@ -251,12 +265,13 @@ function projectionShapes(
  * quantized on dampening alone. Says which projections, and how many tokens would do.
  */
 export function fewTokensWarning(
-  config: LlamaConfig,
+  config: ModelConfig,
   intermediate: number,
   sequences: readonly Int32Array[],
+  has?: (prefix: string) => boolean,
 ): string | undefined {
   const tokens = sequences.reduce((n, s) => n + s.length, 0);
-  const short = decoderLinearShapes(config, intermediate).filter((s) => s.inFeatures > tokens);
+  const short = decoderLinearShapes(config, intermediate, has).filter((s) => s.inFeatures > tokens);
   if (!short.length) return undefined;
   const need = Math.max(...short.map((s) => s.inFeatures));
   return `${tokens} calibration tokens are fewer than the in_features of ${short.map((s) => `${s.linear} (${s.inFeatures})`).join(", ")} in every layer: their Hessians are rank-deficient and GPTQ leans on dampening there; give at least ${need} tokens (--nsamples x --seqlen)`;

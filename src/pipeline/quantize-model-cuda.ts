@@ -9,19 +9,24 @@
  * The same true-sequential order and options as the CPU pipeline; activations in fp16 rather than fp32.
  */
 import { CudaDevice, DeviceBuffer } from "../backend/cuda/device.js";
-import { CudaDecoderLayer, uploadHalfs } from "../backend/cuda/decoder/decoder.js";
+import { CudaDecoderLayer, DecoderLinearName, uploadHalfs } from "../backend/cuda/decoder/decoder.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { CudaGptqData, dequantizeOnDevice, outputErrorOnDevice } from "../backend/cuda/gptq/problem.js";
 import { DenseLinear } from "../backend/cpu/linear.js";
 import { QuantizedLinear } from "../formats/types.js";
-import { cudaDecoderLayer } from "../model/cuda.js";
-import { DecoderLayer, LayerSource, LinearName, LlamaModel } from "../model/llama.js";
+import { DECODER_LINEARS, cudaDecoderLayer } from "../model/cuda.js";
+import { DecoderLayer, DecoderModel, LayerSource } from "../model/decoder.js";
+import { Role } from "../model/families/types.js";
 import { dequantize } from "../formats/dequantize.js";
 import { gptqSolve } from "../quant/gptq.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
 import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
-import { SEQUENTIAL_GROUPS } from "./quantize-model.js";
+
+/** The GPU decoder's name of the projection that computes each role. */
+const DECODER_NAME = Object.fromEntries(
+  Object.entries(DECODER_LINEARS).map(([name, role]) => [role, name]),
+) as Record<Role, DecoderLinearName>;
 
 /** Calibration rows per chunk: bounds the MLP's intermediates and the attention scores of one pass. */
 const CHUNK_TOKENS = 16384;
@@ -69,7 +74,7 @@ export function quantizeModelOnDevice(
   const layers = new Map<string, QuantizedLinear>();
   const reports: LinearReport[] = [];
   const L = model.numLayers;
-  const steps = SEQUENTIAL_GROUPS.length + 2;
+  const steps = model.family.groups.length + 2;
   const total = L * steps;
   let done = 0;
   const progress = (layer: number, step: string) => {
@@ -104,8 +109,9 @@ export function quantizeModelOnDevice(
       const layer = model.layer(li);
       const gpu = cudaDecoderLayer(dev, layer, positions);
       try {
-        for (const group of SEQUENTIAL_GROUPS) {
-          const first = group.linears[0];
+        for (const group of model.family.groups) {
+          const names = layer.linearsFor(group.roles);
+          const first = group.roles[0];
           if (group.block === "mlp" && !chunks[0].mid) {
             progress(li, "attention outputs");
             for (const c of chunks) {
@@ -119,18 +125,18 @@ export function quantizeModelOnDevice(
             }
             done++;
           }
-          progress(li, group.linears.join("/"));
-          const K = layer.linears[first].inFeatures;
+          progress(li, names.join("/"));
+          const K = layer.linears[names[0]].inFeatures;
           const acc = new CudaHessian(dev, K);
           for (const c of chunks) {
             const x = groupInput(dev, gpu, first, c);
             acc.addDevice(x, c.rows);
-            if (first === "o_proj") c.attn = x;
+            if (first === "o") c.attn = x;
             else dev.free(x);
           }
           const H = acc.take();
           try {
-            for (const name of group.linears) quantizeLinear(layer, gpu, H, name, li);
+            for (const name of names) quantizeLinear(layer, gpu, H, name, li);
           } finally {
             dev.free(H);
           }
@@ -165,7 +171,7 @@ export function quantizeModelOnDevice(
     layer: DecoderLayer,
     gpu: CudaDecoderLayer,
     H: DeviceBuffer,
-    name: LinearName,
+    name: string,
     li: number,
   ): void {
     const t1 = Date.now();
@@ -203,10 +209,10 @@ export function quantizeModelOnDevice(
     const q = dequantizeOnDevice(dev, r.layer);
     const relError = outputErrorOnDevice(dev, w, "f32", q, H, N, K);
     dev.free(w);
-    gpu.setWeight(name, q);
+    gpu.setWeight(DECODER_NAME[layer.segmentsOf(name)[0].part], q);
     // a model held in memory computes afterwards what the quantized checkpoint will (as on the CPU path);
     // a layer-wise one drops the layer when it is done
-    if (model instanceof LlamaModel)
+    if (model instanceof DecoderModel)
       layer.linears[name] = new DenseLinear(dequantize(r.layer), N, K, linear.bias);
     if (keep) keep(prefix, r.layer);
     else layers.set(prefix, r.layer);
@@ -228,19 +234,19 @@ export function quantizeModelOnDevice(
 }
 
 /** The input of a group's projections for one chunk (a new buffer). */
-function groupInput(dev: CudaDevice, gpu: CudaDecoderLayer, first: LinearName, c: Chunk): DeviceBuffer {
+function groupInput(dev: CudaDevice, gpu: CudaDecoderLayer, first: Role, c: Chunk): DeviceBuffer {
   switch (first) {
-    case "q_proj":
+    case "q":
       return gpu.attentionInput(c.h, c.seqLens);
-    case "o_proj": {
+    case "o": {
       const x = gpu.attentionInput(c.h, c.seqLens);
       const a = gpu.attentionCore(x, c.seqLens);
       dev.free(x);
       return a;
     }
-    case "gate_proj":
+    case "gate":
       return gpu.mlpInput(c.mid!, c.seqLens);
-    case "down_proj": {
+    case "down": {
       const y = gpu.mlpInput(c.mid!, c.seqLens);
       const a = gpu.mlpCore(y, c.seqLens);
       dev.free(y);

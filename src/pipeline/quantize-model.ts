@@ -1,6 +1,6 @@
 /**
- * The calibration pipeline: quantize a Llama-family model decoder layer by decoder layer, true-sequential
- * inside each layer (q/k/v, then o, then gate/up, then down). Each group's Hessian is taken from its
+ * The calibration pipeline: quantize a model decoder layer by decoder layer, true-sequential inside each
+ * layer in the order its family's table gives (for Llama: q/k/v, then o, then gate/up, then down). Each group's Hessian is taken from its
  * inputs as they are once every projection before it (in this layer and all earlier ones) is already
  * quantized, so each projection compensates the error of those before it. Memory: the calibration set's
  * hidden states at the current layer (entering it and after its attention half; twice more with
@@ -9,7 +9,7 @@
 import { DenseLinear, Linear } from "../backend/cpu/linear.js";
 import { dequantize } from "../formats/dequantize.js";
 import { Bits, QuantizedLinear } from "../formats/types.js";
-import { DecoderLayer, LayerSource, LinearName } from "../model/llama.js";
+import { DecoderLayer, HalfState, LayerSource } from "../model/decoder.js";
 import { GptqError } from "../util/errors.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
 import { CPU_GPTQ, GptqBackend } from "../quant/gptq.js";
@@ -17,6 +17,7 @@ import { CudaDevice } from "../backend/cuda/device.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { cudaGptqBackend } from "./cuda-gptq.js";
 import { quantizeModelOnDevice } from "./quantize-model-cuda.js";
+import { cudaDecoderUnsupported } from "../model/cuda.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
 import { relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
@@ -50,22 +51,12 @@ export interface PipelineOptions {
   device?: "cpu" | "cuda";
 }
 
-/**
- * The true-sequential groups of one decoder layer, in order; each group shares one input (one Hessian)
- * and sits in the attention or the MLP half of the layer.
- */
-export const SEQUENTIAL_GROUPS: readonly { linears: readonly LinearName[]; block: "attention" | "mlp" }[] = [
-  { linears: ["q_proj", "k_proj", "v_proj"], block: "attention" },
-  { linears: ["o_proj"], block: "attention" },
-  { linears: ["gate_proj", "up_proj"], block: "mlp" },
-  { linears: ["down_proj"], block: "mlp" },
-];
-
 export interface LinearReport {
   layer: number;
   /** tensor prefix, e.g. "model.layers.0.self_attn.q_proj" */
   name: string;
-  linear: LinearName;
+  /** the family's name for the projection, e.g. "q_proj", "query_key_value" */
+  linear: string;
   inFeatures: number;
   outFeatures: number;
   /**
@@ -104,14 +95,8 @@ export interface PipelineResult {
 /** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */
 class StopForward extends Error {}
 
-/** The input of projection `name` when the attention (or MLP) half of `layer` runs on `h`. */
-function inputOf(
-  layer: DecoderLayer,
-  h: Float32Array,
-  T: number,
-  mlp: boolean,
-  name: LinearName,
-): Float32Array {
+/** The input of projection `name` when the attention half of `layer` runs on `h` (or its MLP half on `mid`). */
+function inputOf(layer: DecoderLayer, h: Float32Array | HalfState, T: number, name: string): Float32Array {
   let x: Float32Array | undefined;
   const capture = (n: string, input: Float32Array, rows: number) => {
     if (n !== name) return;
@@ -119,8 +104,8 @@ function inputOf(
     throw new StopForward();
   };
   try {
-    if (mlp) layer.mlpBlock(h, T, capture);
-    else layer.attentionBlock(h, T, capture);
+    if (h instanceof Float32Array) layer.attentionBlock(h, T, capture);
+    else layer.mlpBlock(h, T, capture);
   } catch (e) {
     if (!(e instanceof StopForward)) throw e;
   }
@@ -190,10 +175,11 @@ function quantizeOne(
 
 /**
  * Quantizes every decoder projection of `model`, one layer at a time, and returns the quantized layers.
- * Each projection of the layer object is replaced by its dequantized weights: a `LlamaModel` afterwards
- * computes what the quantized checkpoint will; a `LayerwiseLlama` drops each layer once it is done.
- * `calibration` may be omitted for RTN only. On "cuda", GPTQ without fpTarget runs wholly on the GPU
- * (quantize-model-cuda.ts); otherwise the forward runs here and the Hessians and GPTQ there.
+ * Each projection of the layer object is replaced by its dequantized weights: a `DecoderModel` afterwards
+ * computes what the quantized checkpoint will; a `LayerwiseDecoder` drops each layer once it is done.
+ * `calibration` may be omitted for RTN only. On "cuda", GPTQ without fpTarget runs wholly on the GPU for
+ * the families its decoder layer computes (quantize-model-cuda.ts); otherwise the forward runs here and
+ * the Hessians and GPTQ there.
  */
 export function quantizeModel(
   model: LayerSource,
@@ -203,7 +189,13 @@ export function quantizeModel(
   /** where each quantized layer goes as soon as it is done (then `layers` stays empty); default: `layers` */
   keep?: (prefix: string, layer: QuantizedLinear) => void,
 ): PipelineResult {
-  if (opts.device === "cuda" && opts.method === "gptq" && !opts.fpTarget && calibration?.length)
+  if (
+    opts.device === "cuda" &&
+    opts.method === "gptq" &&
+    !opts.fpTarget &&
+    calibration?.length &&
+    !cudaDecoderUnsupported(model.family, model.config)
+  )
     return quantizeModelOnDevice(model, calibration, opts, onEvent, keep);
   const t0 = Date.now();
   const compute = computeOn(opts.device ?? "cpu");
@@ -213,9 +205,8 @@ export function quantizeModel(
   const calibrated = calibration !== undefined && calibration.length > 0;
   if (opts.method === "gptq" && !calibrated)
     throw new GptqError("GPTQ needs calibration data (--calib FILE)");
-  // per layer: the four groups, then (with calibration) the attention half's and the layer's outputs
-  const steps = SEQUENTIAL_GROUPS.length + (calibrated ? 2 : 0);
-  const total = L * steps;
+  // per layer: its groups, then (with calibration) the attention half's and the layer's outputs
+  const total = L * (model.family.groups.length + (calibrated ? 2 : 0));
   let done = 0;
   const progress = (layer: number, step: string) => {
     const elapsed = (Date.now() - t0) / 1000;
@@ -235,9 +226,9 @@ export function quantizeModel(
   // its attention half once that half is quantized: the MLP groups calibrate from there, so attention
   // is not recomputed for them. With fpTarget, the same for the unquantized model alongside.
   let hs: Float32Array[] = calibrated ? calibration.map((s) => model.embed(s)) : [];
-  let mid: Float32Array[] = [];
+  let mid: HalfState[] = [];
   let hsF: Float32Array[] = opts.fpTarget ? hs : [];
-  let midF: Float32Array[] = [];
+  let midF: HalfState[] = [];
   const T = (s: number) => calibration![s].length;
 
   for (let li = 0; li < L; li++) {
@@ -253,7 +244,8 @@ export function quantizeModel(
         Object.assign(layer.linears, saved);
       }
     };
-    for (const group of SEQUENTIAL_GROUPS) {
+    for (const group of layer.family.groups) {
+      const names = layer.linearsFor(group.roles);
       let H: Float64Array | undefined;
       let C: Float64Array | undefined;
       if (calibrated) {
@@ -263,18 +255,18 @@ export function quantizeModel(
           if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
           done++;
         }
-        progress(li, group.linears.join("/"));
-        const first = group.linears[0];
+        progress(li, names.join("/"));
+        const first = names[0];
         const K = layer.linears[first].inFeatures;
         const acc = compute.hessian(K);
         const cross = opts.fpTarget ? new CrossAccumulator(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
-          const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), mlp, first);
+          const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
           acc.add(xq, T(s));
           if (cross)
             cross.add(
-              asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), mlp, first)),
+              asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first)),
               xq,
               T(s),
             );
@@ -282,8 +274,8 @@ export function quantizeModel(
         H = acc.H;
         acc.dispose?.();
         C = cross?.C;
-      } else progress(li, group.linears.join("/"));
-      for (const name of group.linears) {
+      } else progress(li, names.join("/"));
+      for (const name of names) {
         const t1 = Date.now();
         const prefix = layer.linearPrefix(name);
         const dense = denseOf(layer.linears[name], prefix);

@@ -14,7 +14,7 @@ import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { FORMATS, LayerTensor } from "../formats/registry.js";
 import { LayerShape, qzerosV2ToV1 } from "../formats/gptq.js";
 import { Bits, CheckpointFormat, QuantizedLinear } from "../formats/types.js";
-import { readLlamaConfig } from "../model/config.js";
+import { readModelConfig } from "../model/config.js";
 import { PadPlan } from "../model/pad-plan.js";
 import { padMlpTensor, paddedMlpShape } from "../transform/pad.js";
 import { GptqError } from "../util/errors.js";
@@ -142,7 +142,7 @@ export function quantizedCheckpointBytes(
   format: CheckpointFormat,
   pad?: PadPlan,
 ): number {
-  const config = readLlamaConfig(sourceDir);
+  const config = readModelConfig(sourceDir);
   const from = pad?.from ?? config.intermediateSize;
   const to = pad?.to ?? config.intermediateSize;
   const store = TensorStore.open(sourceDir);
@@ -172,7 +172,7 @@ export function quantizedCheckpointBytes(
 
 export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ files: string[] }> {
   const { layers } = req;
-  const config = readLlamaConfig(req.sourceDir);
+  const config = readModelConfig(req.sourceDir);
   const from = req.pad?.from ?? config.intermediateSize;
   const to = req.pad?.to ?? config.intermediateSize;
   const store = TensorStore.open(req.sourceDir);
@@ -202,7 +202,10 @@ export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ fil
     await buildDirAtomic(req.outDir, (tmp) => {
       for (const f of carriedFiles(req.sourceDir)) copyFileSync(join(req.sourceDir, f), join(tmp, f));
       files = writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
-      const raw: Record<string, unknown> = { ...config.raw, intermediate_size: to };
+      const raw: Record<string, unknown> = {
+        ...config.raw,
+        ...(to !== from ? { intermediate_size: to } : {}),
+      };
       delete raw.quantization_config;
       writeTextAtomic(join(tmp, "config.json"), JSON.stringify(raw, null, 2) + "\n");
       writeQuantConfig(tmp, req.quantConfig);

@@ -1,5 +1,6 @@
 /**
- * The `pad` command's checkpoint rewrite: a copy of an unquantized Llama-family checkpoint with the MLP
+ * The `pad` command's checkpoint rewrite: a copy of an unquantized checkpoint (of a family whose table entry
+ * allows it) with the MLP
  * intermediate zero-padded as planned by model/pad-plan.ts, and optionally the hidden size (the residual
  * stream) zero-padded too. Either way the model computes the same function (to rounding):
  * - intermediate: zero rows in gate/up, zero columns in down; SiLU(0) * 0 = 0 adds nothing.
@@ -17,7 +18,8 @@ import { TensorEntry } from "../io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { Tensor, fromFloat32, toFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
-import { readLlamaConfig } from "../model/config.js";
+import { readModelConfig } from "../model/config.js";
+import { familyOf } from "../model/families/index.js";
 import { PadPlan } from "../model/pad-plan.js";
 import { padCols, padRows } from "../model/padding.js";
 import { checkOutputPath } from "./rewrite.js";
@@ -121,13 +123,20 @@ export async function padCheckpoint(
   plan: PadPlan,
   hidden?: HiddenPad,
 ): Promise<PadResult> {
-  const config = readLlamaConfig(inDir);
+  const config = readModelConfig(inDir);
   if (config.intermediateSize !== plan.from)
     throw new GptqError(
       `${inDir}/config.json: intermediate_size is ${config.intermediateSize}, the plan pads from ${plan.from}`,
     );
+  const family = familyOf(config);
+  if (plan.to !== plan.from && !family.paddable.intermediate)
+    throw new GptqError(`${inDir}: gptq pad does not pad the MLP of ${config.modelType} models`);
   const D = config.hiddenSize;
   const D2 = hidden?.to ?? D;
+  if (D2 !== D && !family.paddable.hidden)
+    throw new GptqError(
+      `${inDir}: gptq pad pads hidden_size only in Llama, Mistral and Qwen2 (RMSNorm kept exact), not ${config.modelType}`,
+    );
   if (hidden && hidden.from !== D)
     throw new GptqError(`${inDir}/config.json: hidden_size is ${D}, the plan pads from ${hidden.from}`);
   if (D2 < D) throw new GptqError(`cannot pad hidden_size ${D} down to ${D2}`);
@@ -173,7 +182,7 @@ export async function padCheckpoint(
             ...config.raw,
             intermediate_size: plan.to,
             ...(D2 !== D
-              ? { hidden_size: D2, head_dim: config.headDim, rms_norm_eps: (config.rmsNormEps * D) / D2 }
+              ? { hidden_size: D2, head_dim: config.headDim, rms_norm_eps: (config.normEps * D) / D2 }
               : {}),
           },
           null,

@@ -50,7 +50,19 @@ function falcon(): string {
     { name: "lm_head.weight", dtype: "BF16", shape: [65024, h] },
   ];
   return writeCheckpointDir(join(root, "falcon-7b"), [...extras, ...shapes.flatMap(fpEntries)], {
-    "config.json": { model_type: "falcon", hidden_size: h },
+    // Falcon-7B's config, with the one block written here
+    "config.json": {
+      model_type: "falcon",
+      hidden_size: h,
+      num_attention_heads: 71,
+      multi_query: true,
+      new_decoder_architecture: false,
+      parallel_attn: true,
+      num_hidden_layers: 1,
+      vocab_size: 65024,
+      bias: false,
+      alibi: false,
+    },
   });
 }
 
@@ -74,13 +86,12 @@ test("Falcon-7B, planned 4-bit group 128: exllama wants group 64 or in 4608, Mar
     dense.kernels.exllama.reason,
     "group size 128 does not divide in_features 4544 (no partial groups)",
   );
-  // Falcon: gptq quantize and pad do not take it, and hidden_size is under LayerNorm: kernels only, and why
-  assert.match(dense.kernels.exllama.fix!, /^use kernel [a-z0-9-]+( or [a-z0-9-]+)*$/);
-  assert.match(dense.kernels.exllama.note!, /^quantizing with group size 64 would fix it, but gptq quantize/);
+  // Falcon is quantized at group 64; hidden_size is under LayerNorm, so padding is never the fix
   assert.match(
-    dense.kernels.exllama.note!,
-    /in_features 4544 is num_attention_heads x head_dim, which cannot be padded to 4608: padding head_dim/,
+    dense.kernels.exllama.fix!,
+    /^gptq quantize \S+falcon-7b --out <out> --bits 4 --group-size 64; or use kernel /,
   );
+  assert.ok(rep.layers.every((l) => Object.values(l.kernels).every((k) => !/gptq pad/.test(k.fix ?? ""))));
   assert.match(
     layer(rep, "dense_h_to_4h").kernels.exllama.note!,
     /in_features 4544 is hidden_size, which cannot be padded to 4608: LayerNorm takes the mean and variance/,
@@ -96,7 +107,11 @@ test("Falcon-7B, planned 4-bit group 128: exllama wants group 64 or in 4608, Mar
   assert.ok(g64.layers.every((l) => l.kernels.exllama.ok && Object.keys(l.kernels).length === 1));
   const r = gptq("check", dir, "--require", "exllama");
   assert.match(assertOneLineError(r, 1), /^gptq check: error: 3 of 4 layers fail kernel exllama \(first: /);
-  assert.match(r.stdout, /note: quantizing with group size 64 would fix it/, "the report is still printed");
+  assert.match(
+    r.stdout,
+    /fix: gptq quantize \S+ --out <out> --bits 4 --group-size 64/,
+    "the report is still printed",
+  );
 });
 
 test("Qwen1.5-14B (intermediate 13696): AutoGPTQ Marlin fails gate/up out % 256, vLLM Marlin fails down_proj at tp 2", () => {

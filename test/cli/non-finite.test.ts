@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
 import { perplexity } from "../../src/model/perplexity.js";
-import { LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { GptqError } from "../../src/util/errors.js";
 import { syntheticTokens } from "../helpers/synthetic.js";
 import { assertOneLineError, gptq } from "../helpers/cli.js";
@@ -134,7 +134,7 @@ test("eval refuses a NaN fp weight (an unquantized checkpoint's norm)", () => {
 });
 
 test("perplexity refuses non-finite logits, naming sequence, position and token", () => {
-  const model = LlamaModel.load(fp);
+  const model = DecoderModel.load(fp);
   const V = SPEC.vocabSize;
   const logits = model.logits.bind(model);
   model.logits = (h: Float32Array, rows: number) => {

@@ -1,9 +1,9 @@
 /** Model configs the tests share. */
-import { parseLlamaConfig } from "../../src/model/config.js";
+import { parseModelConfig } from "../../src/model/config.js";
 import { PipelineOptions } from "../../src/pipeline/quantize-model.js";
 
 /** stories260K's shapes (hidden 64, intermediate 172, 8 heads over 4 kv heads of 8) in one layer. */
-export const STORIES_CONFIG = parseLlamaConfig({
+export const STORIES_CONFIG = parseModelConfig({
   model_type: "llama",
   hidden_size: 64,
   intermediate_size: 172,

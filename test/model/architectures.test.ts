@@ -9,7 +9,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { TensorEntry } from "../../src/io/safetensors.js";
 import { writeCheckpointTensors } from "../../src/io/store.js";
-import { LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { DType, bf16sToFloats, floatsToBf16s, floatsToHalfs, halfsToFloats } from "../../src/tensor/dtype.js";
 import { tmpDir } from "../helpers/checkpoints.js";
 
@@ -251,7 +251,7 @@ for (const [name, arch] of Object.entries(ARCHS))
   test(`${name}: logits match a float64 reference forward`, () => {
     const { dir, w } = build(arch, name.length);
     try {
-      const model = LlamaModel.load(dir);
+      const model = DecoderModel.load(dir);
       const r = rng(7);
       const tokens = Array.from({ length: 70 }, () => Math.floor((r() + 0.5) * 37)); // > one 64-row block
       const got = model.forward(Int32Array.from(tokens));

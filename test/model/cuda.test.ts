@@ -5,11 +5,15 @@ import assert from "node:assert/strict";
 import { CudaDevice } from "../../src/backend/cuda/device.js";
 import { moveToCuda } from "../../src/model/cuda.js";
 import { DenseLinear, QuantLinear } from "../../src/backend/cpu/linear.js";
-import { LINEAR_NAMES, LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
+import { LLAMA_LINEARS } from "../../src/model/families/llama.js";
 import { perplexity } from "../../src/model/perplexity.js";
 import { quantizeRtn } from "../../src/quant/rtn.js";
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+
+/** the projections of a Llama decoder layer, in true-sequential order */
+const LINEAR_NAMES = LLAMA_LINEARS.map((l) => l.name);
 
 const noGpu = CudaDevice.available()
   ? false
@@ -17,8 +21,8 @@ const noGpu = CudaDevice.available()
 if (noGpu) console.warn(noGpu);
 const skip = noGpu || skipUnlessShared("models", "stories260K", "model.safetensors");
 
-function quantizedModel(): LlamaModel {
-  const model = LlamaModel.load(sharedPath("models", "stories260K"));
+function quantizedModel(): DecoderModel {
+  const model = DecoderModel.load(sharedPath("models", "stories260K"));
   for (const layer of model.layers)
     for (const name of LINEAR_NAMES) {
       const d = layer.linears[name] as DenseLinear;

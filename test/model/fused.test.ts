@@ -1,15 +1,18 @@
 // Fused projections (`qkv_proj`, `gate_up_proj`), as `gptq merge` writes them and Phi-3 publishes them:
-// `gptq eval` loads them, split into their parts, and gives the perplexity of the unfused checkpoint.
-// The parts are moved, never recomputed (codes, scales and zeros column by column; dense weight rows),
-// so each part is the very projection the unfused checkpoint holds and the perplexities are equal, not
-// merely close.
+// `gptq eval` runs them fused and gives the perplexity of the unfused checkpoint. Merging moves codes,
+// scales and zeros column by column (dense: weight rows), so the fused projection's outputs are exactly
+// its parts' and the perplexities are equal, not merely close.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { copyFileSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { TensorEntry, entry, readAllTensors } from "../../src/io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../../src/io/store.js";
-import { FUSED_LINEARS, LINEAR_MODULE } from "../../src/model/llama.js";
+import { LLAMA_FUSED, LLAMA_LINEARS } from "../../src/model/families/llama.js";
+import { Role } from "../../src/model/families/types.js";
+
+/** where the separate projection with this role is stored under a layer */
+const moduleOf = (role: Role) => LLAMA_LINEARS.find((l) => l.role === role)!.module;
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
 import { DEMO_SPEC, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
@@ -41,13 +44,13 @@ async function fuseAll(input: string, root: string, numLayers: number): Promise<
   let from = input;
   let n = 0;
   for (let i = 0; i < numLayers; i++)
-    for (const f of FUSED_LINEARS) {
+    for (const f of LLAMA_FUSED) {
       const to = join(root, `fuse-${n++}`);
       const prefix = `model.layers.${i}`;
       await mergeCheckpoint(
         from,
         to,
-        f.parts.map((p) => `${prefix}.${LINEAR_MODULE[p]}`),
+        f.parts.map((p) => `${prefix}.${moduleOf(p)}`),
         `${prefix}.${f.module}`,
       );
       if (from !== input) rmSync(from, { recursive: true, force: true });
@@ -125,10 +128,10 @@ test(
       const { tensors } = readAllTensors(join(MODEL, "model.safetensors"));
       const fusedNames = new Map<string, string[]>();
       for (let i = 0; i < 5; i++)
-        for (const f of FUSED_LINEARS)
+        for (const f of LLAMA_FUSED)
           fusedNames.set(
             `model.layers.${i}.${f.module}.weight`,
-            f.parts.map((p) => `model.layers.${i}.${LINEAR_MODULE[p]}.weight`),
+            f.parts.map((p) => `model.layers.${i}.${moduleOf(p)}.weight`),
           );
       const consumed = new Set([...fusedNames.values()].flat());
       const entries: TensorEntry[] = [];
@@ -154,13 +157,17 @@ test(
 
       assert.deepEqual(evalPpl(fused, tokens), evalPpl(MODEL, tokens));
 
-      // quantize reads separate projections: it says so before any work
-      const r = gptq("quantize", fused, "--out", join(root, "q"), "--method", "rtn");
-      assert.equal(r.code, 1, r.stderr);
-      assert.match(
-        r.stderr,
-        /model\.layers\.0\.self_attn\.qkv_proj\.weight is a fused projection; quantize reads q_proj, k_proj, v_proj as separate tensors/,
-      );
+      // quantize takes the fused projections as stored and writes them fused; RTN rounds each output row
+      // on its own, so the result computes what the unfused checkpoint quantized alike computes
+      for (const [dir, out] of [
+        [fused, "q-fused"],
+        [MODEL, "q-separate"],
+      ]) {
+        const r = gptq("quantize", dir, "--out", join(root, out), "--method", "rtn", "--group-size", "32");
+        assert.equal(r.code, 0, r.stderr);
+      }
+      assert.ok(layer0Tensors(join(root, "q-fused")).includes("model.layers.0.self_attn.qkv_proj.qweight"));
+      assert.deepEqual(evalPpl(join(root, "q-fused"), tokens), evalPpl(join(root, "q-separate"), tokens));
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -1,10 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readAllTensors } from "../../src/io/safetensors.js";
-import { LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { perplexity } from "../../src/model/perplexity.js";
 import { inverseFrequencies } from "../../src/model/rope.js";
-import { parseLlamaConfig } from "../../src/model/config.js";
+import { parseModelConfig } from "../../src/model/config.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 const MODEL = ["models", "stories260K"];
@@ -27,7 +27,7 @@ test(
   "stories260K logits match the PyTorch reference",
   { skip: skipUnlessShared(...MODEL) || skipUnlessShared(...EVAL) },
   () => {
-    const model = LlamaModel.load(sharedPath(...MODEL));
+    const model = DecoderModel.load(sharedPath(...MODEL));
     const { tokens, logits0 } = evalData();
     const logits = model.forward(tokens[0]);
     assert.equal(logits.length, logits0.length);
@@ -41,7 +41,7 @@ test(
   "stories260K perplexity on evaluation_tokens is 18.256",
   { skip: skipUnlessShared(...MODEL) || skipUnlessShared(...EVAL) },
   () => {
-    const model = LlamaModel.load(sharedPath(...MODEL));
+    const model = DecoderModel.load(sharedPath(...MODEL));
     const { tokens } = evalData();
     const { ppl, tokens: n } = perplexity(model, tokens);
     assert.equal(n, tokens.length * (tokens[0].length - 1));
@@ -73,7 +73,7 @@ test("llama3 rope scaling keeps high frequencies, divides low ones, blends betwe
 });
 
 test("config: defaults, rope_parameters and rope_scaling spellings, bad values", () => {
-  const c = parseLlamaConfig({
+  const c = parseModelConfig({
     model_type: "llama",
     hidden_size: 64,
     intermediate_size: 172,
@@ -94,7 +94,7 @@ test("config: defaults, rope_parameters and rope_scaling spellings, bad values",
   assert.equal(c.ropeTheta, 500000);
   assert.equal(c.ropeScaling.type, "llama3");
   assert.equal(c.tieWordEmbeddings, false);
-  const q = parseLlamaConfig({
+  const q = parseModelConfig({
     model_type: "qwen2",
     hidden_size: 64,
     intermediate_size: 8,
@@ -111,12 +111,12 @@ test("config: defaults, rope_parameters and rope_scaling spellings, bad values",
   assert.equal(q.ropeTheta, 1e6);
   assert.equal(q.slidingWindow, undefined);
   assert.throws(
-    () => parseLlamaConfig({ ...c.raw, model_type: "gpt2" }),
+    () => parseModelConfig({ ...c.raw, model_type: "gpt2" }),
     /model_type "gpt2" is not supported/,
   );
-  assert.throws(() => parseLlamaConfig({ ...c.raw, num_key_value_heads: 3 }), /not a multiple/);
+  assert.throws(() => parseModelConfig({ ...c.raw, num_key_value_heads: 3 }), /not a multiple/);
   assert.throws(
-    () => parseLlamaConfig({ ...c.raw, rope_scaling: { rope_type: "yarn", factor: 4 } }),
+    () => parseModelConfig({ ...c.raw, rope_scaling: { rope_type: "yarn", factor: 4 } }),
     /rope type "yarn"/,
   );
 });

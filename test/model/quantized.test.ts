@@ -9,12 +9,16 @@ import { Bits, CheckpointFormat, QuantizedLinear, numGroups } from "../../src/fo
 import { writeQuantConfig } from "../../src/io/checkpoint.js";
 import { TensorEntry, readAllTensors } from "../../src/io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../../src/io/store.js";
-import { LINEAR_NAMES, LinearName, LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
+import { LLAMA_LINEARS } from "../../src/model/families/llama.js";
 import { roundToHalf } from "../../src/tensor/dtype.js";
 import { toFloat32 } from "../../src/tensor/tensor.js";
 import { GptqError } from "../../src/util/errors.js";
 import { quantConfig, tmpDir } from "../helpers/checkpoints.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+
+/** the projections of a Llama decoder layer, in true-sequential order */
+const LINEAR_NAMES = LLAMA_LINEARS.map((l) => l.name);
 
 const MODEL = sharedPath("models", "stories260K");
 const skip =
@@ -69,7 +73,7 @@ function rtn(W: Float32Array, N: number, K: number, s: Scheme): QuantizedLinear 
 function quantizedCheckpoint(
   format: CheckpointFormat,
   s: Scheme,
-  which: (name: LinearName) => boolean,
+  which: (name: string) => boolean,
   lmHead = false,
 ): { dir: string; layers: Map<string, QuantizedLinear> } {
   const dir = tmpDir("model-q");
@@ -80,7 +84,7 @@ function quantizedCheckpoint(
   try {
     for (const name of src.names()) {
       const prefix = name.replace(/\.weight$/, "");
-      const short = prefix.split(".").pop() as LinearName;
+      const short = prefix.split(".").pop() as string;
       if (!name.endsWith(".weight") || !LINEAR_NAMES.includes(short) || !which(short)) {
         const t = src.read(name);
         entries.push({ name, dtype: t.dtype, shape: t.shape, data: t.data });
@@ -121,8 +125,8 @@ function quantizedCheckpoint(
 function reference(
   layers: Map<string, QuantizedLinear>,
   make: (q: QuantizedLinear) => DenseLinear | A8W4Linear,
-): LlamaModel {
-  const m = LlamaModel.load(MODEL);
+): DecoderModel {
+  const m = DecoderModel.load(MODEL);
   const head = layers.get("lm_head");
   if (head) m.lmHead = make(head);
   for (const layer of m.layers)
@@ -150,7 +154,7 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 function countLinears(
-  m: LlamaModel,
+  m: DecoderModel,
   cls: typeof QuantLinear | typeof A8W4Linear | typeof DenseLinear,
 ): number {
   return m.layers.reduce((s, l) => s + LINEAR_NAMES.filter((n) => l.linears[n] instanceof cls).length, 0);
@@ -161,7 +165,7 @@ test(
   { skip },
   () => {
     // the MLP (172 wide) cannot be packed at 4 bits: it stays fp, a partially quantized checkpoint
-    const attn = (n: LinearName) => n.endsWith("_proj") && !["gate_proj", "up_proj", "down_proj"].includes(n);
+    const attn = (n: string) => n.endsWith("_proj") && !["gate_proj", "up_proj", "down_proj"].includes(n);
     const { dir, layers } = quantizedCheckpoint(
       "gptq",
       { bits: 4, groupSize: 32, sym: true, actOrder: false },
@@ -170,17 +174,17 @@ test(
     try {
       assert.equal(layers.size, 20);
       const toks = tokens();
-      const q = LlamaModel.load(dir);
+      const q = DecoderModel.load(dir);
       assert.equal(countLinears(q, QuantLinear), 20);
       const want = reference(layers, dense).forward(toks);
       const got = q.forward(toks);
       assert.ok(maxAbsDiff(got, want) < 1e-4, `dequantized path: ${maxAbsDiff(got, want)}`);
       assert.ok(
-        maxAbsDiff(got, LlamaModel.load(MODEL).forward(toks)) > 1e-2,
+        maxAbsDiff(got, DecoderModel.load(MODEL).forward(toks)) > 1e-2,
         "quantization changes the logits",
       );
 
-      const a = LlamaModel.load(dir, { actQuant: "int8" });
+      const a = DecoderModel.load(dir, { actQuant: "int8" });
       assert.equal(countLinears(a, A8W4Linear), 20);
       assert.equal(countLinears(a, DenseLinear), 15);
       const wantA = reference(layers, (l) => A8W4Linear.fromQuantized(l)).forward(toks);
@@ -204,13 +208,13 @@ test(
     try {
       assert.equal(layers.size, 36);
       const toks = tokens();
-      const q = LlamaModel.load(dir);
+      const q = DecoderModel.load(dir);
       assert.equal(countLinears(q, QuantLinear), 35);
       assert.ok(q.lmHead instanceof QuantLinear);
       const d = maxAbsDiff(q.forward(toks), reference(layers, dense).forward(toks));
       assert.ok(d < 1e-4, `max abs logit difference ${d}`);
       assert.throws(
-        () => LlamaModel.load(dir, { actQuant: "int8" }),
+        () => DecoderModel.load(dir, { actQuant: "int8" }),
         (e: Error) =>
           e instanceof GptqError &&
           /8-bit asymmetric; int8 activations \(A8W4\) need 4-bit symmetric/.test(e.message),
@@ -230,7 +234,7 @@ test("a Marlin checkpoint runs from its codes", { skip }, () => {
   );
   try {
     const toks = tokens();
-    const q = LlamaModel.load(dir);
+    const q = DecoderModel.load(dir);
     assert.equal(countLinears(q, QuantLinear), 10);
     const d = maxAbsDiff(q.forward(toks), reference(layers, dense).forward(toks));
     assert.ok(d < 1e-4, `max abs logit difference ${d}`);
@@ -241,7 +245,7 @@ test("a Marlin checkpoint runs from its codes", { skip }, () => {
 
 test("int8 activations on an unquantized checkpoint are refused", { skip }, () => {
   assert.throws(
-    () => LlamaModel.load(MODEL, { actQuant: "int8" }),
+    () => DecoderModel.load(MODEL, { actQuant: "int8" }),
     /need a 4-bit symmetric quantized checkpoint/,
   );
 });

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CudaDevice } from "../../src/backend/cuda/device.js";
 import { CudaHessian } from "../../src/backend/cuda/gptq/hessian.js";
-import { LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { formatTarget, planPadding } from "../../src/model/pad-plan.js";
 import { padModelIntermediate } from "../../src/model/padding.js";
 import { perplexity } from "../../src/model/perplexity.js";
@@ -136,7 +136,7 @@ test(
     ];
     for (const opts of configs) {
       const ppl = (device: "cpu" | "cuda") => {
-        const model = LlamaModel.load(sharedPath("models", "stories260K"));
+        const model = DecoderModel.load(sharedPath("models", "stories260K"));
         padModelIntermediate(model, planPadding(model.config, formatTarget("gptq", opts)).to);
         quantizeModel(model, calib, { ...opts, device });
         return perplexity(model, evalRows).ppl;

@@ -7,7 +7,7 @@ import { FORMATS } from "../../src/formats/registry.js";
 import { Bits, QuantizedLinear } from "../../src/formats/types.js";
 import { readQuantConfig } from "../../src/io/quant-config.js";
 import { TensorStore } from "../../src/io/store.js";
-import { LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { padModelIntermediate } from "../../src/model/padding.js";
 import { perplexity } from "../../src/model/perplexity.js";
 import { SyntheticSpec, writeSyntheticLlama, writeTokenFile } from "../../src/pipeline/synthetic.js";
@@ -74,7 +74,7 @@ test("quantize writes a checkpoint whose layers are the pipeline's, padded, with
   );
 
   // The same pipeline in memory: the stored layers must unpack to exactly its layers.
-  const model = LlamaModel.load(src);
+  const model = DecoderModel.load(src);
   padModelIntermediate(model, 48);
   const ref = quantizeModel(model, CALIB, OPTS);
   const store = TensorStore.open(out);
@@ -93,7 +93,7 @@ test("quantize writes a checkpoint whose layers are the pipeline's, padded, with
     store.close();
   }
   // Evaluating the written checkpoint gives what the in-memory quantized model gives.
-  const a = perplexity(LlamaModel.load(out), EVAL).ppl;
+  const a = perplexity(DecoderModel.load(out), EVAL).ppl;
   const b = perplexity(model, EVAL).ppl;
   assert.ok(Math.abs(a - b) / b < 1e-4, `checkpoint ppl ${a} vs in-memory ${b}`);
 });

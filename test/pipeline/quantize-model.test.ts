@@ -5,11 +5,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DenseLinear } from "../../src/backend/cpu/linear.js";
 import { entry, readAllTensors, writeSafetensors } from "../../src/io/safetensors.js";
-import { LINEAR_NAMES, LayerwiseLlama, LinearName, LlamaModel } from "../../src/model/llama.js";
+import { LayerwiseDecoder, DecoderModel } from "../../src/model/decoder.js";
+import { LLAMA_LINEARS } from "../../src/model/families/llama.js";
 import { SyntheticSpec, writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
 import { syntheticTokens } from "../helpers/synthetic.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
 import { PipelineOptions, PipelineResult, quantizeModel } from "../../src/pipeline/quantize-model.js";
+
+/** the projections of a Llama decoder layer, in true-sequential order */
+const LINEAR_NAMES = LLAMA_LINEARS.map((l) => l.name);
 
 const SPEC: SyntheticSpec = {
   hiddenSize: 32,
@@ -37,14 +41,14 @@ process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 const CALIB = syntheticTokens(SPEC, 6, 24, 11);
 
 /** Hessians of every projection's inputs when `model` runs the calibration set. */
-function hessians(model: LlamaModel): Map<string, Float64Array> {
+function hessians(model: DecoderModel): Map<string, Float64Array> {
   const acc = new Map<string, HessianAccumulator>();
   for (const seq of CALIB) {
     let h = model.embed(seq);
     for (const layer of model.layers)
       h = layer.forward(h, seq.length, (name, x, rows) => {
         const key = `${layer.prefix}.${name}`;
-        const K = layer.linears[name as LinearName].inFeatures;
+        const K = layer.linears[name as string].inFeatures;
         if (!acc.has(key)) acc.set(key, new HessianAccumulator(K));
         acc.get(key)!.add(x.subarray(0, rows * K), rows);
       });
@@ -53,8 +57,8 @@ function hessians(model: LlamaModel): Map<string, Float64Array> {
 }
 
 test("true-sequential: every projection is GPTQ on the inputs it sees once all before it are quantized", () => {
-  const fp = LlamaModel.load(dir);
-  const model = LlamaModel.load(dir);
+  const fp = DecoderModel.load(dir);
+  const model = DecoderModel.load(dir);
   const run = quantizeModel(model, CALIB, OPTS);
   assert.equal(run.layers.size, SPEC.numLayers * 7);
   // In the quantized model a projection's input depends only on projections before it, so these are
@@ -85,7 +89,10 @@ test("true-sequential: every projection is GPTQ on the inputs it sees once all b
 
 test("a layer-wise model is read one layer at a time and quantizes exactly as the loaded one", () => {
   const events: string[] = [];
-  const lazy = LayerwiseLlama.open(dir, (layer) => events.push(`read ${layer.prefix}`));
+  const lazy = LayerwiseDecoder.open(dir, (layer) => {
+    events.push(`read ${layer.prefix}`);
+    return layer;
+  });
   assert.throws(() => lazy.embed(Int32Array.of(SPEC.vocabSize)), /outside the vocabulary/);
   let run: PipelineResult;
   try {
@@ -100,7 +107,7 @@ test("a layer-wise model is read one layer at a time and quantizes exactly as th
   assert.equal(events.indexOf("read model.layers.0"), 0);
   assert.equal(events.lastIndexOf("quantized model.layers.0.mlp.down_proj"), read1 - 1);
   assert.equal(events.filter((e) => e.startsWith("read")).length, SPEC.numLayers);
-  const ref = quantizeModel(LlamaModel.load(dir), CALIB, OPTS);
+  const ref = quantizeModel(DecoderModel.load(dir), CALIB, OPTS);
   assert.deepEqual([...run.layers.keys()], [...ref.layers.keys()]);
   for (const [name, want] of ref.layers) {
     assert.deepEqual(run.layers.get(name)!.codes, want.codes, `${name} codes`);
@@ -120,12 +127,12 @@ test("a layer-wise model checks every layer's tensors when it opens, before any 
         [...tensors].filter(([name]) => name !== skip).map(([name, t]) => entry(name, t)),
       );
     write(`${last}.mlp.down_proj.weight`);
-    assert.throws(() => LayerwiseLlama.open(bad), /no tensor named "model.layers.1.mlp.down_proj.weight"/);
+    assert.throws(() => LayerwiseDecoder.open(bad), /no tensor named "model.layers.1.mlp.down_proj.weight"/);
     const up = tensors.get(`${last}.mlp.up_proj.weight`)!;
     tensors.set(`${last}.mlp.up_proj.weight`, { ...up, shape: [up.shape[1], up.shape[0]] });
     write("");
     assert.throws(
-      () => LayerwiseLlama.open(bad),
+      () => LayerwiseDecoder.open(bad),
       /up_proj.weight has shape \[32,64\], config.json implies \[64,32\]/,
     );
   } finally {
@@ -134,19 +141,19 @@ test("a layer-wise model checks every layer's tensors when it opens, before any 
 });
 
 test("RTN without calibration quantizes each weight on its own and reports weight error", () => {
-  const fp = LlamaModel.load(dir);
-  const model = LlamaModel.load(dir);
+  const fp = DecoderModel.load(dir);
+  const model = DecoderModel.load(dir);
   const run = quantizeModel(model, undefined, { ...OPTS, method: "rtn" });
   const w = fp.layers[1].linears.up_proj as DenseLinear;
   const ref = quantizeRtn(w.weight, w.outFeatures, w.inFeatures, OPTS);
   assert.deepEqual(run.layers.get("model.layers.1.mlp.up_proj")!.codes, ref.codes);
   assert.ok(run.reports.every((r) => r.relErrorOf === "weights"));
-  assert.throws(() => quantizeModel(LlamaModel.load(dir), undefined, OPTS), /calibration/);
+  assert.throws(() => quantizeModel(DecoderModel.load(dir), undefined, OPTS), /calibration/);
 });
 
 test("fpTarget brings the quantized model's outputs closer to the unquantized model's", () => {
-  const fp = LlamaModel.load(dir);
-  const err = (m: LlamaModel) => {
+  const fp = DecoderModel.load(dir);
+  const err = (m: DecoderModel) => {
     let num = 0;
     let den = 0;
     for (const seq of syntheticTokens(SPEC, 4, 24, 99)) {
@@ -161,9 +168,9 @@ test("fpTarget brings the quantized model's outputs closer to the unquantized mo
   };
   // enough calibration tokens (32 x 32) that the least-squares target does not overfit K = 64 inputs
   const calib = syntheticTokens(SPEC, 32, 32, 12);
-  const plain = LlamaModel.load(dir);
+  const plain = DecoderModel.load(dir);
   quantizeModel(plain, calib, { ...OPTS, bits: 3 });
-  const targeted = LlamaModel.load(dir);
+  const targeted = DecoderModel.load(dir);
   quantizeModel(targeted, calib, { ...OPTS, bits: 3, fpTarget: true });
   assert.ok(err(targeted) < err(plain), `fpTarget ${err(targeted)} vs plain ${err(plain)}`);
 });

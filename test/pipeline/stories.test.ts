@@ -4,7 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LlamaModel } from "../../src/model/llama.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { formatTarget, planPadding } from "../../src/model/pad-plan.js";
 import { padModelIntermediate } from "../../src/model/padding.js";
 import { perplexity } from "../../src/model/perplexity.js";
@@ -21,7 +21,7 @@ const REFERENCE_GPTQ_MSE = 116.8;
 
 function quantizedPpl(opts: PipelineOptions, nsamples = 128): number {
   const tokens = sharedPath("models", "stories260K-eval.safetensors");
-  const model = LlamaModel.load(sharedPath("models", "stories260K"));
+  const model = DecoderModel.load(sharedPath("models", "stories260K"));
   padModelIntermediate(model, planPadding(model.config, formatTarget("gptq", opts)).to);
   quantizeModel(model, readTokenRows(tokens, "calibration_tokens").rows.slice(0, nsamples), opts);
   return perplexity(model, readTokenRows(tokens, "evaluation_tokens").rows).ppl;

@@ -4,8 +4,8 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeCheckpointTensors, TensorStore } from "../../src/io/store.js";
-import { parseLlamaConfig, readLlamaConfig } from "../../src/model/config.js";
-import { LlamaModel } from "../../src/model/llama.js";
+import { parseModelConfig, readModelConfig } from "../../src/model/config.js";
+import { DecoderModel } from "../../src/model/decoder.js";
 import { multipleTarget, planPadding } from "../../src/model/pad-plan.js";
 import { padCheckpoint } from "../../src/transform/pad.js";
 import { toFloat32 } from "../../src/tensor/tensor.js";
@@ -129,10 +129,10 @@ test(
     try {
       const src = sharedPath("models", "stories260K");
       const out = join(dir, "padded");
-      const plan = planPadding(readLlamaConfig(src), multipleTarget(8));
+      const plan = planPadding(readModelConfig(src), multipleTarget(8));
       await padCheckpoint(src, out, plan);
-      const a = LlamaModel.load(src);
-      const b = LlamaModel.load(out);
+      const a = DecoderModel.load(src);
+      const b = DecoderModel.load(out);
       assert.equal(b.config.intermediateSize, 176);
       const tokens = Int32Array.from({ length: 64 }, (_, i) => (i * 37 + 1) % 512);
       assert.deepEqual(b.forward(tokens), a.forward(tokens));
@@ -149,23 +149,23 @@ test(
     const dir = mkdtempSync(join(tmpdir(), "gptq-pad-"));
     try {
       const src = sharedPath("models", "stories260K");
-      const source = readLlamaConfig(src);
+      const source = readModelConfig(src);
       const tokens = Int32Array.from({ length: 64 }, (_, i) => (i * 37 + 1) % 512);
-      const want = LlamaModel.load(src).forward(tokens);
+      const want = DecoderModel.load(src).forward(tokens);
       for (const [multiple, to] of [
         [1, 172],
         [64, 192],
       ]) {
         const out = join(dir, `padded-${multiple}`);
-        const padded = parseLlamaConfig({ ...source.raw, hidden_size: 96, head_dim: source.headDim });
+        const padded = parseModelConfig({ ...source.raw, hidden_size: 96, head_dim: source.headDim });
         const res = await padCheckpoint(src, out, planPadding(padded, multipleTarget(multiple)), {
           from: 64,
           to: 96,
         });
         assert.deepEqual(res.hidden, { from: 64, to: 96 });
-        const b = LlamaModel.load(out);
+        const b = DecoderModel.load(out);
         assert.deepEqual([b.config.hiddenSize, b.config.headDim, b.config.intermediateSize], [96, 8, to]);
-        assert.ok(Math.abs(b.config.rmsNormEps - (source.rmsNormEps * 64) / 96) < 1e-18);
+        assert.ok(Math.abs(b.config.normEps - (source.normEps * 64) / 96) < 1e-18);
         const got = b.forward(tokens);
         let worst = 0;
         let scale = 0;

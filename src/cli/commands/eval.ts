@@ -1,6 +1,6 @@
 import { Command, parse, printJson } from "../command.js";
 import { UsageError } from "../../util/errors.js";
-import { LlamaModel } from "../../model/llama.js";
+import { DecoderModel } from "../../model/decoder.js";
 import { perplexity } from "../../model/perplexity.js";
 import { readTokenRows } from "../../pipeline/calibration.js";
 
@@ -45,7 +45,7 @@ export const evalCommand: Command = {
       throw new UsageError("--device cuda runs fp16 activations: drop --act-quant");
     const { rows } = readTokenRows(v.tokens, v.key ?? "evaluation_tokens");
     const t0 = Date.now();
-    const model = LlamaModel.load(positionals[0], { actQuant });
+    const model = DecoderModel.load(positionals[0], { actQuant });
     if (device === "cuda") {
       const { moveToCuda } = await import("../../model/cuda.js");
       const placed = moveToCuda(model);

@@ -5,7 +5,7 @@ import { PadTarget, kernelTarget, multipleTarget, planPadding } from "../../mode
 import { padCheckpoint } from "../../transform/pad.js";
 import { KERNELS, getKernel } from "../../kernels/registry.js";
 import { Bits } from "../../formats/types.js";
-import { parseLlamaConfig, readLlamaConfig } from "../../model/config.js";
+import { parseModelConfig, readModelConfig } from "../../model/config.js";
 
 const USAGE = `usage: gptq pad <in-dir> <out-dir> (--multiple N | --kernel NAME | --hidden-multiple N) [options]
 
@@ -79,13 +79,13 @@ export const padCommand: Command = {
     } else target = multipleTarget(1);
     prepareOutput("pad", outDir);
     // the intermediate is planned for the model as it will be: with its hidden size padded
-    const source = readLlamaConfig(inDir);
+    const source = readModelConfig(inDir);
     const D = source.hiddenSize;
     const D2 = hiddenMultiple ? Math.ceil(D / hiddenMultiple) * hiddenMultiple : D;
     const config =
       D2 === D
         ? source
-        : parseLlamaConfig({ ...source.raw, hidden_size: D2, head_dim: source.headDim }, inDir);
+        : parseModelConfig({ ...source.raw, hidden_size: D2, head_dim: source.headDim }, inDir);
     const plan = planPadding(config, target, alternatives);
     const hidden = D2 !== D ? { from: D, to: D2 } : undefined;
     const res = await padCheckpoint(inDir, outDir, plan, hidden);

@@ -1,0 +1,31 @@
+/**
+ * The model-family table: every decoder family gptq-ts reads, one entry per file. `inspect`, `check`,
+ * `quantize`, `eval`, `pad`, `convert` and `split`/`merge` find a model's structure here.
+ */
+import { GptqError } from "../../util/errors.js";
+import { falcon } from "./falcon.js";
+import { gemma2, gemma3 } from "./gemma.js";
+import { llama } from "./llama.js";
+import { opt } from "./opt.js";
+import { phi3 } from "./phi3.js";
+import { qwen3 } from "./qwen3.js";
+import { FamilySpec, ModelConfig } from "./types.js";
+
+export const FAMILIES: readonly FamilySpec[] = [llama, qwen3, phi3, gemma2, gemma3, opt, falcon];
+
+/** every model_type the table reads */
+export function supportedModelTypes(): string[] {
+  return FAMILIES.flatMap((f) => f.modelTypes);
+}
+
+/** The entry that reads this model_type, or undefined. */
+export function familyForModelType(modelType: string): FamilySpec | undefined {
+  return FAMILIES.find((f) => f.modelTypes.includes(modelType));
+}
+
+/** The entry a parsed config came from. */
+export function familyOf(c: ModelConfig): FamilySpec {
+  const f = FAMILIES.find((x) => x.name === c.family);
+  if (!f) throw new GptqError(`no model family "${c.family}"`);
+  return f;
+}
