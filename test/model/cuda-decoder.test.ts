@@ -3,7 +3,7 @@
 // sequences of different lengths in one chunk, and on a synthetic GQA layer with q/k/v biases, llama3
 // rope scaling, partial rotary and a sliding window shorter than the sequences. The GPU tests run where
 // a GPU is present (node --test dist/test/model/cuda-decoder.test.js); the CPU tests check the pure parts
-// (the spec builder, the attention's cuBLAS call plan) everywhere.
+// (the spec builder, the attention's cuBLAS call plan, which families the GPU layer takes) everywhere.
 //
 // Tolerance: relative Frobenius error <= 1e-2. Activations and weights are fp16 (unit roundoff 2^-11 =
 // 4.9e-4) and each stage rounds its inputs, its weights and its output, with fp32 accumulation; the
@@ -27,9 +27,17 @@ import {
   downloadFloats,
   uploadHalfs,
 } from "../../src/backend/cuda/decoder/decoder.js";
-import { LlamaConfig, parseLlamaConfig } from "../../src/model/config.js";
-import { cudaDecoderLayer, decoderSpec } from "../../src/model/cuda.js";
-import { DecoderLayer, LINEAR_NAMES, LinearName, LlamaModel, attention } from "../../src/model/llama.js";
+import { parseModelConfig, readModelConfig } from "../../src/model/config.js";
+import {
+  DECODER_LINEARS,
+  cudaDecoderLayer,
+  cudaDecoderUnsupported,
+  decoderSpec,
+} from "../../src/model/cuda.js";
+import { DecoderLayer, DecoderModel, LayerwiseDecoder, Norm, attention } from "../../src/model/decoder.js";
+import { familyOf } from "../../src/model/families/index.js";
+import { roleShape } from "../../src/model/families/shapes.js";
+import { NormRole } from "../../src/model/families/types.js";
 import { Rotary } from "../../src/model/rope.js";
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { Rng } from "../../src/pipeline/synthetic.js";
@@ -42,6 +50,19 @@ const noGpu = CudaDevice.available()
   : "SKIPPED: no CUDA device (the CUDA tests run on a GPU machine)";
 if (noGpu) console.warn(noGpu);
 const TOLERANCE = 1e-2;
+
+/** the GPU layer's projections, in the order it runs them */
+const LINEAR_NAMES = Object.keys(DECODER_LINEARS) as DecoderLinearName[];
+
+/** the layer's own (the family's) name of the projection the GPU layer calls `name` */
+function storedName(layer: DecoderLayer, name: DecoderLinearName): string {
+  const [stored] = layer.linearsFor([DECODER_LINEARS[name]]);
+  return stored;
+}
+
+function linearOf(layer: DecoderLayer, name: DecoderLinearName) {
+  return layer.linears[storedName(layer, name)];
+}
 
 /** ||a - b|| / ||b|| */
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -70,38 +91,71 @@ function concat(parts: Float32Array[]): Float32Array {
   return out;
 }
 
+/**
+ * A one-layer model's layer 0 built through the family table from a config.json: the family's projections
+ * (shaped by role; q/k/v with biases when `biased`) and norms, random but fixed, its rotary and window.
+ */
+function layerFromConfig(raw: Record<string, unknown>, seed: number, biased: boolean): DecoderLayer {
+  const config = parseModelConfig(raw, "synthetic config.json");
+  const family = familyOf(config);
+  const rng = new Rng(seed);
+  const normal = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
+  const linears: Record<string, DenseLinear> = {};
+  for (const { name, role } of family.linears) {
+    const [N, K] = roleShape(config, role);
+    const bias = biased && ["q", "k", "v"].includes(role) ? normal(N, 0.5) : undefined;
+    linears[name] = new DenseLinear(normal(N * K, 1 / Math.sqrt(K)), N, K, bias);
+  }
+  const norms: Partial<Record<NormRole, Norm>> = {};
+  for (const { role } of family.norms(config)) {
+    const dim = role === "q" || role === "k" ? config.headDim : config.hiddenSize;
+    norms[role] = new Norm(
+      Float32Array.from({ length: dim }, () => 1 + 0.1 * rng.normal()),
+      config.normEps,
+    );
+  }
+  return new DecoderLayer(
+    config,
+    family,
+    `${family.tensors.layers}.0`,
+    linears,
+    norms,
+    Rotary.fromConfig(config),
+    config.slidingWindow ?? Infinity,
+  );
+}
+
 /** A GQA layer (4 heads over 2 kv heads of 24) with q/k/v biases, llama3 rope scaling, half the head rotated, window 7. */
 function syntheticLayer(): DecoderLayer {
-  const config = parseLlamaConfig({
-    model_type: "mistral",
-    hidden_size: 64,
-    intermediate_size: 96,
-    num_attention_heads: 4,
-    num_key_value_heads: 2,
-    head_dim: 24,
-    num_hidden_layers: 1,
-    vocab_size: 32,
-    rms_norm_eps: 1e-5,
-    partial_rotary_factor: 0.5,
-    sliding_window: 7,
-    rope_scaling: {
-      rope_type: "llama3",
-      factor: 8,
-      low_freq_factor: 1,
-      high_freq_factor: 4,
-      original_max_position_embeddings: 16,
+  const layer = layerFromConfig(
+    {
+      model_type: "mistral",
+      hidden_size: 64,
+      intermediate_size: 96,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 24,
+      num_hidden_layers: 1,
+      vocab_size: 32,
+      rms_norm_eps: 1e-5,
+      partial_rotary_factor: 0.5,
+      sliding_window: 7,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 16,
+      },
     },
-  });
-  assert.equal(config.rotaryDim, 12);
-  const rng = new Rng(11);
-  const normal = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
-  const linears = {} as Record<LinearName, DenseLinear>;
-  for (const [name, [N, K]] of Object.entries(LlamaModel.linearShapes(config))) {
-    const bias = ["q_proj", "k_proj", "v_proj"].includes(name) ? normal(N, 0.5) : undefined;
-    linears[name as LinearName] = new DenseLinear(normal(N * K, 1 / Math.sqrt(K)), N, K, bias);
-  }
-  const norm = () => Float32Array.from({ length: config.hiddenSize }, () => 1 + 0.1 * rng.normal());
-  return new DecoderLayer(config, "model.layers.0", linears, norm(), norm(), Rotary.fromConfig(config));
+    11,
+    true,
+  );
+  assert.equal(layer.family.name, "llama");
+  assert.equal(layer.config.rotaryDim, 12);
+  assert.equal(layer.config.ropeScaling.type, "llama3");
+  assert.equal(layer.window, 7);
+  return layer;
 }
 
 /** rows x hidden inputs with an outlier channel, as residual streams have */
@@ -115,27 +169,32 @@ function syntheticHidden(rows: number, D: number): Float32Array {
 /** The CPU layer's stage inputs and outputs over a chunk (each sequence run on its own, rows concatenated). */
 interface CpuChunk {
   h: Float32Array;
-  inputs: Record<LinearName, Float32Array>;
+  inputs: Record<DecoderLinearName, Float32Array>;
   h1: Float32Array;
   out: Float32Array;
 }
 
 function cpuChunk(layer: DecoderLayer, h: Float32Array, seqLens: number[]): CpuChunk {
   const D = layer.config.hiddenSize;
-  const inputs = Object.fromEntries(LINEAR_NAMES.map((n) => [n, [] as Float32Array[]]));
+  const inputs = Object.fromEntries(LINEAR_NAMES.map((n) => [n, [] as Float32Array[]])) as Record<
+    DecoderLinearName,
+    Float32Array[]
+  >;
+  // the CPU layer names its projections as the family does
+  const byStored = new Map(LINEAR_NAMES.map((n) => [storedName(layer, n), n]));
   const h1: Float32Array[] = [];
   const out: Float32Array[] = [];
   let row = 0;
   for (const T of seqLens) {
     const hs = h.slice(row * D, (row + T) * D);
-    h1.push(layer.attentionBlock(hs, T));
-    out.push(layer.forward(hs, T, (name, x) => inputs[name].push(Float32Array.from(x))));
+    h1.push(layer.attentionBlock(hs, T).residual);
+    out.push(layer.forward(hs, T, (name, x) => inputs[byStored.get(name)!].push(Float32Array.from(x))));
     row += T;
   }
   return {
     h,
     inputs: Object.fromEntries(LINEAR_NAMES.map((n) => [n, concat(inputs[n])])) as Record<
-      LinearName,
+      DecoderLinearName,
       Float32Array
     >,
     h1: concat(h1),
@@ -151,23 +210,26 @@ test("decoderSpec hands over the layer's weights, norms, config and rotary table
   const c = layer.config;
   assert.deepEqual(
     [spec.hidden, spec.heads, spec.kvHeads, spec.headDim, spec.rotaryDim, spec.eps, spec.slidingWindow],
-    [64, 4, 2, 24, 12, c.rmsNormEps, 7],
+    [64, 4, 2, 24, 12, c.normEps, 7],
   );
   checkDecoderSpec(spec);
   for (const name of LINEAR_NAMES) {
-    const l = layer.linears[name] as DenseLinear;
+    const l = linearOf(layer, name) as DenseLinear;
     assert.equal(spec.linears[name].weight, l.weight);
     assert.equal(spec.linears[name].bias, l.bias);
     assert.deepEqual([spec.linears[name].N, spec.linears[name].K], [l.outFeatures, l.inFeatures]);
   }
   assert.ok(spec.linears.q_proj.bias && !spec.linears.o_proj.bias);
-  assert.equal(spec.inputNorm, layer.inputNorm);
+  assert.equal(spec.inputNorm, layer.norms.attentionIn!.weight);
+  assert.equal(spec.postAttentionNorm, layer.norms.mlpIn!.weight);
+  // a window no shorter than the sequences is no window
+  assert.equal(decoderSpec(layer, 7).slidingWindow, undefined);
   // the tables rotate as Rotary does: row t of 40 positions, the first rotaryDim / 2 pairs of each head
   const T = 40;
   const rng = new Rng(3);
   const x = Float32Array.from({ length: T * c.headDim }, () => rng.normal());
   const want = Float32Array.from(x);
-  layer.rotary.apply(want, T, 1);
+  layer.rotary!.apply(want, T, 1);
   const got = Float32Array.from(x);
   const half = spec.rotaryDim / 2;
   assert.equal(spec.ropeCos.length, T * spec.ropeStride);
@@ -201,6 +263,64 @@ test("decoderSpec and the layer refuse what they cannot run", () => {
   assert.throws(() => chunkRows([3, 9], 8), /a sequence of 9 tokens is longer than the 8 positions/);
   assert.throws(() => chunkRows([], 8), /at least one sequence/);
   assert.throws(() => chunkRows([2, 0], 8), /sequence length 0 is not a positive integer/);
+});
+
+test("cudaDecoderUnsupported takes Llama, Mistral and Qwen2 and names what other families have", async (t) => {
+  const base = {
+    hidden_size: 64,
+    intermediate_size: 96,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    num_hidden_layers: 1,
+    vocab_size: 32,
+  };
+  for (const raw of [
+    { ...base, model_type: "llama", rope_scaling: { rope_type: "linear", factor: 2 } },
+    { ...base, model_type: "mistral", sliding_window: 7, head_dim: 24, partial_rotary_factor: 0.5 },
+    { ...base, model_type: "qwen2", use_sliding_window: true, sliding_window: 7 },
+  ]) {
+    const layer = layerFromConfig(raw, 5, raw.model_type === "qwen2");
+    assert.equal(layer.family.name, "llama");
+    assert.equal(cudaDecoderUnsupported(layer.family, layer.config), undefined, raw.model_type);
+    const spec = decoderSpec(layer, 16);
+    checkDecoderSpec(spec);
+    assert.equal(spec.slidingWindow, raw.model_type === "llama" ? undefined : 7);
+  }
+  // Qwen3 (Llama's tensor names) normalises each q and k head: refused, and the reason said
+  const qwen3 = layerFromConfig({ ...base, model_type: "qwen3", head_dim: 16 }, 5, false);
+  assert.equal(
+    cudaDecoderUnsupported(qwen3.family, qwen3.config),
+    "the GPU decoder layer runs Llama-style blocks; qwen3 has q/k norms",
+  );
+  assert.throws(() => decoderSpec(qwen3, 16), /qwen3 has q\/k norms/);
+  // the tiny checkpoints' configs, as transformers saved them
+  const refused: [string, RegExp][] = [
+    ["qwen3", /; qwen3 has q\/k norms$/],
+    ["opt", /; opt has LayerNorm, a plain MLP, relu activation, learned positions$/],
+    ["falcon", /; falcon has parallel attention and MLP, LayerNorm, a plain MLP, gelu activation$/],
+    ["gemma2", /; gemma2 has \(1 \+ w\) RMSNorm, .*attention soft-capping, scaled embeddings$/],
+    ["gemma3", /; gemma3 has \(1 \+ w\) RMSNorm, .*per-layer rotary bases, q\/k norms, /],
+  ];
+  for (const [name, reason] of refused)
+    await t.test(`tiny ${name}`, { skip: skipUnlessShared("models", "tiny", name, "config.json") }, () => {
+      const c = readModelConfig(sharedPath("models", "tiny", name));
+      assert.match(cudaDecoderUnsupported(familyOf(c), c) ?? "accepted", reason);
+    });
+  // Phi-3's config is Llama-style, but its checkpoints store q/k/v and gate/up fused: the layer is refused
+  await t.test("tiny phi3", { skip: skipUnlessShared("models", "tiny", "phi3", "model.safetensors") }, () => {
+    const dir = sharedPath("models", "tiny", "phi3");
+    const c = readModelConfig(dir);
+    assert.equal(cudaDecoderUnsupported(familyOf(c), c), undefined);
+    const model = LayerwiseDecoder.open(dir);
+    try {
+      assert.throws(
+        () => decoderSpec(model.layer(0), 16),
+        /model\.layers\.0\.self_attn\.qkv_proj is fused: the GPU decoder layer takes one projection per role/,
+      );
+    } finally {
+      model.close();
+    }
+  });
 });
 
 /**
@@ -253,14 +373,14 @@ function referenceSoftmax(
 
 test("the attention's cuBLAS plan computes the CPU's grouped-query causal attention, sequence by sequence", () => {
   for (const window of [undefined, 4]) {
-    const config: LlamaConfig = {
-      ...syntheticLayer().config,
-      numHeads: 6,
-      numKvHeads: 2,
+    const shape = {
+      heads: 6,
+      kvHeads: 2,
       headDim: 5,
-      slidingWindow: window,
+      scale: 1 / Math.sqrt(5),
+      window: window ?? Infinity,
     };
-    const { numHeads: H, numKvHeads: KV, headDim: hd } = config;
+    const { heads: H, kvHeads: KV, headDim: hd } = shape;
     const seqLens = [5, 9, 3];
     const rows = 17;
     const longest = 9;
@@ -298,7 +418,7 @@ test("the attention's cuBLAS plan computes the CPU's grouped-query causal attent
     let row = 0;
     for (const T of seqLens) {
       const slice = (x: Float64Array, w: number) => Float32Array.from(x.subarray(row * w, (row + T) * w));
-      const want = attention(slice(q, H * hd), slice(k, KV * hd), slice(v, KV * hd), T, config);
+      const want = attention(slice(q, H * hd), slice(k, KV * hd), slice(v, KV * hd), T, shape);
       near(`window ${window}, sequence of ${T}`, slice(out, H * hd), want, 1e-6);
       row += T;
     }
@@ -322,7 +442,7 @@ function checkLayer(layer: DecoderLayer, h: Float32Array, seqLens: number[]): vo
     return out;
   };
   const { numHeads: H, headDim: hd } = layer.config;
-  const I = layer.linears.gate_proj.outFeatures;
+  const I = linearOf(layer, "gate_proj").outFeatures;
   near(
     "attentionInput",
     run(h, (x) => gpu.attentionInput(x, seqLens), D),
@@ -344,7 +464,7 @@ function checkLayer(layer: DecoderLayer, h: Float32Array, seqLens: number[]): vo
     cpu.inputs.down_proj,
   );
   for (const name of LINEAR_NAMES) {
-    const lin = layer.linears[name];
+    const lin = linearOf(layer, name);
     near(
       `project ${name}`,
       run(cpu.inputs[name], (x) => gpu.project(name, x, rows), lin.outFeatures),
@@ -356,7 +476,7 @@ function checkLayer(layer: DecoderLayer, h: Float32Array, seqLens: number[]): vo
   const seen = new Map<DecoderLinearName, Float32Array>();
   gpu.forward(hDevice, seqLens, (name, x, r) => {
     assert.equal(r, rows);
-    seen.set(name, downloadFloats(dev, x, rows * layer.linears[name].inFeatures));
+    seen.set(name, downloadFloats(dev, x, rows * linearOf(layer, name).inFeatures));
   });
   near("layer output", downloadFloats(dev, hDevice, rows * D), cpu.out);
   for (const name of LINEAR_NAMES)
@@ -371,7 +491,7 @@ test(
     skip: noGpu || skipUnlessShared("models", "stories260K", "model.safetensors"),
   },
   () => {
-    const model = LlamaModel.load(sharedPath("models", "stories260K"));
+    const model = DecoderModel.load(sharedPath("models", "stories260K"));
     const { rows } = readTokenRows(
       sharedPath("models", "stories260K-eval.safetensors"),
       "calibration_tokens",
@@ -422,11 +542,12 @@ test(
     const full = cpuChunk(
       new DecoderLayer(
         { ...layer.config, slidingWindow: undefined },
+        layer.family,
         layer.prefix,
         layer.linears,
-        layer.inputNorm,
-        layer.postAttentionNorm,
+        layer.norms,
         layer.rotary,
+        Infinity,
       ),
       h,
       seqLens,
@@ -454,7 +575,7 @@ test(
       ["q_proj", false],
       ["down_proj", true],
     ] as const) {
-      const lin = layer.linears[name] as DenseLinear;
+      const lin = linearOf(layer, name) as DenseLinear;
       const w = Float32Array.from(lin.weight, (v) => -0.5 * v + 0.01);
       gpu.setWeight(name, fromDevice ? uploadHalfs(dev, w) : w);
       const K = lin.inFeatures;
