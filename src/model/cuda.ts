@@ -124,6 +124,16 @@ export function cudaDecoderUnsupported(f: FamilySpec, c: ModelConfig): string | 
     : undefined;
 }
 
+/** The first projection of `layer` stored fused (several roles in one weight), by tensor prefix. */
+export function fusedProjection(layer: DecoderLayer): string | undefined {
+  for (const role of Object.values(DECODER_LINEARS)) {
+    const names = layer.linearsFor([role]);
+    const fused = names.find((n) => layer.segmentsOf(n).length !== 1) ?? names[1];
+    if (fused) return layer.linearPrefix(fused);
+  }
+  return undefined;
+}
+
 /**
  * What a GPU decoder layer needs of a CPU one whose projections are all dense (before quantization):
  * weights and biases, norms, config, and the rotary tables for sequences of up to `positions` tokens.
@@ -134,13 +144,11 @@ export function decoderSpec(layer: DecoderLayer, positions: number): CudaDecoder
     throw new GptqError(`decoder layer on the GPU: positions must be a positive integer, got ${positions}`);
   const why = cudaDecoderUnsupported(layer.family, layer.config);
   if (why) throw new GptqError(why);
+  const fused = fusedProjection(layer);
+  if (fused) throw new GptqError(`${fused} is fused: the GPU decoder layer takes one projection per role`);
   const linears = {} as Record<DecoderLinearName, DecoderLinearSpec>;
   for (const [name, role] of Object.entries(DECODER_LINEARS) as [DecoderLinearName, Role][]) {
-    const [stored, ...more] = layer.linearsFor([role]);
-    if (more.length || layer.segmentsOf(stored).length !== 1)
-      throw new GptqError(
-        `${layer.linearPrefix(stored)} is fused: the GPU decoder layer takes one projection per role`,
-      );
+    const stored = layer.linearsFor([role])[0];
     const l = layer.linears[stored];
     if (!(l instanceof DenseLinear))
       throw new GptqError(

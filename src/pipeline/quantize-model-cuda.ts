@@ -66,6 +66,8 @@ export function quantizeModelOnDevice(
   opts: PipelineOptions,
   onEvent: (e: PipelineEvent) => void,
   keep?: (prefix: string, layer: QuantizedLinear) => void,
+  /** layer 0, when the caller has read it already */
+  first?: DecoderLayer,
 ): PipelineResult {
   if (opts.method !== "gptq" || opts.fpTarget)
     throw new GptqError("the device-resident pipeline runs GPTQ without --fp-target");
@@ -106,7 +108,7 @@ export function quantizeModelOnDevice(
 
   try {
     for (let li = 0; li < L; li++) {
-      const layer = model.layer(li);
+      const layer = li === 0 && first ? first : model.layer(li);
       const gpu = cudaDecoderLayer(dev, layer, positions);
       try {
         for (const group of model.family.groups) {

@@ -17,7 +17,7 @@ import { CudaDevice } from "../backend/cuda/device.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { cudaGptqBackend } from "./cuda-gptq.js";
 import { quantizeModelOnDevice } from "./quantize-model-cuda.js";
-import { cudaDecoderUnsupported } from "../model/cuda.js";
+import { cudaDecoderUnsupported, fusedProjection } from "../model/cuda.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
 import { relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
@@ -195,8 +195,11 @@ export function quantizeModel(
     !opts.fpTarget &&
     calibration?.length &&
     !cudaDecoderUnsupported(model.family, model.config)
-  )
-    return quantizeModelOnDevice(model, calibration, opts, onEvent, keep);
+  ) {
+    // a checkpoint storing fused projections (Phi-3's, or merge's) is only known from its layers
+    const first = model.layer(0);
+    if (!fusedProjection(first)) return quantizeModelOnDevice(model, calibration, opts, onEvent, keep, first);
+  }
   const t0 = Date.now();
   const compute = computeOn(opts.device ?? "cpu");
   const layers = new Map<string, QuantizedLinear>();
