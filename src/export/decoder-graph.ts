@@ -18,10 +18,11 @@ import { CheckpointFormat } from "../formats/types.js";
 import { GptqError } from "../util/errors.js";
 import { GraphBuilder } from "./onnx-graph.js";
 import { attr } from "./onnx-proto.js";
-import { toMatMulNBits } from "./matmul-nbits.js";
+import { MS_DOMAIN, matMulNBits, toMatMulNBits } from "./matmul-nbits.js";
+
+export { MS_DOMAIN };
 
 export const OPSET = 17;
-export const MS_DOMAIN = "com.microsoft";
 
 /** Graph input and output names, as transformers.js and onnxruntime-genai spell them. */
 export const IO_NAMES = {
@@ -95,41 +96,8 @@ export function buildDecoderGraph(
         );
       const q = readLayer(store, ckpt.format as CheckpointFormat, prefix, layerShape(ckpt, info));
       const w = toMatMulNBits(q);
-      let a = x;
-      if (w.rows) {
-        summary.reordered++;
-        const rows = w.rows;
-        // q/k/v (and gate/up) quantized with act-order share one input order: gather it once
-        a = g.memoized(`gather:${x}:${rows.join(",")}`, () =>
-          g.op(
-            "Gather",
-            [x, g.initializer(`${prefix}.rows`, "INT64", [rows.length], BigInt64Array.from(rows, BigInt))],
-            {
-              axis: attr.int(-1),
-            },
-          ),
-        );
-      }
-      const kBlocks = Math.ceil(w.K / w.blockSize);
-      const inputs = [
-        a,
-        g.initializer(`${prefix}.qweight`, "UINT8", [N, kBlocks, (w.blockSize * w.bits) / 8], w.B),
-        g.initializer(`${prefix}.scales`, "FLOAT", [N, kBlocks], w.scales),
-      ];
-      if (w.zeroPoints)
-        inputs.push(g.initializer(`${prefix}.qzeros`, "UINT8", [w.zeroPoints.length], w.zeroPoints));
-      y = g.op(
-        "MatMulNBits",
-        inputs,
-        {
-          K: attr.int(w.K),
-          N: attr.int(N),
-          bits: attr.int(w.bits),
-          block_size: attr.int(w.blockSize),
-          accuracy_level: attr.int(opts.accuracyLevel ?? 0),
-        },
-        { domain: MS_DOMAIN, name: `${prefix}/MatMulNBits` },
-      );
+      y = matMulNBits(g, x, prefix, w, opts.accuracyLevel ?? 0);
+      if (w.rows) summary.reordered++;
       if (w.bits !== q.bits && !summary.widened.includes(`${q.bits} -> ${w.bits}`))
         summary.widened.push(`${q.bits} -> ${w.bits}`);
       summary.quantized++;

@@ -12,6 +12,11 @@
  */
 import { groupOrder } from "../backend/cpu/quant-linear.js";
 import { QuantizedLinear, numGroups } from "../formats/types.js";
+import { GraphBuilder } from "./onnx-graph.js";
+import { attr } from "./onnx-proto.js";
+
+/** the operator domain of ONNX Runtime's contrib operators */
+export const MS_DOMAIN = "com.microsoft";
 
 /** widths MatMulNBits stores codes in */
 const CONTAINER_BITS = [2, 4, 8] as const;
@@ -102,4 +107,48 @@ export function toMatMulNBits(q: QuantizedLinear): MatMulNBitsWeights {
     zeroPoints: needZeros ? zeroPoints : undefined,
     rows: identity ? undefined : source.map((k) => Math.max(k, 0)),
   };
+}
+
+/**
+ * The MatMulNBits node (after the Gather that orders the input columns, when one is needed) for x
+ * [..., in_features]; returns its output [..., N]. Layers that read the same input in the same order
+ * (q/k/v, gate/up quantized with act-order from one Hessian) share one Gather.
+ */
+export function matMulNBits(
+  g: GraphBuilder,
+  x: string,
+  prefix: string,
+  w: MatMulNBitsWeights,
+  accuracyLevel: number,
+): string {
+  let a = x;
+  const rows = w.rows;
+  if (rows)
+    a = g.memoized(`gather:${x}:${rows.join(",")}`, () =>
+      g.op(
+        "Gather",
+        [x, g.initializer(`${prefix}.rows`, "INT64", [rows.length], BigInt64Array.from(rows, BigInt))],
+        { axis: attr.int(-1) },
+      ),
+    );
+  const kBlocks = Math.ceil(w.K / w.blockSize);
+  const inputs = [
+    a,
+    g.initializer(`${prefix}.qweight`, "UINT8", [w.N, kBlocks, (w.blockSize * w.bits) / 8], w.B),
+    g.initializer(`${prefix}.scales`, "FLOAT", [w.N, kBlocks], w.scales),
+  ];
+  if (w.zeroPoints)
+    inputs.push(g.initializer(`${prefix}.qzeros`, "UINT8", [w.zeroPoints.length], w.zeroPoints));
+  return g.op(
+    "MatMulNBits",
+    inputs,
+    {
+      K: attr.int(w.K),
+      N: attr.int(w.N),
+      bits: attr.int(w.bits),
+      block_size: attr.int(w.blockSize),
+      accuracy_level: attr.int(accuracyLevel),
+    },
+    { domain: MS_DOMAIN, name: `${prefix}/MatMulNBits` },
+  );
 }
