@@ -11,7 +11,6 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, statSync } from "no
 import { join } from "node:path";
 import { buildDirAtomic, writeFileAtomic, writeTextAtomic } from "../io/atomic.js";
 import {
-  CONFIG_FILE,
   QUANTIZE_CONFIG_FILE,
   LEGACY_QUANT_CONFIG_FILE,
   clearQuantConfig,
