@@ -3,7 +3,7 @@
  * initializers handed to a weight sink that keeps them inline or appends them to an external data file
  * as they come (so a large model's weights are written once and never held together).
  */
-import { closeSync, openSync, writeSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
 import { basename } from "node:path";
 import {
   Attribute,
@@ -15,7 +15,7 @@ import {
   tensorProto,
   valueInfoProto,
 } from "./onnx-proto.js";
-import { ProtoMessage } from "./protobuf.js";
+import { ProtoMessage, writeAll } from "./protobuf.js";
 
 export type Dim = number | string;
 
@@ -67,11 +67,6 @@ export class ExternalWeights implements WeightSink {
   close(): void {
     closeSync(this.fd);
   }
-}
-
-function writeAll(fd: number, b: Uint8Array): void {
-  let done = 0;
-  while (done < b.byteLength) done += writeSync(fd, b, done, b.byteLength - done);
 }
 
 function bytesOf(a: ArrayBufferView): Uint8Array {

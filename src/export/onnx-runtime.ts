@@ -10,7 +10,9 @@ export interface OrtTensor {
   readonly data: unknown;
   readonly dims: readonly number[];
 }
-interface OrtSession {
+export interface OrtSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
   release(): Promise<void>;
 }

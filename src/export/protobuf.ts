@@ -11,6 +11,16 @@ const WIRE_FIXED32 = 5;
 
 /** A varint: non-negative numbers in 7-bit groups; negative ones as 64-bit two's complement (10 bytes). */
 export function encodeVarint(value: number | bigint): Uint8Array {
+  if (typeof value === "number" && value >= 0 && value < 2 ** 31) {
+    const out: number[] = [];
+    let n = value;
+    while (n >= 0x80) {
+      out.push((n & 0x7f) | 0x80);
+      n >>>= 7;
+    }
+    out.push(n);
+    return Uint8Array.from(out);
+  }
   let v = BigInt.asUintN(64, BigInt(value));
   const out: number[] = [];
   while (v >= 0x80n) {
@@ -26,6 +36,13 @@ function key(field: number, wire: number): Uint8Array {
 }
 
 const utf8 = new TextEncoder();
+const WRITE_BUFFER = 1 << 20;
+
+/** writes all of `b` at the file's current position */
+export function writeAll(fd: number, b: Uint8Array): void {
+  let done = 0;
+  while (done < b.byteLength) done += writeSync(fd, b, done, b.byteLength - done);
+}
 
 export class ProtoMessage {
   readonly parts: Uint8Array[] = [];
@@ -76,12 +93,23 @@ export class ProtoMessage {
     return this.push(key(field, WIRE_LEN), encodeVarint(body.byteLength), ...body.parts);
   }
 
-  /** writes every piece to an open file */
+  /** writes every piece to an open file (small pieces gathered into one buffer, large ones as they are) */
   writeTo(fd: number): void {
+    const buffer = new Uint8Array(WRITE_BUFFER);
+    let used = 0;
+    const flush = () => {
+      writeAll(fd, buffer.subarray(0, used));
+      used = 0;
+    };
     for (const p of this.parts) {
-      let done = 0;
-      while (done < p.byteLength) done += writeSync(fd, p, done, p.byteLength - done);
+      if (used + p.byteLength > WRITE_BUFFER) flush();
+      if (p.byteLength >= WRITE_BUFFER / 4) writeAll(fd, p);
+      else {
+        buffer.set(p, used);
+        used += p.byteLength;
+      }
     }
+    flush();
   }
 
   /** the whole message in one buffer (for small messages and tests) */
