@@ -121,7 +121,7 @@ for (const [i, c] of CONFIGS.entries())
       assert.ok(r.verification.fullRelDiff <= 1e-3 && r.verification.cachedRelDiff <= 1e-3);
       // ... and again here on another sequence, against the model `gptq eval` loads
       const tokens = rows[1].subarray(0, 96);
-    const reference = LlamaModel.load(dir).forward(tokens);
+      const reference = LlamaModel.load(dir).forward(tokens);
       const d = await decoder(out);
       const check = await checkDecoder(d, tokens, reference);
       await d.release();
