@@ -1,7 +1,8 @@
 /**
  * The family features of the exported decoder, each checked by the export against the project's forward
  * on 24 tokens: Mistral's sliding window (8, shorter than the sequence), Qwen2's q/k/v biases, and a
- * partial rotary dimension with llama3 frequency scaling. The window is shown to matter: the same logits
+ * partial rotary dimension with llama3 frequency scaling; fused qkv_proj and gate_up_proj (as `gptq merge`
+ * writes them) as one MatMulNBits and a Split; a Marlin checkpoint. The window is shown to matter: the same logits
  * are far from the forward without it.
  */
 import { test } from "node:test";
@@ -12,9 +13,10 @@ import { ONNX_MODEL_FILE, exportOnnx } from "../../src/export/onnx-export.js";
 import { OnnxDecoder, relativeDifference } from "../../src/export/onnx-runtime.js";
 import { SafetensorsFile, TensorEntry, entry, writeSafetensors } from "../../src/io/safetensors.js";
 import { readLlamaConfig } from "../../src/model/config.js";
+import { mergeCheckpoint } from "../../src/transform/split.js";
 import { LlamaModel } from "../../src/model/llama.js";
 import { quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
-import { writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
+import { DEMO_SPEC, writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
 import { tmpDir } from "../helpers/checkpoints.js";
 import { PLAIN_GPTQ } from "../helpers/configs.js";
 import { ORT, skipUnlessOnnxRuntime } from "../helpers/onnxruntime.js";
@@ -100,4 +102,47 @@ test("a partial rotary dimension with llama3 frequency scaling", { skip }, async
   );
   const c = readLlamaConfig(q);
   assert.deepEqual([c.rotaryDim, c.headDim, c.ropeScaling.type], [4, 8, "llama3"]);
+});
+
+test("fused qkv_proj and gate_up_proj: one MatMulNBits each, split after it", { skip }, async () => {
+  const q = await exportQuantized(variant("fused", {}));
+  const p = "model.layers.0";
+  const qkv = `${q}-qkv`;
+  await mergeCheckpoint(
+    q,
+    qkv,
+    ["q_proj", "k_proj", "v_proj"].map((n) => `${p}.self_attn.${n}`),
+    `${p}.self_attn.qkv_proj`,
+  );
+  const fused = `${q}-fused`;
+  await mergeCheckpoint(qkv, fused, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], `${p}.mlp.gate_up_proj`);
+  const r = await exportOnnx(fused, `${fused}-onnx`, { tokens });
+  assert.equal(r.quantized, 4); // qkv, o, gate_up, down
+  assert.ok(
+    !("skipped" in r.verification) &&
+      r.verification.fullRelDiff <= 1e-3 &&
+      r.verification.cachedRelDiff <= 1e-3,
+  );
+});
+
+test("a Marlin checkpoint exports as the GPTQ layers it holds", { skip }, async () => {
+  const fp = join(root, "demo");
+  writeSyntheticLlama(fp, DEMO_SPEC);
+  const marlin = join(root, "demo-marlin");
+  await quantizeCheckpoint({
+    modelDir: fp,
+    outDir: marlin,
+    options: { ...PLAIN_GPTQ, method: "rtn", groupSize: 128 },
+    format: "marlin",
+    pad: "none",
+  });
+  const r = await exportOnnx(marlin, join(root, "demo-marlin-onnx"), {
+    tokens: syntheticTokens(DEMO_SPEC, 1, 24, 3)[0],
+  });
+  assert.equal(r.quantized, 14);
+  assert.ok(
+    !("skipped" in r.verification) &&
+      r.verification.fullRelDiff <= 1e-3 &&
+      r.verification.cachedRelDiff <= 1e-3,
+  );
 });
