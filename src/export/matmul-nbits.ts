@@ -88,15 +88,20 @@ export function toMatMulNBits(q: QuantizedLinear): MatMulNBitsWeights {
       scales[n * blocks + j] = q.scales[g * N + n];
       if (zero !== defaultZero) needZeros = true;
       zeroPoints[n * zeroBytes + Math.floor(j / perByte)] |= zero << ((j % perByte) * bits);
-      const base = (n * blocks + j) * blob;
-      for (let i = 0; i < blockSize; i++) {
-        const r = j * blockSize + i;
-        const k = r < K ? source[r] : -1;
-        // rows past K and padding rows hold the zero point: weight exactly 0
-        const code = k >= 0 ? q.codes[k * N + n] : zero;
-        B[base + Math.floor(i / perByte)] |= code << ((i % perByte) * bits);
-      }
     }
+  // row by row, so the codes (K x N) are read in order
+  const stride = blocks * blob;
+  for (let r = 0; r < blocks * blockSize; r++) {
+    const j = Math.floor(r / blockSize);
+    const i = r % blockSize;
+    const at = j * blob + Math.floor(i / perByte);
+    const shift = (i % perByte) * bits;
+    const k = r < K ? source[r] : -1;
+    const zeros = groupOf[j * blockSize] * N;
+    // rows past K and padding rows hold the zero point: weight exactly 0
+    for (let n = 0; n < N; n++)
+      B[n * stride + at] |= (k >= 0 ? q.codes[k * N + n] : q.zeros[zeros + n]) << shift;
+  }
   return {
     K,
     N,
