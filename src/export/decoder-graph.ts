@@ -18,9 +18,7 @@ import { CheckpointFormat } from "../formats/types.js";
 import { GptqError } from "../util/errors.js";
 import { GraphBuilder } from "./onnx-graph.js";
 import { attr } from "./onnx-proto.js";
-import { MS_DOMAIN, matMulNBits, toMatMulNBits } from "./matmul-nbits.js";
-
-export { MS_DOMAIN };
+import { matMulNBits, toMatMulNBits } from "./matmul-nbits.js";
 
 export const OPSET = 17;
 
@@ -187,6 +185,14 @@ export function buildDecoderGraph(
         if (!f.parts.every((p) => names.includes(p))) continue;
         const fused = `${prefix}.${f.module}`;
         if (!quantized.has(fused) && !store.has(`${fused}.weight`)) continue;
+        const both = f.parts.find((p) => {
+          const part = `${prefix}.${LINEAR_MODULE[p]}`;
+          return quantized.has(part) || store.has(`${part}.weight`);
+        });
+        if (both)
+          throw new GptqError(
+            `${ckpt.dir}: both ${fused} and ${prefix}.${LINEAR_MODULE[both]} are stored; a projection is either fused or separate`,
+          );
         const sizes = f.parts.map((p) => shapes[p][0]);
         const y = linear(
           x,
@@ -262,7 +268,7 @@ export function buildDecoderGraph(
   return summary;
 }
 
-export function pastDims(c: LlamaConfig): (number | string)[] {
+function pastDims(c: LlamaConfig): (number | string)[] {
   return ["batch_size", c.numKvHeads, "past_sequence_length", c.headDim];
 }
 

@@ -22,9 +22,17 @@ import { LlamaConfig, readLlamaConfig } from "../model/config.js";
 import { LlamaModel } from "../model/llama.js";
 import { checkOutputPath } from "../transform/rewrite.js";
 import { GptqError } from "../util/errors.js";
-import { DecoderGraphSummary, MS_DOMAIN, OPSET, buildDecoderGraph } from "./decoder-graph.js";
+import { DecoderGraphSummary, OPSET, buildDecoderGraph } from "./decoder-graph.js";
+import { MS_DOMAIN } from "./matmul-nbits.js";
 import { ExternalWeights, GraphBuilder, WeightSink, inlineWeights } from "./onnx-graph.js";
-import { DecoderCheck, OnnxDecoder, checkDecoder, loadOnnxRuntime } from "./onnx-runtime.js";
+import {
+  DecoderCheck,
+  OnnxDecoder,
+  OnnxRuntime,
+  RuntimeLoad,
+  checkDecoder,
+  loadOnnxRuntime,
+} from "./onnx-runtime.js";
 
 export const ONNX_MODEL_FILE = "onnx/model.onnx";
 export const ONNX_DATA_FILE = "model.onnx_data";
@@ -82,7 +90,10 @@ export async function exportOnnx(
     const sourceBytes = ckpt.store.files.reduce((n, f) => n + statSync(f.path).size, 0);
     checkOutputDir(output, 2 * sourceBytes);
     const external = opts.externalData ?? 2 * sourceBytes > INLINE_LIMIT;
-    const runtime = opts.verify === false ? undefined : await loadOnnxRuntime();
+    const runtime: RuntimeLoad =
+      opts.verify === false
+        ? { runtime: undefined, reason: "not asked for (--no-verify)" }
+        : await loadOnnxRuntime();
 
     return await buildDirAtomic(output, async (dir) => {
       mkdirSync(join(dir, "onnx"));
@@ -106,7 +117,7 @@ export async function exportOnnx(
       }
       if (model.byteLength >= 2 ** 31)
         throw new GptqError(
-          `the ONNX model would be ${model.byteLength} bytes, over protobuf's 2 GiB; export with external data`,
+          `the ONNX model would be ${model.byteLength} bytes, over protobuf's 2 GiB; export with external data (--external-data)`,
         );
       writeFileAtomic(modelPath, (fd) => model.writeTo(fd));
       opts.log?.(`wrote ${ONNX_MODEL_FILE}: ${summary.quantized} MatMulNBits, ${summary.dense} fp32 Gemm`);
@@ -120,29 +131,9 @@ export async function exportOnnx(
       files.push(ONNX_MODEL_FILE, GENAI_CONFIG_FILE);
       if (external) files.push(`onnx/${ONNX_DATA_FILE}`);
 
-      let verification: OnnxExportResult["verification"];
-      if (opts.verify === false) verification = { skipped: "not asked for (--no-verify)" };
-      else if (!runtime!.runtime) verification = { skipped: runtime!.reason };
-      else {
-        opts.log?.(`checking with onnxruntime-node ${runtime!.version} on ${tokens.length} tokens`);
-        const reference = LlamaModel.load(input).forward(tokens);
-        const decoder = await OnnxDecoder.open(runtime!.runtime, modelPath, config);
-        let check: DecoderCheck;
-        try {
-          check = await checkDecoder(decoder, tokens, reference);
-        } finally {
-          await decoder.release();
-        }
-        for (const [what, d] of [
-          ["in one run", check.fullRelDiff],
-          ["through the key/value cache", check.cachedRelDiff],
-        ] as const)
-          if (!(d <= MAX_RELATIVE_DIFFERENCE))
-            throw new GptqError(
-              `verification failed: the ONNX model's logits ${what} differ from the project's forward by ${d.toExponential(3)} (relative; at most ${MAX_RELATIVE_DIFFERENCE} allowed); nothing was written`,
-            );
-        verification = { runtime: `onnxruntime-node ${runtime!.version}`, ...check };
-      }
+      const verification = runtime.runtime
+        ? await checkExport(runtime.runtime, runtime.version, modelPath, input, config, tokens, opts.log)
+        : { skipped: runtime.reason };
       return {
         ...summary,
         files: files.sort(),
@@ -154,6 +145,39 @@ export async function exportOnnx(
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * Runs the written model with onnxruntime-node on `tokens`, in one run and through its cache, against
+ * the project's forward of the checkpoint; throws unless both agree within MAX_RELATIVE_DIFFERENCE.
+ */
+async function checkExport(
+  ort: OnnxRuntime,
+  version: string,
+  modelPath: string,
+  input: string,
+  config: LlamaConfig,
+  tokens: Int32Array,
+  log?: (line: string) => void,
+): Promise<{ runtime: string } & DecoderCheck> {
+  log?.(`checking with onnxruntime-node ${version} on ${tokens.length} tokens`);
+  const reference = LlamaModel.load(input).forward(tokens);
+  const decoder = await OnnxDecoder.open(ort, modelPath, config);
+  let check: DecoderCheck;
+  try {
+    check = await checkDecoder(decoder, tokens, reference);
+  } finally {
+    await decoder.release();
+  }
+  for (const [what, d] of [
+    ["in one run", check.fullRelDiff],
+    ["through the key/value cache", check.cachedRelDiff],
+  ] as const)
+    if (!(d <= MAX_RELATIVE_DIFFERENCE))
+      throw new GptqError(
+        `verification failed: the ONNX model's logits ${what} differ from the project's forward by ${d.toExponential(3)} (relative; at most ${MAX_RELATIVE_DIFFERENCE} allowed); nothing was written`,
+      );
+  return { runtime: `onnxruntime-node ${version}`, ...check };
 }
 
 /** 16 ids spread over the vocabulary, the first 1 (a BOS for most Llama vocabularies) */
