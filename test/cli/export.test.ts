@@ -50,6 +50,19 @@ test("export --to onnx writes the folder and says how the model was checked", ()
   const res = JSON.parse(j.stdout);
   assert.deepEqual([res.quantized, res.dense, res.externalDataBytes], [7, 1, 0]);
   if (ORT) assert.ok(res.verification.fullRelDiff <= 1e-3 && res.verification.tokens === 16);
+
+  const fast = gptq(
+    "export",
+    q,
+    join(dir, "onnx-int8"),
+    "--to",
+    "onnx",
+    "--accuracy-level",
+    "4",
+    "--no-verify",
+  );
+  assert.equal(fast.code, 0, fast.stderr);
+  assert.match(fast.stdout, /not checked: not asked for \(--no-verify\)/);
 });
 
 test("without onnxruntime-node the export still works and says the check was skipped", () => {
@@ -78,6 +91,7 @@ test("export: a malformed command line exits 2; a bad request exits 1 with one l
     [q, join(dir, "x"), "--to", "gguf"],
     [q, "--to", "onnx"],
     [q, join(dir, "x"), "--to", "onnx", "--accuracy-level", "3"],
+    [q, join(dir, "x"), "--to", "onnx", "--accuracy-level", "4"],
     [q, join(dir, "x"), "--to", "onnx", "--key", "k"],
     [q, join(dir, "x"), "--to", "onnx", "--tokens", tokens, "--no-verify"],
   ]) {
