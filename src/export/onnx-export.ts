@@ -11,6 +11,7 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, statSync } from "no
 import { join } from "node:path";
 import { buildDirAtomic, writeFileAtomic, writeTextAtomic } from "../io/atomic.js";
 import {
+  CONFIG_FILE,
   QUANTIZE_CONFIG_FILE,
   LEGACY_QUANT_CONFIG_FILE,
   clearQuantConfig,
@@ -124,6 +125,8 @@ export async function exportOnnx(
 
       const files = copyModelFiles(input, dir);
       clearQuantConfig(dir);
+      // transformers.js fetches onnx/model.onnx_data only when config.json says the model has one
+      if (external) markExternalData(dir);
       writeTextAtomic(
         join(dir, GENAI_CONFIG_FILE),
         JSON.stringify(genaiConfig(config, input), null, 2) + "\n",
@@ -260,6 +263,14 @@ function genaiConfig(c: LlamaConfig, input: string): Record<string, unknown> {
       top_p: 1.0,
     },
   };
+}
+
+function markExternalData(dir: string): void {
+  const path = join(dir, CONFIG_FILE);
+  const config = readJsonIfPresent(path);
+  const section = (config["transformers.js_config"] ?? {}) as Record<string, unknown>;
+  config["transformers.js_config"] = { ...section, use_external_data_format: true };
+  writeTextAtomic(path, JSON.stringify(config, null, 2) + "\n");
 }
 
 function readJsonIfPresent(path: string): Record<string, unknown> {

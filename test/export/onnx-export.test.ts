@@ -190,6 +190,7 @@ test(
     assert.ok(!("skipped" in r.verification) && r.verification.fullRelDiff <= 1e-3);
     const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
     assert.equal(config.quantization_config, undefined);
+    assert.equal(config["transformers.js_config"].use_external_data_format, true);
     assert.ok(!existsSync(join(out, "quantize_config.json")));
     const genai = JSON.parse(readFileSync(join(out, GENAI_CONFIG_FILE), "utf8"));
     assert.equal(genai.model.decoder.filename, ONNX_MODEL_FILE);
