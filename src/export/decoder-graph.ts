@@ -8,9 +8,6 @@
  * (opset 17) in fp32: RMSNorm from its parts, rotary embeddings from position_ids, grouped-query
  * attention with a causal (and sliding-window) mask and the padding mask, SwiGLU.
  */
-import { LlamaConfig } from "../model/config.js";
-import { FUSED_LINEARS, LINEAR_MODULE, LinearName, LlamaModel } from "../model/llama.js";
-import { inverseFrequencies } from "../model/rope.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { readFloatTensor } from "../io/finite.js";
 import { layerShape, readLayer } from "../transform/layers.js";
@@ -19,6 +16,14 @@ import { GptqError } from "../util/errors.js";
 import { GraphBuilder } from "./onnx-graph.js";
 import { attr } from "./onnx-proto.js";
 import { matMulNBits, toMatMulNBits } from "./matmul-nbits.js";
+import {
+  DecoderConfig,
+  FUSED_LINEARS,
+  LINEAR_MODULE,
+  LinearName,
+  inverseFrequencies,
+  linearShapes,
+} from "./model-view.js";
 
 export const OPSET = 17;
 
@@ -55,7 +60,7 @@ const FLOAT32_MIN = -3.4028234663852886e38;
 
 export function buildDecoderGraph(
   g: GraphBuilder,
-  c: LlamaConfig,
+  c: DecoderConfig,
   ckpt: Checkpoint,
   opts: DecoderGraphOptions = {},
 ): DecoderGraphSummary {
@@ -175,7 +180,7 @@ export function buildDecoderGraph(
     readFloatTensor(store, "model.embed_tokens.weight", [c.vocabSize, D]),
   );
   let h = g.op("Gather", [embedding, inputIds]);
-  const shapes = LlamaModel.linearShapes(c);
+  const shapes = linearShapes(c);
   for (let i = 0; i < c.numLayers; i++) {
     const prefix = `model.layers.${i}`;
     g.scope = `/model/layers.${i}`;
@@ -268,10 +273,10 @@ export function buildDecoderGraph(
   return summary;
 }
 
-function pastDims(c: LlamaConfig): (number | string)[] {
+function pastDims(c: DecoderConfig): (number | string)[] {
   return ["batch_size", c.numKvHeads, "past_sequence_length", c.headDim];
 }
 
-function presentDims(c: LlamaConfig): (number | string)[] {
+function presentDims(c: DecoderConfig): (number | string)[] {
   return ["batch_size", c.numKvHeads, "total_sequence_length", c.headDim];
 }

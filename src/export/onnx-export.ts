@@ -19,12 +19,11 @@ import {
 } from "../io/checkpoint.js";
 import { checkOutputDir } from "../io/output.js";
 import { INDEX_FILE } from "../io/store.js";
-import { LlamaConfig, readLlamaConfig } from "../model/config.js";
-import { LlamaModel } from "../model/llama.js";
 import { checkOutputPath } from "../transform/rewrite.js";
 import { GptqError } from "../util/errors.js";
 import { DecoderGraphSummary, OPSET, buildDecoderGraph } from "./decoder-graph.js";
 import { MS_DOMAIN } from "./matmul-nbits.js";
+import { DecoderConfig, readDecoderConfig, referenceLogits } from "./model-view.js";
 import { ExternalWeights, GraphBuilder, WeightSink, inlineWeights } from "./onnx-graph.js";
 import {
   DecoderCheck,
@@ -77,7 +76,7 @@ export async function exportOnnx(
   const accuracyLevel = opts.accuracyLevel ?? 0;
   if (![0, 1, 2, 3, 4].includes(accuracyLevel))
     throw new GptqError(`accuracy level ${accuracyLevel} is not one of MatMulNBits' 0, 1, 2, 3, 4`);
-  const config = readLlamaConfig(input);
+  const config = readDecoderConfig(input);
   const tokens = opts.tokens ?? defaultTokens(config);
   for (const t of tokens)
     if (t < 0 || t >= config.vocabSize)
@@ -159,12 +158,12 @@ async function checkExport(
   version: string,
   modelPath: string,
   input: string,
-  config: LlamaConfig,
+  config: DecoderConfig,
   tokens: Int32Array,
   log?: (line: string) => void,
 ): Promise<{ runtime: string } & DecoderCheck> {
   log?.(`checking with onnxruntime-node ${version} on ${tokens.length} tokens`);
-  const reference = LlamaModel.load(input).forward(tokens);
+  const reference = referenceLogits(input, tokens);
   const decoder = await OnnxDecoder.open(ort, modelPath, config);
   let check: DecoderCheck;
   try {
@@ -184,7 +183,7 @@ async function checkExport(
 }
 
 /** 16 ids spread over the vocabulary, the first 1 (a BOS for most Llama vocabularies) */
-function defaultTokens(c: LlamaConfig): Int32Array {
+function defaultTokens(c: DecoderConfig): Int32Array {
   const T = Math.min(16, c.vocabSize);
   return Int32Array.from({ length: T }, (_, t) =>
     t === 0 ? Math.min(1, c.vocabSize - 1) : (t * 7919) % c.vocabSize,
@@ -210,7 +209,7 @@ function copyModelFiles(input: string, dir: string): string[] {
 }
 
 /** onnxruntime-genai's description of the model (genai_config.json), from config.json and generation_config.json */
-function genaiConfig(c: LlamaConfig, input: string): Record<string, unknown> {
+function genaiConfig(c: DecoderConfig, input: string): Record<string, unknown> {
   const generation = readJsonIfPresent(join(input, "generation_config.json"));
   const token = (key: string) => c.raw[key] ?? generation[key] ?? null;
   const contextLength =

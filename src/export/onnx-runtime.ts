@@ -2,8 +2,8 @@
  * Running an exported decoder with onnxruntime-node, an optional dependency loaded only when asked for:
  * without it everything else works, and callers say that the check was skipped.
  */
-import { LlamaConfig } from "../model/config.js";
 import { IO_NAMES } from "./decoder-graph.js";
+import { DecoderConfig } from "./model-view.js";
 
 /** The part of onnxruntime-node's API used here (declared, not imported: the package may be absent). */
 export interface OrtTensor {
@@ -53,13 +53,13 @@ export class OnnxDecoder {
   private constructor(
     private readonly ort: OnnxRuntime,
     private readonly session: OrtSession,
-    private readonly config: LlamaConfig,
+    private readonly config: DecoderConfig,
   ) {}
 
   static async open(
     ort: OnnxRuntime,
     modelPath: string,
-    config: LlamaConfig,
+    config: DecoderConfig,
     threads?: number,
   ): Promise<OnnxDecoder> {
     const options = threads ? { intraOpNumThreads: threads } : {};
