@@ -31,7 +31,7 @@ export interface MatMulNBitsWeights {
   blockSize: number;
   /** [N, ceil(K / blockSize), blockSize * bits / 8] */
   B: Uint8Array;
-  /** [N, ceil(K / blockSize)] */
+  /** N x ceil(K / blockSize), row-major */
   scales: Float32Array;
   /** packed like B, [N, ceil(ceil(K / blockSize) * bits / 8)]; undefined when every zero is 2^(bits-1) */
   zeroPoints?: Uint8Array;
@@ -140,7 +140,8 @@ export function matMulNBits(
   const inputs = [
     a,
     g.initializer(`${prefix}.qweight`, "UINT8", [w.N, kBlocks, (w.blockSize * w.bits) / 8], w.B),
-    g.initializer(`${prefix}.scales`, "FLOAT", [w.N, kBlocks], w.scales),
+    // scales and zero points flat, as ONNX Runtime's own quantizer writes them (what other readers expect)
+    g.initializer(`${prefix}.scales`, "FLOAT", [w.N * kBlocks], w.scales),
   ];
   if (w.zeroPoints)
     inputs.push(g.initializer(`${prefix}.qzeros`, "UINT8", [w.zeroPoints.length], w.zeroPoints));
