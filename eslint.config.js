@@ -6,6 +6,7 @@ import tseslint from "typescript-eslint";
  *   cli        one file per command: parse, call the library, print
  *   pipeline   drivers putting the pieces together: calibration, layer-by-layer quantization, quantize a
  *              checkpoint, write it, the synthetic model and the demo
+ *   export     a checkpoint as another runtime's model (ONNX: protobuf writer, graph, checks)
  *   transform  whole-checkpoint rewrites, atomic: convert, dequantize, split, merge, pad
  *   model      model families, forward passes, tokenizer, perplexity, config, padding plans, model on CUDA
  *   quant      the algorithms only, pure functions on arrays: rtn, gptq, hessian, quantizer, refit,
@@ -22,6 +23,7 @@ import tseslint from "typescript-eslint";
 const LAYERS = [
   "cli",
   "pipeline",
+  "export",
   "transform",
   "model",
   "quant",

@@ -1,6 +1,6 @@
 /**
  * gptq-ts as a library: the public surface of each room (io, formats, kernels, quant, model, backends,
- * transform, pipeline).
+ * transform, export, pipeline).
  * The CLI (`src/cli/`) is a thin layer over exactly these.
  */
 
@@ -29,6 +29,8 @@ export { dequantizeCheckpoint } from "./transform/dequantize.js";
 export { splitCheckpoint, mergeCheckpoint } from "./transform/split.js";
 export { padCheckpoint } from "./transform/pad.js";
 export { verifyCheckpoint } from "./transform/verify.js";
+export { exportOnnx } from "./export/onnx-export.js";
+export type { OnnxExportOptions, OnnxExportResult } from "./export/onnx-export.js";
 export type { VerifyReport, VerifyProblem } from "./transform/verify.js";
 
 // kernels: every kernel's compatibility rules, queried by `check` and by our dispatch

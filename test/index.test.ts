@@ -18,4 +18,5 @@ test("the package entry exposes each room's API, and it works end to end", () =>
   );
   assert.ok(gptq.KERNELS.some((k) => k.name === "marlin"));
   assert.equal(typeof gptq.DecoderModel.load, "function");
+  assert.equal(typeof gptq.exportOnnx, "function");
 });

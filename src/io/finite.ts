@@ -1,7 +1,8 @@
 /** Stored float tensors checked for NaN and ±Inf a piece at a time, never holding a large one whole. */
 import { DType, DTYPE_BYTES } from "../tensor/dtype.js";
 import { FLOAT_TENSOR_DTYPES, nonFiniteProblem } from "../tensor/finite.js";
-import { viewAs } from "../tensor/tensor.js";
+import { toFloat32, viewAs } from "../tensor/tensor.js";
+import { GptqError } from "../util/errors.js";
 import { SafetensorsFile } from "./safetensors.js";
 import { TensorStore } from "./store.js";
 
@@ -30,4 +31,23 @@ export function storedNonFinite(
     opts.onBytes?.(chunk.byteLength);
   }
   return undefined;
+}
+
+/**
+ * A float tensor (F32, F16 or BF16) of the given shape, checked (header first, then every value finite)
+ * and widened to fp32; one error line naming the tensor otherwise.
+ */
+export function readFloatTensor(store: TensorStore, name: string, shape: readonly number[]): Float32Array {
+  if (!store.has(name)) throw new GptqError(`${store.dir}: tensor ${name} is missing`);
+  const info = store.info(name);
+  if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
+    throw new GptqError(
+      `${store.dir}: tensor ${name} has shape [${info.shape}], config.json implies [${shape}]`,
+    );
+  if (info.dtype !== "F32" && info.dtype !== "F16" && info.dtype !== "BF16")
+    throw new GptqError(`${store.dir}: tensor ${name} is ${info.dtype}, expected F32, F16 or BF16`);
+  const t = store.read(name);
+  const problem = nonFiniteProblem(`${store.dir}: tensor ${name}`, t.dtype, t.shape, t.data);
+  if (problem) throw new GptqError(problem);
+  return toFloat32(t);
 }

@@ -5,6 +5,7 @@ import { inspectCommand } from "./inspect.js";
 import { verifyCommand } from "./verify.js";
 import { convertCommand } from "./convert.js";
 import { dequantizeCommand } from "./dequantize.js";
+import { exportCommand } from "./export.js";
 import { splitCommand } from "./split.js";
 import { mergeCommand } from "./merge.js";
 import { quantizeCommand } from "./quantize.js";
@@ -23,6 +24,7 @@ export const COMMANDS: Command[] = [
   evalCommand,
   convertCommand,
   dequantizeCommand,
+  exportCommand,
   splitCommand,
   mergeCommand,
   padCommand,
