@@ -12,8 +12,9 @@ import { Bits, QuantizedLinear } from "../formats/types.js";
 import { DecoderLayer, LayerSource, LinearName } from "../model/llama.js";
 import { GptqError } from "../util/errors.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
-import { CPU_GPTQ, GptqBackend } from "../quant/gptq.js";
+import { CPU_GPTQ, GptqBackend, cpuGptqBackend } from "../quant/gptq.js";
 import { CudaDevice } from "../backend/cuda/device.js";
+import { ParallelHessian, parallelDenseAvailable, parallelGptqSteps } from "../backend/cpu/dense.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { cudaGptqBackend } from "./cuda-gptq.js";
 import type { ClipMethod } from "../quant/index.js";
@@ -144,7 +145,10 @@ interface Compute {
 }
 
 function computeOn(device: "cpu" | "cuda"): Compute {
-  if (device === "cpu") return { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
+  if (device === "cpu")
+    return parallelDenseAvailable()
+      ? { hessian: (K) => new ParallelHessian(K), gptq: cpuGptqBackend(parallelGptqSteps()) }
+      : { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
   const dev = CudaDevice.get();
   return { hessian: (K) => new CudaHessian(dev, K), gptq: cudaGptqBackend(dev) };
 }

@@ -80,18 +80,49 @@ export interface GptqBackend {
   };
 }
 
-/** The CPU backend: float64 factorisation, float32 weights. */
-export const CPU_GPTQ: GptqBackend = {
-  name: "cpu",
-  factor(hp, K, damp) {
-    const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp);
-    return {
-      damp: used,
-      damped: () => damped,
-      sweep: (q, w, N, scales, zeros) => new Sweep(q, w, U, N, K, scales, zeros),
-    };
-  },
+/**
+ * The dense steps of the CPU sweep. The serial ones below run on the calling thread; a parallel set
+ * (backend/cpu) runs them on every core with the same results up to float rounding.
+ */
+export interface CpuDenseSteps {
+  /** U with H^-1 = U^T U, or undefined when h is not positive definite (h is not modified) */
+  upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array | undefined;
+  /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */
+  workspace(w: Float32Array): Float32Array;
+  /** Columns after block [i1, i2): w[j, :] -= sum_i U[i1 + i, j] err[i, :] for j >= i2. */
+  lazyUpdate(
+    w: Float32Array,
+    err: Float32Array,
+    U: Float64Array,
+    N: number,
+    K: number,
+    i1: number,
+    i2: number,
+  ): void;
+}
+
+const SERIAL_STEPS: CpuDenseSteps = {
+  upperCholeskyOfInverse,
+  workspace: (w) => w,
+  lazyUpdate,
 };
+
+/** The CPU backend: float64 factorisation, float32 weights. */
+export function cpuGptqBackend(steps: CpuDenseSteps = SERIAL_STEPS): GptqBackend {
+  return {
+    name: "cpu",
+    factor(hp, K, damp) {
+      const { U, damp: used, damped } = dampedInverseFactor(hp, K, damp, steps.upperCholeskyOfInverse);
+      return {
+        damp: used,
+        damped: () => damped,
+        sweep: (q, w, N, scales, zeros) => new Sweep(q, steps.workspace(w), U, N, K, scales, zeros, steps),
+      };
+    },
+  };
+}
+
+export const CPU_GPTQ: GptqBackend = cpuGptqBackend();
 
 export interface GptqResult {
   layer: QuantizedLinear;
@@ -118,6 +149,7 @@ export function dampedInverseFactor(
   H: Float64Array,
   K: number,
   damp: number,
+  factorize: CpuDenseSteps["upperCholeskyOfInverse"] = upperCholeskyOfInverse,
 ): { U: Float64Array; damp: number; damped: Float64Array } {
   let mean = 0;
   for (let i = 0; i < K; i++) mean += H[i * K + i];
@@ -126,7 +158,7 @@ export function dampedInverseFactor(
   for (let d = damp; d <= DAMP_LIMIT; d = nextDamp(d)) {
     work.set(H);
     for (let i = 0; i < K; i++) work[i * K + i] += d * mean;
-    const U = upperCholeskyOfInverse(work, K);
+    const U = factorize(work, K);
     if (U) return { U, damp: d, damped: work };
   }
   throw notPositiveDefinite();
@@ -316,6 +348,7 @@ class Sweep implements GptqSweep {
     private readonly K: number,
     private readonly scales: Float32Array,
     private readonly zeros: Float32Array,
+    private readonly steps: CpuDenseSteps,
   ) {
     this.codes = new Uint8Array(K * N);
     this.groupOf = new Int32Array(K);
@@ -353,7 +386,6 @@ class Sweep implements GptqSweep {
     const err = new Float32Array(blockSize * N);
     const blockStart = new Float32Array(blockSize * N);
     const groupBuf = groups === "dynamic" ? new Float32Array(gs * N) : undefined;
-    const hcol = new Float64Array(blockSize);
     let current = 0;
     let scale = this.scales.subarray(0, N);
     let zero = this.zeros.subarray(0, N);
@@ -400,7 +432,7 @@ class Sweep implements GptqSweep {
           for (let n = 0; n < N; n++) w[r + n] -= hj * err[e + n];
         }
       }
-      lazyUpdate(w, err, U, N, K, i1, i2, hcol);
+      this.steps.lazyUpdate(w, err, U, N, K, i1, i2);
     }
     return loss / 2;
   }
@@ -608,9 +640,9 @@ function lazyUpdate(
   K: number,
   i1: number,
   i2: number,
-  hcol: Float64Array,
 ): void {
   const count = i2 - i1;
+  const hcol = new Float64Array(count);
   const TILE = 1024; // output rows per pass, so the error tile stays in cache
   for (let n0 = 0; n0 < N; n0 += TILE) {
     const n1 = Math.min(n0 + TILE, N);

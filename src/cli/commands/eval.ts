@@ -1,11 +1,11 @@
-import { Command, parse, printJson } from "../command.js";
+import { Command, parse, printJson, threadsOption } from "../command.js";
 import { UsageError } from "../../util/errors.js";
 import { LlamaModel } from "../../model/llama.js";
 import { perplexity } from "../../model/perplexity.js";
 import { readTokenRows } from "../../pipeline/calibration.js";
 
 const USAGE = `usage: gptq eval <model-dir> --tokens FILE [--key evaluation_tokens] [--act-quant none|int8]
-                 [--device cpu|cuda] [--json]
+                 [--device cpu|cuda] [--threads N] [--json]
 
 Perplexity of a checkpoint (unquantized, or GPTQ v1/v2/Marlin run from its packed tensors) over every
 next-token prediction of the token sequences in FILE (a safetensors int32/int64 [n, seqlen] tensor).
@@ -18,6 +18,7 @@ are split into q/k/v and gate/up on load, exactly: the perplexity is the unfused
                       int8: A8W4 dynamic, activations quantized per token to int8 (4-bit symmetric weights)
   --device D          cpu (default) or cuda: quantized projections run on the GPU with our kernels
                       (fp16 activations; the rest of the model stays on the CPU)
+  --threads N         CPU threads (default: every core)
   --json              print {"ppl", "tokens"} as JSON
 `;
 
@@ -31,9 +32,11 @@ export const evalCommand: Command = {
       key: { type: "string" },
       "act-quant": { type: "string" },
       device: { type: "string" },
+      threads: { type: "string" },
       json: { type: "boolean" },
     });
     if (positionals.length !== 1) throw new UsageError("expected one <model-dir>");
+    threadsOption(v.threads);
     if (!v.tokens) throw new UsageError("--tokens FILE is required");
     const actQuant = v["act-quant"] ?? "none";
     if (actQuant !== "none" && actQuant !== "int8")

@@ -1,4 +1,12 @@
-import { Command, floatOption, groupSizeOption, intOption, parse, printJson } from "../command.js";
+import {
+  Command,
+  floatOption,
+  groupSizeOption,
+  intOption,
+  parse,
+  printJson,
+  threadsOption,
+} from "../command.js";
 import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
@@ -39,6 +47,7 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --pad P               auto (default): zero-pad the MLP intermediate so every layer packs; none: refuse instead
   --device D            cuda | cpu | auto (default: the GPU when one is found): where Hessians and GPTQ
                         run; cuda without a GPU is refused before any work
+  --threads N           CPU threads for Hessians, GPTQ and the forward passes (default: every core)
   --json                print the result as JSON on stdout
 
 Progress and one line per projection go to stderr; the summary to stdout. Decoder layers are numbered
@@ -91,9 +100,11 @@ export const quantizeCommand: Command = {
       format: { type: "string" },
       pad: { type: "string" },
       device: { type: "string" },
+      threads: { type: "string" },
       json: { type: "boolean" },
     });
     if (positionals.length !== 1) throw new UsageError("expected one <model-dir>");
+    threadsOption(v.threads);
     if (!v.out) throw new UsageError("--out DIR is required");
     if (v.sym && v.asym) throw new UsageError("--sym and --asym exclude each other");
     const bits = intOption(v.bits, "bits", 4)!;
