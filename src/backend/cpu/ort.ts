@@ -91,6 +91,9 @@ export class OrtSession {
       interOpNumThreads: 1,
       graphOptimizationLevel: "all",
       executionProviders: [{ name: "cpu" }],
+      // idle intra-op threads sleep instead of spinning: a model runs many small operators between
+      // which our own code runs, and on a busy machine spinning threads starve everything else
+      extra: { session: { intra_op: { allow_spinning: "0" } } },
     });
     return new OrtSession(o, session);
   }

@@ -79,11 +79,11 @@ export class ThreadPool {
     }
     for (let done; (done = Atomics.load(ctrl, CTRL.finished)) < ports.length;)
       Atomics.wait(ctrl, CTRL.finished, done);
+    // a failed worker posts its error; read them all so none is left for a later job
+    const messages = ports.map((p) => receiveMessageOnPort(p)?.message as string | undefined);
     if (error) throw error;
-    if (Atomics.load(ctrl, CTRL.failed)) {
-      const messages = ports.map((p) => receiveMessageOnPort(p)?.message as string | undefined);
+    if (Atomics.load(ctrl, CTRL.failed))
       throw new GptqError(`a worker thread failed: ${messages.find((m) => m) ?? "unknown error"}`);
-    }
   }
 
   dispose(): void {
