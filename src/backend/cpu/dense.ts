@@ -18,7 +18,8 @@ const BLOCK = 128;
 /** calibration rows per rank-k update of the Hessian */
 const PANEL_ROWS = 256;
 
-const even = (v: number) => v + (v & 1);
+/** the kernels' K: a whole number of vectors */
+const padK = (v: number) => Math.ceil(v / 4) * 4;
 let jobs = 0;
 
 /** C = beta C + alpha A B^T on the thread pool. */
@@ -74,14 +75,16 @@ export class ParallelHessian {
     const p = this.panel;
     for (let r0 = 0; r0 < rows; r0 += PANEL_ROWS) {
       const R = Math.min(PANEL_ROWS, rows - r0);
-      const kp = even(R);
+      const kp = padK(R);
       // p[k * kp + r] = x[r0 + r, k]
       for (let r = 0; r < R; r++) {
         const src = (r0 + r) * K;
         for (let k = 0; k < K; k++) p[k * kp + r] = x[src + k];
       }
-      if (kp > R) for (let k = 0; k < K; k++) p[k * kp + R] = 0;
-      update({ c: this.h, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha, beta, triangle: "upper" });
+      if (kp > R) for (let k = 0; k < K; k++) p.fill(0, k * kp + R, (k + 1) * kp);
+      // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 H
+      const [c, triangle, single] = [this.h, "upper" as const, true];
+      update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha, beta, triangle, single });
       beta = 1;
     }
     this.n = total;
@@ -103,7 +106,7 @@ function pack(
   for (let i = 0; i < rows; i++) {
     const o = i * kp;
     out.set(a.subarray((r0 + i) * n + c0, (r0 + i) * n + c0 + cols), o);
-    if (kp > cols) out[o + cols] = 0;
+    out.fill(0, o + cols, o + kp);
   }
   return out;
 }
@@ -128,7 +131,7 @@ export function choleskyLowerParallel(a: Float64Array, n: number, scratch = new 
       }
     }
     if (b1 === n) break;
-    const kp = even(b1 - b0);
+    const kp = padK(b1 - b0);
     const l21 = pack(a, n, b1, n - b1, b0, b1 - b0, scratch.get((n - b1) * kp), kp);
     const m = n - b1;
     update({
@@ -143,6 +146,7 @@ export function choleskyLowerParallel(a: Float64Array, n: number, scratch = new 
       alpha: -1,
       beta: 1,
       triangle: "lower",
+      single: false,
     });
   }
   return true;
@@ -169,12 +173,12 @@ export function invertLowerParallel(l: Float64Array, n: number, scratch = new Sc
     if (k1 === n) break;
     // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1]
     const nb = k1 - k0;
-    const kp = even(nb);
+    const kp = padK(nb);
     const a = pack(l, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
     const b = xt.get(k1 * kp);
     for (let m = 0; m < k1; m++) {
       for (let t = 0; t < nb; t++) b[m * kp + t] = x[(k0 + t) * n + m];
-      if (kp > nb) b[m * kp + nb] = 0;
+      b.fill(0, m * kp + nb, (m + 1) * kp);
     }
     update({
       c: x,
@@ -188,6 +192,7 @@ export function invertLowerParallel(l: Float64Array, n: number, scratch = new Sc
       alpha: -1,
       beta: 1,
       triangle: "all",
+      single: false,
     });
   }
   return x;
@@ -234,19 +239,20 @@ export function parallelGptqSteps() {
       i2: number,
     ): void {
       const count = i2 - i1;
-      const cp = even(count);
+      const cp = padK(count);
       const a = ut.get((K - i2) * cp);
       for (let j = i2; j < K; j++) {
         const o = (j - i2) * cp;
         for (let t = 0; t < count; t++) a[o + t] = U[(i1 + t) * K + j];
-        if (cp > count) a[o + count] = 0;
+        a.fill(0, o + count, o + cp);
       }
       const b = et.get(N * cp);
+      for (let n = 0; n < N; n++) b.fill(0, n * cp + count, (n + 1) * cp);
       for (let t = 0; t < count; t++) {
         const e = t * N;
         for (let n = 0; n < N; n++) b[n * cp + t] = err[e + n];
       }
-      if (cp > count) for (let n = 0; n < N; n++) b[n * cp + count] = 0;
+      // float32 products, as AutoGPTQ's fp32 update of W
       update({
         c: w,
         cOff: i2 * N,
@@ -259,6 +265,7 @@ export function parallelGptqSteps() {
         alpha: -1,
         beta: 1,
         triangle: "all",
+        single: true,
       });
     },
   };
@@ -291,7 +298,7 @@ export function parallelGemmNT(
   if (pool.threads === 1 || !(w.buffer instanceof SharedArrayBuffer)) return undefined;
   const xs = toShared(x.subarray(0, rows * K));
   const out = shared(Float32Array, rows * N);
-  const cols = Math.max(8, even(Math.ceil(N / (4 * pool.threads))));
+  const cols = Math.max(8, Math.ceil(N / (8 * pool.threads)) * 2);
   pool.run("dense", { x: xs, w, out, rows, K, N, cols }, Math.ceil(N / cols));
   return out;
 }

@@ -42,7 +42,7 @@ function withThreads(n: number, fn: () => void): void {
 
 const K = 301; // crosses the 128-column blocks, odd, not a multiple of 4
 
-test("ParallelHessian accumulates what HessianAccumulator does (odd batches, odd K)", () => {
+test("ParallelHessian accumulates what HessianAccumulator does up to float32 rounding (odd batches, odd K)", () => {
   withThreads(3, () => {
     assert.equal(threadPool().threads, 3);
     const x = randn(777 * K, 1);
@@ -57,7 +57,8 @@ test("ParallelHessian accumulates what HessianAccumulator does (odd batches, odd
       b.add(x.subarray(r0 * K, r1 * K), r1 - r0);
     }
     assert.equal(b.nsamples, 777);
-    assert.ok(relDiff(a.H, b.H) < 1e-13, `${relDiff(a.H, b.H)}`);
+    // float32 products per panel of rows, summed in float64
+    assert.ok(relDiff(a.H, b.H) < 1e-6, `${relDiff(a.H, b.H)}`);
   });
 });
 
@@ -128,7 +129,7 @@ test("a failing part reports the worker's error and the pool keeps working", () 
       () =>
         threadPool().run(
           "update",
-          { ...bad, m: 64, n: 2, kp: 2, alpha: 1, beta: 1, triangle: "all", job: -2 },
+          { ...bad, m: 64, n: 2, kp: 2, alpha: 1, beta: 1, triangle: "all", single: false, job: -2 },
           4,
         ),
       /null|undefined/,
