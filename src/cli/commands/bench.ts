@@ -38,7 +38,8 @@ export const bench: Command = {
   summary:
     "time our CUDA W4A16 GEMM against cuBLAS fp16, or (--device cpu) our CPU linears against ONNX Runtime",
   usage,
-  async run(argv) {
+  // synchronous for CUDA (its argument errors are thrown before anything runs); a promise for the CPU
+  run(argv) {
     const { values } = parse(argv, {
       shapes: { type: "string" },
       batch: { type: "string" },
@@ -67,16 +68,17 @@ export const bench: Command = {
       threadsOption(values.threads);
       const threads = intOption(values.threads, "threads", availableParallelism(), 1)!;
       const print = (l: string) => process.stdout.write(l + "\n");
-      const res = await runCpuBench({
+      return runCpuBench({
         shapes,
         batches,
         group,
         threads,
         onStart: values.json ? undefined : (note) => print(`${note}\n\n${CPU_HEADER}\n${CPU_RULE}`),
         log: values.json ? undefined : print,
+      }).then((res) => {
+        if (values.json) printJson(res.rows);
+        return 0;
       });
-      if (values.json) printJson(res.rows);
-      return 0;
     }
     if (!w4a16GroupOk(group)) throw new UsageError("--group must be 32, 64, a multiple of 128, or -1");
     let config;
