@@ -14,12 +14,17 @@ import { GptqError } from "../util/errors.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
 import { CPU_GPTQ, GptqBackend, cpuGptqBackend } from "../quant/gptq.js";
 import { CudaDevice } from "../backend/cuda/device.js";
-import { ParallelHessian, parallelDenseAvailable, parallelGptqSteps } from "../backend/cpu/dense.js";
+import {
+  ParallelHessian,
+  parallelDenseAvailable,
+  parallelGptqSteps,
+  timesHessianParallel,
+} from "../backend/cpu/dense.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { cudaGptqBackend } from "./cuda-gptq.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
-import { relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
+import { TimesHessian, relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
 
 export interface PipelineOptions {
   method: "gptq" | "rtn";
@@ -142,12 +147,18 @@ interface Compute {
     dispose?(): void;
   };
   gptq: GptqBackend;
+  /** the dense step of each projection's output error */
+  timesHessian?: TimesHessian;
 }
 
 function computeOn(device: "cpu" | "cuda"): Compute {
   if (device === "cpu")
     return parallelDenseAvailable()
-      ? { hessian: (K) => new ParallelHessian(K), gptq: cpuGptqBackend(parallelGptqSteps()) }
+      ? {
+          hessian: (K) => new ParallelHessian(K),
+          gptq: cpuGptqBackend(parallelGptqSteps()),
+          timesHessian: timesHessianParallel,
+        }
       : { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
   const dev = CudaDevice.get();
   return { hessian: (K) => new CudaHessian(dev, K), gptq: cudaGptqBackend(dev) };
@@ -300,7 +311,9 @@ export function quantizeModel(
           linear: name,
           inFeatures: K,
           outFeatures: N,
-          relError: H ? relativeOutputError(W, r.Q, N, K, H) : relativeWeightError(W, r.Q),
+          relError: H
+            ? relativeOutputError(W, r.Q, N, K, H, compute.timesHessian)
+            : relativeWeightError(W, r.Q),
           relErrorOf: H ? "outputs" : "weights",
           loss: r.loss,
           damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,

@@ -271,6 +271,23 @@ export function parallelGptqSteps() {
   };
 }
 
+/** M H (quant/relative-error.ts's TimesHessian) on every core, float64. */
+export function timesHessianParallel(
+  m: Float64Array,
+  rows: number,
+  H: Float64Array,
+  K: number,
+): Float64Array {
+  const kp = padK(K);
+  const scratch = new Scratch();
+  const a = pack(m, K, 0, rows, 0, K, shared(Float64Array, rows * kp), kp);
+  const b = pack(H, K, 0, K, 0, K, scratch.get(K * kp), kp);
+  const out = shared(Float64Array, rows * K);
+  const [alpha, beta, triangle, single] = [1, 1, "all" as const, false];
+  update({ c: out, cOff: 0, cStride: K, a, b, m: rows, n: K, kp, alpha, beta, triangle, single });
+  return out;
+}
+
 /** Below this many multiply-adds a product stays on the calling thread: waking the workers costs ~0.1 ms. */
 const PARALLEL_MACS = 1 << 22;
 
