@@ -2,7 +2,9 @@
 // Cholesky factor of H^-1), and the whole gptqQuantize call (which includes it). On the CPU, or with --cuda
 // on the GPU (Hessian GEMMs from host activations, uploads included; cuSOLVER factorisation and the block
 // sweeps inside the GPTQ call; the batches of activations repeat, which the timing does not depend on).
-// Run: npm run build --silent && node dist/bench/gptq.js [K] [N] [tokens] [bits] [group] [--act-order] [--clip C] [--cuda]
+// On the CPU the dense steps run on every core (--threads N), or as before on one thread with --serial.
+// Run: npm run build --silent && node dist/bench/gptq.js [K] [N] [tokens] [bits] [group] [--act-order] [--clip C]
+//      [--cuda | --serial | --threads N]
 import { HessianAccumulator, gptqQuantize } from "../src/quant/index.js";
 import { CudaDevice } from "../src/backend/cuda/device.js";
 import { CudaHessian } from "../src/backend/cuda/gptq/hessian.js";
@@ -10,11 +12,22 @@ import { cudaGptqBackend } from "../src/pipeline/cuda-gptq.js";
 import type { ClipMethod } from "../src/quant/index.js";
 import { Bits } from "../src/formats/types.js";
 import { upperCholeskyOfInverse } from "../src/tensor/linalg.js";
+import {
+  ParallelHessian,
+  parallelGptqSteps,
+  upperCholeskyOfInverseParallel,
+} from "../src/backend/cpu/dense.js";
+import { setThreads, threadPool } from "../src/backend/cpu/pool.js";
+import { cpuGptqBackend } from "../src/quant/gptq.js";
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith("--"));
-const clipAt = process.argv.indexOf("--clip");
-const clip = (clipAt > 0 ? process.argv[clipAt + 1] : "minmax") as ClipMethod;
-const positional = args.filter((a) => a !== clip);
+const valueOf = (flag: string) => {
+  const at = process.argv.indexOf(flag);
+  return at > 0 ? process.argv[at + 1] : undefined;
+};
+const clip = (valueOf("--clip") ?? "minmax") as ClipMethod;
+const threadsArg = valueOf("--threads");
+const positional = args.filter((a) => a !== clip && a !== threadsArg);
 const K = Number(positional[0] ?? 4096);
 const N = Number(positional[1] ?? 4096);
 const TOKENS = Number(positional[2] ?? 16384);
@@ -22,6 +35,8 @@ const bits = Number(positional[3] ?? 4) as Bits;
 const groupSize = Number(positional[4] ?? 128);
 const descAct = process.argv.includes("--act-order");
 const cuda = process.argv.includes("--cuda");
+const serial = process.argv.includes("--serial");
+if (threadsArg) setThreads(Number(threadsArg));
 
 /** xorshift32 -> approximately normal values (sum of four uniforms, rescaled). */
 function normals(seed: number): () => number {
@@ -52,7 +67,11 @@ const channelScale = Float32Array.from(
   { length: K },
   (_, k) => Math.exp(g() * 0.6) * (k % 97 === 13 ? 20 : 1),
 );
-const acc = cuda ? new CudaHessian(CudaDevice.get(), K) : new HessianAccumulator(K);
+const acc = cuda
+  ? new CudaHessian(CudaDevice.get(), K)
+  : serial
+    ? new HessianAccumulator(K)
+    : new ParallelHessian(K);
 const BATCH = cuda ? 2048 : 512;
 const POOL = cuda ? 4 : 1;
 const pool = Array.from({ length: POOL }, () => new Float32Array(BATCH * K));
@@ -83,18 +102,21 @@ if (!cuda) {
   let mean = 0;
   for (let k = 0; k < K; k++) mean += H[k * K + k] / K;
   for (let k = 0; k < K; k++) damped[k * K + k] += 0.01 * mean;
-  if (!upperCholeskyOfInverse(damped, K)) throw new Error("factorisation failed");
+  if (!(serial ? upperCholeskyOfInverse : upperCholeskyOfInverseParallel)(damped, K))
+    throw new Error("factorisation failed");
   factorTime = since(m);
 }
 
-const backend = cuda ? cudaGptqBackend() : undefined;
+const backend = cuda ? cudaGptqBackend() : serial ? undefined : cpuGptqBackend(parallelGptqSteps());
 if (backend)
   gptqQuantize(W.subarray(0, 64 * K), 64, K, H, { bits, groupSize, sym: true, descAct, clip, backend });
 m = mark();
 const r = gptqQuantize(W, N, K, H, { bits, groupSize, sym: true, descAct, clip, backend });
 const gptqTime = since(m);
 
-const where = cuda ? CudaDevice.get().info.name : "cpu";
+const where = cuda
+  ? CudaDevice.get().info.name
+  : `cpu, ${serial ? "serial" : `${threadPool().threads} threads`}`;
 const tag = `${K}x${N}, ${TOKENS} tokens, ${bits}-bit g${groupSize} sym${descAct ? " act-order" : ""} clip ${clip}, ${where}`;
 const fmt = (t: { wall: number; cpu: number }) =>
   Number.isNaN(t.wall) ? "-" : `${t.wall.toFixed(cuda ? 3 : 1)} s (CPU ${t.cpu.toFixed(cuda ? 3 : 1)} s)`;

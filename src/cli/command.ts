@@ -1,5 +1,6 @@
 /** The shape of one CLI command: thin wiring from parsed arguments to the library. */
 import { parseArgs, ParseArgsConfig } from "node:util";
+import { setThreads } from "../backend/cpu/pool.js";
 import { UsageError } from "../util/errors.js";
 
 export interface Command {
@@ -73,6 +74,12 @@ export function intOption(
   const v = Number(value);
   if (min !== undefined && v < min) throw new UsageError(`--${name} must be at least ${min}, got ${value}`);
   return v;
+}
+
+/** `--threads N`: threads for the CPU's dense work from now on (default: every core). */
+export function threadsOption(value: string | undefined): void {
+  const n = intOption(value, "threads", undefined, 1);
+  if (n !== undefined) setThreads(n);
 }
 
 /** A group size: a positive number of input rows, or -1 for one group over all of them. */

@@ -12,15 +12,21 @@ import { Bits, QuantizedLinear } from "../formats/types.js";
 import { DecoderLayer, HalfState, LayerSource } from "../model/decoder.js";
 import { GptqError } from "../util/errors.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
-import { CPU_GPTQ, GptqBackend } from "../quant/gptq.js";
+import { CPU_GPTQ, GptqBackend, cpuGptqBackend } from "../quant/gptq.js";
 import { CudaDevice } from "../backend/cuda/device.js";
+import {
+  ParallelHessian,
+  parallelDenseAvailable,
+  parallelGptqSteps,
+  timesHessianParallel,
+} from "../backend/cpu/dense.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { cudaGptqBackend } from "./cuda-gptq.js";
 import { quantizeModelOnDevice } from "./quantize-model-cuda.js";
 import { cudaDecoderUnsupported, fusedProjection } from "../model/cuda.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
-import { relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
+import { TimesHessian, relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
 
 export interface PipelineOptions {
   method: "gptq" | "rtn";
@@ -127,10 +133,19 @@ interface Compute {
     dispose?(): void;
   };
   gptq: GptqBackend;
+  /** the dense step of each projection's output error */
+  timesHessian?: TimesHessian;
 }
 
 function computeOn(device: "cpu" | "cuda"): Compute {
-  if (device === "cpu") return { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
+  if (device === "cpu")
+    return parallelDenseAvailable()
+      ? {
+          hessian: (K) => new ParallelHessian(K),
+          gptq: cpuGptqBackend(parallelGptqSteps()),
+          timesHessian: timesHessianParallel,
+        }
+      : { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
   const dev = CudaDevice.get();
   return { hessian: (K) => new CudaHessian(dev, K), gptq: cudaGptqBackend(dev) };
 }
@@ -295,7 +310,9 @@ export function quantizeModel(
           linear: name,
           inFeatures: K,
           outFeatures: N,
-          relError: H ? relativeOutputError(W, r.Q, N, K, H) : relativeWeightError(W, r.Q),
+          relError: H
+            ? relativeOutputError(W, r.Q, N, K, H, compute.timesHessian)
+            : relativeWeightError(W, r.Q),
           relErrorOf: H ? "outputs" : "weights",
           loss: r.loss,
           damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,

@@ -109,6 +109,7 @@ export class HostProblem implements GptqProblem {
     H: Float64Array,
     readonly N: number,
     readonly K: number,
+    private readonly steps: CpuDenseSteps = SERIAL_STEPS,
   ) {
     this.w = transpose(W, N, K);
     this.h = Float64Array.from(H);
@@ -156,20 +157,50 @@ export class HostProblem implements GptqProblem {
 
   factor(damp: number): GptqFactor {
     const { N, K } = this;
-    const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp);
+    const { steps } = this;
+    const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp, steps.upperCholeskyOfInverse);
     return {
       damp: used,
       damped: () => damped,
-      sweep: (q, scales, zeros, w) => new Sweep(q, w ?? this.w, U, N, K, scales, zeros),
+      sweep: (q, scales, zeros, w) =>
+        new Sweep(q, steps.workspace(w ?? this.w), U, N, K, scales, zeros, steps),
     };
   }
 }
 
-/** The CPU backend: float64 factorisation, float32 weights. */
-export const CPU_GPTQ: GptqBackend = {
-  name: "cpu",
-  problem: (W, H, N, K) => new HostProblem(W, H, N, K),
+/**
+ * The dense steps of the CPU sweep. The serial ones below run on the calling thread; a parallel set
+ * (backend/cpu) runs them on every core with the same results up to float rounding.
+ */
+export interface CpuDenseSteps {
+  /** U with H^-1 = U^T U, or undefined when h is not positive definite (h is not modified) */
+  upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array | undefined;
+  /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */
+  workspace(w: Float32Array): Float32Array;
+  /** Columns after block [i1, i2): w[j, :] -= sum_i U[i1 + i, j] err[i, :] for j >= i2. */
+  lazyUpdate(
+    w: Float32Array,
+    err: Float32Array,
+    U: Float64Array,
+    N: number,
+    K: number,
+    i1: number,
+    i2: number,
+  ): void;
+}
+
+const SERIAL_STEPS: CpuDenseSteps = {
+  upperCholeskyOfInverse,
+  workspace: (w) => w,
+  lazyUpdate,
 };
+
+/** The CPU backend: float64 factorisation, float32 weights, its dense steps serial or on every core. */
+export function cpuGptqBackend(steps: CpuDenseSteps = SERIAL_STEPS): GptqBackend {
+  return { name: "cpu", problem: (W, H, N, K) => new HostProblem(W, H, N, K, steps) };
+}
+
+export const CPU_GPTQ: GptqBackend = cpuGptqBackend();
 
 export interface GptqResult {
   layer: QuantizedLinear;
@@ -196,6 +227,7 @@ export function dampedInverseFactor(
   H: Float64Array,
   K: number,
   damp: number,
+  factorize: CpuDenseSteps["upperCholeskyOfInverse"] = upperCholeskyOfInverse,
 ): { U: Float64Array; damp: number; damped: Float64Array } {
   let mean = 0;
   for (let i = 0; i < K; i++) mean += H[i * K + i];
@@ -204,7 +236,7 @@ export function dampedInverseFactor(
   for (let d = damp; d <= DAMP_LIMIT; d = nextDamp(d)) {
     work.set(H);
     for (let i = 0; i < K; i++) work[i * K + i] += d * mean;
-    const U = upperCholeskyOfInverse(work, K);
+    const U = factorize(work, K);
     if (U) return { U, damp: d, damped: work };
   }
   throw notPositiveDefinite();
@@ -401,6 +433,7 @@ class Sweep implements GptqSweep {
     private readonly K: number,
     private readonly scales: Float32Array,
     private readonly zeros: Float32Array,
+    private readonly steps: CpuDenseSteps,
   ) {
     this.codes = new Uint8Array(K * N);
     this.groupOf = new Int32Array(K);
@@ -438,7 +471,6 @@ class Sweep implements GptqSweep {
     const err = new Float32Array(blockSize * N);
     const blockStart = new Float32Array(blockSize * N);
     const groupBuf = groups === "dynamic" ? new Float32Array(gs * N) : undefined;
-    const hcol = new Float64Array(blockSize);
     let current = 0;
     let scale = this.scales.subarray(0, N);
     let zero = this.zeros.subarray(0, N);
@@ -485,7 +517,7 @@ class Sweep implements GptqSweep {
           for (let n = 0; n < N; n++) w[r + n] -= hj * err[e + n];
         }
       }
-      lazyUpdate(w, err, U, N, K, i1, i2, hcol);
+      this.steps.lazyUpdate(w, err, U, N, K, i1, i2);
     }
     return loss / 2;
   }
@@ -703,9 +735,9 @@ function lazyUpdate(
   K: number,
   i1: number,
   i2: number,
-  hcol: Float64Array,
 ): void {
   const count = i2 - i1;
+  const hcol = new Float64Array(count);
   const TILE = 1024; // output rows per pass, so the error tile stays in cache
   for (let n0 = 0; n0 < N; n0 += TILE) {
     const n1 = Math.min(n0 + TILE, N);

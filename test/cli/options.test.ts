@@ -92,6 +92,23 @@ test("a negative number an option does not allow is a usage error naming the opt
   await usageError(["pad", "a", "b", "--multiple", "-8"], "--multiple must be at least 1, got -8");
   await usageError(["bench", "--batch", "-1"], "--batch values must be positive");
   await usageError(["bench", "--group", "-2"], "--group must be 32, 64, a multiple of 128, or -1");
+  await usageError(["bench", "--device", "tpu"], '--device must be cuda or cpu, got "tpu"');
+  await usageError(["bench", "--device", "cpu", "--group", "24"], "--group must be a multiple of 16, or -1");
+  await usageError(
+    ["bench", "--device", "cpu", "--sweep"],
+    "--kernel and --sweep time CUDA kernels: drop --device cpu",
+  );
+  await usageError(["bench", "--device", "cpu", "--threads", "0"], "--threads must be at least 1, got 0");
+  await usageError(["quantize", "m", "--out", "o", "--threads", "0"], "--threads must be at least 1, got 0");
+  await usageError(["eval", "m", "--tokens", "t", "--threads", "-1"], "--threads must be at least 1, got -1");
+  await usageError(
+    ["eval", "m", "--tokens", "t", "--engine", "gpu"],
+    '--engine must be auto, onnxruntime or gptq-ts, got "gpu"',
+  );
+  await usageError(
+    ["eval", "m", "--tokens", "t", "--device", "cuda", "--engine", "gptq-ts"],
+    "--engine chooses a CPU engine: drop it with --device cuda",
+  );
   // a dash that is not a number is still an option
   await usageError(["quantize", "m", "--out", "o", "--nosuch"], /^Unknown option '--nosuch'/);
 });

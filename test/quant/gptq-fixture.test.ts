@@ -3,6 +3,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../../src/quant/index.js";
 import { dequantize } from "../../src/formats/dequantize.js";
+import { ParallelHessian, parallelGptqSteps } from "../../src/backend/cpu/dense.js";
+import { cpuGptqBackend } from "../../src/quant/gptq.js";
 import type { GptqOptions, GptqResult } from "../../src/quant/index.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import {
@@ -150,6 +152,38 @@ test(
         const e = errorOf(f, refined.Q);
         assert.ok(e < plain, `${c.name} clip ${clip}: refined ${e} vs ${plain}`);
       }
+    }
+  },
+);
+
+test(
+  "fixture: on every core (parallel Hessian, factorisation and lazy updates) GPTQ gives the same layers up to float rounding",
+  { skip },
+  () => {
+    const { f, H } = load();
+    const acc = new ParallelHessian(f.K);
+    for (let r = 0; r < f.rows; r += 128) acc.add(f.X.subarray(r * f.K, (r + 128) * f.K), 128);
+    let diff = 0;
+    let max = 0;
+    for (let i = 0; i < H.length; i++) {
+      diff = Math.max(diff, Math.abs(acc.H[i] - H[i]));
+      max = Math.max(max, Math.abs(H[i]));
+    }
+    assert.ok(diff < 1e-6 * max, `Hessian differs by ${diff / max} of its largest entry`);
+    const backend = cpuGptqBackend(parallelGptqSteps());
+    for (const c of f.cases) {
+      const serial = quantize(c);
+      const r = gptqQuantize(f.W, f.N, f.K, acc.H, { ...optionsOf(c), backend });
+      assert.deepEqual([...r.layer.gIdx], [...c.gIdx], c.name);
+      assert.ok(errorOf(f, r.Q) <= c.rel_output_error * 1.01, c.name);
+      let same = 0;
+      for (let i = 0; i < r.Q.length; i++)
+        if (Math.abs(serial.Q[i] - r.Q[i]) <= 1e-5 * Math.abs(serial.Q[i]) + 1e-7) same++;
+      assert.ok(same / r.Q.length > 0.995, `${c.name}: ${same} of ${r.Q.length} weights as on one thread`);
+      assert.ok(
+        Math.abs(r.loss - serial.loss) <= 1e-3 * serial.loss,
+        `${c.name}: loss ${r.loss} vs ${serial.loss}`,
+      );
     }
   },
 );

@@ -4,6 +4,7 @@
  */
 import { GptqError } from "../../util/errors.js";
 import { addBias, checkInput, gemmNT } from "./gemm.js";
+import { parallelGemmNT, toShared } from "./dense.js";
 
 export interface Linear {
   readonly inFeatures: number; // K
@@ -18,8 +19,11 @@ function checkBias(bias: Float32Array | undefined, N: number): void {
 
 /** An fp32 linear layer: weight N x K row-major (the nn.Linear orientation), optional bias [N]. */
 export class DenseLinear implements Linear {
+  /** the weight, in shared memory so every thread of the pool can read it */
+  readonly weight: Float32Array;
+
   constructor(
-    readonly weight: Float32Array,
+    weight: Float32Array,
     readonly outFeatures: number,
     readonly inFeatures: number,
     readonly bias?: Float32Array,
@@ -27,10 +31,16 @@ export class DenseLinear implements Linear {
     if (weight.length !== outFeatures * inFeatures)
       throw new GptqError(`weight has ${weight.length} values, expected ${outFeatures} x ${inFeatures}`);
     checkBias(bias, outFeatures);
+    this.weight = toShared(weight);
   }
 
   forward(x: Float32Array, rows: number): Float32Array {
     checkInput(this, x, rows);
+    const parallel = parallelGemmNT(x, rows, this.weight, this.outFeatures, this.inFeatures);
+    if (parallel) {
+      addBias(parallel, rows, this.bias);
+      return parallel;
+    }
     const out = new Float32Array(rows * this.outFeatures);
     gemmNT(
       x,

@@ -58,6 +58,11 @@ const I32_STORE = 0x36;
 const I32X4_EXTRACT_LANE = 0x1b;
 const I32X4_ADD = 0xae;
 const I32X4_DOT_I16X8_S = 0xba;
+const F64_ADD = 0xa0;
+const F64_STORE = 0x39;
+const F64X2_EXTRACT_LANE = 0x21;
+const F64X2_ADD = 0xf0;
+const F64X2_MUL = 0xf2;
 
 /** what differs between the fp32 and the int16 kernel */
 interface Arith {
@@ -66,18 +71,33 @@ interface Arith {
   extractLane: number;
   addScalar: number;
   store: number;
+  /** accumulator lanes per vector and bytes per output value */
+  lanes: 2 | 4;
+  outBytes: 4 | 8;
 }
 const F32: Arith = {
   fma: [SIMD, ...uleb(F32X4_MUL), SIMD, ...uleb(F32X4_ADD)],
   extractLane: F32X4_EXTRACT_LANE,
   addScalar: F32_ADD,
   store: F32_STORE,
+  lanes: 4,
+  outBytes: 4,
 };
 const I16: Arith = {
   fma: [SIMD, ...uleb(I32X4_DOT_I16X8_S), SIMD, ...uleb(I32X4_ADD)],
   extractLane: I32X4_EXTRACT_LANE,
   addScalar: I32_ADD,
   store: I32_STORE,
+  lanes: 4,
+  outBytes: 4,
+};
+const F64: Arith = {
+  fma: [SIMD, ...uleb(F64X2_MUL), SIMD, ...uleb(F64X2_ADD)],
+  extractLane: F64X2_EXTRACT_LANE,
+  addScalar: F64_ADD,
+  store: F64_STORE,
+  lanes: 2,
+  outBytes: 8,
 };
 
 const str = (s: string) => [...uleb(s.length), ...Buffer.from(s, "utf8")];
@@ -177,11 +197,11 @@ function kernelBody(a: Arith): number[] {
         c.push(I32_ADD);
         set(L.k);
       });
-      // o = out + r * outStride + n * 4; store the 8 lane sums
+      // o = out + r * outStride + n * outBytes; store the 8 lane sums
       offset(P.out, L.r, P.outStride, L.o);
       get(L.o);
       get(L.n);
-      i32(4);
+      i32(a.outBytes);
       c.push(I32_MUL, I32_ADD);
       set(L.o);
       for (let row = 0; row < 4; row++)
@@ -193,14 +213,14 @@ function kernelBody(a: Arith): number[] {
           }
           const acc = ACC + 2 * row + col;
           // (l0 + l1) + (l2 + l3)
-          for (const lane of [0, 1, 2, 3]) {
+          for (let lane = 0; lane < a.lanes; lane++) {
             get(acc);
             simd(a.extractLane);
             c.push(lane);
             if (lane % 2) c.push(a.addScalar);
           }
-          c.push(a.addScalar);
-          c.push(a.store, 2, ...uleb(4 * col));
+          if (a.lanes === 4) c.push(a.addScalar);
+          c.push(a.store, a.outBytes === 8 ? 3 : 2, ...uleb(a.outBytes * col));
         }
       get(L.n);
       i32(2);
@@ -224,12 +244,13 @@ function kernelBody(a: Arith): number[] {
 function moduleBytes(): Uint8Array {
   const type = vec([[0x60, ...vec(new Array(9).fill([I32])), 0x00]]);
   const imports = vec([[...str("env"), ...str("mem"), 0x02, 0x00, ...uleb(1)]]);
-  const funcs = vec([[0x00], [0x00]]);
+  const funcs = vec([[0x00], [0x00], [0x00]]);
   const exports = vec([
     [...str("gemm"), 0x00, 0x00],
     [...str("dot16"), 0x00, 0x01],
+    [...str("gemm64"), 0x00, 0x02],
   ]);
-  const code = vec([kernelBody(F32), kernelBody(I16)]);
+  const code = vec([kernelBody(F32), kernelBody(I16), kernelBody(F64)]);
   return new Uint8Array([
     0x00,
     0x61,
@@ -277,6 +298,8 @@ export interface WasmGemm {
   gemm: WasmGemmFn;
   /** int16 x int16 -> int32 (same arguments; kBytes a multiple of 16, i.e. K of 8) */
   dot16: WasmGemmFn;
+  /** fp64 x fp64 -> fp64 (kBytes a multiple of 16, i.e. K of 2; 2 partial sums per dot product) */
+  gemm64: WasmGemmFn;
 }
 
 let instance: WasmGemm | null | undefined;
@@ -291,7 +314,8 @@ export function wasmGemm(): WasmGemm | null {
   if (!wa || !wa.validate(bytes)) return instance;
   const memory = new wa.Memory({ initial: 1 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem: memory } });
-  instance = { memory, gemm: inst.exports.gemm as WasmGemmFn, dot16: inst.exports.dot16 as WasmGemmFn };
+  const fn = (name: string) => inst.exports[name] as WasmGemmFn;
+  instance = { memory, gemm: fn("gemm"), dot16: fn("dot16"), gemm64: fn("gemm64") };
   return enabled ? instance : null;
 }
 

@@ -1,5 +1,13 @@
 import { formatBytes } from "../../io/output.js";
-import { Command, floatOption, groupSizeOption, intOption, parse, printJson } from "../command.js";
+import {
+  Command,
+  floatOption,
+  groupSizeOption,
+  intOption,
+  parse,
+  printJson,
+  threadsOption,
+} from "../command.js";
 import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
@@ -41,6 +49,7 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --device D            cuda | cpu | auto (default: the GPU when one is found): where calibration runs
                         (GPTQ: each layer's forward in fp16, Hessians, GPTQ; with --fp-target the forward
                         stays on the CPU); cuda without a GPU is refused before any work
+  --threads N           CPU threads for Hessians, GPTQ and the forward passes (default: every core)
   --json                print the result as JSON on stdout
 
 Progress and one line per projection go to stderr; the summary to stdout. Decoder layers are numbered
@@ -93,9 +102,11 @@ export const quantizeCommand: Command = {
       format: { type: "string" },
       pad: { type: "string" },
       device: { type: "string" },
+      threads: { type: "string" },
       json: { type: "boolean" },
     });
     if (positionals.length !== 1) throw new UsageError("expected one <model-dir>");
+    threadsOption(v.threads);
     if (!v.out) throw new UsageError("--out DIR is required");
     if (v.sym && v.asym) throw new UsageError("--sym and --asym exclude each other");
     const bits = intOption(v.bits, "bits", 4)!;

@@ -1,0 +1,326 @@
+/**
+ * The dense float64 work of calibration on every core: the Hessian's symmetric rank-k updates, the
+ * factorisation GPTQ needs (a blocked right-looking Cholesky and triangular inverse, whose trailing
+ * updates carry almost all of the work) and GPTQ's lazy block updates. Each is one kind of step,
+ * C = beta C + alpha A B^T, split into strips of rows over the thread pool (see tasks.ts). Results equal
+ * the serial code's up to float rounding (sums are taken in a different order).
+ */
+import { checkCalibrationRows } from "../../tensor/tensor.js";
+import { GptqError } from "../../util/errors.js";
+import { shared, threadPool } from "./pool.js";
+import { UPDATE_STRIP, UpdateArgs } from "./tasks.js";
+import { wasmGemm } from "./wasm-gemm.js";
+
+/** Mirrors linalg.ts: a pivot at or below this fraction of its original diagonal fails the factorisation. */
+const PIVOT_TOLERANCE = 1e-12;
+/** columns per block of the factorisation and inverse */
+const BLOCK = 128;
+/** calibration rows per rank-k update of the Hessian */
+const PANEL_ROWS = 256;
+
+/** the kernels' K: a whole number of vectors */
+const padK = (v: number) => Math.ceil(v / 4) * 4;
+let jobs = 0;
+
+/** C = beta C + alpha A B^T on the thread pool. */
+function update(args: Omit<UpdateArgs, "job">): void {
+  if (args.m === 0 || args.n === 0) return;
+  threadPool().run("update", { ...args, job: ++jobs }, Math.ceil(args.m / UPDATE_STRIP));
+}
+
+/** A reusable shared scratch array of at least `length` values. */
+class Scratch {
+  private buf = shared(Float64Array, 0);
+  get(length: number): Float64Array {
+    if (this.buf.length < length) this.buf = shared(Float64Array, length);
+    return this.buf;
+  }
+}
+
+/** HessianAccumulator's contract (same scaling, upper triangle, mirrored on read) on every core. */
+export class ParallelHessian {
+  private readonly h: Float64Array;
+  private readonly panel: Float64Array;
+  private n = 0;
+  private mirrored = true;
+
+  constructor(readonly inFeatures: number) {
+    if (!(Number.isInteger(inFeatures) && inFeatures > 0))
+      throw new GptqError(`in_features must be a positive integer, got ${inFeatures}`);
+    this.h = shared(Float64Array, inFeatures * inFeatures);
+    this.panel = shared(Float64Array, inFeatures * PANEL_ROWS);
+  }
+
+  get nsamples(): number {
+    return this.n;
+  }
+
+  get H(): Float64Array {
+    if (!this.mirrored) {
+      const K = this.inFeatures;
+      const h = this.h;
+      for (let i = 0; i < K; i++) for (let j = 0; j < i; j++) h[i * K + j] = h[j * K + i];
+      this.mirrored = true;
+    }
+    return this.h;
+  }
+
+  add(x: Float32Array, rows: number): void {
+    const K = this.inFeatures;
+    checkCalibrationRows(x, rows, K);
+    if (rows === 0) return;
+    const total = this.n + rows;
+    let beta = this.n / total;
+    const alpha = 2 / total;
+    const p = this.panel;
+    for (let r0 = 0; r0 < rows; r0 += PANEL_ROWS) {
+      const R = Math.min(PANEL_ROWS, rows - r0);
+      const kp = padK(R);
+      // p[k * kp + r] = x[r0 + r, k]
+      for (let r = 0; r < R; r++) {
+        const src = (r0 + r) * K;
+        for (let k = 0; k < K; k++) p[k * kp + r] = x[src + k];
+      }
+      if (kp > R) for (let k = 0; k < K; k++) p.fill(0, k * kp + R, (k + 1) * kp);
+      // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 H
+      const [c, triangle, single] = [this.h, "upper" as const, true];
+      update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha, beta, triangle, single });
+      beta = 1;
+    }
+    this.n = total;
+    this.mirrored = false;
+  }
+}
+
+/** Packs a[r0 .. r0 + rows, c0 .. c0 + cols] (stride n) into rows of kp values (zero padding). */
+function pack(
+  a: Float64Array,
+  n: number,
+  r0: number,
+  rows: number,
+  c0: number,
+  cols: number,
+  out: Float64Array,
+  kp: number,
+): Float64Array {
+  for (let i = 0; i < rows; i++) {
+    const o = i * kp;
+    out.set(a.subarray((r0 + i) * n + c0, (r0 + i) * n + c0 + cols), o);
+    out.fill(0, o + cols, o + kp);
+  }
+  return out;
+}
+
+/** In-place lower Cholesky of a shared n x n matrix (lower triangle); false when not positive definite. */
+export function choleskyLowerParallel(a: Float64Array, n: number, scratch = new Scratch()): boolean {
+  const diag = new Float64Array(n);
+  for (let i = 0; i < n; i++) diag[i] = a[i * n + i];
+  for (let b0 = 0; b0 < n; b0 += BLOCK) {
+    const b1 = Math.min(n, b0 + BLOCK);
+    // the diagonal block, then the panel below it against it
+    for (let i = b0; i < n; i++) {
+      const ri = i * n;
+      for (let j = b0; j <= Math.min(i, b1 - 1); j++) {
+        const rj = j * n;
+        let s = a[ri + j];
+        for (let k = b0; k < j; k++) s -= a[ri + k] * a[rj + k];
+        if (i === j) {
+          if (!(s > PIVOT_TOLERANCE * diag[i])) return false;
+          a[ri + i] = Math.sqrt(s);
+        } else a[ri + j] = s / a[rj + j];
+      }
+    }
+    if (b1 === n) break;
+    const kp = padK(b1 - b0);
+    const l21 = pack(a, n, b1, n - b1, b0, b1 - b0, scratch.get((n - b1) * kp), kp);
+    const m = n - b1;
+    update({
+      c: a,
+      cOff: b1 * n + b1,
+      cStride: n,
+      a: l21,
+      b: l21,
+      m,
+      n: m,
+      kp,
+      alpha: -1,
+      beta: 1,
+      triangle: "lower",
+      single: false,
+    });
+  }
+  return true;
+}
+
+/** The inverse of the lower-triangular l (n x n) into a new shared lower-triangular matrix. */
+export function invertLowerParallel(l: Float64Array, n: number, scratch = new Scratch()): Float64Array {
+  const x = shared(Float64Array, n * n);
+  for (let i = 0; i < n; i++) x[i * n + i] = 1;
+  const xt = new Scratch();
+  for (let k0 = 0; k0 < n; k0 += BLOCK) {
+    const k1 = Math.min(n, k0 + BLOCK);
+    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far)
+    for (let i = k0; i < k1; i++) {
+      const ri = i * n;
+      for (let t = k0; t < i; t++) {
+        const c = l[ri + t];
+        const rt = t * n;
+        for (let m = 0; m <= t; m++) x[ri + m] -= c * x[rt + m];
+      }
+      const inv = 1 / l[ri + i];
+      for (let m = 0; m <= i; m++) x[ri + m] *= inv;
+    }
+    if (k1 === n) break;
+    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1]
+    const nb = k1 - k0;
+    const kp = padK(nb);
+    const a = pack(l, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+    const b = xt.get(k1 * kp);
+    for (let m = 0; m < k1; m++) {
+      for (let t = 0; t < nb; t++) b[m * kp + t] = x[(k0 + t) * n + m];
+      b.fill(0, m * kp + nb, (m + 1) * kp);
+    }
+    update({
+      c: x,
+      cOff: k1 * n,
+      cStride: n,
+      a,
+      b,
+      m: n - k1,
+      n: k1,
+      kp,
+      alpha: -1,
+      beta: 1,
+      triangle: "all",
+      single: false,
+    });
+  }
+  return x;
+}
+
+/** linalg.ts's upperCholeskyOfInverse (U = J L^-1 J with J H J = L L^T) on every core. */
+export function upperCholeskyOfInverseParallel(h: Float64Array, n: number): Float64Array | undefined {
+  const r = shared(Float64Array, n * n);
+  for (let i = 0; i < n; i++) {
+    const src = (n - 1 - i) * n + (n - 1);
+    const dst = i * n;
+    for (let j = 0; j <= i; j++) r[dst + j] = h[src - j];
+  }
+  const scratch = new Scratch();
+  if (!choleskyLowerParallel(r, n, scratch)) return undefined;
+  const x = invertLowerParallel(r, n, scratch);
+  const u = new Float64Array(n * n);
+  for (let a = 0; a < n; a++) {
+    const src = (n - 1 - a) * n + (n - 1);
+    const dst = a * n;
+    for (let b = 0; b < n; b++) u[dst + b] = x[src - b];
+  }
+  return u;
+}
+
+/** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */
+export function parallelGptqSteps() {
+  const ut = new Scratch();
+  const et = new Scratch();
+  return {
+    upperCholeskyOfInverse: upperCholeskyOfInverseParallel,
+    workspace(w: Float32Array): Float32Array {
+      const copy = shared(Float32Array, w.length);
+      copy.set(w);
+      return copy;
+    },
+    lazyUpdate(
+      w: Float32Array,
+      err: Float32Array,
+      U: Float64Array,
+      N: number,
+      K: number,
+      i1: number,
+      i2: number,
+    ): void {
+      const count = i2 - i1;
+      const cp = padK(count);
+      const a = ut.get((K - i2) * cp);
+      for (let j = i2; j < K; j++) {
+        const o = (j - i2) * cp;
+        for (let t = 0; t < count; t++) a[o + t] = U[(i1 + t) * K + j];
+        a.fill(0, o + count, o + cp);
+      }
+      const b = et.get(N * cp);
+      for (let n = 0; n < N; n++) b.fill(0, n * cp + count, (n + 1) * cp);
+      for (let t = 0; t < count; t++) {
+        const e = t * N;
+        for (let n = 0; n < N; n++) b[n * cp + t] = err[e + n];
+      }
+      // float32 products, as AutoGPTQ's fp32 update of W
+      update({
+        c: w,
+        cOff: i2 * N,
+        cStride: N,
+        a,
+        b,
+        m: K - i2,
+        n: N,
+        kp: cp,
+        alpha: -1,
+        beta: 1,
+        triangle: "all",
+        single: true,
+      });
+    },
+  };
+}
+
+/** M H (quant/relative-error.ts's TimesHessian) on every core, float64. */
+export function timesHessianParallel(
+  m: Float64Array,
+  rows: number,
+  H: Float64Array,
+  K: number,
+): Float64Array {
+  const kp = padK(K);
+  const scratch = new Scratch();
+  const a = pack(m, K, 0, rows, 0, K, shared(Float64Array, rows * kp), kp);
+  const b = pack(H, K, 0, K, 0, K, scratch.get(K * kp), kp);
+  const out = shared(Float64Array, rows * K);
+  const [alpha, beta, triangle, single] = [1, 1, "all" as const, false];
+  update({ c: out, cOff: 0, cStride: K, a, b, m: rows, n: K, kp, alpha, beta, triangle, single });
+  return out;
+}
+
+/** Below this many multiply-adds a product stays on the calling thread: waking the workers costs ~0.1 ms. */
+const PARALLEL_MACS = 1 << 22;
+
+/** w itself when it is in shared memory, else a shared copy. */
+export function toShared(w: Float32Array): Float32Array {
+  if (w.buffer instanceof SharedArrayBuffer) return w;
+  const copy = shared(Float32Array, w.length);
+  copy.set(w);
+  return copy;
+}
+
+/**
+ * x W^T (x rows x K, w N x K in shared memory) with the output columns split over the thread pool, or
+ * undefined when the product is too small to share or there is one thread.
+ */
+export function parallelGemmNT(
+  x: Float32Array,
+  rows: number,
+  w: Float32Array,
+  N: number,
+  K: number,
+): Float32Array | undefined {
+  if (rows * K * N < PARALLEL_MACS || !wasmGemm()) return undefined;
+  const pool = threadPool();
+  if (pool.threads === 1 || !(w.buffer instanceof SharedArrayBuffer)) return undefined;
+  const xs = toShared(x.subarray(0, rows * K));
+  const out = shared(Float32Array, rows * N);
+  const cols = Math.max(8, Math.ceil(N / (8 * pool.threads)) * 2);
+  pool.run("dense", { x: xs, w, out, rows, K, N, cols }, Math.ceil(N / cols));
+  return out;
+}
+
+/** Whether the parallel kernels can run here (they need WebAssembly SIMD). */
+export function parallelDenseAvailable(): boolean {
+  return wasmGemm() !== null;
+}

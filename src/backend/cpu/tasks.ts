@@ -1,0 +1,114 @@
+/**
+ * The parts of parallel jobs, run on any thread of a ThreadPool: each part copies what it needs into its
+ * thread's WebAssembly memory, runs a kernel there and writes its own slice of a shared output.
+ */
+import { gemmNT } from "./gemm.js";
+import { WasmGemm, wasmGemm } from "./wasm-gemm.js";
+
+/** Rows of output per part: small enough to balance two to a few dozen threads, large enough to amortise. */
+export const UPDATE_STRIP = 16;
+
+function kernels(): WasmGemm {
+  const k = wasmGemm();
+  if (!k) throw new Error("WebAssembly SIMD is unavailable on this thread");
+  return k;
+}
+
+/** Makes the module's memory at least `bytes` long. */
+function reserve(k: WasmGemm, bytes: number): void {
+  const have = k.memory.buffer.byteLength;
+  if (have < bytes) k.memory.grow(Math.ceil((bytes - have) / 65536));
+}
+
+/** the job whose `b` operand this thread last copied into its memory */
+let copiedJob = -1;
+
+/**
+ * C = beta C + alpha A B^T over a triangle or all of C: the one dense step of the Hessian (a symmetric
+ * rank-k update), the blocked Cholesky factorisation and triangular inverse, and GPTQ's lazy updates.
+ * Products are float64, or float32 where `single` (2.5x the speed: the Hessian's and the lazy updates'
+ * float32 products are what AutoGPTQ computes); entries outside the triangle are not touched.
+ */
+export interface UpdateArgs {
+  /** C[i, j] at c[cOff + i * cStride + j], i < m, j < n */
+  c: Float32Array | Float64Array;
+  cOff: number;
+  cStride: number;
+  /** m x kp and n x kp row-major, kp a multiple of 4 (zero padding) */
+  a: Float64Array;
+  b: Float64Array;
+  m: number;
+  n: number;
+  kp: number;
+  alpha: number;
+  beta: number;
+  /** which entries: all, j >= i (upper) or j <= i (lower) */
+  triangle: "all" | "upper" | "lower";
+  single: boolean;
+  /** distinct per job, so each thread copies `b` once per job */
+  job: number;
+}
+
+/** Part s: rows i0 = s * UPDATE_STRIP .. of C. */
+function updatePart(u: UpdateArgs, s: number): void {
+  const { c, cOff, cStride, a, b, m, n, kp, alpha, beta, triangle, single } = u;
+  const k = kernels();
+  const i0 = s * UPDATE_STRIP;
+  const rows = Math.min(UPDATE_STRIP, m - i0);
+  const rowsPad = Math.ceil(rows / 4) * 4;
+  // columns this strip needs: the kernel works in pairs of columns
+  const j0 = triangle === "upper" ? i0 & ~1 : 0;
+  const j1 = triangle === "lower" ? Math.min(n, i0 + rows) : n;
+  if (j1 <= j0) return;
+  const cols = Math.ceil((j1 - j0) / 2) * 2;
+  const nPad = Math.ceil(n / 2) * 2;
+  const bytes = single ? 4 : 8;
+  const aAt = nPad * kp;
+  const outAt = aAt + rowsPad * kp;
+  reserve(k, bytes * (outAt + rowsPad * cols));
+  const heap = single ? new Float32Array(k.memory.buffer) : new Float64Array(k.memory.buffer);
+  if (copiedJob !== u.job) {
+    heap.set(b.subarray(0, n * kp));
+    heap.fill(0, n * kp, nPad * kp);
+    copiedJob = u.job;
+  }
+  heap.set(a.subarray(i0 * kp, (i0 + rows) * kp), aAt);
+  heap.fill(0, aAt + rows * kp, outAt);
+  const kernel = single ? k.gemm : k.gemm64;
+  const B = bytes;
+  kernel(B * aAt, B * kp, rowsPad, B * j0 * kp, B * kp, cols, B * kp, B * outAt, B * cols);
+  for (let i = i0; i < i0 + rows; i++) {
+    const from = triangle === "upper" ? i : 0;
+    const to = triangle === "lower" ? i + 1 : n;
+    const r = cOff + i * cStride;
+    const o = outAt + (i - i0) * cols - j0;
+    if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * heap[o + j];
+    else for (let j = from; j < to; j++) c[r + j] = beta * c[r + j] + alpha * heap[o + j];
+  }
+}
+
+export interface DenseArgs {
+  /** rows x K, N x K and rows x N */
+  x: Float32Array;
+  w: Float32Array;
+  out: Float32Array;
+  rows: number;
+  K: number;
+  N: number;
+  /** output columns per part */
+  cols: number;
+}
+
+/** Part s: output columns s * cols .. of x W^T. */
+function densePart(a: DenseArgs, s: number): void {
+  const { x, w, out, rows, K, N, cols } = a;
+  const n0 = s * cols;
+  const nc = Math.min(cols, N - n0);
+  const tile = new Float32Array(rows * nc);
+  gemmNT(x, 0, K, rows, w.subarray(n0 * K, (n0 + nc) * K), K, nc, K, tile, false);
+  for (let r = 0; r < rows; r++) out.set(tile.subarray(r * nc, (r + 1) * nc), r * N + n0);
+}
+
+export const TASKS = { update: updatePart, dense: densePart };
+export type TaskName = keyof typeof TASKS;
+export type TaskArgs<T extends TaskName> = Parameters<(typeof TASKS)[T]>[0];

@@ -1,0 +1,141 @@
+/** The dense steps on the thread pool against the serial code they replace. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  ParallelHessian,
+  parallelGemmNT,
+  parallelGptqSteps,
+  upperCholeskyOfInverseParallel,
+} from "../../../src/backend/cpu/dense.js";
+import { setThreads, shared, threadPool } from "../../../src/backend/cpu/pool.js";
+import { HessianAccumulator, gptqQuantize } from "../../../src/quant/index.js";
+import { cpuGptqBackend } from "../../../src/quant/gptq.js";
+import { upperCholeskyOfInverse } from "../../../src/tensor/linalg.js";
+import { availableParallelism } from "node:os";
+
+function randn(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const u = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  return Float32Array.from({ length: n }, () => u() + u() + u() - 1.5);
+}
+
+/** largest |a - b| relative to the largest |a| */
+function relDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(a[i]));
+  }
+  return d / m;
+}
+
+/** runs fn with 3 threads (more workers than parts of some jobs, and than cores here), then restores */
+function withThreads(n: number, fn: () => void): void {
+  setThreads(n);
+  try {
+    fn();
+  } finally {
+    setThreads(availableParallelism());
+  }
+}
+
+const K = 301; // crosses the 128-column blocks, odd, not a multiple of 4
+
+test("ParallelHessian accumulates what HessianAccumulator does up to float32 rounding (odd batches, odd K)", () => {
+  withThreads(3, () => {
+    assert.equal(threadPool().threads, 3);
+    const x = randn(777 * K, 1);
+    const a = new HessianAccumulator(K);
+    const b = new ParallelHessian(K);
+    for (const [r0, r1] of [
+      [0, 5],
+      [5, 300],
+      [300, 777],
+    ]) {
+      a.add(x.subarray(r0 * K, r1 * K), r1 - r0);
+      b.add(x.subarray(r0 * K, r1 * K), r1 - r0);
+    }
+    assert.equal(b.nsamples, 777);
+    // float32 products per panel of rows, summed in float64
+    assert.ok(relDiff(a.H, b.H) < 1e-6, `${relDiff(a.H, b.H)}`);
+  });
+});
+
+test("upperCholeskyOfInverseParallel matches the serial factor, and refuses a singular matrix", () => {
+  const acc = new HessianAccumulator(K);
+  acc.add(randn(400 * K, 2), 400);
+  const h = Float64Array.from(acc.H);
+  for (let i = 0; i < K; i++) h[i * K + i] += 0.01;
+  const u = upperCholeskyOfInverseParallel(h, K);
+  assert.ok(u);
+  assert.ok(relDiff(upperCholeskyOfInverse(h, K)!, u) < 1e-10);
+  // rank 100 < K: positive semi-definite only
+  const low = new HessianAccumulator(K);
+  low.add(randn(100 * K, 3), 100);
+  assert.equal(upperCholeskyOfInverseParallel(low.H, K), undefined);
+});
+
+test("GPTQ with the parallel steps: the serial codes up to rounding-boundary flips, the same loss", () => {
+  const N = 130;
+  const acc = new HessianAccumulator(K);
+  acc.add(randn(600 * K, 4), 600);
+  const W = randn(N * K, 5);
+  for (const opts of [
+    { bits: 4 as const, groupSize: 64, sym: true, descAct: true },
+    { bits: 3 as const, groupSize: -1, sym: false, blockSize: 50 },
+  ]) {
+    const a = gptqQuantize(W, N, K, acc.H, opts);
+    const b = gptqQuantize(W, N, K, acc.H, { ...opts, backend: cpuGptqBackend(parallelGptqSteps()) });
+    let same = 0;
+    for (let i = 0; i < a.layer.codes.length; i++) if (a.layer.codes[i] === b.layer.codes[i]) same++;
+    assert.ok(same / a.layer.codes.length > 0.999, `${same} of ${a.layer.codes.length}`);
+    assert.ok(Math.abs(a.loss - b.loss) < 1e-4 * a.loss, `${a.loss} vs ${b.loss}`);
+    assert.deepEqual([...a.layer.gIdx], [...b.layer.gIdx]);
+  }
+});
+
+test("parallelGemmNT splits x W^T over the pool (float64 reference), and leaves small products alone", () => {
+  withThreads(3, () => {
+    const [rows, k, N] = [70, 257, 300];
+    const x = randn(rows * k, 6);
+    const w = shared(Float32Array, N * k);
+    w.set(randn(N * k, 7));
+    const y = parallelGemmNT(x, rows, w, N, k);
+    assert.ok(y);
+    const ref = new Float64Array(rows * N);
+    for (let r = 0; r < rows; r++)
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let i = 0; i < k; i++) s += x[r * k + i] * w[n * k + i];
+        ref[r * N + n] = s;
+      }
+    assert.ok(relDiff(ref, y) < 1e-5);
+    assert.equal(parallelGemmNT(x, 1, w, N, k), undefined);
+  });
+});
+
+test("a failing part reports the worker's error and the pool keeps working", () => {
+  withThreads(2, () => {
+    // no output array: every part throws, on this thread and on the worker
+    const bad = {
+      c: null as unknown as Float64Array,
+      cOff: 0,
+      cStride: 2,
+      a: new Float64Array(128),
+      b: new Float64Array(4),
+    };
+    assert.throws(
+      () =>
+        threadPool().run(
+          "update",
+          { ...bad, m: 64, n: 2, kp: 2, alpha: 1, beta: 1, triangle: "all", single: false, job: -2 },
+          4,
+        ),
+      /null|undefined/,
+    );
+    const h = new ParallelHessian(8);
+    h.add(randn(8 * 3, 8), 3);
+    assert.equal(h.nsamples, 3);
+  });
+});
