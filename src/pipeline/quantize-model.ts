@@ -50,6 +50,34 @@ export interface PipelineOptions {
 }
 
 /**
+ * Calibration tokens per input feature a data-hungry option needs: below it, a projection group's
+ * least-squares fit (fp-target's W*, refine's scale refits) follows the sample rather than the model, and
+ * the group runs without the option (LinearReport.fallback says so). Measured in BENCHMARKS.md.
+ */
+export const TOKENS_PER_INPUT: Readonly<Record<"fpTarget" | "refine", number>> = { fpTarget: 8, refine: 2 };
+
+/** The data-hungry options a group of `K` inputs can use with `tokens` calibration tokens, and why not the rest. */
+export function dataSupports(
+  opts: PipelineOptions,
+  K: number,
+  tokens: number,
+): { fpTarget: boolean; refine: number; fallback?: string } {
+  const off: string[] = [];
+  const enough = (o: keyof typeof TOKENS_PER_INPUT, flag: string) => {
+    const ok = tokens >= TOKENS_PER_INPUT[o] * K;
+    if (!ok) off.push(`${flag} (needs ${TOKENS_PER_INPUT[o] * K} tokens)`);
+    return ok;
+  };
+  const fpTarget = !!opts.fpTarget && enough("fpTarget", "fp-target");
+  const refine = opts.refine && enough("refine", "refine") ? opts.refine : 0;
+  return {
+    fpTarget,
+    refine,
+    fallback: off.length ? `${tokens} calibration tokens: no ${off.join(", no ")}` : undefined,
+  };
+}
+
+/**
  * The true-sequential groups of one decoder layer, in order; each group shares one input (one Hessian)
  * and sits in the attention or the MLP half of the layer.
  */
@@ -77,6 +105,8 @@ export interface LinearReport {
   loss?: number;
   /** dampening used, when raised above the requested one */
   damp?: number;
+  /** the data-hungry options switched off for lack of calibration tokens, and why (see dataSupports) */
+  fallback?: string;
   seconds: number;
 }
 
@@ -234,7 +264,9 @@ export function quantizeModel(
   let mid: Float32Array[] = [];
   let hsF: Float32Array[] = opts.fpTarget ? hs : [];
   let midF: Float32Array[] = [];
+  let nextF: Float32Array[] = [];
   const T = (s: number) => calibration![s].length;
+  const tokens = calibrated ? calibration.reduce((n, s) => n + s.length, 0) : 0;
 
   for (let li = 0; li < L; li++) {
     const layer = model.layer(li);
@@ -249,31 +281,48 @@ export function quantizeModel(
         Object.assign(layer.linears, saved);
       }
     };
-    for (const group of SEQUENTIAL_GROUPS) {
+    /**
+     * The fp path's input of a group for sequence s. A group that closes its half of the layer (o_proj,
+     * down_proj) runs the whole fp half-block once, its input captured on the way and its output kept
+     * (midF, nextF): the fp model's weights never change, so nothing is computed twice.
+     */
+    const fpInputOf = (gi: number, s: number): Float32Array => {
+      const { linears, block } = SEQUENTIAL_GROUPS[gi];
+      const mlp = block === "mlp";
+      const h = mlp ? midF[s] : hsF[s];
+      if (SEQUENTIAL_GROUPS[gi + 1]?.block === block)
+        return asFp(() => inputOf(layer, h, T(s), mlp, linears[0]));
+      let x: Float32Array | undefined;
+      const capture = (n: string, input: Float32Array, rows: number) => {
+        if (n === linears[0]) x = input.slice(0, rows * layer.linears[linears[0]].inFeatures);
+      };
+      (mlp ? nextF : midF)[s] = asFp(() =>
+        mlp ? layer.mlpBlock(h, T(s), capture) : layer.attentionBlock(h, T(s), capture),
+      );
+      return x!;
+    };
+    for (const [gi, group] of SEQUENTIAL_GROUPS.entries()) {
       let H: Float64Array | undefined;
       let C: Float64Array | undefined;
+      const first = group.linears[0];
+      const K = layer.linears[first].inFeatures;
+      const fits = calibrated ? dataSupports(opts, K, tokens) : { fpTarget: false, refine: opts.refine ?? 0 };
       if (calibrated) {
         if (group.block === "mlp" && !mid.length) {
           progress(li, "attention outputs");
           mid = hs.map((h, s) => layer.attentionBlock(h, T(s)));
-          if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
+          if (opts.fpTarget && !midF.length)
+            midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
           done++;
         }
         progress(li, group.linears.join("/"));
-        const first = group.linears[0];
-        const K = layer.linears[first].inFeatures;
         const acc = compute.hessian(K);
-        const cross = opts.fpTarget ? new CrossAccumulator(K) : undefined;
+        const cross = fits.fpTarget ? new CrossAccumulator(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
           const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), mlp, first);
           acc.add(xq, T(s));
-          if (cross)
-            cross.add(
-              asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), mlp, first)),
-              xq,
-              T(s),
-            );
+          if (cross) cross.add(fpInputOf(gi, s), xq, T(s));
         }
         H = acc.H;
         acc.dispose?.();
@@ -283,9 +332,9 @@ export function quantizeModel(
         const t1 = Date.now();
         const prefix = layer.linearPrefix(name);
         const dense = denseOf(layer.linears[name], prefix);
-        const { outFeatures: N, inFeatures: K } = dense;
+        const { outFeatures: N } = dense;
         const W = C && H ? fpTargetWeights(dense.weight, N, K, C, H, opts.damp) : dense.weight;
-        const r = quantizeOne(W, N, K, H, opts, compute.gptq);
+        const r = quantizeOne(W, N, K, H, { ...opts, refine: fits.refine }, compute.gptq);
         if (dense.bias) r.layer.bias = dense.bias;
         if (keep) keep(prefix, r.layer);
         else layers.set(prefix, r.layer);
@@ -300,6 +349,7 @@ export function quantizeModel(
           relErrorOf: H ? "outputs" : "weights",
           loss: r.loss,
           damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,
+          fallback: fits.fallback,
           seconds: (Date.now() - t1) / 1000,
         };
         reports.push(report);
@@ -312,8 +362,9 @@ export function quantizeModel(
       // The next layer calibrates on this layer's outputs with its weights already quantized.
       hs = mid.map((h, s) => layer.mlpBlock(h, T(s)));
       mid = [];
-      if (opts.fpTarget) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
+      if (opts.fpTarget) hsF = nextF.length ? nextF : asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
       midF = [];
+      nextF = [];
       done++;
     }
   }
