@@ -135,6 +135,8 @@ export async function runDemo(
         modelDir: fp,
         outDir: out,
         options: { method: "gptq", ...SCHEME, damp: 0.01, clip: "minmax", ...over },
+        // plain GPTQ, plus only what each variant names
+        preset: "fast",
         calib: { file: tokens },
         format: "gptq",
         pad: "auto",
