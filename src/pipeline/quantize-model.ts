@@ -51,10 +51,12 @@ export interface PipelineOptions {
 
 /**
  * Calibration tokens per input feature a data-hungry option needs: below it, a projection group's
- * least-squares fit (fp-target's W*, refine's scale refits) follows the sample rather than the model, and
- * the group runs without the option (LinearReport.fallback says so). Measured in BENCHMARKS.md.
+ * least-squares fit follows the sample rather than the model, and the group runs without the option
+ * (LinearReport.fallback says so). fp-target's W* (K x K unknowns per row's fit) hurt stories260K at 16
+ * tokens per input and helped from 32 (BENCHMARKS.md, "Quality presets"); refine fits only K / group
+ * scales per row but on H, which is rank-deficient below 1 token per input.
  */
-export const TOKENS_PER_INPUT: Readonly<Record<"fpTarget" | "refine", number>> = { fpTarget: 8, refine: 2 };
+export const TOKENS_PER_INPUT: Readonly<Record<"fpTarget" | "refine", number>> = { fpTarget: 32, refine: 2 };
 
 /** The data-hungry options a group of `K` inputs can use with `tokens` calibration tokens, and why not the rest. */
 export function dataSupports(

@@ -14,8 +14,8 @@ after(() => rmSync(root, { recursive: true, force: true }));
 const fp = join(root, "fp");
 writeSyntheticLlama(fp, TINY_SPEC);
 const tokens = join(root, "tokens.safetensors");
-// 8 x 40 = 320 tokens: enough for fp-target on the 32-input projections, not on down_proj's 48 inputs
-writeTokenFile(tokens, { calibration_tokens: syntheticTokens(TINY_SPEC, 8, 40, 1) });
+// 8 x 160 = 1280 tokens: enough for fp-target on the 32-input projections, not on down_proj's 48 inputs
+writeTokenFile(tokens, { calibration_tokens: syntheticTokens(TINY_SPEC, 8, 160, 1) });
 const SCHEME = ["--bits", "4", "--group-size", "16", "--calib", tokens];
 
 test("quantize with no quality flags runs the balanced preset and names its fallbacks in text and JSON", () => {
@@ -25,7 +25,7 @@ test("quantize with no quality flags runs the balanced preset and names its fall
   assert.equal(lines[0], "preset: balanced");
   assert.equal(
     lines[1],
-    "fallback: down_proj in layer 0: 320 calibration tokens: no fp-target (needs 384 tokens)",
+    "fallback: down_proj in layer 0: 1280 calibration tokens: no fp-target (needs 1536 tokens)",
   );
   assert.match(
     lines[2],
@@ -41,11 +41,11 @@ test("quantize with no quality flags runs the balanced preset and names its fall
   assert.equal(res.preset, "balanced");
   assert.deepEqual(res.overridden, []);
   assert.deepEqual(res.fallbacks, [
-    "down_proj in layer 0: 320 calibration tokens: no fp-target (needs 384 tokens)",
+    "down_proj in layer 0: 1280 calibration tokens: no fp-target (needs 1536 tokens)",
   ]);
   assert.equal(res.options.fpTarget, true);
   const down = res.reports.find((r: { linear: string }) => r.linear === "down_proj");
-  assert.equal(down.fallback, "320 calibration tokens: no fp-target (needs 384 tokens)");
+  assert.equal(down.fallback, "1280 calibration tokens: no fp-target (needs 1536 tokens)");
   // the same run, the same weights
   assert.deepEqual(
     readFileSync(join(root, "bj", "model.safetensors")),

@@ -55,13 +55,13 @@ test("data-hungry options fall back per projection group when calibration tokens
     const run = (opts: PipelineOptions, calib: Int32Array[]) =>
       quantizeModel(LlamaModel.load(dir), calib, opts);
     const asked: PipelineOptions = { ...PLAIN_GPTQ, groupSize: 16, fpTarget: true, refine: 1 };
-    // 8 x 40 = 320 tokens: fp-target fits the 32-input projections (256 needed) but not down_proj's 48
-    // inputs (384 needed); refine fits all of them (64 and 96 needed)
-    assert.deepEqual([TOKENS_PER_INPUT.fpTarget, TOKENS_PER_INPUT.refine], [8, 2]);
-    const some = run(asked, syntheticTokens(TINY_SPEC, 8, 40, 1));
+    // 8 x 160 = 1280 tokens: fp-target fits the 32-input projections (1024 needed) but not down_proj's 48
+    // inputs (1536 needed); refine fits all of them (64 and 96 needed)
+    assert.deepEqual([TOKENS_PER_INPUT.fpTarget, TOKENS_PER_INPUT.refine], [32, 2]);
+    const some = run(asked, syntheticTokens(TINY_SPEC, 8, 160, 1));
     for (const r of some.reports)
       if (r.linear === "down_proj")
-        assert.equal(r.fallback, "320 calibration tokens: no fp-target (needs 384 tokens)");
+        assert.equal(r.fallback, "1280 calibration tokens: no fp-target (needs 1536 tokens)");
       else assert.equal(r.fallback, undefined, r.name);
 
     // 2 x 16 = 32 tokens: every data-hungry option off everywhere, so the result is plain GPTQ's
@@ -70,7 +70,7 @@ test("data-hungry options fall back per projection group when calibration tokens
     const plain = run({ ...asked, fpTarget: false, refine: 0 }, few);
     assert.equal(
       none.reports.find((r) => r.linear === "q_proj")!.fallback,
-      "32 calibration tokens: no fp-target (needs 256 tokens), no refine (needs 64 tokens)",
+      "32 calibration tokens: no fp-target (needs 1024 tokens), no refine (needs 64 tokens)",
     );
     for (const [name, layer] of plain.layers) {
       assert.deepEqual(none.layers.get(name)!.codes, layer.codes, name);

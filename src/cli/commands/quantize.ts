@@ -3,7 +3,7 @@ import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
 import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-checkpoint.js";
-import { LinearReport, PipelineEvent } from "../../pipeline/quantize-model.js";
+import { LinearReport, PipelineEvent, TOKENS_PER_INPUT } from "../../pipeline/quantize-model.js";
 import { DEFAULT_CALIB_KEY } from "../../pipeline/calibration.js";
 import { Bits } from "../../formats/types.js";
 import { RuntimeSummary } from "../../pipeline/runtimes.js";
@@ -41,7 +41,7 @@ ${PRESET_NAMES.map((p) => `                          ${p.padEnd(9)} ${QUALITY_PR
   --fp-target           aim each projection at the unquantized model's outputs: quantize the least-squares
                         weights for the drifted inputs (runs the fp model alongside)
   --no-fp-target, --no-fresh-groups, --no-split-range   turn the option off
-                        fp-target and refine need calibration tokens: 8 and 2 per input feature of a
+                        fp-target and refine need calibration tokens: ${TOKENS_PER_INPUT.fpTarget} and ${TOKENS_PER_INPUT.refine} per input feature of a
                         projection; with fewer, that projection runs without them and the summary says so
   --calib FILE          calibration data: a .safetensors token file ([n, seqlen] int ids) or a text file
                         tokenized with <model-dir>/tokenizer.json
