@@ -4,7 +4,8 @@
  * choice, or the synthetic Llama (LLM-like statistics) at two sizes. Perplexity of the dequantized model
  * on the evaluation tokens; time and CPU time of the layer-by-layer pipeline alone.
  *   node dist/bench/presets-quality.js MODEL SEED [method ...]
- * MODEL: stories | syn-small | syn-large; SEED: calibration tokens use seed 2 x SEED, evaluation 2 x SEED + 1.
+ * MODEL: stories | syn-small | syn-large; SEED: calibration tokens use seed 2 x SEED, evaluation 2 x SEED + 1
+ * (stories with SEED 0: the calibration and evaluation tokens shipped in stories260K-eval.safetensors).
  * Methods: the presets (fast, balanced, best) and the mixes in MIXES (default: the presets).
  * CONFIGS=0,2 picks configurations by index; GPTQ_SHARED_DIR points at the reference data.
  */
@@ -82,8 +83,11 @@ const shape =
     ? { calib: 128, eval: 64, seqlen: 256, bos: 1 }
     : { calib: 128, eval: 32, seqlen: 128, bos: 0 };
 const fp = LlamaModel.load(dir);
-// sampled once per model and seed, then read back
-const tokenFile = join(tmpdir(), `gptq-presets-tokens-${modelName}-${seed}.safetensors`);
+// sampled once per model and seed, then read back; stories seed 0: the tokens shipped with the model
+const tokenFile =
+  modelName === "stories" && seed === 0
+    ? sharedPath("models", "stories260K-eval.safetensors")
+    : join(tmpdir(), `gptq-presets-tokens-${modelName}-${seed}.safetensors`);
 if (!existsSync(tokenFile)) {
   const sampled = {
     calibration_tokens: sampleTokens(fp, shape.calib, shape.seqlen, 2 * seed, shape.bos),
