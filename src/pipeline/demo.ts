@@ -114,7 +114,8 @@ export async function runDemo(
     const tokens = join(dir, "tokens.safetensors");
     const sample = tokenSampler(LlamaModel.load(fp));
     const evalSeqs = sample(16, 64, 2);
-    writeTokenFile(tokens, { calibration_tokens: sample(32, 64, 1), evaluation_tokens: evalSeqs });
+    // 64 x 64 tokens: 32 per input of the 128-input projections, what fp-target needs (TOKENS_PER_INPUT)
+    writeTokenFile(tokens, { calibration_tokens: sample(64, 64, 1), evaluation_tokens: evalSeqs });
     const { hiddenSize: H, intermediateSize: I, numLayers: L } = DEMO_SPEC;
     log(
       `synthetic Llama: hidden ${H}, intermediate ${I}, ${L} layers, heavy weight columns, outlier channels`,
