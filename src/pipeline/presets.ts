@@ -26,7 +26,7 @@ export const QUALITY_PRESETS: Record<QualityPreset, { summary: string; options: 
     options: { clip: "hessian", fpTarget: true, splitRange: true, freshGroups: true, refine: 0 },
   },
   best: {
-    summary: "balanced plus 2 rounds of scale refits (about 3-4x fast)",
+    summary: "balanced plus 2 rounds of least-squares scale refits (about 2x fast)",
     options: { clip: "hessian", fpTarget: true, splitRange: true, freshGroups: true, refine: 2 },
   },
 };
