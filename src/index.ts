@@ -44,6 +44,12 @@ export * from "./quant/index.js";
 
 // pipeline: calibration, the layer-by-layer driver, checkpoint in -> quantized checkpoint out
 export { quantizeCheckpoint } from "./pipeline/quantize-checkpoint.js";
+export type { QuantizeRequest, QuantizeResult } from "./pipeline/quantize-checkpoint.js";
+// quality presets: quantizeCheckpoint's `preset` (default balanced), or resolveQuality for quantizeModel
+export { QUALITY_PRESETS, DEFAULT_PRESET, PRESET_NAMES, resolveQuality } from "./pipeline/presets.js";
+export type { QualityPreset, QualityOptions, QuantizeOptions } from "./pipeline/presets.js";
+export { quantizeModel, TOKENS_PER_INPUT } from "./pipeline/quantize-model.js";
+export type { PipelineOptions } from "./pipeline/quantize-model.js";
 
 // model: Llama-family forward, perplexity, padding plans, tokenizer
 export { DecoderModel, DecoderLayer } from "./model/decoder.js";

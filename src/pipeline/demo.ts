@@ -114,7 +114,8 @@ export async function runDemo(
     const tokens = join(dir, "tokens.safetensors");
     const sample = tokenSampler(DecoderModel.load(fp));
     const evalSeqs = sample(16, 64, 2);
-    writeTokenFile(tokens, { calibration_tokens: sample(32, 64, 1), evaluation_tokens: evalSeqs });
+    // 64 x 64 tokens: 32 per input of the 128-input projections, what fp-target needs (TOKENS_PER_INPUT)
+    writeTokenFile(tokens, { calibration_tokens: sample(64, 64, 1), evaluation_tokens: evalSeqs });
     const { hiddenSize: H, intermediateSize: I, numLayers: L } = DEMO_SPEC;
     log(
       `synthetic Llama: hidden ${H}, intermediate ${I}, ${L} layers, heavy weight columns, outlier channels`,
@@ -135,6 +136,8 @@ export async function runDemo(
         modelDir: fp,
         outDir: out,
         options: { method: "gptq", ...SCHEME, damp: 0.01, clip: "minmax", ...over },
+        // plain GPTQ, plus only what each variant names
+        preset: "fast",
         calib: { file: tokens },
         format: "gptq",
         pad: "auto",

@@ -31,6 +31,7 @@ import {
   PipelineResult,
   quantizeModel,
 } from "./quantize-model.js";
+import { QualityOptions, QualityPreset, QuantizeOptions, resolveQuality } from "./presets.js";
 import {
   FormatChoice,
   PackedLayers,
@@ -41,7 +42,10 @@ import {
 export interface QuantizeRequest {
   modelDir: string;
   outDir: string;
-  options: PipelineOptions;
+  /** the scheme, and any quality options that replace the preset's */
+  options: QuantizeOptions;
+  /** fills in the quality options `options` leaves out (default "balanced"; see QUALITY_PRESETS) */
+  preset?: QualityPreset;
   /**
    * where Hessians and GPTQ run: "cuda" (refused before any work without a GPU), "cpu", or "auto" (the GPU
    * when one is found); default "cpu"
@@ -57,6 +61,13 @@ export interface QuantizeRequest {
 export interface QuantizeResult {
   modelDir: string;
   out: string;
+  preset: QualityPreset;
+  /** quality options given explicitly, in place of the preset's */
+  overridden: (keyof QualityOptions)[];
+  /** the options the pipeline ran with */
+  options: PipelineOptions;
+  /** per projection and layers: data-hungry options switched off for lack of calibration tokens */
+  fallbacks: string[];
   format: CheckpointFormat;
   formatNote?: string;
   pad?: PadPlan;
@@ -97,7 +108,7 @@ export async function quantizeCheckpoint(
   onEvent: (e: QuantizeEvent) => void = () => {},
 ): Promise<QuantizeResult> {
   const t0 = Date.now();
-  const o = req.options;
+  const { options: o, preset, overridden } = resolveQuality(req.options, req.preset);
   const config = readModelConfig(req.modelDir);
   const store = TensorStore.open(req.modelDir);
   /** which projections the checkpoint stores (fused or not), by tensor prefix */
@@ -197,6 +208,7 @@ export async function quantizeCheckpoint(
     checkpointFormat: chosen.format,
     meta: {
       quantizer: ["gptq-ts:0.1.0"],
+      preset,
       method: o.method,
       clip: o.clip,
       ...(o.fpTarget ? { fp_target: true } : {}),
@@ -218,6 +230,10 @@ export async function quantizeCheckpoint(
   return {
     modelDir: req.modelDir,
     out: req.outDir,
+    preset,
+    overridden,
+    options: o,
+    fallbacks: fallbackLines(reports),
     format: chosen.format,
     formatNote: chosen.why,
     pad: plan,
@@ -237,6 +253,20 @@ export async function quantizeCheckpoint(
     warnings,
     runtimes: runtimeSummary(req.outDir, chosen.format, written, checkScheme, quantConfig.meta),
   };
+}
+
+/** "down_proj in layers 0..4: 1024 calibration tokens: no fp-target (needs 1376 tokens)", one per projection and reason. */
+export function fallbackLines(reports: readonly LinearReport[]): string[] {
+  const layers = new Map<string, number[]>();
+  for (const r of reports)
+    if (r.fallback) {
+      const key = `${r.linear}\0${r.fallback}`;
+      layers.set(key, [...(layers.get(key) ?? []), r.layer]);
+    }
+  return [...layers].map(([key, ls]) => {
+    const [linear, why] = key.split("\0");
+    return `${linear} in layer${ls.length > 1 ? "s" : ""} ${ls.join(", ")}: ${why}`;
+  });
 }
 
 /** Every decoder projection the pipeline quantizes, by tensor prefix, with the shape it will have. */

@@ -22,6 +22,7 @@ import { gptqSolve } from "../quant/gptq.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
 import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
+import { dataSupports } from "./quantize-model.js";
 
 /** The GPU decoder's name of the projection that computes each role. */
 const DECODER_NAME = Object.fromEntries(
@@ -93,6 +94,7 @@ export function quantizeModelOnDevice(
     });
   };
   const positions = Math.max(...calibration.map((s) => s.length));
+  const tokens = calibration.reduce((n, s) => n + s.length, 0);
   const chunks: Chunk[] = chunksOf(calibration).map((seqs) => {
     const embedded = seqs.map((s) => uploadHalfs(dev, model.embed(s)));
     const h = dev.alloc(embedded.reduce((a, e) => a + e.bytes, 0));
@@ -184,6 +186,7 @@ export function quantizeModelOnDevice(
         `${prefix} is already quantized; quantize an unquantized (fp16/bf16/fp32) checkpoint`,
       );
     const { outFeatures: N, inFeatures: K } = linear;
+    const fits = dataSupports(opts, K, tokens);
     const w = dev.upload(linear.weight);
     const h = dev.alloc(K * K * 4);
     dev.copy(h, H, K * K * 4);
@@ -201,7 +204,7 @@ export function quantizeModelOnDevice(
         damp: opts.damp,
         blockSize: opts.blockSize,
         freshGroups: opts.freshGroups,
-        refine: opts.refine,
+        refine: fits.refine,
       });
     } finally {
       problem.dispose?.();
@@ -228,6 +231,7 @@ export function quantizeModelOnDevice(
       relErrorOf: "outputs",
       loss: r.loss,
       damp: r.damp !== opts.damp ? r.damp : undefined,
+      fallback: fits.fallback,
       seconds: (Date.now() - t1) / 1000,
     };
     reports.push(report);

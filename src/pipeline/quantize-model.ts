@@ -57,6 +57,36 @@ export interface PipelineOptions {
   device?: "cpu" | "cuda";
 }
 
+/**
+ * Calibration tokens per input feature a data-hungry option needs: below it, a projection group's
+ * least-squares fit follows the sample rather than the model, and the group runs without the option
+ * (LinearReport.fallback says so). fp-target's W* (K x K unknowns per row's fit) hurt stories260K at 16
+ * tokens per input and helped from 32 (BENCHMARKS.md, "Quality presets"); refine fits only K / group
+ * scales per row but on H, which is rank-deficient below 1 token per input.
+ */
+export const TOKENS_PER_INPUT: Readonly<Record<"fpTarget" | "refine", number>> = { fpTarget: 32, refine: 2 };
+
+/** The data-hungry options a group of `K` inputs can use with `tokens` calibration tokens, and why not the rest. */
+export function dataSupports(
+  opts: PipelineOptions,
+  K: number,
+  tokens: number,
+): { fpTarget: boolean; refine: number; fallback?: string } {
+  const off: string[] = [];
+  const enough = (o: keyof typeof TOKENS_PER_INPUT, flag: string) => {
+    const ok = tokens >= TOKENS_PER_INPUT[o] * K;
+    if (!ok) off.push(`${flag} (needs ${TOKENS_PER_INPUT[o] * K} tokens)`);
+    return ok;
+  };
+  const fpTarget = !!opts.fpTarget && enough("fpTarget", "fp-target");
+  const refine = opts.refine && enough("refine", "refine") ? opts.refine : 0;
+  return {
+    fpTarget,
+    refine,
+    fallback: off.length ? `${tokens} calibration tokens: no ${off.join(", no ")}` : undefined,
+  };
+}
+
 export interface LinearReport {
   layer: number;
   /** tensor prefix, e.g. "model.layers.0.self_attn.q_proj" */
@@ -75,6 +105,8 @@ export interface LinearReport {
   loss?: number;
   /** dampening used, when raised above the requested one */
   damp?: number;
+  /** the data-hungry options switched off for lack of calibration tokens, and why (see dataSupports) */
+  fallback?: string;
   seconds: number;
 }
 
@@ -248,6 +280,7 @@ export function quantizeModel(
   let hsF: Float32Array[] = opts.fpTarget ? hs : [];
   let midF: HalfState[] = [];
   const T = (s: number) => calibration![s].length;
+  const tokens = calibrated ? calibration.reduce((n, s) => n + s.length, 0) : 0;
 
   for (let li = 0; li < L; li++) {
     const layer = model.layer(li);
@@ -266,6 +299,8 @@ export function quantizeModel(
       const names = layer.linearsFor(group.roles);
       let H: Float64Array | undefined;
       let C: Float64Array | undefined;
+      const K = layer.linears[names[0]].inFeatures;
+      const fits = calibrated ? dataSupports(opts, K, tokens) : { fpTarget: false, refine: opts.refine ?? 0 };
       if (calibrated) {
         if (group.block === "mlp" && !mid.length) {
           progress(li, "attention outputs");
@@ -275,9 +310,8 @@ export function quantizeModel(
         }
         progress(li, names.join("/"));
         const first = names[0];
-        const K = layer.linears[first].inFeatures;
         const acc = compute.hessian(K);
-        const cross = opts.fpTarget ? new CrossAccumulator(K) : undefined;
+        const cross = fits.fpTarget ? new CrossAccumulator(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
           const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
@@ -297,9 +331,9 @@ export function quantizeModel(
         const t1 = Date.now();
         const prefix = layer.linearPrefix(name);
         const dense = denseOf(layer.linears[name], prefix);
-        const { outFeatures: N, inFeatures: K } = dense;
+        const { outFeatures: N } = dense;
         const W = C && H ? fpTargetWeights(dense.weight, N, K, C, H, opts.damp) : dense.weight;
-        const r = quantizeOne(W, N, K, H, opts, compute.gptq);
+        const r = quantizeOne(W, N, K, H, { ...opts, refine: fits.refine }, compute.gptq);
         if (dense.bias) r.layer.bias = dense.bias;
         if (keep) keep(prefix, r.layer);
         else layers.set(prefix, r.layer);
@@ -316,6 +350,7 @@ export function quantizeModel(
           relErrorOf: H ? "outputs" : "weights",
           loss: r.loss,
           damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,
+          fallback: fits.fallback,
           seconds: (Date.now() - t1) / 1000,
         };
         reports.push(report);

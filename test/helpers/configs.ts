@@ -1,6 +1,7 @@
 /** Model configs the tests share. */
 import { parseModelConfig } from "../../src/model/config.js";
 import { PipelineOptions } from "../../src/pipeline/quantize-model.js";
+import { QUALITY_PRESETS } from "../../src/pipeline/presets.js";
 
 /** stories260K's shapes (hidden 64, intermediate 172, 8 heads over 4 kv heads of 8) in one layer. */
 export const STORIES_CONFIG = parseModelConfig({
@@ -14,7 +15,10 @@ export const STORIES_CONFIG = parseModelConfig({
   vocab_size: 32,
 });
 
-/** Plain GPTQ (AutoGPTQ's defaults: 4-bit, group 128, symmetric, min/max ranges); tests override a field or two. */
+/**
+ * Plain GPTQ (AutoGPTQ's defaults: 4-bit, group 128, symmetric, min/max ranges: the fast preset), every
+ * option given so no preset fills any in; tests override a field or two.
+ */
 export const PLAIN_GPTQ: PipelineOptions = {
   method: "gptq",
   bits: 4,
@@ -23,5 +27,5 @@ export const PLAIN_GPTQ: PipelineOptions = {
   descAct: false,
   staticGroups: false,
   damp: 0.01,
-  clip: "minmax",
+  ...QUALITY_PRESETS.fast.options,
 };

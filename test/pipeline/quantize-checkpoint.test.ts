@@ -15,6 +15,7 @@ import { syntheticTokens } from "../helpers/synthetic.js";
 import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
 import { QuantizeRequest, quantizeCheckpoint } from "../../src/pipeline/quantize-checkpoint.js";
 import { PackedLayers, chooseFormat } from "../../src/pipeline/write-quantized.js";
+import { PLAIN_GPTQ } from "../helpers/configs.js";
 
 // intermediate 44 is not a multiple of 8: 4-bit GPTQ packing needs it padded to 48
 const SPEC: SyntheticSpec = {
@@ -26,16 +27,7 @@ const SPEC: SyntheticSpec = {
   vocabSize: 64,
   seed: 5,
 };
-const OPTS: PipelineOptions = {
-  method: "gptq",
-  bits: 4,
-  groupSize: 16,
-  sym: false,
-  descAct: true,
-  staticGroups: false,
-  damp: 0.01,
-  clip: "minmax",
-};
+const OPTS: PipelineOptions = { ...PLAIN_GPTQ, groupSize: 16, sym: false, descAct: true };
 
 const root = mkdtempSync(join(tmpdir(), "gptq-qc-"));
 process.on("exit", () => rmSync(root, { recursive: true, force: true }));

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { HessianAccumulator } from "../../src/quant/index.js";
-import { fpTargetWeights } from "../../src/quant/fp-target.js";
+import { CrossAccumulator, fpTargetWeights } from "../../src/quant/fp-target.js";
 
 test("fpTargetWeights solves the least-squares problem min ||Xf W^T - Xq W*^T||", () => {
   const N = 3;
@@ -31,4 +31,41 @@ test("fpTargetWeights solves the least-squares problem min ||Xf W^T - Xq W*^T||"
       }
       assert.ok(Math.abs(g) < 1e-3, `gradient ${g} at (${n}, ${k})`);
     }
+});
+
+test("CrossAccumulator: C = 2/n Xf^T Xq over batches, any K (ragged 4 x 4 blocks), many row panels", () => {
+  for (const K of [7, 12]) {
+    const rows = 300; // three panels, the last one partial, in two batches
+    let seed = K;
+    const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    const Xf = Float32Array.from({ length: rows * K }, rnd);
+    const Xq = Float32Array.from({ length: rows * K }, rnd);
+    const acc = new CrossAccumulator(K);
+    acc.add(Xf.subarray(0, 100 * K), Xq.subarray(0, 100 * K), 100);
+    acc.add(Xf.subarray(100 * K), Xq.subarray(100 * K), 200);
+    for (let i = 0; i < K; i++)
+      for (let j = 0; j < K; j++) {
+        let c = 0;
+        for (let r = 0; r < rows; r++) c += Xf[r * K + i] * Xq[r * K + j];
+        c *= 2 / rows;
+        assert.ok(Math.abs(acc.C[i * K + j] - c) < 1e-9, `K ${K} C[${i}, ${j}] ${acc.C[i * K + j]} vs ${c}`);
+      }
+  }
+});
+
+test("fpTargetWeights with damping is ridge-regularised towards W: undrifted inputs give W back", () => {
+  const N = 4;
+  const K = 6;
+  const rows = 50;
+  let seed = 11;
+  const rnd = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+  // a weak input direction: column 5 barely moves, where ridge towards 0 would shrink W's weights
+  const X = Float32Array.from({ length: rows * K }, (_, i) => rnd() * (i % K === 5 ? 1e-3 : 1));
+  const W = Float32Array.from({ length: N * K }, rnd);
+  const acc = new HessianAccumulator(K);
+  acc.add(X, rows);
+  const cross = new CrossAccumulator(K);
+  cross.add(X, X, rows);
+  const Ws = fpTargetWeights(W, N, K, cross.C, acc.H, 0.1);
+  for (let i = 0; i < W.length; i++) assert.ok(Math.abs(Ws[i] - W[i]) < 1e-5, `${i}: ${Ws[i]} vs ${W[i]}`);
 });

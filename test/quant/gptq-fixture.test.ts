@@ -7,6 +7,7 @@ import { ParallelHessian, parallelGptqSteps } from "../../src/backend/cpu/dense.
 import { cpuGptqBackend } from "../../src/quant/gptq.js";
 import type { GptqOptions, GptqResult } from "../../src/quant/index.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
+import { QUALITY_PRESETS } from "../../src/pipeline/presets.js";
 import {
   AlgorithmCase,
   AlgorithmFixture,
@@ -77,6 +78,21 @@ test("fixture: every case has identical g_idx and an output error within 1 % of 
     assert.ok(same / c.Q.length > 0.9, `${c.name}: ${same} of ${c.Q.length} weights agree`);
   }
 });
+
+test(
+  "fixture: the fast preset's GPTQ options are exactly the reference-matching ones above",
+  { skip },
+  () => {
+    const { clip, splitRange, freshGroups, refine } = QUALITY_PRESETS.fast.options;
+    for (const c of load().f.cases) {
+      const fast = quantize(c, { clip, splitRange, freshGroups, refine });
+      const plain = quantize(c);
+      assert.deepEqual(fast.layer.codes, plain.layer.codes, c.name);
+      assert.deepEqual(fast.layer.scales, plain.layer.scales, c.name);
+      assert.deepEqual(fast.layer.zeros, plain.layer.zeros, c.name);
+    }
+  },
+);
 
 test("fixture: our round-to-nearest reproduces the reference's RTN error", { skip }, () => {
   const { f } = load();

@@ -12,10 +12,17 @@ import { prepareOutput } from "../output.js";
 import { ProgressBar, formatSeconds } from "../progress.js";
 import { UsageError } from "../../util/errors.js";
 import { quantizeCheckpoint, QuantizeRequest } from "../../pipeline/quantize-checkpoint.js";
-import { LinearReport, PipelineEvent } from "../../pipeline/quantize-model.js";
+import { LinearReport, PipelineEvent, TOKENS_PER_INPUT } from "../../pipeline/quantize-model.js";
 import { DEFAULT_CALIB_KEY } from "../../pipeline/calibration.js";
 import { Bits } from "../../formats/types.js";
 import { RuntimeSummary } from "../../pipeline/runtimes.js";
+import {
+  DEFAULT_PRESET,
+  PRESET_NAMES,
+  QUALITY_PRESETS,
+  QualityOptions,
+  isQualityPreset,
+} from "../../pipeline/presets.js";
 
 const USAGE = `usage: gptq quantize <model-dir> --out <dir> [options]
 
@@ -31,14 +38,20 @@ quantized projections before it, and writes a GPTQ or Marlin checkpoint.
   --static-groups       with --desc-act: fix group parameters before reordering (g_idx stays k // group)
   --damp F              dampening, fraction of the mean Hessian diagonal (default 0.01; raised if needed)
   --method M            gptq (default) or rtn (round-to-nearest, no calibration needed)
+  --preset P            ${PRESET_NAMES.map((p) => `${p}${p === DEFAULT_PRESET ? " (default)" : ""}`).join(" | ")}: the quality options below,
+${PRESET_NAMES.map((p) => `                          ${p.padEnd(9)} ${QUALITY_PRESETS[p].summary}`).join("\n")}
+                        each option below given explicitly replaces the preset's
   --mse                 search each group's scale over a shrink grid (AutoGPTQ's mse option)
-  --clip C              minmax (default) | mse (same as --mse) | hessian (grid weighted by the Hessian)
+  --clip C              minmax | mse (same as --mse) | hessian (grid weighted by the Hessian)
                         | gptq (grid scored by GPTQ's own loss over each group; slower)
   --split-range         asymmetric grids: search the lower and upper ends of each range separately
   --fresh-groups        GPTQ: each dynamic group's parameters from the weights as updated so far
   --refine N            GPTQ: N rounds of least-squares scale refit with codes fixed, then GPTQ again
   --fp-target           aim each projection at the unquantized model's outputs: quantize the least-squares
-                        weights for the drifted inputs (runs the fp model alongside; needs enough tokens)
+                        weights for the drifted inputs (runs the fp model alongside)
+  --no-fp-target, --no-fresh-groups, --no-split-range   turn the option off
+                        fp-target and refine need calibration tokens: ${TOKENS_PER_INPUT.fpTarget} and ${TOKENS_PER_INPUT.refine} per input feature of a
+                        projection; with fewer, that projection runs without them and the summary says so
   --calib FILE          calibration data: a .safetensors token file ([n, seqlen] int ids) or a text file
                         tokenized with <model-dir>/tokenizer.json
   --calib-key K         tensor name in a token file (default ${DEFAULT_CALIB_KEY})
@@ -74,6 +87,14 @@ export function runtimesLine(r: RuntimeSummary, out: string): string {
   return `runtimes: every layer runs in ${r.accept.length ? r.accept.join(", ") : "none of the known kernels"}${not.length ? `; not in ${not.join(", ")} (gptq check ${out} says why)` : ""}`;
 }
 
+const FLAG_OF: Record<keyof QualityOptions, string> = {
+  clip: "--clip",
+  fpTarget: "--fp-target",
+  splitRange: "--split-range",
+  freshGroups: "--fresh-groups",
+  refine: "--refine",
+};
+
 export const quantizeCommand: Command = {
   name: "quantize",
   summary: "quantize a checkpoint with GPTQ or RTN (calibration layer by layer)",
@@ -91,9 +112,13 @@ export const quantizeCommand: Command = {
       method: { type: "string" },
       mse: { type: "boolean" },
       clip: { type: "string" },
+      preset: { type: "string" },
       "fp-target": { type: "boolean" },
+      "no-fp-target": { type: "boolean" },
       "split-range": { type: "boolean" },
+      "no-split-range": { type: "boolean" },
       "fresh-groups": { type: "boolean" },
+      "no-fresh-groups": { type: "boolean" },
       refine: { type: "string" },
       calib: { type: "string" },
       "calib-key": { type: "string" },
@@ -114,10 +139,18 @@ export const quantizeCommand: Command = {
     const method = v.method ?? "gptq";
     if (method !== "gptq" && method !== "rtn")
       throw new UsageError(`--method must be gptq or rtn, got "${method}"`);
-    const clip = v.clip ?? (v.mse ? "mse" : "minmax");
-    if (clip !== "minmax" && clip !== "mse" && clip !== "hessian" && clip !== "gptq")
+    const clip = v.clip ?? (v.mse ? "mse" : undefined);
+    if (clip !== undefined && clip !== "minmax" && clip !== "mse" && clip !== "hessian" && clip !== "gptq")
       throw new UsageError(`--clip must be minmax, mse, hessian or gptq, got "${clip}"`);
     if (v.mse && clip !== "mse") throw new UsageError("--mse and --clip disagree");
+    const preset = v.preset ?? DEFAULT_PRESET;
+    if (!isQualityPreset(preset))
+      throw new UsageError(`--preset must be ${PRESET_NAMES.join(", ")}, got "${preset}"`);
+    /** a boolean option and its --no- form: true, false, or undefined (the preset's) */
+    const toggle = (name: "fp-target" | "split-range" | "fresh-groups") => {
+      if (v[name] && v[`no-${name}`]) throw new UsageError(`--${name} and --no-${name} exclude each other`);
+      return v[name] ? true : v[`no-${name}`] ? false : undefined;
+    };
     const format = v.format ?? "auto";
     if (!["auto", "gptq", "gptq_v2", "marlin"].includes(format))
       throw new UsageError(`--format must be gptq, gptq_v2 or marlin, got "${format}"`);
@@ -142,11 +175,12 @@ export const quantizeCommand: Command = {
         staticGroups: v["static-groups"] ?? false,
         damp: floatOption(v.damp, "damp", 0.01, 0)!,
         clip,
-        fpTarget: v["fp-target"] ?? false,
-        splitRange: v["split-range"] ?? false,
-        freshGroups: v["fresh-groups"] ?? false,
-        refine: intOption(v.refine, "refine", 0, 0)!,
+        fpTarget: toggle("fp-target"),
+        splitRange: toggle("split-range"),
+        freshGroups: toggle("fresh-groups"),
+        refine: intOption(v.refine, "refine", undefined, 0),
       },
+      preset,
       calib:
         v.calib === undefined
           ? undefined
@@ -170,8 +204,11 @@ export const quantizeCommand: Command = {
     }).finally(() => bar.done());
     if (v.json) printJson(res);
     else {
-      const o = req.options;
+      const o = res.options;
+      const given = res.overridden.map((k) => FLAG_OF[k]);
       const lines = [
+        `preset: ${res.preset}${given.length ? ` (given explicitly: ${given.join(", ")})` : ""}${o.method === "rtn" ? " (RTN: its GPTQ options do not apply)" : ""}`,
+        ...res.fallbacks.map((f) => `fallback: ${f}`),
         `quantized ${res.layers} projections of ${res.modelDir} with ${o.method}${o.clip !== "minmax" ? ` (${o.clip} clipping)` : ""}${o.fpTarget ? " aimed at fp outputs" : ""}: ${o.bits}-bit, group ${o.groupSize}, ${o.sym ? "sym" : "asym"}${o.descAct ? ", act-order" : ""}${o.staticGroups ? ", static groups" : ""}`,
         `calibration: ${res.calibration ?? "none"}`,
         `device: ${res.device.name}${o.method === "rtn" ? " (RTN runs on the CPU)" : ""}`,
