@@ -43,7 +43,7 @@ export * from "./quant/index.js";
 // pipeline: calibration, the layer-by-layer driver, checkpoint in -> quantized checkpoint out
 export { quantizeCheckpoint } from "./pipeline/quantize-checkpoint.js";
 
-// model: Llama-family forward, perplexity, padding plans, tokenizer
+// model: the model-family table, the decoder forward, perplexity, padding plans, tokenizer
 export { DecoderModel, DecoderLayer } from "./model/decoder.js";
 export { perplexity } from "./model/perplexity.js";
 export { planPadding } from "./model/pad-plan.js";
