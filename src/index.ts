@@ -51,7 +51,7 @@ export type { QualityPreset, QualityOptions, QuantizeOptions } from "./pipeline/
 export { quantizeModel, TOKENS_PER_INPUT } from "./pipeline/quantize-model.js";
 export type { PipelineOptions } from "./pipeline/quantize-model.js";
 
-// model: Llama-family forward, perplexity, padding plans, tokenizer
+// model: the model-family table, the decoder forward, perplexity, padding plans, tokenizer
 export { DecoderModel, DecoderLayer } from "./model/decoder.js";
 export { perplexity } from "./model/perplexity.js";
 export { planPadding } from "./model/pad-plan.js";

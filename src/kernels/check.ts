@@ -100,7 +100,7 @@ export function checkLayers(
   fixes?: FixContext,
 ): LayerReport[] {
   return layers.map((l) => {
-    const s = shardShape(l.name, l.inFeatures, l.outFeatures, tp);
+    const s = shardShape(l.name, l.inFeatures, l.outFeatures, tp, fixes?.rowParallel?.(l.name));
     const report: LayerReport = {
       name: l.name,
       inFeatures: l.inFeatures,

@@ -24,14 +24,16 @@ export interface FixContext {
   dir: string;
   /** it is quantized: any change means quantizing the unquantized model again */
   quantized: boolean;
-  /** `gptq quantize` takes this model (Llama family); otherwise scheme changes are notes */
+  /** `gptq quantize` takes this model (its family is in the table); otherwise scheme changes are notes */
   quantizable: boolean;
   /** the scheme checked (planned or stored) */
   scheme: { bits: number; groupSize: number; sym: boolean; actOrder: boolean };
   /** the dimension behind a layer's side, undefined when unknown */
   dimension(layer: string, side: "in" | "out"): ModelDimension | undefined;
-  /** why quantize cannot run this model, for notes ("gptq quantize takes Llama, Mistral and Qwen2") */
+  /** why quantize cannot run this model, for notes */
   notQuantizableWhy?: string;
+  /** whether tensor parallelism splits this layer's in_features (a projection back to the hidden size); undefined when unknown */
+  rowParallel?(layer: string): boolean | undefined;
 }
 
 /** The `--multiple` that pads `size` to exactly `to`: the smallest power of two that does, else `to`. */

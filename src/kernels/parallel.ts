@@ -30,10 +30,15 @@ export interface Shard {
   problem?: { reason: string; fix: string; pad: { side: "in" | "out"; to: number } };
 }
 
-/** One rank's shape of a layer split over `tp` ranks. */
-export function shardShape(name: string, inFeatures: number, outFeatures: number, tp: number): Shard {
+/** One rank's shape of a layer split over `tp` ranks; `row` (split in_features) defaults to the name's guess. */
+export function shardShape(
+  name: string,
+  inFeatures: number,
+  outFeatures: number,
+  tp: number,
+  row = isRowParallel(name),
+): Shard {
   if (tp === 1) return { inFeatures, outFeatures, kSplitAcrossRanks: false, tpRanks: 1 };
-  const row = isRowParallel(name);
   const dim = row ? "in" : "out";
   const size = row ? inFeatures : outFeatures;
   const shard: Shard = row

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { FixContext, ModelDimension } from "../kernels/fixes.js";
 import { GptqError } from "../util/errors.js";
 import { parseModelConfig } from "./config.js";
-import { familyOf } from "./families/index.js";
+import { familyOf, rolesOfLayer } from "./families/index.js";
 import { FamilySpec } from "./families/types.js";
 
 /** Families whose blocks normalise with LayerNorm (mean and variance) rather than RMSNorm. */
@@ -120,6 +120,22 @@ export function layerDimension(
               )} of ${m.modelType} could be zero-padded in principle (the activation of 0 is 0), but pad does not do it`
           : (m.why ?? "gptq pad does not rewrite this model"),
       };
+  // a family in the table says what each projection computes; other models go by the usual names
+  const roles = f && rolesOfLayer(f, layer);
+  if (roles) {
+    const role = roles.length > 1 && roles.includes("q") ? "qkv" : roles[0];
+    if (side === "in")
+      return role === "o" ? heads("num_attention_heads x head_dim") : role === "down" ? intermediate : hidden;
+    if (role === "o" || role === "down") return hidden;
+    if (role === "gate" || role === "up") return intermediate;
+    return heads(
+      role === "q"
+        ? "num_attention_heads x head_dim"
+        : role === "qkv"
+          ? "the query, key and value heads x head_dim"
+          : "num_key_value_heads x head_dim",
+    );
+  }
   if (side === "in" && INTO_BLOCK.has(last)) return hidden;
   if (side === "out" && (OUT_OF_ATTENTION.has(last) || OUT_OF_MLP.has(last))) return hidden;
   if (side === "out" && MLP_UP.has(last)) return intermediate;
@@ -143,5 +159,10 @@ export function fixContext(dir: string, quantized: boolean, scheme: FixContext["
     scheme,
     dimension: (layer, side) => layerDimension(m, layer, side),
     notQuantizableWhy: m.why,
+    // tensor parallelism splits in_features of the projections back to the hidden size (o, down)
+    rowParallel(layer) {
+      const roles = m.family && rolesOfLayer(m.family, layer);
+      return roles && roles.every((r) => r === "o" || r === "down");
+    },
   };
 }

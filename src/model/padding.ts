@@ -1,6 +1,7 @@
 /**
- * Zero-padding that keeps a Llama-family model's function exactly: the MLP intermediate dimension.
- * Extra gate/up rows are zero, so their outputs are silu(0) * 0 = 0, and the matching extra down
+ * Zero-padding that keeps a model's function exactly: the MLP intermediate dimension (of the families
+ * whose table entry allows it). Extra gate/up rows are zero, so their outputs are act(0) * 0 = 0, and the
+ * matching extra down
  * columns are zero, so those zeros add nothing. Other dimensions cannot be padded this way: hidden_size
  * feeds RMSNorm (its mean runs over every channel, so zero channels change it) and the head dimension
  * sets the attention scale and the rotary frequencies; pad-plan.ts says so and names what would fit.

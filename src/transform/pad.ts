@@ -18,7 +18,7 @@ import { TensorEntry } from "../io/safetensors.js";
 import { TensorStore, writeCheckpointTensors } from "../io/store.js";
 import { Tensor, fromFloat32, toFloat32 } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
-import { readModelConfig } from "../model/config.js";
+import { ModelConfig, readModelConfig } from "../model/config.js";
 import { familyOf } from "../model/families/index.js";
 import { PadPlan } from "../model/pad-plan.js";
 import { padCols, padRows } from "../model/padding.js";
@@ -99,6 +99,17 @@ export function padHiddenTensor(name: string, t: Tensor, from: number, to: numbe
   return fromFloat32(out, t.dtype, [to]);
 }
 
+/** Refuses to pad hidden_size where the family table says it cannot stay exact (LayerNorm, Gemma's norms...). */
+export function assertHiddenPaddable(config: ModelConfig, where: string): void {
+  const family = familyOf(config);
+  if (family.paddable.hidden) return;
+  throw new GptqError(
+    `${where}: gptq pad pads hidden_size only in Llama, Mistral and Qwen2 (RMSNorm kept exact), not ${config.modelType}${
+      family.norm === "layer" ? ": LayerNorm subtracts the mean, so zero channels would not stay zero" : ""
+    }`,
+  );
+}
+
 /** The hidden size padded from `from` to `to` (absent or equal: unchanged). */
 export interface HiddenPad {
   from: number;
@@ -128,15 +139,11 @@ export async function padCheckpoint(
     throw new GptqError(
       `${inDir}/config.json: intermediate_size is ${config.intermediateSize}, the plan pads from ${plan.from}`,
     );
-  const family = familyOf(config);
-  if (plan.to !== plan.from && !family.paddable.intermediate)
+  if (plan.to !== plan.from && !familyOf(config).paddable.intermediate)
     throw new GptqError(`${inDir}: gptq pad does not pad the MLP of ${config.modelType} models`);
   const D = config.hiddenSize;
   const D2 = hidden?.to ?? D;
-  if (D2 !== D && !family.paddable.hidden)
-    throw new GptqError(
-      `${inDir}: gptq pad pads hidden_size only in Llama, Mistral and Qwen2 (RMSNorm kept exact), not ${config.modelType}`,
-    );
+  if (D2 !== D) assertHiddenPaddable(config, inDir);
   if (hidden && hidden.from !== D)
     throw new GptqError(`${inDir}/config.json: hidden_size is ${D}, the plan pads from ${hidden.from}`);
   if (D2 < D) throw new GptqError(`cannot pad hidden_size ${D} down to ${D2}`);

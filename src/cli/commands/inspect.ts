@@ -1,17 +1,20 @@
 import { Command, parse, printJson } from "../command.js";
 import { Checkpoint, openCheckpoint } from "../../io/checkpoint.js";
 import { UsageError } from "../../util/errors.js";
+import { modelFixFacts } from "../../model/dimensions.js";
 
 const usage = `usage: gptq inspect <dir> [--json]
 
-Describes a checkpoint directory from its tensor headers and config files: format (gptq, gptq_v2,
+Describes a checkpoint directory from its tensor headers and config files: the model family (from the
+family table that quantize, eval and pad read), format (gptq, gptq_v2,
 marlin, or fp for unquantized), bits, group size, symmetry, act-order, shards, and every quantized
 linear (tensor prefix, in/out features, groups, act-order in use). For an unquantized checkpoint the
 layers are its linear weights. Config files that contradict the tensors are reported with the fix.
 
 options:
   --json   print one JSON document:
-           {"format", "bits", "groupSize", "sym", "descAct", "shards", "layers":
+           {"model": {"modelType", "family", "summary" or "why"}, "format", "bits", "groupSize", "sym", "descAct",
+            "shards", "layers":
             [{"name", "inFeatures", "outFeatures", "groups", "actOrder"}]}
 
 example:
@@ -36,7 +39,14 @@ export function inspectReport(ck: Checkpoint) {
           groups: l.groups,
           actOrder: l.actOrder,
         }));
+  const m = modelFixFacts(ck.dir);
   return {
+    model: {
+      modelType: m.modelType,
+      family: m.family?.name ?? null,
+      summary: m.family?.summary,
+      why: m.why,
+    },
     format: ck.format,
     bits: q?.bits ?? null,
     groupSize: q?.groupSize ?? null,
@@ -79,6 +89,12 @@ export const inspectCommand: Command = {
             `note: the config does not spell out ${ck.missingKeys.join(", ")} (defaults assumed); vLLM needs all of bits, group_size, sym, desc_act: run \`gptq fix-config ${ck.dir}\``,
           );
       }
+      const m = r.model;
+      out.push(
+        m.family
+          ? `model: ${m.modelType}, family ${m.family} (${m.summary})`
+          : `model: not one gptq quantize reads: ${m.why}`,
+      );
       out.push(`shards: ${r.shards.join(", ")}`);
       if (r.layers.length) {
         const head =

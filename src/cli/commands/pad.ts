@@ -2,14 +2,15 @@ import { Command, groupSizeOption, intOption, parse, printJson } from "../comman
 import { prepareOutput } from "../output.js";
 import { UsageError } from "../../util/errors.js";
 import { PadTarget, kernelTarget, multipleTarget, planPadding } from "../../model/pad-plan.js";
-import { padCheckpoint } from "../../transform/pad.js";
+import { assertHiddenPaddable, padCheckpoint } from "../../transform/pad.js";
 import { KERNELS, getKernel } from "../../kernels/registry.js";
 import { Bits } from "../../formats/types.js";
 import { parseModelConfig, readModelConfig } from "../../model/config.js";
 
 const USAGE = `usage: gptq pad <in-dir> <out-dir> (--multiple N | --kernel NAME | --hidden-multiple N) [options]
 
-Writes a copy of an unquantized Llama-family checkpoint with the MLP intermediate dimension zero-padded
+Writes a copy of an unquantized checkpoint (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3; hidden size: the
+first three) with the MLP intermediate dimension zero-padded
 (zero rows in gate_proj/up_proj, zero columns in down_proj, intermediate_size updated in config.json):
 the model computes exactly the same function. The input is not modified.
 
@@ -82,6 +83,7 @@ export const padCommand: Command = {
     const source = readModelConfig(inDir);
     const D = source.hiddenSize;
     const D2 = hiddenMultiple ? Math.ceil(D / hiddenMultiple) * hiddenMultiple : D;
+    if (D2 !== D) assertHiddenPaddable(source, inDir);
     const config =
       D2 === D
         ? source

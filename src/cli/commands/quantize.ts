@@ -26,8 +26,9 @@ import {
 
 const USAGE = `usage: gptq quantize <model-dir> --out <dir> [options]
 
-Quantizes an unquantized Llama-family checkpoint (Llama, Mistral, Qwen2) layer by layer, true-sequential
-(q/k/v, then o, then gate/up, then down), each projection calibrated on the outputs of the already
+Quantizes an unquantized checkpoint of a family in the model-family table (Llama, Mistral, Qwen2, Qwen3,
+Phi-3, Gemma 2/3, OPT, Falcon) layer by layer, true-sequential in the family's order (Llama: q/k/v, then
+o, then gate/up, then down), each projection calibrated on the outputs of the already
 quantized projections before it, and writes a GPTQ or Marlin checkpoint.
 
   --out DIR             output directory (must not exist or be empty)

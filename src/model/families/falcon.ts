@@ -60,10 +60,15 @@ function qkvSegments(c: ModelConfig): Segment[] {
   return out;
 }
 
+/** Only the old layout honours parallel_attn: false (attention, then the MLP); the new one is always parallel. */
+function sequentialFalcon(c: ModelConfig): boolean {
+  return c.raw.new_decoder_architecture !== true && c.raw.parallel_attn === false;
+}
+
 /** Two norms in the new layout (unless num_ln_in_parallel_attn is 1), one shared by both halves in 7B's. */
 function falconNorms(c: ModelConfig): NormSpec[] {
   const raw = c.raw;
-  if (raw.parallel_attn === false)
+  if (sequentialFalcon(c))
     return [
       { role: "attentionIn", module: "input_layernorm" },
       { role: "mlpIn", module: "post_attention_layernorm" },
@@ -92,7 +97,7 @@ export const falcon: FamilySpec = {
     finalNorm: "transformer.ln_f",
     lmHead: "lm_head",
   },
-  layout: (c) => (c.raw.parallel_attn === false ? "sequential" : "parallel"),
+  layout: (c) => (sequentialFalcon(c) ? "sequential" : "parallel"),
   norm: "layer",
   norms: falconNorms,
   linears: [

@@ -9,7 +9,7 @@ import { llama } from "./llama.js";
 import { opt } from "./opt.js";
 import { phi3 } from "./phi3.js";
 import { qwen3 } from "./qwen3.js";
-import { FamilySpec, ModelConfig } from "./types.js";
+import { FamilySpec, ModelConfig, Role } from "./types.js";
 
 export const FAMILIES: readonly FamilySpec[] = [llama, qwen3, phi3, gemma2, gemma3, opt, falcon];
 
@@ -28,4 +28,14 @@ export function familyOf(c: ModelConfig): FamilySpec {
   const f = FAMILIES.find((x) => x.name === c.family);
   if (!f) throw new GptqError(`no model family "${c.family}"`);
   return f;
+}
+
+/** What a projection computes, from its tensor prefix (e.g. "transformer.h.3.mlp.dense_4h_to_h"); undefined when not a decoder projection of the family. */
+export function rolesOfLayer(family: FamilySpec, layer: string): readonly Role[] | undefined {
+  const within = (module: string) =>
+    layer.startsWith(`${family.tensors.layers}.`) && layer.endsWith(`.${module}`);
+  const fused = family.fused.find((f) => within(f.module));
+  if (fused) return fused.parts;
+  const plain = family.linears.find((l) => within(l.module));
+  return plain && [plain.role];
 }

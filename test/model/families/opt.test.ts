@@ -1,0 +1,4 @@
+// opt: see test/helpers/tiny.ts for what every family passes.
+import { familyTests } from "../../helpers/tiny.js";
+
+familyTests("opt");
