@@ -5,7 +5,7 @@
 // from its own seed: the same statistics, other values) beside one for the embeddings and head.
 // Run: node dist/bench/synthetic-fp.js <out-dir> <tokens.safetensors> [blocks=8] [hidden=1024] [intermediate=2816]
 //      node dist/bench/synthetic-fp.js <out-dir> <tokens.safetensors> --shape llama2-7b|llama2-13b
-//        [--dtype f16|bf16|f32] [--nsamples 128] [--seqlen 2048] [--workers W]
+//        [--dtype f16|bf16|f32] [--nsamples 128] [--seqlen 2048] [--workers W] [--layers N]
 import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -29,6 +29,7 @@ const flag = (name: string) => {
 const argv = [...args];
 const shape = flag("shape");
 const workers = Number(flag("workers") ?? 1);
+const layers = flag("layers"); // a shape with fewer decoder layers, for per-layer timings
 const shard = flag("shard"); // a worker's own "i/W"
 const dtype = (flag("dtype") ?? (shape ? "f16" : "f32")).toUpperCase();
 const nsamples = Number(flag("nsamples") ?? (shape ? 128 : 16));
@@ -39,7 +40,7 @@ if (!out || !tokens || (shape && !(shape in SCALE_SPECS)) || !["F16", "BF16", "F
     "usage: synthetic-fp <out-dir> <tokens.safetensors> [blocks] [hidden] [intermediate] | --shape llama2-7b|llama2-13b [--dtype f16|bf16|f32] [--nsamples N] [--seqlen N]",
   );
 const spec: SyntheticSpec = shape
-  ? SCALE_SPECS[shape as keyof typeof SCALE_SPECS]
+  ? { ...SCALE_SPECS[shape as keyof typeof SCALE_SPECS], ...(layers ? { numLayers: Number(layers) } : {}) }
   : {
       hiddenSize: Number(hidden ?? 1024),
       intermediateSize: Number(inter ?? 2816),
