@@ -116,6 +116,18 @@ test(
 );
 
 test(
+  "check plans the experts, not the router, of an unquantized mixtral",
+  { skip: skipUnlessTiny("mixtral") },
+  () => {
+    const r = gptq("check", tinyModel("mixtral"), "--group-size", "32", "--json");
+    const names = (JSON.parse(r.stdout) as { layers: { name: string }[] }).layers.map((l) => l.name);
+    assert.equal(names.length, 56);
+    assert.ok(names.includes("model.layers.1.block_sparse_moe.experts.7.w2"));
+    assert.ok(!names.some((n) => n.endsWith(".gate")), "the router is not quantized");
+  },
+);
+
+test(
   "experts with fewer routed tokens than inputs are rounded (RTN), and say so",
   { skip: skipUnlessTiny("mixtral") },
   () => {
