@@ -167,3 +167,43 @@ test(
     }
   },
 );
+
+test(
+  "quantize's lines say which expert projections were rounded: exactly those with fewer tokens than inputs",
+  { skip: skipUnlessTiny("qwen3_moe") },
+  () => {
+    const out = join(dir, "few");
+    const r = gptq(
+      "quantize",
+      tinyModel("qwen3_moe"),
+      "--out",
+      out,
+      "--group-size",
+      "32",
+      "--device",
+      "cpu",
+      ...CALIB,
+      "--nsamples",
+      "8",
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const rounded = new Map<string, string[]>();
+    let both = 0;
+    for (const m of r.stderr.matchAll(
+      /layer +(\d+) experts\.(\d+)\.(\w+) +(\d+)->\d+ .* (\d+) tokens(  RTN)?/g,
+    )) {
+      const [, layer, expert, name, inFeatures, tokens, rtn] = m;
+      assert.equal(rtn !== undefined, Number(tokens) < Number(inFeatures), m[0]);
+      if (rtn) {
+        const key = `layer ${layer} expert ${expert}`;
+        rounded.set(key, [...(rounded.get(key) ?? []), name]);
+      }
+      both++;
+    }
+    assert.equal(both, 48);
+    assert.ok(rounded.size > 0, "8 x 48 tokens leave some experts short");
+    const summary = r.stdout.split("\n").find((l) => l.startsWith("experts: "))!;
+    const listed = [...rounded].map(([e, names]) => `${e} (${names.join(", ")})`).join(", ");
+    assert.ok(summary.endsWith(`RTN (too few tokens for GPTQ): ${listed}`), summary);
+  },
+);

@@ -72,10 +72,13 @@ export function expertsLine(reports: readonly LinearReport[]): string | undefine
   for (const r of experts)
     perLayer.set(r.layer, (perLayer.get(r.layer) ?? new Map()).set(expertOf(r.linear)!, r.tokens!));
   const layers = [...perLayer].map(([l, m]) => `layer ${l}: ${[...m.values()].join(" ")}`);
-  const rounded = new Set(
-    experts.filter((r) => r.fallback).map((r) => `layer ${r.layer} expert ${expertOf(r.linear)}`),
-  );
-  return `experts: tokens per expert (expert 0 first): ${layers.join("; ")}; RTN (too few tokens for GPTQ): ${rounded.size ? [...rounded].join(", ") : "none"}`;
+  // which of each expert's projections were rounded: gate/up and down have different input widths
+  const rounded = new Map<string, string[]>();
+  for (const r of experts.filter((x) => x.fallback)) {
+    const key = `layer ${r.layer} expert ${expertOf(r.linear)}`;
+    rounded.set(key, [...(rounded.get(key) ?? []), r.linear.split(".").pop()!]);
+  }
+  return `experts: tokens per expert (expert 0 first): ${layers.join("; ")}; RTN (too few tokens for GPTQ): ${rounded.size ? [...rounded].map(([e, names]) => `${e} (${names.join(", ")})`).join(", ") : "none"}`;
 }
 
 /** "runtimes: every layer runs in a, b; not in c (3/35), d (0/35) (gptq check <out> says why)". */
