@@ -102,16 +102,32 @@ for (const [family, router] of [
 }
 
 test(
-  "mixtral: group 128 does not fit the experts' 96-wide down projections and is refused before any work",
-  { skip: skipUnlessTiny("mixtral") },
+  "group 128: Mixtral's 96-wide experts are zero-padded to 128 (exactly: gptq pad keeps the perplexity); Qwen3-MoE's are refused before any work",
+  { skip: skipUnlessTiny("mixtral") || skipUnlessTiny("qwen3_moe") },
   () => {
-    const out = join(dir, "g128");
-    const r = gptq("quantize", tinyModel("mixtral"), "--out", out, "--device", "cpu", ...CALIB);
+    const ref = tinyReference("mixtral");
+    const padded = join(dir, "mixtral-pad");
+    const p = gptq("pad", tinyModel("mixtral"), padded, "--kernel", "marlin");
+    assert.equal(p.code, 0, p.stderr);
+    const fp = JSON.parse(gptq("eval", padded, ...EVAL).stdout) as { ppl: number };
+    assert.ok(Math.abs(fp.ppl / ref.ppl - 1) < 1e-4, `padded ${fp.ppl}, transformers ${ref.ppl}`);
+
+    const out = join(dir, "mixtral-128");
+    const q = gptq("quantize", tinyModel("mixtral"), "--out", out, "--device", "cpu", ...CALIB, "--json");
+    assert.equal(q.code, 0, q.stderr);
+    const { pad } = JSON.parse(q.stdout) as { pad: { from: number; to: number } };
+    assert.deepEqual([pad.from, pad.to], [96, 128]);
+    const quant = JSON.parse(gptq("eval", out, ...EVAL).stdout) as { ppl: number };
+    assert.ok(Math.abs(quant.ppl / ref.ppl - 1) < 0.1, `quantized ${quant.ppl} vs fp ${ref.ppl}`);
+    assert.equal(gptq("check", out, "--require", "exllama").code, 0);
+
+    const refused = join(dir, "qwen3_moe-128");
+    const r = gptq("quantize", tinyModel("qwen3_moe"), "--out", refused, "--device", "cpu", ...CALIB);
     assert.match(
       assertOneLineError(r, 1),
-      /experts\.0\.w2 \(96 -> 128\).*group size 128 does not divide in_features 96/,
+      /experts\.0\.down_proj \(96 -> 128\).*group size 128 does not divide in_features 96/,
     );
-    assert.ok(!existsSync(out));
+    assert.ok(!existsSync(refused));
   },
 );
 

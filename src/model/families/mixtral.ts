@@ -45,5 +45,5 @@ export const mixtral: FamilySpec = {
     ],
   },
   positions: "rope",
-  paddable: { intermediate: false, hidden: false },
+  paddable: { intermediate: true, hidden: false },
 };
