@@ -108,7 +108,7 @@ export function cudaDecoderUnsupported(f: FamilySpec, c: ModelConfig): string | 
   const unsupported = [
     f.layout(c) !== "sequential" && "parallel attention and MLP",
     f.norm !== "rms" && (f.norm === "layer" ? "LayerNorm" : "(1 + w) RMSNorm"),
-    f.mlp !== "gated" && "a plain MLP",
+    f.mlp !== "gated" && (f.mlp === "experts" ? "a mixture of experts" : "a plain MLP"),
     c.hiddenAct !== "silu" && `${c.hiddenAct} activation`,
     f.positions !== "rope" && "learned positions",
     c.ropeScaling.type === "longrope" && "long-rope scaling",

@@ -17,9 +17,11 @@ import { toFloat32 } from "../tensor/tensor.js";
 import { nonFiniteProblem } from "../tensor/finite.js";
 import { GptqError } from "../util/errors.js";
 import { readModelConfig } from "./config.js";
+import { expertLinears } from "./families/experts.js";
 import { familyOf } from "./families/index.js";
 import { fusedShape, roleShape } from "./families/shapes.js";
 import { Activation, FamilySpec, ModelConfig, NormRole, Role, Segment } from "./families/types.js";
+import { routeTokens, tokensPerExpert } from "./moe.js";
 import { Rotary } from "./rope.js";
 
 export type CaptureFn = (linear: string, x: Float32Array, rows: number) => void;
@@ -150,11 +152,14 @@ export class DecoderLayer {
     readonly rotary: Rotary | undefined,
     /** attend only to the last `window` positions (sliding-window layers) */
     readonly window: number,
+    /** a mixture-of-experts layer's router (count x hidden), never quantized */
+    readonly router?: Linear,
   ) {
     const c = config;
+    const experts = expertLinears(family, c);
     for (const name of Object.keys(linears)) {
       const fused = family.fused.find((f) => f.name === name);
-      const plain = family.linears.find((l) => l.name === name);
+      const plain = family.linears.find((l) => l.name === name) ?? experts.find((l) => l.name === name);
       if (fused) this.stored.set(name, { module: fused.module, segments: fused.segments(c) });
       else if (plain)
         this.stored.set(name, {
@@ -181,7 +186,16 @@ export class DecoderLayer {
 
   /** this layer with other projections and the config they were shaped by (the MLP padded, say) */
   withLinears(config: ModelConfig, linears: Record<string, Linear>): DecoderLayer {
-    return new DecoderLayer(config, this.family, this.prefix, linears, this.norms, this.rotary, this.window);
+    return new DecoderLayer(
+      config,
+      this.family,
+      this.prefix,
+      linears,
+      this.norms,
+      this.rotary,
+      this.window,
+      this.router,
+    );
   }
 
   /** the layer's projections that compute these roles, in the family's order */
@@ -270,6 +284,7 @@ export class DecoderLayer {
   /** The family's MLP block on normed input y: T x hidden. */
   private mlpForward(y: Float32Array, T: number, capture?: CaptureFn): Float32Array {
     const act = this.config.hiddenAct;
+    if (this.family.mlp === "experts") return this.expertsForward(y, T, capture);
     if (this.family.mlp === "gated") {
       const { gate, up } = this.project(["gate", "up"], y, T, capture);
       for (let i = 0; i < gate.length; i++) gate[i] = activation(gate[i], act) * up[i]; // one rounding
@@ -278,6 +293,39 @@ export class DecoderLayer {
     const { up } = this.project(["up"], y, T, capture);
     for (let i = 0; i < up.length; i++) up[i] = activation(up[i], act);
     return this.project(["down"], up, T, capture).down;
+  }
+
+  /**
+   * A mixture-of-experts MLP on y: T x hidden. The router picks each token's experts; each expert runs as
+   * a gated MLP on the rows routed to it (and reports those rows to `capture`), its output added to the
+   * token's, scaled by the router's weight.
+   */
+  private expertsForward(y: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    const c = this.config;
+    const spec = this.family.experts!;
+    const D = c.hiddenSize;
+    if (!this.router || !c.experts) throw new GptqError(`${this.prefix}: no router for the experts`);
+    const routing = routeTokens(this.router.forward(y, T), T, c.experts);
+    const out = new Float32Array(T * D);
+    tokensPerExpert(routing, T, c.experts).forEach(({ rows, weights }, e) => {
+      if (!rows.length) return;
+      const n = rows.length;
+      const x = new Float32Array(n * D);
+      rows.forEach((t, i) => x.set(y.subarray(t * D, (t + 1) * D), i * D));
+      const run = (role: "gate" | "up" | "down", input: Float32Array) => {
+        const name = `experts.${e}.${spec.linears.find((l) => l.role === role)!.name}`;
+        capture?.(name, input, n);
+        return this.linears[name].forward(input, n);
+      };
+      const gate = run("gate", x);
+      const up = run("up", x);
+      for (let i = 0; i < gate.length; i++) gate[i] = activation(gate[i], c.hiddenAct) * up[i];
+      const down = run("down", gate);
+      rows.forEach((t, i) => {
+        for (let d = 0; d < D; d++) out[t * D + d] += weights[i] * down[i * D + d];
+      });
+    });
+    return out;
   }
 }
 
@@ -435,6 +483,15 @@ export function storedProjections(
     out.push({ name: f.name, prefix: p, shape: fusedShape(c, f, intermediate), roles: f.parts });
     f.parts.forEach((r) => covered.add(r));
   }
+  for (const l of expertLinears(family, c)) {
+    out.push({
+      name: l.name,
+      prefix: `${prefix}.${l.module}`,
+      shape: roleShape(c, l.role, intermediate),
+      roles: [l.role],
+    });
+    covered.add(l.role);
+  }
   for (const l of family.linears)
     if (!covered.has(l.role)) {
       out.push({
@@ -493,6 +550,8 @@ function denseLayerTensors(
     out.push([`${p.prefix}.weight`, p.shape]);
     if (store.has(`${p.prefix}.bias`)) out.push([`${p.prefix}.bias`, [p.shape[0]]]);
   }
+  const router = routerOf(family, c, i);
+  if (router) out.push([`${router.prefix}.weight`, router.shape]);
   return out;
 }
 
@@ -511,6 +570,19 @@ function layerRotaries(c: ModelConfig, family: FamilySpec): (i: number) => Rotar
 function layerWindow(c: ModelConfig, i: number): number {
   const sliding = c.layerTypes ? c.layerTypes[i] === "sliding_attention" : true;
   return sliding && c.slidingWindow !== undefined ? c.slidingWindow : Infinity;
+}
+
+/** A mixture-of-experts layer's router: tensor prefix and [experts, hidden]; undefined for a dense MLP. */
+function routerOf(
+  family: FamilySpec,
+  c: ModelConfig,
+  i: number,
+): { prefix: string; shape: [number, number] } | undefined {
+  if (!family.experts || !c.experts) return undefined;
+  return {
+    prefix: `${layerPrefix(family, i)}.${family.experts.router}`,
+    shape: [c.experts.count, c.hiddenSize],
+  };
 }
 
 /** Where a decoder layer's projections come from. */
@@ -536,6 +608,7 @@ function readDecoderLayer(
   const norms: Partial<Record<NormRole, Norm>> = {};
   for (const n of layerNorms(family, config, i))
     norms[n.role] = readNorm(store, family, config, n.prefix, n.dim);
+  const router = routerOf(family, config, i);
   return new DecoderLayer(
     config,
     family,
@@ -544,6 +617,7 @@ function readDecoderLayer(
     norms,
     rotary,
     layerWindow(config, i),
+    router && loadDenseLinear(store, router.prefix, ...router.shape),
   );
 }
 

@@ -112,7 +112,10 @@ export function layerDimension(
         name: falcon ? "ffn_hidden_size" : "the MLP intermediate size",
         paddable: false,
         why: f
-          ? `gptq pad rewrites only separate gate_proj/up_proj/down_proj MLPs; ${f.linears
+          ? `gptq pad rewrites only separate gate_proj/up_proj/down_proj MLPs; ${[
+              ...f.linears,
+              ...(f.experts?.linears ?? []),
+            ]
               .filter((l) => l.role === "up" || l.role === "down")
               .map((l) => l.name)
               .join(

@@ -226,6 +226,81 @@ function buildPreTokenizer(p: unknown): { run: PreTokenizer; byteLevel: boolean 
   }
 }
 
+/** A decoder step maps the list of token strings to another (as the `decoders` of tokenizers do). */
+type DecodeStep = (tokens: string[]) => string[];
+
+const BYTE_OF_CHAR = new Map(BYTE_CHARS.map((c, b) => [c, b]));
+const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
+
+/** UTF-8 bytes to text, an invalid sequence becoming U+FFFD as the tokenizers library does */
+const utf8 = (bytes: number[]) => new TextDecoder().decode(Uint8Array.from(bytes));
+
+function buildDecoder(d: unknown, source: string): DecodeStep {
+  if (d === null || d === undefined) return (t) => [t.join("")];
+  const j = d as Json;
+  switch (j.type) {
+    case "Sequence": {
+      const steps = (j.decoders as unknown[]).map((x) => buildDecoder(x, source));
+      return (t) => steps.reduce((acc, step) => step(acc), t);
+    }
+    case "ByteLevel":
+      // every token's characters back to the bytes they stand for, the whole text decoded at once
+      return (t) => [utf8(Array.from(t.join(""), (c) => BYTE_OF_CHAR.get(c) ?? 0x3f))];
+    case "Replace": {
+      const re = regexOf(j.pattern, `${source}: Replace decoder`);
+      const content = String(j.content);
+      return (t) => t.map((s) => s.replace(re, () => content));
+    }
+    case "ByteFallback":
+      // runs of <0xNN> tokens become the text their bytes spell
+      return (t) => {
+        const out: string[] = [];
+        let bytes: number[] = [];
+        const flush = () => {
+          if (bytes.length) out.push(utf8(bytes));
+          bytes = [];
+        };
+        for (const s of t) {
+          const m = BYTE_TOKEN.exec(s);
+          if (m) bytes.push(parseInt(m[1], 16));
+          else {
+            flush();
+            out.push(s);
+          }
+        }
+        flush();
+        return out;
+      };
+    case "Fuse":
+      return (t) => [t.join("")];
+    case "Strip": {
+      const content = String(j.content);
+      const start = Number(j.start ?? 0);
+      const stop = Number(j.stop ?? 0);
+      return (t) =>
+        t.map((s) => {
+          let a = 0;
+          let b = s.length;
+          for (let i = 0; i < start && s.startsWith(content, a); i++) a += content.length;
+          for (let i = 0; i < stop && b - content.length >= a && s.endsWith(content, b); i++)
+            b -= content.length;
+          return s.slice(a, b);
+        });
+    }
+    case "Metaspace": {
+      const rep = String(j.replacement ?? "▁");
+      const scheme = String(j.prepend_scheme ?? (j.add_prefix_space === false ? "never" : "always"));
+      return (t) =>
+        t.map((s, i) => {
+          const r = s.split(rep).join(" ");
+          return i === 0 && scheme !== "never" && r.startsWith(" ") ? r.slice(1) : r;
+        });
+    }
+    default:
+      throw new GptqError(`${source}: decoder "${String(j.type)}" is not supported`);
+  }
+}
+
 interface AddedToken {
   id: number;
   content: string;
@@ -250,6 +325,9 @@ export class Tokenizer {
   private readonly fuseUnk: boolean;
   private readonly ignoreMerges: boolean;
   private readonly cache = new Map<string, number[]>();
+  private readonly tokens = new Map<number, string>();
+  /** the decoder section, built on first use (encoding does not need it) */
+  private readonly decoderJson: unknown;
   /** token ids the post-processor puts before a single sequence (BOS), and after it (EOS) */
   readonly prefixIds: number[];
   readonly suffixIds: number[];
@@ -306,6 +384,8 @@ export class Tokenizer {
       ? new RegExp(contents.map((t) => t.content.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "gu")
       : undefined;
 
+    for (const [tok, id] of this.vocab) this.tokens.set(id, tok);
+    this.decoderJson = j.decoder;
     this.normalize = buildNormalizer(j.normalizer);
     this.preTokenize = buildPreTokenizer(j.pre_tokenizer).run;
     const { prefix, suffix } = this.postProcessorIds(j.post_processor);
@@ -347,6 +427,21 @@ export class Tokenizer {
       first = false;
     }
     return opts.addSpecialTokens ? [...this.prefixIds, ...ids, ...this.suffixIds] : ids;
+  }
+
+  /**
+   * The text of token ids, through the file's decoder; special added tokens are left out with
+   * `skipSpecialTokens`. decode(encode(text)) is text for what the tokenizer's normalizer keeps.
+   */
+  decode(ids: readonly number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    const special = new Set(this.added.filter((t) => t.special).map((t) => t.id));
+    const pieces: string[] = [];
+    for (const id of ids) {
+      const tok = this.tokens.get(id);
+      if (tok === undefined) throw new GptqError(`${this.source}: token id ${id} is not in the vocabulary`);
+      if (!(opts.skipSpecialTokens && special.has(id))) pieces.push(tok);
+    }
+    return buildDecoder(this.decoderJson, this.source)(pieces).join("");
   }
 
   /** Text split around added tokens: strings to tokenize, numbers for the added tokens' ids. */

@@ -27,6 +27,7 @@ import { cudaDecoderUnsupported, fusedProjection } from "../model/cuda.js";
 import type { ClipMethod } from "../quant/index.js";
 import { CrossAccumulator, fpTargetWeights } from "../quant/fp-target.js";
 import { TimesHessian, relativeOutputError, relativeWeightError } from "../quant/relative-error.js";
+import { expertOf } from "../model/families/experts.js";
 
 export interface PipelineOptions {
   method: "gptq" | "rtn";
@@ -107,6 +108,10 @@ export interface LinearReport {
   damp?: number;
   /** the data-hungry options switched off for lack of calibration tokens, and why (see dataSupports) */
   fallback?: string;
+  /** a mixture-of-experts expert: the calibration tokens routed to it */
+  tokens?: number;
+  /** an expert that got too few tokens for GPTQ (fewer than its input features), rounded (RTN) instead */
+  rounded?: boolean;
   seconds: number;
 }
 
@@ -133,7 +138,10 @@ export interface PipelineResult {
 /** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */
 class StopForward extends Error {}
 
-/** The input of projection `name` when the attention half of `layer` runs on `h` (or its MLP half on `mid`). */
+/**
+ * The input of projection `name` when the attention half of `layer` runs on `h` (or its MLP half on
+ * `mid`): T rows, or for an expert the rows routed to it (none when no token went to it).
+ */
 function inputOf(layer: DecoderLayer, h: Float32Array | HalfState, T: number, name: string): Float32Array {
   let x: Float32Array | undefined;
   const capture = (n: string, input: Float32Array, rows: number) => {
@@ -147,8 +155,9 @@ function inputOf(layer: DecoderLayer, h: Float32Array | HalfState, T: number, na
   } catch (e) {
     if (!(e instanceof StopForward)) throw e;
   }
-  if (!x) throw new Error(`${layer.linearPrefix(name)} was never reached`);
-  return x;
+  if (x) return x;
+  if (expertOf(name) !== undefined) return new Float32Array(0);
+  throw new Error(`${layer.linearPrefix(name)} was never reached`);
 }
 
 function denseOf(l: Linear, name: string): DenseLinear {
@@ -221,6 +230,26 @@ function quantizeOne(
 }
 
 /**
+ * The projections of one true-sequential group split by their input: one set for a dense layer, one per
+ * expert in a mixture-of-experts MLP. Each expert gets the Hessian of the tokens routed to it, plain
+ * (not weighted by the router's weights): the expert's linears see those rows unweighted, as GPTQModel's
+ * and AutoGPTQ's hooks capture them, and a token's weight only scales the expert's output afterwards.
+ */
+function byInput(names: string[]): string[][] {
+  const sets = new Map<number | undefined, string[]>();
+  for (const n of names) {
+    const e = expertOf(n);
+    sets.set(e, [...(sets.get(e) ?? []), n]);
+  }
+  return [...sets.values()];
+}
+
+/** the options an expert with too few calibration tokens is rounded with: RTN, with a grid RTN can search */
+function roundingOf(o: PipelineOptions): PipelineOptions {
+  return { ...o, method: "rtn", clip: o.clip === "mse" ? "mse" : "minmax" };
+}
+
+/**
  * Quantizes every decoder projection of `model`, one layer at a time, and returns the quantized layers.
  * Each projection of the layer object is replaced by its dequantized weights: a `DecoderModel` afterwards
  * computes what the quantized checkpoint will; a `LayerwiseDecoder` drops each layer once it is done.
@@ -255,6 +284,10 @@ export function quantizeModel(
   const calibrated = calibration !== undefined && calibration.length > 0;
   if (opts.method === "gptq" && !calibrated)
     throw new GptqError("GPTQ needs calibration data (--calib FILE)");
+  if (opts.fpTarget && model.family.mlp === "experts")
+    throw new GptqError(
+      `--fp-target is not supported for ${model.family.name} (mixture of experts): the unquantized and the quantized model route tokens to different experts; quantize without it`,
+    );
   // per layer: its groups, then (with calibration) the attention half's and the layer's outputs
   const total = L * (model.family.groups.length + (calibrated ? 2 : 0));
   let done = 0;
@@ -295,12 +328,17 @@ export function quantizeModel(
         Object.assign(layer.linears, saved);
       }
     };
-    for (const group of layer.family.groups) {
-      const names = layer.linearsFor(group.roles);
+    // one step per group, or per expert in a mixture-of-experts MLP group
+    const steps = layer.family.groups.flatMap((group) => {
+      const sets = byInput(layer.linearsFor(group.roles));
+      return sets.map((names) => ({ group, names, share: 1 / sets.length }));
+    });
+    for (const { group, names, share } of steps) {
       let H: Float64Array | undefined;
       let C: Float64Array | undefined;
       const K = layer.linears[names[0]].inFeatures;
       const fits = calibrated ? dataSupports(opts, K, tokens) : { fpTarget: false, refine: opts.refine ?? 0 };
+      let routed = 0;
       if (calibrated) {
         if (group.block === "mlp" && !mid.length) {
           progress(li, "attention outputs");
@@ -315,7 +353,9 @@ export function quantizeModel(
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
           const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
-          acc.add(xq, T(s));
+          const rows = xq.length / K;
+          routed += rows;
+          if (rows) acc.add(xq, rows);
           if (cross)
             cross.add(
               asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first)),
@@ -327,13 +367,18 @@ export function quantizeModel(
         acc.dispose?.();
         C = cross?.C;
       } else progress(li, names.join("/"));
+      const expert = expertOf(names[0]) !== undefined;
       for (const name of names) {
         const t1 = Date.now();
         const prefix = layer.linearPrefix(name);
         const dense = denseOf(layer.linears[name], prefix);
         const { outFeatures: N } = dense;
+        // fewer routed tokens than inputs leave the Hessian singular: GPTQ would fit noise, so round
+        const rounded = expert && calibrated && opts.method === "gptq" && routed < K;
         const W = C && H ? fpTargetWeights(dense.weight, N, K, C, H, opts.damp) : dense.weight;
-        const r = quantizeOne(W, N, K, H, { ...opts, refine: fits.refine }, compute.gptq);
+        const r = rounded
+          ? quantizeOne(W, N, K, undefined, roundingOf(opts), compute.gptq)
+          : quantizeOne(W, N, K, H, { ...opts, refine: fits.refine }, compute.gptq);
         if (dense.bias) r.layer.bias = dense.bias;
         if (keep) keep(prefix, r.layer);
         else layers.set(prefix, r.layer);
@@ -344,19 +389,22 @@ export function quantizeModel(
           linear: name,
           inFeatures: K,
           outFeatures: N,
-          relError: H
-            ? relativeOutputError(W, r.Q, N, K, H, compute.timesHessian)
-            : relativeWeightError(W, r.Q),
-          relErrorOf: H ? "outputs" : "weights",
+          relError:
+            H && routed
+              ? relativeOutputError(W, r.Q, N, K, H, compute.timesHessian)
+              : relativeWeightError(W, r.Q),
+          relErrorOf: H && routed ? "outputs" : "weights",
           loss: r.loss,
           damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,
           fallback: fits.fallback,
+          tokens: expert && calibrated ? routed : undefined,
+          rounded: rounded || undefined,
           seconds: (Date.now() - t1) / 1000,
         };
         reports.push(report);
         onEvent({ type: "linear", report });
       }
-      done++;
+      done += share;
     }
     if (calibrated) {
       progress(li, "outputs");

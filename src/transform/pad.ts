@@ -24,7 +24,11 @@ import { PadPlan } from "../model/pad-plan.js";
 import { padCols, padRows } from "../model/padding.js";
 import { checkOutputPath } from "./rewrite.js";
 
-const MLP_TENSOR = /\.mlp\.(gate_proj|up_proj|down_proj)\.(weight|bias)$/;
+/** MLP projections, Mixtral's experts included (w1/w3 gate/up, w2 down) */
+const MLP_TENSOR =
+  /\.(?:mlp|block_sparse_moe\.experts\.\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.(weight|bias)$/;
+/** the MLP projections that read the intermediate (the others write it) */
+const MLP_DOWN = new Set(["down_proj", "w2"]);
 
 /**
  * The padded shape of a stored tensor when the intermediate goes from `from` to `to`; undefined when the
@@ -39,23 +43,22 @@ export function paddedMlpShape(
   const m = MLP_TENSOR.exec(name);
   if (!m || from === to) return undefined;
   const [, linear, kind] = m;
-  if (linear === "down_proj" && kind === "bias") return undefined; // length hidden_size
-  const ok =
-    linear === "down_proj"
-      ? shape.length === 2 && shape[1] === from
-      : shape[0] === from && shape.length === (kind === "bias" ? 1 : 2);
+  if (MLP_DOWN.has(linear) && kind === "bias") return undefined; // length hidden_size
+  const ok = MLP_DOWN.has(linear)
+    ? shape.length === 2 && shape[1] === from
+    : shape[0] === from && shape.length === (kind === "bias" ? 1 : 2);
   if (!ok)
     throw new GptqError(
       `${name} has shape ${JSON.stringify(shape)}, which does not match intermediate_size ${from}`,
     );
-  return linear === "down_proj" ? [shape[0], to] : kind === "bias" ? [to] : [to, shape[1]];
+  return MLP_DOWN.has(linear) ? [shape[0], to] : kind === "bias" ? [to] : [to, shape[1]];
 }
 
 /** A stored tensor padded for the new intermediate size (the tensor itself when it does not change). */
 export function padMlpTensor(name: string, t: Tensor, from: number, to: number): Tensor {
   const shape = paddedMlpShape(name, t.shape, from, to);
   if (!shape) return t;
-  return name.includes(".down_proj.") ? padCols(t, to) : padRows(t, to);
+  return MLP_DOWN.has(MLP_TENSOR.exec(name)![1]) ? padCols(t, to) : padRows(t, to);
 }
 
 /** Stored tensors that read the residual stream (hidden is their last dimension). */

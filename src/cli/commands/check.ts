@@ -11,7 +11,7 @@ import {
 import { KERNELS, findKernel } from "../../kernels/registry.js";
 import { KernelRule } from "../../kernels/types.js";
 import { Bits } from "../../formats/types.js";
-import { fixContext } from "../../model/dimensions.js";
+import { fixContext, modelFixFacts } from "../../model/dimensions.js";
 import { GptqError, UsageError } from "../../util/errors.js";
 
 const USAGE = `usage: gptq check <dir> [--kernel NAME]... [--bits N --group-size N --sym|--asym --desc-act]
@@ -126,7 +126,11 @@ export const checkCommand: Command = {
       if (ck.format === "fp") {
         scheme = { bits: (bitsOpt ?? 4) as Bits, groupSize: groupOpt ?? 128, sym: !values.asym };
         plannedActOrder = values["desc-act"] === true;
-        layers = ck.linears.map((l) => ({ ...l, actOrder: plannedActOrder }));
+        // a mixture-of-experts router stays unquantized
+        const router = modelFixFacts(ck.dir).family?.experts?.router;
+        layers = ck.linears
+          .filter((l) => !router || !l.name.endsWith(`.${router}`))
+          .map((l) => ({ ...l, actOrder: plannedActOrder }));
         if (!layers.length) throw new GptqError(`${ck.dir}: no linear weights found (2-D .weight tensors)`);
       } else {
         if (planned)

@@ -23,6 +23,7 @@ import {
   QualityOptions,
   isQualityPreset,
 } from "../../pipeline/presets.js";
+import { expertOf } from "../../model/families/experts.js";
 
 const USAGE = `usage: gptq quantize <model-dir> --out <dir> [options]
 
@@ -79,7 +80,30 @@ export function stepLabel(e: Extract<PipelineEvent, { type: "step" }>): string {
 export function linearLine(r: LinearReport): string {
   const loss = r.loss !== undefined ? `  loss ${r.loss.toExponential(3)}` : "";
   const damp = r.damp !== undefined ? `  damp raised to ${r.damp}` : "";
-  return `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}`;
+  const tokens = r.tokens !== undefined ? `  ${r.tokens} tokens` : "";
+  const rtn = r.rounded ? "  RTN (too few tokens for GPTQ)" : "";
+  return `layer ${String(r.layer).padStart(2)} ${r.linear.padEnd(9)} ${r.inFeatures}->${r.outFeatures}  rel. ${r.relErrorOf === "outputs" ? "output" : "weight"} error ${r.relError.toExponential(3)}${loss}${damp}${tokens}${rtn}`;
+}
+
+/**
+ * A mixture-of-experts model's calibration tokens per expert, layer by layer, and the experts rounded
+ * for want of tokens: "experts: tokens per expert: layer 0: 371 402 ...; RTN (too few tokens): none".
+ */
+export function expertsLine(reports: readonly LinearReport[]): string | undefined {
+  const experts = reports.filter((r) => r.tokens !== undefined && expertOf(r.linear) !== undefined);
+  if (!experts.length) return undefined;
+  // an expert's projections all see the rows routed to it: one count per expert
+  const perLayer = new Map<number, Map<number, number>>();
+  for (const r of experts)
+    perLayer.set(r.layer, (perLayer.get(r.layer) ?? new Map()).set(expertOf(r.linear)!, r.tokens!));
+  const layers = [...perLayer].map(([l, m]) => `layer ${l}: ${[...m.values()].join(" ")}`);
+  // which of each expert's projections were rounded: gate/up and down have different input widths
+  const rounded = new Map<string, string[]>();
+  for (const r of experts.filter((x) => x.rounded)) {
+    const key = `layer ${r.layer} expert ${expertOf(r.linear)}`;
+    rounded.set(key, [...(rounded.get(key) ?? []), r.linear.split(".").pop()!]);
+  }
+  return `experts: tokens per expert (expert 0 first): ${layers.join("; ")}; RTN (too few tokens for GPTQ): ${rounded.size ? [...rounded].map(([e, names]) => `${e} (${names.join(", ")})`).join(", ") : "none"}`;
 }
 
 /** "runtimes: every layer runs in a, b; not in c (3/35), d (0/35) (gptq check <out> says why)". */
@@ -219,11 +243,12 @@ export const quantizeCommand: Command = {
             : `padding: intermediate_size ${res.pad.from} -> ${res.pad.to} with zeros for ${res.pad.target} (function unchanged)`
           : "padding: off",
         `mean relative ${res.errorOf === "outputs" ? "output" : "weight"} error ${res.meanRelError.toExponential(3)}, worst ${res.worst.name} ${res.worst.relError.toExponential(3)}`,
+        expertsLine(res.reports),
         runtimesLine(res.runtimes, res.out),
         `memory: host peak ${formatBytes(res.memory.hostPeakBytes)}${res.memory.gpuPeakBytes !== undefined ? `, GPU peak ${formatBytes(res.memory.gpuPeakBytes)}` : ""}`,
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
-      process.stdout.write(lines.join("\n") + "\n");
+      process.stdout.write(lines.filter((l) => l !== undefined).join("\n") + "\n");
     }
   },
 };

@@ -6,12 +6,24 @@ import { GptqError } from "../../util/errors.js";
 import { falcon } from "./falcon.js";
 import { gemma2, gemma3 } from "./gemma.js";
 import { llama } from "./llama.js";
+import { mixtral } from "./mixtral.js";
 import { opt } from "./opt.js";
 import { phi3 } from "./phi3.js";
 import { qwen3 } from "./qwen3.js";
+import { qwen3Moe } from "./qwen3-moe.js";
 import { FamilySpec, ModelConfig, Role } from "./types.js";
 
-export const FAMILIES: readonly FamilySpec[] = [llama, qwen3, phi3, gemma2, gemma3, opt, falcon];
+export const FAMILIES: readonly FamilySpec[] = [
+  llama,
+  qwen3,
+  phi3,
+  gemma2,
+  gemma3,
+  opt,
+  falcon,
+  mixtral,
+  qwen3Moe,
+];
 
 /** every model_type the table reads */
 export function supportedModelTypes(): string[] {

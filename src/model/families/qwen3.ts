@@ -3,7 +3,7 @@ import { ConfigFields, RawConfig, readLayerTypes, readLlamaStyle, slidingWindowO
 import { LLAMA_FUSED, LLAMA_GROUPS, LLAMA_LINEARS, LLAMA_NORMS, LLAMA_TENSORS } from "./llama.js";
 import { FamilySpec } from "./types.js";
 
-function parseQwen3(raw: RawConfig, where: string) {
+export function parseQwen3(raw: RawConfig, where: string) {
   const f = new ConfigFields(raw, where);
   const c = readLlamaStyle(f, "qwen3", ["silu"], false);
   // as transformers: with use_sliding_window, layers from max_window_layers on use the window

@@ -70,8 +70,18 @@ export interface ModelConfig {
   embedScale?: number;
   /** learned absolute positions: rows of the position table = max positions + offset (OPT: offset 2) */
   learnedPositions?: { offset: number; maxPositions: number };
+  /** a mixture-of-experts MLP in every layer (intermediateSize is then each expert's width) */
+  experts?: ExpertsConfig;
   /** the parsed config.json, for fields the family does not interpret */
   raw: Record<string, unknown>;
+}
+
+/** The routing of a mixture-of-experts MLP: each token goes to its top `topK` of `count` experts. */
+export interface ExpertsConfig {
+  count: number;
+  topK: number;
+  /** the top-k softmax weights are rescaled to sum to 1 (Mixtral always; Qwen3-MoE with norm_topk_prob) */
+  normalizeTopK: boolean;
 }
 
 /** One projection of a decoder layer: its key in the layer, its tensor path under the layer prefix, its role. */
@@ -114,11 +124,21 @@ export interface SequentialGroup {
 
 /**
  * The MLP block of a family. "gated": down(act(gate(x)) * up(x)) (SwiGLU, GeGLU); "plain":
- * down(act(up(x))) (OPT's fc1/fc2, Falcon's dense_h_to_4h/dense_4h_to_h). A mixture-of-experts block is
- * one more kind: a router and experts, each expert a gated MLP with its own linears, captured with the
- * rows routed to it (see decoder.ts, `mlpForward`).
+ * down(act(up(x))) (OPT's fc1/fc2, Falcon's dense_h_to_4h/dense_4h_to_h); "experts": a router and
+ * experts (`FamilySpec.experts`), each a gated MLP with its own linears, run and captured on the rows
+ * routed to it (see decoder.ts, `mlpForward`).
  */
-export type MlpKind = "gated" | "plain";
+export type MlpKind = "gated" | "plain" | "experts";
+
+/** Where a mixture-of-experts MLP's tensors are: the router (never quantized) and each expert's projections. */
+export interface ExpertsSpec {
+  /** the router's path under the layer prefix, without .weight */
+  router: string;
+  /** expert e's path under the layer prefix */
+  expert(e: number): string;
+  /** each expert's gated-MLP projections: name under the expert's path, and role */
+  linears: readonly { name: string; role: "gate" | "up" | "down" }[];
+}
 
 export interface FamilySpec {
   /** the table key, e.g. "llama" */
@@ -151,6 +171,8 @@ export interface FamilySpec {
   fused: readonly FusedSpec[];
   groups: readonly SequentialGroup[];
   mlp: MlpKind;
+  /** the router and experts, for mlp "experts" */
+  experts?: ExpertsSpec;
   /** rotary positions (the default) or a learned position table */
   positions: "rope" | "learned";
   /** what gptq pad and quantize --pad auto can zero-pad exactly */
