@@ -110,6 +110,15 @@ export async function quantizeCheckpoint(
   const t0 = Date.now();
   const { options: o, preset, overridden } = resolveQuality(req.options, req.preset);
   const config = readModelConfig(req.modelDir);
+  // a preset's fp-target does not apply to a mixture of experts (the fp and quantized models route tokens
+  // apart): the family falls back and says so; asked for by name, the pipeline refuses it
+  const familyFallbacks: string[] = [];
+  if (o.fpTarget && !overridden.includes("fpTarget") && familyOf(config).mlp === "experts") {
+    o.fpTarget = false;
+    familyFallbacks.push(
+      `every projection: no fp-target (a mixture of experts routes the unquantized and the quantized model's tokens apart)`,
+    );
+  }
   const store = TensorStore.open(req.modelDir);
   /** which projections the checkpoint stores (fused or not), by tensor prefix */
   let has: (prefix: string) => boolean;
@@ -233,7 +242,7 @@ export async function quantizeCheckpoint(
     preset,
     overridden,
     options: o,
-    fallbacks: fallbackLines(reports),
+    fallbacks: [...familyFallbacks, ...fallbackLines(reports)],
     format: chosen.format,
     formatNote: chosen.why,
     pad: plan,

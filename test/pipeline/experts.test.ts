@@ -58,6 +58,9 @@ for (const [family, router] of [
         "32",
         "--device",
         "cpu",
+        // plain GPTQ: what is under test is each expert's own Hessian, not a preset's searches
+        "--preset",
+        "fast",
         ...CALIB,
         "--json",
       );
