@@ -22,7 +22,7 @@ import { gptqSolve } from "../quant/gptq.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
 import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
-import { dataSupports } from "./quantize-model.js";
+import { dataSupports, stepCounter } from "./quantize-model.js";
 
 /** The GPU decoder's name of the projection that computes each role. */
 const DECODER_NAME = Object.fromEntries(
@@ -77,22 +77,9 @@ export function quantizeModelOnDevice(
   const layers = new Map<string, QuantizedLinear>();
   const reports: LinearReport[] = [];
   const L = model.numLayers;
-  const steps = model.family.groups.length + 2;
-  const total = L * steps;
-  let done = 0;
-  const progress = (layer: number, step: string) => {
-    const elapsed = (Date.now() - t0) / 1000;
-    onEvent({
-      type: "step",
-      layer,
-      layers: L,
-      step,
-      done,
-      total,
-      elapsed,
-      eta: done ? (elapsed / done) * (total - done) : NaN,
-    });
-  };
+  // per layer: its groups, the attention half's outputs and the layer's outputs
+  const counter = stepCounter(L, L * (model.family.groups.length + 2), onEvent);
+  const progress = counter.report;
   const positions = Math.max(...calibration.map((s) => s.length));
   const tokens = calibration.reduce((n, s) => n + s.length, 0);
   const chunks: Chunk[] = chunksOf(calibration).map((seqs) => {
@@ -127,7 +114,7 @@ export function quantizeModelOnDevice(
               free(c.attn);
               c.attn = undefined;
             }
-            done++;
+            counter.done++;
           }
           progress(li, names.join("/"));
           const K = layer.linears[names[0]].inFeatures;
@@ -144,7 +131,7 @@ export function quantizeModelOnDevice(
           } finally {
             dev.free(H);
           }
-          done++;
+          counter.done++;
         }
         progress(li, "outputs");
         for (const c of chunks) {
@@ -159,7 +146,7 @@ export function quantizeModelOnDevice(
           c.h = c.mid!;
           c.mid = undefined;
         }
-        done++;
+        counter.done++;
       } finally {
         gpu.dispose();
       }

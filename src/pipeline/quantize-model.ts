@@ -128,6 +128,29 @@ export type PipelineEvent =
     }
   | { type: "linear"; report: LinearReport };
 
+/** Progress over `total` steps of an L-layer run: `report` sends where it is, `done` counts steps finished. */
+export function stepCounter(L: number, total: number, onEvent: (e: PipelineEvent) => void) {
+  const t0 = Date.now();
+  const counter = {
+    done: 0,
+    report(layer: number, step: string): void {
+      const elapsed = (Date.now() - t0) / 1000;
+      const { done } = counter;
+      onEvent({
+        type: "step",
+        layer,
+        layers: L,
+        step,
+        done,
+        total,
+        elapsed,
+        eta: done ? (elapsed / done) * (total - done) : NaN,
+      });
+    },
+  };
+  return counter;
+}
+
 export interface PipelineResult {
   /** quantized layers by tensor prefix */
   layers: Map<string, QuantizedLinear>;
@@ -290,20 +313,8 @@ export function quantizeModel(
     );
   // per layer: its groups, then (with calibration) the attention half's and the layer's outputs
   const total = L * (model.family.groups.length + (calibrated ? 2 : 0));
-  let done = 0;
-  const progress = (layer: number, step: string) => {
-    const elapsed = (Date.now() - t0) / 1000;
-    onEvent({
-      type: "step",
-      layer,
-      layers: L,
-      step,
-      done,
-      total,
-      elapsed,
-      eta: done ? (elapsed / done) * (total - done) : NaN,
-    });
-  };
+  const counter = stepCounter(L, total, onEvent);
+  const progress = counter.report;
 
   // Hidden states entering the current layer (one T x hidden array per calibration sequence), and after
   // its attention half once that half is quantized: the MLP groups calibrate from there, so attention
@@ -344,7 +355,7 @@ export function quantizeModel(
           progress(li, "attention outputs");
           mid = hs.map((h, s) => layer.attentionBlock(h, T(s)));
           if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
-          done++;
+          counter.done++;
         }
         progress(li, names.join("/"));
         const first = names[0];
@@ -404,7 +415,7 @@ export function quantizeModel(
         reports.push(report);
         onEvent({ type: "linear", report });
       }
-      done += share;
+      counter.done += share;
     }
     if (calibrated) {
       progress(li, "outputs");
@@ -413,7 +424,7 @@ export function quantizeModel(
       mid = [];
       if (opts.fpTarget) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
       midF = [];
-      done++;
+      counter.done++;
     }
   }
   progress(L - 1, "done");
