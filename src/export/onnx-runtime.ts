@@ -1,6 +1,6 @@
 /**
- * Running an exported decoder with onnxruntime-node, an optional dependency loaded only when asked for:
- * without it everything else works, and callers say that the check was skipped.
+ * Running an exported decoder with onnxruntime-node, used when installed (`npm install onnxruntime-node`) and
+ * loaded only when asked for: without it everything else works, and callers say that the check was skipped.
  */
 import { IO_NAMES } from "./decoder-graph.js";
 import { DecoderConfig } from "./model-view.js";
