@@ -91,30 +91,9 @@ export class Cublas {
   }
 
   /**
-   * fp32 GEMM in cuBLAS's column-major terms, fp32 arithmetic throughout (no TF32):
-   * C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, pointers and leading dimensions in elements.
-   */
-  gemmF32(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: number,
-    lda: number,
-    b: number,
-    ldb: number,
-    beta: number,
-    c: number,
-    ldc: number,
-  ): void {
-    this.gemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, "f32", "f32");
-  }
-
-  /**
    * GEMM in cuBLAS's column-major terms with A and B of type `ab` and C of type `cType`, fp32 accumulation
-   * (on the tensor cores for fp16 inputs): C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C.
+   * (on the tensor cores for fp16 inputs; fp32 inputs get fp32 arithmetic throughout, no TF32):
+   * C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, pointers and leading dimensions in elements.
    */
   gemmEx(
     transA: boolean,

@@ -67,11 +67,6 @@ export class CudaHessian {
     this.n = total;
   }
 
-  /** rows added so far */
-  get rows(): number {
-    return this.n;
-  }
-
   /** H on the device (K x K fp32), handed over: the accumulator is spent afterwards. */
   take(): DeviceBuffer {
     if (this.x) this.dev.free(this.x);

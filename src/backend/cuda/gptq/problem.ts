@@ -207,8 +207,8 @@ export function outputErrorOnDevice(
   ]);
   // row-major X (N x K) is column-major K x N: (X H)^T = H X^T, H symmetric
   const blas = Cublas.get(dev);
-  blas.gemmF32(false, false, K, N, K, 1, H.ptr, K, d.ptr, K, 0, dh.ptr, K);
-  blas.gemmF32(false, false, K, N, K, 1, H.ptr, K, wf.ptr, K, 0, wh.ptr, K);
+  blas.gemmEx(false, false, K, N, K, 1, H.ptr, K, d.ptr, K, 0, dh.ptr, K, "f32", "f32");
+  blas.gemmEx(false, false, K, N, K, 1, H.ptr, K, wf.ptr, K, 0, wh.ptr, K, "f32", "f32");
   dev.launch(gptqKernel(dev, "gptq_quadratic_forms"), [Math.min(blocks(count), 1024), 1, 1], THREADS, 0, [
     ptr(dh),
     ptr(d),

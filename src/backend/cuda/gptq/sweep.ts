@@ -186,7 +186,7 @@ export class CudaGptqSweep {
     const count = i2 - i1;
     // row-major W[i2:, :] (K - i2 x N) is column-major N x (K - i2); Err (count x N) is N x count;
     // U[i1:i2, i2:] (row-major, ld K) is column-major (K - i2) x count: W' -= Err' U'^T
-    Cublas.get(this.dev).gemmF32(
+    Cublas.get(this.dev).gemmEx(
       false,
       true,
       N,
@@ -200,6 +200,8 @@ export class CudaGptqSweep {
       1,
       this.w.ptr + i2 * N * 4,
       N,
+      "f32",
+      "f32",
     );
   }
 
