@@ -26,6 +26,7 @@ import { CalibrationRequest, loadCalibration } from "./calibration.js";
 import { RuntimeSummary, marlinWarning, runtimeSummary } from "./runtimes.js";
 import {
   LinearReport,
+  Phase,
   PipelineEvent,
   PipelineOptions,
   PipelineResult,
@@ -82,6 +83,8 @@ export interface QuantizeResult {
   memory: { hostPeakBytes: number; gpuPeakBytes?: number };
   /** seconds in the layer-by-layer pipeline, and end to end (load, quantize, write) */
   quantizeSeconds: number;
+  /** where the time went: the pipeline's phases when it measures them, and the write */
+  phases: Partial<Record<Phase | "write", number>>;
   seconds: number;
   reports: LinearReport[];
   /** what the user should know about the result (too few calibration tokens...); also sent as notes */
@@ -227,6 +230,7 @@ export async function quantizeCheckpoint(
       ...(plan.to !== plan.from ? { padded_intermediate_size: { from: plan.from, to: plan.to } } : {}),
     },
   };
+  const tWrite = Date.now();
   await writeQuantizedCheckpoint({
     sourceDir: req.modelDir,
     outDir: req.outDir,
@@ -257,6 +261,7 @@ export async function quantizeCheckpoint(
       gpuPeakBytes: device.kind === "cuda" ? CudaDevice.get().memoryStats().peakLiveBytes : undefined,
     },
     quantizeSeconds: run.seconds,
+    phases: { ...run.phases, write: (Date.now() - tWrite) / 1000 },
     seconds: (Date.now() - t0) / 1000,
     reports,
     warnings,

@@ -21,7 +21,13 @@ import { dequantize } from "../formats/dequantize.js";
 import { gptqSolve } from "../quant/gptq.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
-import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
+import type {
+  LinearReport,
+  Phase,
+  PipelineEvent,
+  PipelineOptions,
+  PipelineResult,
+} from "./quantize-model.js";
 import { dataSupports, stepCounter } from "./quantize-model.js";
 
 /** The GPU decoder's name of the projection that computes each role. */
@@ -94,11 +100,21 @@ export function quantizeModelOnDevice(
     return { seqLens: seqs.map((s) => s.length), rows: seqs.reduce((a, s) => a + s.length, 0), h };
   });
   const free = (b?: DeviceBuffer) => b && dev.free(b);
+  // where the time goes: each phase ends with the device idle, so its kernels are counted in it
+  const phases: Record<Phase, number> = { read: 0, forward: 0, hessian: 0, gptq: 0, error: 0, pack: 0 };
+  let mark = Date.now();
+  const lap = (phase: Phase) => {
+    dev.synchronize();
+    const now = Date.now();
+    phases[phase] += (now - mark) / 1000;
+    mark = now;
+  };
 
   try {
     for (let li = 0; li < L; li++) {
       const layer = li === 0 && first ? first : model.layer(li);
       const gpu = cudaDecoderLayer(dev, layer, positions);
+      lap("read");
       try {
         for (const group of model.family.groups) {
           const names = layer.linearsFor(group.roles);
@@ -114,6 +130,7 @@ export function quantizeModelOnDevice(
               free(c.attn);
               c.attn = undefined;
             }
+            lap("forward");
             counter.done++;
           }
           progress(li, names.join("/"));
@@ -121,11 +138,14 @@ export function quantizeModelOnDevice(
           const acc = new CudaHessian(dev, K);
           for (const c of chunks) {
             const x = groupInput(dev, gpu, first, c);
+            lap("forward");
             acc.addDevice(x, c.rows);
             if (first === "o") c.attn = x;
             else dev.free(x);
+            lap("hessian");
           }
           const H = acc.take();
+          lap("hessian");
           try {
             for (const name of names) quantizeLinear(layer, gpu, H, name, li);
           } finally {
@@ -146,6 +166,7 @@ export function quantizeModelOnDevice(
           c.h = c.mid!;
           c.mid = undefined;
         }
+        lap("forward");
         counter.done++;
       } finally {
         gpu.dispose();
@@ -155,7 +176,7 @@ export function quantizeModelOnDevice(
     for (const c of chunks) for (const b of [c.h, c.mid, c.attn]) free(b);
   }
   progress(L - 1, "done");
-  return { layers, reports, seconds: (Date.now() - t0) / 1000 };
+  return { layers, reports, seconds: (Date.now() - t0) / 1000, phases };
 
   /** GPTQ of one projection from its group's Hessian H (left as it is); its dequantized weight goes into `gpu`. */
   function quantizeLinear(
@@ -175,6 +196,7 @@ export function quantizeModelOnDevice(
     const { outFeatures: N, inFeatures: K } = linear;
     const fits = dataSupports(opts, K, tokens);
     const w = dev.upload(linear.weight);
+    lap("read");
     const h = dev.alloc(K * K * 4);
     dev.copy(h, H, K * K * 4);
     const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, w, "f32", N, K));
@@ -196,18 +218,21 @@ export function quantizeModelOnDevice(
     } finally {
       problem.dispose?.();
     }
+    lap("gptq");
     r.layer.groupSize = opts.groupSize;
     if (linear.bias) r.layer.bias = linear.bias;
     const q = dequantizeOnDevice(dev, r.layer);
     const relError = outputErrorOnDevice(dev, w, "f32", q, H, N, K);
     dev.free(w);
     gpu.setWeight(DECODER_NAME[layer.segmentsOf(name)[0].part], q);
+    lap("error");
     // a model held in memory computes afterwards what the quantized checkpoint will (as on the CPU path);
     // a layer-wise one drops the layer when it is done
     if (model instanceof DecoderModel)
       layer.linears[name] = new DenseLinear(dequantize(r.layer), N, K, linear.bias);
     if (keep) keep(prefix, r.layer);
     else layers.set(prefix, r.layer);
+    lap("pack");
     const report: LinearReport = {
       layer: li,
       name: prefix,

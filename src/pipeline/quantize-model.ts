@@ -151,11 +151,15 @@ export function stepCounter(L: number, total: number, onEvent: (e: PipelineEvent
   return counter;
 }
 
+/** Where a run's time goes (seconds), measured where the device can be waited on between phases. */
+export type Phase = "read" | "forward" | "hessian" | "gptq" | "error" | "pack";
+
 export interface PipelineResult {
   /** quantized layers by tensor prefix */
   layers: Map<string, QuantizedLinear>;
   reports: LinearReport[];
   seconds: number;
+  phases?: Record<Phase, number>;
 }
 
 /** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */

@@ -246,6 +246,9 @@ export const quantizeCommand: Command = {
         expertsLine(res.reports),
         runtimesLine(res.runtimes, res.out),
         `memory: host peak ${formatBytes(res.memory.hostPeakBytes)}${res.memory.gpuPeakBytes !== undefined ? `, GPU peak ${formatBytes(res.memory.gpuPeakBytes)}` : ""}`,
+        `time: ${Object.entries(res.phases)
+          .map(([phase, s]) => `${phase} ${formatSeconds(s)}`)
+          .join(", ")}`,
         `wrote ${res.out} as ${res.format}${res.formatNote ? ` (${res.formatNote})` : ""} in ${formatSeconds(res.seconds)} (quantization ${formatSeconds(res.quantizeSeconds)})`,
       ];
       process.stdout.write(lines.filter((l) => l !== undefined).join("\n") + "\n");
