@@ -154,7 +154,8 @@ export function decoderSpec(layer: DecoderLayer, positions: number): CudaDecoder
       throw new GptqError(
         `${layer.linearPrefix(stored)} is not a dense projection: build the GPU layer before quantizing, then setWeight`,
       );
-    linears[name] = { weight: l.weight, bias: l.bias, N: l.outFeatures, K: l.inFeatures };
+    // a weight still as stored goes to the device without a widening here
+    linears[name] = { weight: l.stored ?? l.weight, bias: l.bias, N: l.outFeatures, K: l.inFeatures };
   }
   const c = layer.config;
   const rope = layer.rotary!.tables(positions);

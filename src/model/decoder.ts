@@ -863,12 +863,19 @@ export class LayerwiseDecoder implements LayerSource {
     return this.embeddings.rows(tokens);
   }
 
-  /** reads decoder layer `i` now */
+  /**
+   * Reads decoder layer `i` now. Its projections keep their weights as stored (checked finite when the
+   * model was opened) until the CPU widens them, so a GPU takes fp16 weights as they are.
+   */
   layer(i: number): DecoderLayer {
     const store = this.store;
     const source: LinearSource = {
       has: (prefix) => store.has(`${prefix}.weight`),
-      linear: (prefix, N, K) => loadDenseLinear(store, prefix, N, K),
+      linear: (prefix, N, K) => {
+        checkFloats(store, `${prefix}.weight`, [N, K]);
+        const bias = store.has(`${prefix}.bias`) ? readFloats(store, `${prefix}.bias`, [N]) : undefined;
+        return new DenseLinear(store.read(`${prefix}.weight`), N, K, bias);
+      },
     };
     return this.prepare(readDecoderLayer(store, this.family, this.config, i, this.rotary(i), source));
   }

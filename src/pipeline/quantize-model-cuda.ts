@@ -195,11 +195,16 @@ export function quantizeModelOnDevice(
       );
     const { outFeatures: N, inFeatures: K } = linear;
     const fits = dataSupports(opts, K, tokens);
-    const w = dev.upload(linear.weight);
+    // GPTQ's target: the layer's fp16 weight on the device for an fp16/bf16 checkpoint (the values as
+    // stored; bf16 narrowed), an fp32 one as it is
+    const decoderName = DECODER_NAME[layer.segmentsOf(name)[0].part];
+    const halfs = linear.stored !== undefined && linear.stored.dtype !== "F32";
+    const w = halfs ? gpu.weightOf(decoderName) : dev.upload(linear.weight);
+    const wType = halfs ? "f16" : "f32";
     lap("read");
     const h = dev.alloc(K * K * 4);
     dev.copy(h, H, K * K * 4);
-    const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, w, "f32", N, K));
+    const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, w, wType, N, K));
     let r;
     try {
       r = gptqSolve(problem, {
@@ -222,9 +227,9 @@ export function quantizeModelOnDevice(
     r.layer.groupSize = opts.groupSize;
     if (linear.bias) r.layer.bias = linear.bias;
     const q = dequantizeOnDevice(dev, r.layer);
-    const relError = outputErrorOnDevice(dev, w, "f32", q, H, N, K);
-    dev.free(w);
-    gpu.setWeight(DECODER_NAME[layer.segmentsOf(name)[0].part], q);
+    const relError = outputErrorOnDevice(dev, w, wType, q, H, N, K);
+    if (!halfs) dev.free(w);
+    gpu.setWeight(decoderName, q); // frees the fp16 weight
     lap("error");
     // a model held in memory computes afterwards what the quantized checkpoint will (as on the CPU path);
     // a layer-wise one drops the layer when it is done

@@ -60,6 +60,15 @@ extern "C" __global__ void add_bias(u16* __restrict__ y, const float* __restrict
   if (e < count) y[e] = f2h(h2f(y[e]) + bias[e % N]);
 }
 
+// A bf16 weight narrowed to fp16 in place (what the layer computes with). grid (ceil(count / THREADS)).
+extern "C" __global__ void bf16_to_f16(u16* __restrict__ w, size_t count) {
+  const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= count) return;
+  float f;
+  asm("mov.b32 %0, %1;" : "=f"(f) : "r"((u32)w[e] << 16));
+  w[e] = f2h(f);
+}
+
 // h[e] += y[e] (the residual). grid (ceil(count / THREADS)).
 extern "C" __global__ void add_inplace(u16* __restrict__ h, const u16* __restrict__ y, size_t count) {
   const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -7,6 +7,7 @@
  * the caller frees (`dev.free`).
  */
 import { floatsToHalfs, halfsToFloats } from "../../../tensor/dtype.js";
+import { Tensor, toFloat32 } from "../../../tensor/tensor.js";
 import { GptqError } from "../../../util/errors.js";
 import { BatchedGemm, Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer, Kernel, KernelArg, f32, i32, ptr, u64 } from "../device.js";
@@ -16,7 +17,8 @@ export type DecoderLinearName =
 
 /** An nn.Linear: weight N x K row-major, optional bias of N. */
 export interface DecoderLinearSpec {
-  weight: Float32Array;
+  /** N x K: fp32 values, or the tensor as a checkpoint stores it (F16 goes up as it is) */
+  weight: Float32Array | Tensor;
   bias?: Float32Array;
   N: number;
   K: number;
@@ -54,6 +56,23 @@ const FP16_BYTES = 2;
 /** fp32 host values -> a new fp16 device buffer */
 export function uploadHalfs(dev: CudaDevice, x: Float32Array): DeviceBuffer {
   return dev.upload(floatsToHalfs(x));
+}
+
+/** A weight on the device in fp16: stored fp16 values go up as they are, others are narrowed here. */
+function uploadWeight(dev: CudaDevice, w: Float32Array | Tensor): DeviceBuffer {
+  if (w instanceof Float32Array) return uploadHalfs(dev, w);
+  if (w.dtype === "F16") return dev.upload(w.data);
+  if (w.dtype !== "BF16") return uploadHalfs(dev, toFloat32(w));
+  const buf = dev.upload(w.data);
+  const count = w.data.length;
+  dev.launch(
+    dev.kernel(import.meta.url, "decoder.cu", "bf16_to_f16"),
+    [Math.ceil(count / THREADS), 1, 1],
+    THREADS,
+    0,
+    [ptr(buf), u64(count)],
+  );
+  return buf;
 }
 
 /** the first `count` fp16 values of a device buffer, widened to fp32 on the host */
@@ -228,7 +247,8 @@ export function checkDecoderSpec(s: CudaDecoderSpec): void {
   for (const [name, [N, K]] of Object.entries(shapes)) {
     const l = s.linears[name as DecoderLinearName];
     if (l.N !== N || l.K !== K) bad(`${name} is ${l.N} x ${l.K}, expected ${N} x ${K}`);
-    if (l.weight.length !== N * K) bad(`${name} weight has ${l.weight.length} values, expected ${N} x ${K}`);
+    const values = l.weight instanceof Float32Array ? l.weight.length : l.weight.data.length;
+    if (values !== N * K) bad(`${name} weight has ${values} values, expected ${N} x ${K}`);
     if (l.bias && l.bias.length !== N) bad(`${name} bias has ${l.bias.length} values, expected ${N}`);
   }
 }
@@ -278,7 +298,7 @@ export class CudaDecoderLayer {
     this.ropeSin = keep(dev.upload(spec.ropeSin));
     for (const [name, l] of Object.entries(spec.linears))
       this.linears[name as DecoderLinearName] = {
-        weight: uploadHalfs(dev, l.weight),
+        weight: uploadWeight(dev, l.weight),
         bias: l.bias && keep(dev.upload(l.bias)),
         N: l.N,
         K: l.K,
@@ -298,6 +318,11 @@ export class CudaDecoderLayer {
     const next = weight instanceof Float32Array ? uploadHalfs(this.dev, weight) : weight;
     this.dev.free(l.weight);
     l.weight = next;
+  }
+
+  /** A projection's fp16 weight (N x K) on the device, until it is replaced. */
+  weightOf(name: DecoderLinearName): DeviceBuffer {
+    return this.linears[name].weight;
   }
 
   /** rmsNorm(h) with the input norm: the input of q/k/v (rows x hidden). */
