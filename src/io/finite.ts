@@ -33,11 +33,8 @@ export function storedNonFinite(
   return undefined;
 }
 
-/**
- * A float tensor (F32, F16 or BF16) of the given shape, checked (header first, then every value finite)
- * and widened to fp32; one error line naming the tensor otherwise.
- */
-export function readFloatTensor(store: TensorStore, name: string, shape: readonly number[]): Float32Array {
+/** Tensor `name` of `store` exists with the given shape and a float dtype (F32, F16, BF16); one error line otherwise. */
+export function checkFloatTensor(store: TensorStore, name: string, shape: readonly number[]): void {
   if (!store.has(name)) throw new GptqError(`${store.dir}: tensor ${name} is missing`);
   const info = store.info(name);
   if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
@@ -46,6 +43,14 @@ export function readFloatTensor(store: TensorStore, name: string, shape: readonl
     );
   if (info.dtype !== "F32" && info.dtype !== "F16" && info.dtype !== "BF16")
     throw new GptqError(`${store.dir}: tensor ${name} is ${info.dtype}, expected F32, F16 or BF16`);
+}
+
+/**
+ * A float tensor (F32, F16 or BF16) of the given shape, checked (header first, then every value finite)
+ * and widened to fp32; one error line naming the tensor otherwise.
+ */
+export function readFloatTensor(store: TensorStore, name: string, shape: readonly number[]): Float32Array {
+  checkFloatTensor(store, name, shape);
   const t = store.read(name);
   const problem = nonFiniteProblem(`${store.dir}: tensor ${name}`, t.dtype, t.shape, t.data);
   if (problem) throw new GptqError(problem);

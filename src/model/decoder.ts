@@ -12,9 +12,7 @@ import { FORMATS } from "../formats/registry.js";
 import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { openCheckpoint } from "../io/checkpoint.js";
 import { TensorStore } from "../io/store.js";
-import { storedNonFinite } from "../io/finite.js";
-import { toFloat32 } from "../tensor/tensor.js";
-import { nonFiniteProblem } from "../tensor/finite.js";
+import { checkFloatTensor, readFloatTensor, storedNonFinite } from "../io/finite.js";
 import { GptqError } from "../util/errors.js";
 import { readModelConfig } from "./config.js";
 import { expertLinears } from "./families/experts.js";
@@ -416,30 +414,10 @@ export interface LoadOptions {
   actQuant?: "none" | "int8";
 }
 
-/** Checks a float tensor's header (dtype, the shape config.json implies) before its data is read. */
-function checkFloats(store: TensorStore, name: string, shape: number[]): void {
-  const t = store.info(name);
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
-    throw new GptqError(
-      `${store.dir}: tensor ${name} has shape [${t.shape}], config.json implies [${shape}]`,
-    );
-  if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16")
-    throw new GptqError(`${store.dir}: tensor ${name} is ${t.dtype}, expected F32, F16 or BF16`);
-}
-
-/** A float tensor checked (header, then every value finite) and widened to fp32. */
-function readFloats(store: TensorStore, name: string, shape: number[]): Float32Array {
-  checkFloats(store, name, shape);
-  const t = store.read(name);
-  const problem = nonFiniteProblem(`${store.dir}: tensor ${name}`, t.dtype, t.shape, t.data);
-  if (problem) throw new GptqError(problem);
-  return toFloat32(t);
-}
-
 /** An unquantized projection: `<prefix>.weight` [N, K] and an optional `<prefix>.bias` [N]. */
 export function loadDenseLinear(store: TensorStore, prefix: string, N: number, K: number): DenseLinear {
-  const weight = readFloats(store, `${prefix}.weight`, [N, K]);
-  const bias = store.has(`${prefix}.bias`) ? readFloats(store, `${prefix}.bias`, [N]) : undefined;
+  const weight = readFloatTensor(store, `${prefix}.weight`, [N, K]);
+  const bias = store.has(`${prefix}.bias`) ? readFloatTensor(store, `${prefix}.bias`, [N]) : undefined;
   return new DenseLinear(weight, N, K, bias);
 }
 
@@ -527,9 +505,9 @@ function layerNorms(
 
 /** A norm's tensors: `.weight` (plus 1 for Gemma's), and `.bias` for LayerNorm. */
 function readNorm(store: TensorStore, family: FamilySpec, c: ModelConfig, prefix: string, dim: number): Norm {
-  const w = readFloats(store, `${prefix}.weight`, [dim]);
+  const w = readFloatTensor(store, `${prefix}.weight`, [dim]);
   if (family.norm === "rms_offset") for (let i = 0; i < dim; i++) w[i] = 1 + w[i];
-  const bias = family.norm === "layer" ? readFloats(store, `${prefix}.bias`, [dim]) : undefined;
+  const bias = family.norm === "layer" ? readFloatTensor(store, `${prefix}.bias`, [dim]) : undefined;
   return new Norm(w, c.normEps, bias);
 }
 
@@ -633,11 +611,11 @@ class Embeddings {
 
   static read(store: TensorStore, family: FamilySpec, c: ModelConfig): Embeddings {
     const D = c.hiddenSize;
-    const table = readFloats(store, family.tensors.embed, [c.vocabSize, D]);
+    const table = readFloatTensor(store, family.tensors.embed, [c.vocabSize, D]);
     const lp = c.learnedPositions;
     const positions =
       lp && family.tensors.positions
-        ? readFloats(store, family.tensors.positions, [lp.maxPositions + lp.offset, D])
+        ? readFloatTensor(store, family.tensors.positions, [lp.maxPositions + lp.offset, D])
         : undefined;
     return new Embeddings(c, table, positions);
   }
@@ -737,7 +715,8 @@ export class DecoderModel implements LayerSource {
           if (e instanceof GptqError) throw new GptqError(`${dir}: layer ${prefix}: ${e.message}`);
           throw e;
         }
-        if (store.has(`${prefix}.bias`)) layer.bias = readFloats(store, `${prefix}.bias`, [info.outFeatures]);
+        if (store.has(`${prefix}.bias`))
+          layer.bias = readFloatTensor(store, `${prefix}.bias`, [info.outFeatures]);
         return layer;
       };
       /** how a quantized layer runs: dequantized group by group, or A8W4 */
@@ -840,7 +819,7 @@ export class LayerwiseDecoder implements LayerSource {
       // its layer
       for (let i = 0; i < config.numLayers; i++)
         for (const [name, shape] of denseLayerTensors(family, config, store, i))
-          checkFloats(store, name, shape);
+          checkFloatTensor(store, name, shape);
       // and every value finite: a NaN weight would otherwise surface as NaN losses layers later
       for (let i = 0; i < config.numLayers; i++)
         for (const [name] of denseLayerTensors(family, config, store, i)) {
@@ -872,8 +851,8 @@ export class LayerwiseDecoder implements LayerSource {
     const source: LinearSource = {
       has: (prefix) => store.has(`${prefix}.weight`),
       linear: (prefix, N, K) => {
-        checkFloats(store, `${prefix}.weight`, [N, K]);
-        const bias = store.has(`${prefix}.bias`) ? readFloats(store, `${prefix}.bias`, [N]) : undefined;
+        checkFloatTensor(store, `${prefix}.weight`, [N, K]);
+        const bias = store.has(`${prefix}.bias`) ? readFloatTensor(store, `${prefix}.bias`, [N]) : undefined;
         return new DenseLinear(store.read(`${prefix}.weight`), N, K, bias);
       },
     };
