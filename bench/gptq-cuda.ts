@@ -1,15 +1,19 @@
 // One layer quantized the way `quantize --device cuda` does it, everything on the GPU: the Hessian from
 // fp16 activations already on the device (tensor-core GEMMs, fp32 accumulation), the problem prepared there
-// from the fp16 weight, cuSOLVER's factor, the block sweeps with min-max group parameters, the codes back to
-// the host; then the dequantized weight and the output error on the device. Activations: one pool of 2048
-// LLM-like rows uploaded once and added `tokens / 2048` times (the GEMMs' time does not depend on values).
+// from the fp16 weight, cuSOLVER's factor, the block sweeps with their group parameters (min-max, or the
+// clip search of --clip=mse|hessian, asymmetric with --split-range, found on the device), the codes back
+// to the host; then the dequantized weight and the output error on the device. Activations: one pool of
+// 2048 LLM-like rows uploaded once and added `tokens / 2048` times (the GEMMs' time does not depend on
+// values).
 // Run: npm run build --silent && node dist/bench/gptq-cuda.js [K] [N] [tokens] [bits] [group] [--act-order]
+//      [--clip=minmax|mse|hessian|gptq] [--split-range]
 import { CudaDevice } from "../src/backend/cuda/device.js";
 import { CudaHessian } from "../src/backend/cuda/gptq/hessian.js";
 import { CudaGptqData, dequantizeOnDevice, outputErrorOnDevice } from "../src/backend/cuda/gptq/problem.js";
 import { Bits } from "../src/formats/types.js";
 import { cudaGptqProblem } from "../src/pipeline/cuda-gptq.js";
 import { gptqSolve } from "../src/quant/gptq.js";
+import { ClipMethod } from "../src/quant/quantizer.js";
 import { floatsToHalfs } from "../src/tensor/dtype.js";
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith("--"));
@@ -19,6 +23,10 @@ const TOKENS = Number(args[2] ?? 262144);
 const bits = Number(args[3] ?? 4) as Bits;
 const groupSize = Number(args[4] ?? 128);
 const descAct = process.argv.includes("--act-order");
+const clip = (process.argv.find((a) => a.startsWith("--clip="))?.slice("--clip=".length) ??
+  "minmax") as ClipMethod;
+const splitRange = process.argv.includes("--split-range");
+const sym = !splitRange; // the split search is for asymmetric groups
 const POOL = 2048;
 
 function normals(seed: number): () => number {
@@ -56,7 +64,7 @@ function layer(tokens: number) {
   const hCopy = dev.alloc(K * K * 4);
   dev.copy(hCopy, h, K * K * 4); // the output error needs H as it was
   const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, wd, "f16", N, K));
-  const r = gptqSolve(problem, { bits, groupSize, sym: true, descAct });
+  const r = gptqSolve(problem, { bits, groupSize, sym, descAct, clip, splitRange });
   problem.dispose?.();
   const gptq = seconds(t);
   t = process.hrtime.bigint();
@@ -74,7 +82,8 @@ const runs = [layer(TOKENS), layer(TOKENS), layer(TOKENS)];
 const median = (f: (r: (typeof runs)[0]) => number) => runs.map(f).sort((a, b) => a - b)[1];
 const ms = (s: number) => `${(s * 1000).toFixed(0)} ms`;
 console.log(
-  `| ${K}x${N} (K x N), ${TOKENS} tokens, ${bits}-bit g${groupSize} sym${descAct ? " act-order" : ""}, ${dev.info.name} ` +
+  `| ${K}x${N} (K x N), ${TOKENS} tokens, ${bits}-bit g${groupSize} ${sym ? "sym" : "asym"}` +
+    `${descAct ? " act-order" : ""} clip ${clip}${splitRange ? " split-range" : ""}, ${dev.info.name} ` +
     `| Hessian ${ms(median((r) => r.hessian))} | GPTQ ${ms(median((r) => r.gptq))} ` +
     `| Hessian + GPTQ ${ms(median((r) => r.hessian + r.gptq))} | dequantize + output error ${ms(median((r) => r.after))} |`,
 );

@@ -1,8 +1,9 @@
 /**
  * GPTQ with its dense work on the GPU: the Hessian and the working weight prepared on the device (dead
  * inputs, act-order, damping), the damped Hessian factorised by cuSOLVER, every lazy-update block swept
- * there (backend/cuda/gptq) with min-max group parameters found there too; other group searches run on
- * the host by the same code as the CPU path, so every option means the same on both.
+ * there (backend/cuda/gptq) with group parameters found there too (min-max, clip "mse" and "hessian");
+ * clip "gptq" and static groups out of order run on the host by the same code as the CPU path, so every
+ * option means the same on both.
  */
 import { CudaDevice } from "../backend/cuda/device.js";
 import { CudaGptqData } from "../backend/cuda/gptq/problem.js";
@@ -35,7 +36,6 @@ export function cudaGptqProblem(dev: CudaDevice, data: CudaGptqData): GptqProble
       for (let d = damp; d <= DAMP_LIMIT; d = nextDamp(d)) {
         const f = data.tryFactor(d * mean);
         if (!f) continue;
-        const colWeight = Float64Array.from(f.diag, (x) => 1 / (x * x));
         return {
           damp: d,
           damped: () => data.damped(d * mean),
@@ -43,7 +43,7 @@ export function cudaGptqProblem(dev: CudaDevice, data: CudaGptqData): GptqProble
             new BlockSweep(
               q,
               new CudaGptqSweep(dev, f, w ?? data.weight, N, scales.length / N),
-              colWeight,
+              f.colWeight,
               () => f.rows(),
               N,
               K,

@@ -13,7 +13,16 @@ import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
 import { refitScales } from "./refit.js";
-import { Quantizer, QuantizerOptions, Scorer, findParams, quantCode, resolveQuantizer } from "./quantizer.js";
+import {
+  Quantizer,
+  QuantizerOptions,
+  Scorer,
+  SearchGrid,
+  findParams,
+  quantCode,
+  resolveQuantizer,
+  searchGrid,
+} from "./quantizer.js";
 
 export interface GptqOptions extends QuantizerOptions {
   /** act-order: quantize columns by descending Hessian diagonal */
@@ -568,8 +577,13 @@ export interface BlockEngine {
    * exactly as `findParams` finds them (clip "minmax"), without the rows leaving it.
    */
   minmaxParams?(c: number, cols: number, g: number, maxq: number, sym: boolean): void;
-  /** every group's parameters back into the host's arrays */
-  getParams(scales: Float32Array, zeros: Float32Array): void;
+  /**
+   * Optional: the same for the searches of clip "mse" and "hessian" (column k's error weighing
+   * 1 / U[k, k]^2, k the processing position).
+   */
+  searchParams?(c: number, cols: number, g: number, search: ClipSearch): void;
+  /** groups g0 ..= g1 of the parameters back into the host's arrays (G x N) */
+  getParams(scales: Float32Array, zeros: Float32Array, g0: number, g1: number): void;
   /**
    * Quantizes columns [i1, i2) with groups `groupOf[c]`, feeding each column's error into the block's later
    * ones; the sum of squared scaled errors adds up in the engine.
@@ -584,11 +598,20 @@ export interface BlockEngine {
   dispose(): void;
 }
 
+/** findParams' search of clip "mse" or "hessian", for an engine that runs it. */
+export interface ClipSearch extends SearchGrid {
+  maxq: number;
+  sym: boolean;
+  clip: "mse" | "hessian";
+  norm: number;
+  splitRange: boolean;
+}
+
 /**
  * A sweep whose block work an engine does: group parameters are found at the start of the block in which a
- * group begins (from the weights as they stood then, as AutoGPTQ does), by the engine for min-max, here
- * otherwise. Fresh dynamic groups end blocks at group boundaries, so every group begins a block: the same
- * result up to rounding order.
+ * group begins (from the weights as they stood then, as AutoGPTQ does), by the engine where it finds them
+ * for the clip, here otherwise. Fresh dynamic groups end blocks at group boundaries, so every group begins
+ * a block: the same result up to rounding order.
  */
 export class BlockSweep implements GptqSweep {
   readonly groupOf: Int32Array;
@@ -616,6 +639,12 @@ export class BlockSweep implements GptqSweep {
 
   fixGroup(g: number, pos: Int32Array): void {
     const { N } = this;
+    const onEngine = this.engineParams();
+    if (onEngine && pos.every((p, i) => p === pos[0] + i)) {
+      onEngine(pos[0], pos.length, g);
+      this.engine.getParams(this.scales, this.zeros, g, g);
+      return;
+    }
     const w = (this.whole ??= this.engine.rowsOf(0, this.K));
     const buf = new Float32Array(pos.length * N);
     pos.forEach((p, i) => buf.set(w.subarray(p * N, (p + 1) * N), i * N));
@@ -628,7 +657,7 @@ export class BlockSweep implements GptqSweep {
     this.codesCache = undefined;
     const dynamic = groups === "dynamic";
     if (!dynamic) engine.setParams(scales, zeros, 0, scales.length / N - 1);
-    const onEngine = q.clip === "minmax" && engine.minmaxParams !== undefined;
+    const onEngine = this.engineParams();
     for (let i1 = 0; i1 < K;) {
       let i2 = Math.min(i1 + blockSize, K);
       if (dynamic && how.fresh) i2 = Math.min(i2, (Math.floor(i1 / gs) + 1) * gs);
@@ -637,8 +666,7 @@ export class BlockSweep implements GptqSweep {
         this.groupOf[c] = dynamic ? Math.floor(c / gs) : how.staticOf(c);
         if (dynamic && c % gs === 0) starts.push(c);
       }
-      if (starts.length && onEngine)
-        for (const c of starts) engine.minmaxParams!(c, Math.min(gs, K - c), c / gs, q.maxq, q.sym);
+      if (starts.length && onEngine) for (const c of starts) onEngine(c, Math.min(gs, K - c), c / gs);
       else if (starts.length) {
         const end = Math.max(...starts.map((c) => c + Math.min(gs, K - c)));
         const rows = engine.rowsOf(i1, end);
@@ -654,8 +682,22 @@ export class BlockSweep implements GptqSweep {
       if (i2 < K) engine.lazy(i1, i2);
       i1 = i2;
     }
-    engine.getParams(scales, zeros);
+    engine.getParams(scales, zeros, 0, scales.length / N - 1);
     return engine.takeLoss() / 2;
+  }
+
+  /** The engine's finder of a group's parameters over consecutive rows, where it has one for the clip. */
+  private engineParams(): ((c: number, cols: number, g: number) => void) | undefined {
+    const { q, engine } = this;
+    const { minmaxParams, searchParams } = engine;
+    if (q.clip === "minmax" && minmaxParams)
+      return (c, cols, g) => minmaxParams.call(engine, c, cols, g, q.maxq, q.sym);
+    if ((q.clip === "mse" || q.clip === "hessian") && searchParams) {
+      const { maxq, sym, clip, norm, splitRange } = q;
+      const search: ClipSearch = { ...searchGrid(q), maxq, sym, clip, norm, splitRange };
+      return (c, cols, g) => searchParams.call(engine, c, cols, g, search);
+    }
+    return undefined;
   }
 
   dispose(): void {

@@ -115,6 +115,27 @@ function asymZero(xmin: number, scale: number, maxq: number): number {
   return z < 0 ? 0 : z > maxq ? maxq : z;
 }
 
+/**
+ * The candidates of findParams' searches: the range's ends scaled by 1 - i / grid for 0 <= i < shrinks
+ * (AutoGPTQ's grid, down to 1 - maxShrink), then, for the Hessian-aware searches of symmetric groups, by
+ * 1 + i / grid for 1 <= i <= widens: with AutoGPTQ's symmetric scale 2 max|w| / maxq the top code stands
+ * for only (maxq - 1) / maxq of max |w|, so they widen the range until it is covered.
+ */
+export interface SearchGrid {
+  grid: number;
+  shrinks: number;
+  widens: number;
+}
+
+export function searchGrid(q: Quantizer): SearchGrid {
+  const widening = q.sym && (q.clip === "hessian" || q.clip === "gptq");
+  return {
+    grid: q.grid,
+    shrinks: Math.floor(q.maxShrink * q.grid),
+    widens: widening ? Math.ceil((q.maxq / (q.maxq - 1) - 1) * q.grid) : 0,
+  };
+}
+
 /** Adds each row's error under candidate parameters (scale[n], zero[n]) to err[n]. */
 export type Scorer = (scale: Float64Array, zero: Float64Array, err: Float64Array) => void;
 
@@ -202,23 +223,18 @@ export function findParams(
       }
     }
   };
-  // AutoGPTQ's grid: p = 1, 1 - 1/grid, ... down to 1 - maxShrink
-  const shrinks = Array.from({ length: Math.floor(q.maxShrink * q.grid) }, (_, i) => 1 - i / q.grid);
+  const grid = searchGrid(q);
+  const shrinks = Array.from({ length: grid.shrinks }, (_, i) => 1 - i / grid.grid);
   for (const p of shrinks)
     tryCandidates(
       () => p,
       () => p,
     );
-  if (sym && q.clip !== "mse") {
-    // With AutoGPTQ's symmetric scale the top code stands for (maxq - 1) / maxq of max |w|: let the
-    // Hessian-aware searches widen the range until it is covered.
-    const widen = Math.ceil((maxq / (maxq - 1) - 1) * q.grid);
-    for (let i = 1; i <= widen; i++)
-      tryCandidates(
-        () => 1 + i / q.grid,
-        () => 1 + i / q.grid,
-      );
-  }
+  for (let i = 1; i <= grid.widens; i++)
+    tryCandidates(
+      () => 1 + i / grid.grid,
+      () => 1 + i / grid.grid,
+    );
   if (!q.splitRange || sym) return;
   for (let round = 0; round < 2; round++) {
     const hiNow = Float64Array.from(bestHi);

@@ -8,6 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CudaDevice } from "../../src/backend/cuda/device.js";
 import { CudaHessian } from "../../src/backend/cuda/gptq/hessian.js";
+import { CudaGptqSweep } from "../../src/backend/cuda/gptq/sweep.js";
 import { DecoderModel } from "../../src/model/decoder.js";
 import { formatTarget, planPadding } from "../../src/model/pad-plan.js";
 import { padModelIntermediate } from "../../src/model/padding.js";
@@ -105,17 +106,34 @@ test(
       { bits: 8, groupSize: -1, sym: true },
       { bits: 4, groupSize: 32, sym: true, freshGroups: true, clip: "mse" },
       { bits: 4, groupSize: 128, sym: false, clip: "hessian", splitRange: true, refine: 1 },
+      { bits: 4, groupSize: 128, sym: true, descAct: true, clip: "hessian" },
+      { bits: 3, groupSize: -1, sym: true, clip: "hessian" },
+      { bits: 2, groupSize: 64, sym: false, staticGroups: true, clip: "mse", splitRange: true },
       { bits: 4, groupSize: 64, sym: true, clip: "gptq" },
     ];
-    for (const opts of cases) {
-      const cpu = gptqQuantize(W, N, K, H, opts);
-      const gpu = gptqQuantize(W, N, K, H, { ...opts, backend });
-      const eCpu = relativeOutputError(X, 2048, W, cpu.Q, N, K);
-      const eGpu = relativeOutputError(X, 2048, W, gpu.Q, N, K);
-      assert.ok(
-        Math.abs(eGpu - eCpu) <= 0.005 * eCpu,
-        `${JSON.stringify(opts)}: ${eGpu} against ${eCpu} on the CPU`,
-      );
+    // the clip searches "mse" and "hessian" run on the device: no rows come back for them
+    const rowsOf = CudaGptqSweep.prototype.rowsOf;
+    let rowsRead = 0;
+    CudaGptqSweep.prototype.rowsOf = function (r0: number, r1: number) {
+      rowsRead += r1 - r0;
+      return rowsOf.call(this, r0, r1);
+    };
+    try {
+      for (const opts of cases) {
+        const cpu = gptqQuantize(W, N, K, H, opts);
+        rowsRead = 0;
+        const gpu = gptqQuantize(W, N, K, H, { ...opts, backend });
+        if (opts.clip === "mse" || opts.clip === "hessian")
+          assert.equal(rowsRead, 0, `${JSON.stringify(opts)}: rows read back for the group searches`);
+        const eCpu = relativeOutputError(X, 2048, W, cpu.Q, N, K);
+        const eGpu = relativeOutputError(X, 2048, W, gpu.Q, N, K);
+        assert.ok(
+          Math.abs(eGpu - eCpu) <= 0.005 * eCpu,
+          `${JSON.stringify(opts)}: ${eGpu} against ${eCpu} on the CPU`,
+        );
+      }
+    } finally {
+      CudaGptqSweep.prototype.rowsOf = rowsOf;
     }
   },
 );

@@ -36,6 +36,8 @@ export const f32 = (v: number): KernelArg => ({ f32: v });
 export const u64 = (v: number): KernelArg => ({ ptr: v });
 /** A parameter passed by value as raw bytes (a CUtensorMap). */
 export const bytes = (b: Uint8Array): KernelArg => ({ bytes: b });
+/** a double, passed by value as its 8 bytes */
+export const f64 = (v: number): KernelArg => bytes(new Uint8Array(Float64Array.of(v).buffer));
 
 export interface DeviceInfo {
   name: string;

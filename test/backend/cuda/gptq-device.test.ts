@@ -1,5 +1,6 @@
 /**
- * GPTQ's device-side pieces against their host twins: min-max group parameters (bit-exact), the problem
+ * GPTQ's device-side pieces against their host twins: min-max group parameters and the clip searches
+ * (bit-exact but for clip "mse" with norm 2.4, whose exp and log are CUDA's, not V8's), the problem
  * prepared on the device (dead inputs, act-order, damping), the Hessian from fp16 rows already on the
  * device, dequantization and the output error; and GPTQ run wholly from device buffers against the CPU.
  * Skipped without a CUDA device.
@@ -13,13 +14,19 @@ import {
   dequantizeOnDevice,
   outputErrorOnDevice,
 } from "../../../src/backend/cuda/gptq/problem.js";
-import { gptqKernel } from "../../../src/backend/cuda/gptq/sweep.js";
+import { CudaGptqSweep, gptqKernel } from "../../../src/backend/cuda/gptq/sweep.js";
 import { dequantize } from "../../../src/formats/dequantize.js";
 import { Bits } from "../../../src/formats/types.js";
 import { cudaGptqProblem } from "../../../src/pipeline/cuda-gptq.js";
 import { HostProblem, gptqQuantize, gptqSolve } from "../../../src/quant/gptq.js";
 import { HessianAccumulator } from "../../../src/quant/hessian.js";
-import { findParams, resolveQuantizer } from "../../../src/quant/quantizer.js";
+import {
+  Quantizer,
+  findParams,
+  quantCode,
+  resolveQuantizer,
+  searchGrid,
+} from "../../../src/quant/quantizer.js";
 import { relativeOutputError as hostOutputError } from "../../../src/quant/relative-error.js";
 import { floatsToHalfs, halfsToFloats } from "../../../src/tensor/dtype.js";
 import { llmLike, relativeOutputError } from "../../quant/data.js";
@@ -68,6 +75,104 @@ test("min-max group parameters found on the GPU equal findParams bit for bit", {
     }
   dev.free(wd);
 });
+
+/** Row n's error sum_k |w - q|^norm under (s, z) as findParams' "mse" search scores it. */
+function rowError(
+  q: Quantizer,
+  w: Float32Array,
+  c: number,
+  cols: number,
+  N: number,
+  n: number,
+  s: number,
+  z: number,
+) {
+  let e = 0;
+  for (let k = c; k < c + cols; k++) {
+    const x = w[k * N + n];
+    const d = Math.abs(s * (quantCode(x, s, z, q.maxq) - z) - x);
+    e += d === 0 ? 0 : Math.exp(q.norm * Math.log(d));
+  }
+  return e;
+}
+
+test(
+  "the clip searches on the GPU equal findParams: mse and hessian, split-range, bits 2/3/4/8, groups 16/32/128",
+  { skip: noGpu },
+  () => {
+    const dev = CudaDevice.get();
+    const N = 100; // three warps of rows and a partial one
+    const K = 300; // a partial last group for every group size
+    const w = llmLike(K, N, 41); // K x N, the working layout
+    // rows of one sign and all-zero rows, the cases findParams widens or replaces
+    for (let k = 0; k < K; k++) {
+      w[k * N + 5] = Math.abs(w[k * N + 5]);
+      w[k * N + 6] = -Math.abs(w[k * N + 6]);
+      w[k * N + 7] = 0;
+      w[k * N + 8] *= 1e-9;
+    }
+    const X = llmLike(600, K, 42);
+    const acc = new HessianAccumulator(K);
+    acc.add(X, 600);
+    const data = CudaGptqData.fromHost(dev, llmLike(N, K, 43), acc.H, N, K);
+    const factor = data.tryFactor(1)!; // colWeight spans a few decades, as a real factor's does
+    let mseRows = 0;
+    let mseDiffer = 0;
+    for (const bits of [2, 3, 4, 8] as Bits[])
+      for (const [sym, splitRange] of [
+        [true, false],
+        [false, false],
+        [false, true],
+      ])
+        for (const [clip, norm] of [
+          ["hessian", 2],
+          ["mse", 2.4],
+          ...(bits === 4 ? [["mse", 2] as const] : []),
+        ] as const)
+          for (const gs of [16, 32, 128]) {
+            const name = `${bits}-bit ${sym ? "sym" : "asym"}${splitRange ? " split" : ""} ${clip} norm ${norm} g${gs}`;
+            const q = resolveQuantizer({ bits, groupSize: gs, sym, clip, norm, splitRange }, K);
+            const G = Math.ceil(K / gs);
+            const want = { scales: new Float32Array(G * N), zeros: new Float32Array(G * N) };
+            const got = { scales: new Float32Array(G * N), zeros: new Float32Array(G * N) };
+            const sweep = new CudaGptqSweep(dev, factor, w, N, G);
+            const search = { ...searchGrid(q), maxq: q.maxq, sym, clip, norm, splitRange };
+            for (let g = 0; g < G; g++) {
+              const c = g * gs;
+              const cols = Math.min(gs, K - c);
+              const [s, z] = [want.scales.subarray(g * N), want.zeros.subarray(g * N)];
+              findParams(q, w, c * N, cols, N, s, z, factor.colWeight.subarray(c, c + cols));
+              sweep.searchParams(c, cols, g, search);
+            }
+            sweep.getParams(got.scales, got.zeros, 0, G - 1);
+            sweep.dispose();
+            if (norm === 2) {
+              assert.deepEqual(got.scales, want.scales, `${name}: scales`);
+              assert.deepEqual(got.zeros, want.zeros, `${name}: zeros`);
+              continue;
+            }
+            // CUDA's exp and log may differ from V8's in the last bit: a different pick must score the same
+            for (let g = 0; g < G; g++)
+              for (let n = 0; n < N; n++) {
+                const i = g * N + n;
+                mseRows++;
+                if (got.scales[i] === want.scales[i] && got.zeros[i] === want.zeros[i]) continue;
+                mseDiffer++;
+                const c = g * gs;
+                const cols = Math.min(gs, K - c);
+                const eGot = rowError(q, w, c, cols, N, n, got.scales[i], got.zeros[i]);
+                const eWant = rowError(q, w, c, cols, N, n, want.scales[i], want.zeros[i]);
+                assert.ok(
+                  Math.abs(eGot - eWant) <= 1e-12 * eWant,
+                  `${name}, group ${g} row ${n}: ${eGot} against ${eWant}`,
+                );
+              }
+          }
+    assert.ok(mseDiffer <= mseRows * 0.001, `mse: ${mseDiffer} of ${mseRows} rows differ`);
+    factor.dispose();
+    data.dispose();
+  },
+);
 
 const N = 192;
 const K = 256;

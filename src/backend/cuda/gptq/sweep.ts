@@ -1,14 +1,14 @@
 /**
  * GPTQ's dense work on the GPU: the upper Cholesky factor of the damped inverse Hessian (cuSOLVER), the
  * column sweep of each lazy-update block (gptq.cu), and the updates of the columns after it (a cuBLAS fp32
- * GEMM). The weights stay on the device for the whole sweep; min-max group parameters are found there too,
- * other searches on the host from the rows they need (the same code as the CPU path); codes come back at
- * the end.
+ * GEMM). The weights stay on the device for the whole sweep; group parameters are found there too (min-max
+ * and the "mse" and "hessian" clip searches, as the host's findParams finds them); codes come back at the
+ * end.
  */
 import { GptqError } from "../../../util/errors.js";
 import { Cublas } from "../cublas.js";
 import { Cusolver } from "../cusolver.js";
-import { CudaDevice, DeviceBuffer, Kernel, i32, ptr } from "../device.js";
+import { CudaDevice, DeviceBuffer, Kernel, f64, i32, ptr } from "../device.js";
 
 /** One of gptq.cu's kernels. */
 export function gptqKernel(dev: CudaDevice, name: string): Kernel {
@@ -16,6 +16,25 @@ export function gptqKernel(dev: CudaDevice, name: string): Kernel {
 }
 
 const MAX_BLOCK = 128;
+/** gptq_search_params' threads: 32 rows x 16 lanes (SEARCH_ROWS x SEARCH_LANES in gptq.cu) */
+const SEARCH_ROWS = 32;
+const SEARCH_THREADS = SEARCH_ROWS * 16;
+
+/**
+ * A group's clip search as findParams runs it (clip "mse": sum |w - q|^norm; "hessian": squared errors
+ * weighed by 1 / U[k, k]^2): candidates scale the range's ends by 1 - i / grid (i < shrinks), then by
+ * 1 + i / grid (1 <= i <= widens), then, asymmetric with splitRange, two rounds of each end alone.
+ */
+export interface ClipSearch {
+  maxq: number;
+  sym: boolean;
+  clip: "mse" | "hessian";
+  norm: number;
+  grid: number;
+  shrinks: number;
+  widens: number;
+  splitRange: boolean;
+}
 
 /** Rows a thread block: the most (up to 128) that still give two waves of blocks over the SMs. */
 function rowsPerBlock(dev: CudaDevice, N: number): number {
@@ -27,6 +46,9 @@ function rowsPerBlock(dev: CudaDevice, N: number): number {
 /** The factor U (row-major upper triangle, K x K fp32) of a damped Hessian, on the device. */
 export class CudaGptqFactor {
   private hostRows?: Float64Array;
+  /** 1 / U[k, k]^2: the weight GPTQ's loss gives column k's error (processing order) */
+  readonly colWeight: Float64Array;
+  private colWeightBuf?: DeviceBuffer;
 
   private constructor(
     private readonly dev: CudaDevice,
@@ -34,7 +56,14 @@ export class CudaGptqFactor {
     readonly K: number,
     /** U's diagonal */
     readonly diag: Float64Array,
-  ) {}
+  ) {
+    this.colWeight = Float64Array.from(diag, (x) => 1 / (x * x));
+  }
+
+  /** colWeight on the device (float64), for the Hessian-weighted searches */
+  colWeightOnDevice(): DeviceBuffer {
+    return (this.colWeightBuf ??= this.dev.upload(this.colWeight));
+  }
 
   /**
    * Factorises a damped K x K Hessian (fp32, processing order) in place, taking ownership of the buffer;
@@ -70,6 +99,7 @@ export class CudaGptqFactor {
 
   dispose(): void {
     this.dev.free(this.U);
+    if (this.colWeightBuf) this.dev.free(this.colWeightBuf);
   }
 }
 
@@ -140,10 +170,40 @@ export class CudaGptqSweep {
     ]);
   }
 
-  getParams(scales: Float32Array, zeros: Float32Array): void {
-    const n = this.G * this.N;
-    this.dev.download(this.params.scales, scales.subarray(0, n));
-    this.dev.download(this.params.zeros, zeros.subarray(0, n));
+  /**
+   * Parameters of group g from rows [c, c + cols) as they stand, by a clip search (gptq_search_params,
+   * one launch; column k's error weighs the factor's colWeight[k] for clip "hessian").
+   */
+  searchParams(c: number, cols: number, g: number, search: ClipSearch): void {
+    const { dev, N, factor } = this;
+    const hessian = search.clip === "hessian";
+    dev.launch(gptqKernel(dev, "gptq_search_params"), [Math.ceil(N / SEARCH_ROWS), 1, 1], SEARCH_THREADS, 0, [
+      ptr(this.w),
+      i32(N),
+      i32(c),
+      i32(cols),
+      i32(g),
+      i32(search.maxq),
+      i32(search.sym ? 1 : 0),
+      ptr(hessian ? factor.colWeightOnDevice() : 0),
+      i32(hessian ? 1 : 0),
+      f64(search.norm),
+      i32(search.grid),
+      i32(search.shrinks),
+      i32(search.widens),
+      i32(search.splitRange ? 1 : 0),
+      ptr(this.params.scales),
+      ptr(this.params.zeros),
+    ]);
+  }
+
+  /** groups g0 ..= g1 of the parameters into the host's arrays (G x N) */
+  getParams(scales: Float32Array, zeros: Float32Array, g0: number, g1: number): void {
+    const { dev, N } = this;
+    const span = (b: DeviceBuffer, a: Float32Array) =>
+      dev.download({ ...b, ptr: b.ptr + g0 * N * 4 }, a.subarray(g0 * N, (g1 + 1) * N));
+    span(this.params.scales, scales);
+    span(this.params.zeros, zeros);
   }
 
   block(i1: number, i2: number, groupOf: Int32Array, maxq: number): void {
