@@ -6,14 +6,14 @@ import tseslint from "typescript-eslint";
  *   cli        one file per command: parse, call the library, print
  *   pipeline   drivers putting the pieces together: calibration, layer-by-layer quantization, quantize a
  *              checkpoint, write it, the synthetic model and the demo
- *   export     a checkpoint as another runtime's model (ONNX: protobuf writer, graph, checks)
+ *   export     a checkpoint as another runtime's model (ONNX: graph, MatMulNBits layout, checks)
  *   transform  whole-checkpoint rewrites, atomic: convert, dequantize, split, merge, pad
  *   model      model families, forward passes, tokenizer, perplexity, config, padding plans, model on CUDA
  *   quant      the algorithms only, pure functions on arrays: rtn, gptq, hessian, quantizer, refit,
  *              fp-target, relative errors
  *   backend    cpu/ and cuda/: linears and their kernels
  *   kernels    the kernels' compatibility rules
- *   io         safetensors, checkpoint directories, quant configs, atomic writes
+ *   io         safetensors, checkpoint directories, quant configs, atomic writes, ONNX messages
  *   formats    format registry, pack / unpack
  *   tensor     dtypes, linear algebra
  *   util       errors, json

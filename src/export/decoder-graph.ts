@@ -14,7 +14,7 @@ import { layerShape, readLayer } from "../transform/layers.js";
 import { CheckpointFormat } from "../formats/types.js";
 import { GptqError } from "../util/errors.js";
 import { GraphBuilder } from "./onnx-graph.js";
-import { attr } from "./onnx-proto.js";
+import { attr } from "../io/onnx-proto.js";
 import { matMulNBits, toMatMulNBits } from "./matmul-nbits.js";
 import {
   DecoderConfig,

@@ -13,7 +13,7 @@
 import { groupOrder } from "../backend/cpu/quant-linear.js";
 import { QuantizedLinear, numGroups } from "../formats/types.js";
 import { GraphBuilder } from "./onnx-graph.js";
-import { attr } from "./onnx-proto.js";
+import { attr } from "../io/onnx-proto.js";
 
 /** the operator domain of ONNX Runtime's contrib operators */
 export const MS_DOMAIN = "com.microsoft";

@@ -14,8 +14,8 @@ import {
   nodeProto,
   tensorProto,
   valueInfoProto,
-} from "./onnx-proto.js";
-import { ProtoMessage, writeAll } from "./protobuf.js";
+} from "../io/onnx-proto.js";
+import { ProtoMessage, writeAll } from "../io/protobuf.js";
 
 export type Dim = number | string;
 

@@ -9,15 +9,7 @@ import { QuantizedLinear } from "../../formats/types.js";
 import { GptqError } from "../../util/errors.js";
 import { checkInput } from "./gemm.js";
 import type { Linear } from "./linear.js";
-import {
-  ONNX_FLOAT,
-  ONNX_INT64,
-  ONNX_UINT8,
-  OnnxGraph,
-  OnnxNode,
-  OnnxTensor,
-  onnxModel,
-} from "./onnx-graph.js";
+import { OnnxGraph, OnnxNode, OnnxTensor, onnxModel } from "./onnx-graph.js";
 import { checkQuantizedLinear, groupOrder } from "./quant-linear.js";
 
 interface OrtTensor {
@@ -108,19 +100,19 @@ export class OrtSession {
   }
 }
 
-const io = (K: number, N: number) => ({
-  inputs: [{ name: "x", type: ONNX_FLOAT, shape: ["rows", K] }],
-  outputs: [{ name: "y", type: ONNX_FLOAT, shape: ["rows", N] }],
+const io = (K: number, N: number): Pick<OnnxGraph, "inputs" | "outputs"> => ({
+  inputs: [{ name: "x", type: "FLOAT", shape: ["rows", K] }],
+  outputs: [{ name: "y", type: "FLOAT", shape: ["rows", N] }],
 });
 
 /** y = x W^T (+ bias) as MatMul on W^T. */
 export function denseGraph(weight: Float32Array, N: number, K: number, bias?: Float32Array): OnnxGraph {
   const wt = new Float32Array(K * N);
   for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) wt[k * N + n] = weight[n * K + k];
-  const initializers: OnnxTensor[] = [{ name: "wt", type: ONNX_FLOAT, dims: [K, N], data: wt }];
+  const initializers: OnnxTensor[] = [{ name: "wt", type: "FLOAT", dims: [K, N], data: wt }];
   const nodes: OnnxNode[] = [{ op: "MatMul", inputs: ["x", "wt"], outputs: [bias ? "xw" : "y"] }];
   if (bias) {
-    initializers.push({ name: "bias", type: ONNX_FLOAT, dims: [N], data: bias });
+    initializers.push({ name: "bias", type: "FLOAT", dims: [N], data: bias });
     nodes.push({ op: "Add", inputs: ["xw", "bias"], outputs: ["y"] });
   }
   return { nodes, initializers, ...io(K, N) };
@@ -177,20 +169,20 @@ export function nbitsGraph(layer: QuantizedLinear, accuracyLevel: 0 | 4): OnnxGr
     }
   }
   const initializers: OnnxTensor[] = [
-    { name: "B", type: ONNX_UINT8, dims: [N, blocks, blob], data: packed },
-    { name: "scales", type: ONNX_FLOAT, dims: [N * blocks], data: blockScales },
-    { name: "zero_points", type: ONNX_UINT8, dims: [N * zpBytes], data: zp },
+    { name: "B", type: "UINT8", dims: [N, blocks, blob], data: packed },
+    { name: "scales", type: "FLOAT", dims: [N * blocks], data: blockScales },
+    { name: "zero_points", type: "UINT8", dims: [N * zpBytes], data: zp },
   ];
   const nodes: OnnxNode[] = [];
   let input = "x";
   if (perm) {
-    initializers.push({ name: "perm", type: ONNX_INT64, dims: [K], data: BigInt64Array.from(perm, BigInt) });
+    initializers.push({ name: "perm", type: "INT64", dims: [K], data: BigInt64Array.from(perm, BigInt) });
     nodes.push({ op: "Gather", inputs: ["x", "perm"], outputs: ["xg"], attrs: { axis: 1 } });
     input = "xg";
   }
   const inputs = [input, "B", "scales", "zero_points"];
   if (layer.bias) {
-    initializers.push({ name: "bias", type: ONNX_FLOAT, dims: [N], data: layer.bias });
+    initializers.push({ name: "bias", type: "FLOAT", dims: [N], data: layer.bias });
     inputs.push("", "bias");
   }
   nodes.push({

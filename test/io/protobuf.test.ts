@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ProtoMessage, encodeVarint } from "../../src/export/protobuf.js";
+import { ProtoMessage, encodeVarint } from "../../src/io/protobuf.js";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
