@@ -217,12 +217,15 @@ export interface TensorEntry {
   data: TypedArray | (() => TypedArray) | ChunkSource;
 }
 
+/** A tensor's name, dtype and shape: all a header and a shard plan need. */
+export type TensorSpec = Pick<TensorEntry, "name" | "dtype" | "shape">;
+
 export function entry(name: string, t: Tensor): TensorEntry {
   return { name, dtype: t.dtype, shape: t.shape, data: t.data };
 }
 
 /** Builds the header bytes (padded to 8 bytes, as the reference writer does). */
-export function buildHeader(entries: readonly TensorEntry[], metadata?: Record<string, string>): Uint8Array {
+export function buildHeader(entries: readonly TensorSpec[], metadata?: Record<string, string>): Uint8Array {
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
@@ -243,7 +246,7 @@ export function buildHeader(entries: readonly TensorEntry[], metadata?: Record<s
   return out;
 }
 
-export function entryBytes(e: TensorEntry): number {
+export function entryBytes(e: TensorSpec): number {
   return numel(e.shape) * DTYPE_BYTES[e.dtype];
 }
 

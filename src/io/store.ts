@@ -3,13 +3,30 @@
  * `model.safetensors.index.json` with its `weight_map`, or any set of `*.safetensors` files.
  * Opening reads headers only.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { basename, join } from "node:path";
-import { Tensor } from "../tensor/tensor.js";
+import { Tensor, TypedArray, bytesOf } from "../tensor/tensor.js";
 import { GptqError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/json.js";
 import { writeTextAtomic } from "./atomic.js";
-import { SafetensorsFile, TensorEntry, TensorInfo, entryBytes, writeSafetensors } from "./safetensors.js";
+import {
+  SafetensorsFile,
+  TensorEntry,
+  TensorInfo,
+  TensorSpec,
+  buildHeader,
+  entryBytes,
+  writeSafetensors,
+} from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
 export const SINGLE_FILE = "model.safetensors";
@@ -140,6 +157,47 @@ export interface ShardOptions {
 }
 
 /**
+ * The shard files tensors of these sizes go to, in order: one `model.safetensors`, or
+ * `model-0000i-of-0000n.safetensors` of up to `maxShardBytes` each (a larger tensor gets its own).
+ */
+function planShards<T extends TensorSpec>(
+  specs: readonly T[],
+  maxShardBytes = 5e9,
+): { file: string; tensors: T[] }[] {
+  const shards: T[][] = [[]];
+  let size = 0;
+  for (const e of specs) {
+    const b = entryBytes(e);
+    if (size > 0 && size + b > maxShardBytes) {
+      shards.push([]);
+      size = 0;
+    }
+    shards[shards.length - 1].push(e);
+    size += b;
+  }
+  const n = shards.length;
+  const pad = (i: number) => String(i).padStart(5, "0");
+  return shards.map((tensors, i) => ({
+    file: n === 1 ? SINGLE_FILE : `model-${pad(i + 1)}-of-${pad(n)}.safetensors`,
+    tensors,
+  }));
+}
+
+/** The index of a sharded checkpoint (none for a single file). */
+function writeIndex(dir: string, shards: readonly { file: string; tensors: readonly TensorSpec[] }[]): void {
+  if (shards.length === 1) return;
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  for (const s of shards)
+    for (const e of s.tensors) {
+      weightMap[e.name] = s.file;
+      total += entryBytes(e);
+    }
+  const index = JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n";
+  writeTextAtomic(join(dir, INDEX_FILE), index);
+}
+
+/**
  * Writes tensors into `dir` as one `model.safetensors`, or as `model-0000i-of-0000n.safetensors` shards
  * plus an index when they exceed the shard size. Entries with producer functions are materialised one at
  * a time, so memory stays bounded by the largest tensor. Returns the shard file names.
@@ -149,36 +207,81 @@ export function writeCheckpointTensors(
   entries: readonly TensorEntry[],
   opts: ShardOptions = {},
 ): string[] {
-  const max = opts.maxShardBytes ?? 5e9;
-  const shards: TensorEntry[][] = [[]];
-  let size = 0;
-  for (const e of entries) {
-    const b = entryBytes(e);
-    if (size > 0 && size + b > max) {
-      shards.push([]);
-      size = 0;
-    }
-    shards[shards.length - 1].push(e);
-    size += b;
-  }
+  const shards = planShards(entries, opts.maxShardBytes);
   const metadata = { format: "pt", ...(opts.metadata ?? {}) };
-  if (shards.length === 1) {
-    writeSafetensors(join(dir, SINGLE_FILE), shards[0], metadata);
-    return [SINGLE_FILE];
-  }
-  const n = shards.length;
-  const pad = (i: number) => String(i).padStart(5, "0");
-  const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(n)}.safetensors`);
-  const weightMap: Record<string, string> = {};
-  let total = 0;
-  shards.forEach((s, i) => {
-    writeSafetensors(join(dir, names[i]), s, metadata);
-    for (const e of s) {
-      weightMap[e.name] = names[i];
-      total += entryBytes(e);
+  for (const s of shards) writeSafetensors(join(dir, s.file), s.tensors, metadata);
+  writeIndex(dir, shards);
+  return shards.map((s) => s.file);
+}
+
+/**
+ * Checkpoint tensors written as they arrive, in any order, so none waits in memory for the ones before it:
+ * every shard's header is fixed up front from the tensors' names, dtypes and shapes, and each tensor's
+ * bytes go straight to their place. `finish` checks that every tensor came, syncs the files and writes the
+ * index. The files are not atomic by themselves: write into a directory renamed into place when done.
+ */
+export class StreamingCheckpointWriter {
+  private readonly shards: { file: string; tensors: TensorSpec[] }[];
+  private readonly places = new Map<
+    string,
+    { fd: number; offset: number; bytes: number; written: boolean }
+  >();
+  private readonly fds: number[] = [];
+
+  constructor(
+    private readonly dir: string,
+    specs: readonly TensorSpec[],
+    opts: ShardOptions = {},
+  ) {
+    this.shards = planShards(specs, opts.maxShardBytes);
+    const metadata = { format: "pt", ...(opts.metadata ?? {}) };
+    try {
+      for (const s of this.shards) {
+        const fd = openSync(join(dir, s.file), "wx");
+        this.fds.push(fd);
+        const header = buildHeader(s.tensors, metadata);
+        writeAt(fd, header, 0);
+        let offset = header.byteLength;
+        for (const e of s.tensors) {
+          const bytes = entryBytes(e);
+          this.places.set(e.name, { fd, offset, bytes, written: false });
+          offset += bytes;
+        }
+      }
+    } catch (e) {
+      this.close();
+      throw e;
     }
-  });
-  const index = JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n";
-  writeTextAtomic(join(dir, INDEX_FILE), index);
-  return names;
+  }
+
+  write(name: string, data: TypedArray): void {
+    const place = this.places.get(name);
+    if (!place) throw new GptqError(`${this.dir}: no tensor "${name}" was planned for this checkpoint`);
+    if (place.written) throw new GptqError(`${this.dir}: tensor "${name}" written twice`);
+    const bytes = bytesOf(data);
+    if (bytes.byteLength !== place.bytes)
+      throw new GptqError(`tensor "${name}": ${bytes.byteLength} bytes given for ${place.bytes}`);
+    writeAt(place.fd, bytes, place.offset);
+    place.written = true;
+  }
+
+  /** Checks every planned tensor was written, syncs and closes the shards, writes the index; the files. */
+  finish(): string[] {
+    const missing = [...this.places].find(([, p]) => !p.written);
+    if (missing) throw new GptqError(`${this.dir}: tensor "${missing[0]}" was never written`);
+    for (const fd of this.fds) fsyncSync(fd);
+    this.close();
+    writeIndex(this.dir, this.shards);
+    return this.shards.map((s) => s.file);
+  }
+
+  close(): void {
+    for (const fd of this.fds.splice(0)) closeSync(fd);
+  }
+}
+
+function writeAt(fd: number, bytes: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < bytes.byteLength)
+    done += writeSync(fd, bytes, done, bytes.byteLength - done, position + done);
 }

@@ -7,6 +7,8 @@ import { CheckpointFormat } from "../formats/types.js";
 import { TensorStore } from "../io/store.js";
 import { detectFormat } from "../io/checkpoint.js";
 import { checkOutputDir } from "../io/output.js";
+import { buildDirAtomic } from "../io/atomic.js";
+import { QuantConfig } from "../io/quant-config.js";
 import { ModelConfig, readModelConfig } from "../model/config.js";
 import { LayerwiseDecoder, storedProjections } from "../model/decoder.js";
 import { familyOf } from "../model/families/index.js";
@@ -33,12 +35,7 @@ import {
   quantizeModel,
 } from "./quantize-model.js";
 import { QualityOptions, QualityPreset, QuantizeOptions, resolveQuality } from "./presets.js";
-import {
-  FormatChoice,
-  PackedLayers,
-  quantizedCheckpointBytes,
-  writeQuantizedCheckpoint,
-} from "./write-quantized.js";
+import { FormatChoice, QuantizedCheckpointWriter, quantizedCheckpointBytes } from "./write-quantized.js";
 
 export interface QuantizeRequest {
   modelDir: string;
@@ -196,48 +193,54 @@ export async function quantizeCheckpoint(
     onEvent({ type: "note", text: `warning: ${few}` });
   }
 
-  // one fp32 layer in memory at a time, padded as it is read
+  // one layer in memory at a time, padded as it is read; each quantized layer goes to its place in the
+  // output's shards as soon as it is done, so neither codes nor packed layers pile up
   const model = LayerwiseDecoder.open(req.modelDir, (layer) =>
     padLayerIntermediate(layer, plan.from, plan.to),
   );
-  let run: PipelineResult;
-  // each layer packed as soon as it is quantized: the codes never pile up
-  const packed = new PackedLayers(req.format);
+  let run: PipelineResult | undefined;
+  let chosen: { format: CheckpointFormat; why?: string } | undefined;
+  let meta: QuantConfig["meta"] = {};
+  let writeSeconds = 0;
+  const shapes = projectionShapes(config, plan.to, o, has);
   try {
-    run = quantizeModel(model, cal?.sequences, { ...o, device: device.kind }, onEvent, (p, l) =>
-      packed.add(p, l),
-    );
+    await buildDirAtomic(req.outDir, (tmp) => {
+      const out = new QuantizedCheckpointWriter(tmp, req.modelDir, shapes, req.format, plan);
+      try {
+        run = quantizeModel(model, cal?.sequences, { ...o, device: device.kind }, onEvent, (p, l) =>
+          out.layers.add(p, l),
+        );
+        const tWrite = Date.now();
+        chosen = out.layers.format();
+        meta = {
+          quantizer: ["gptq-ts:0.1.0"],
+          preset,
+          method: o.method,
+          clip: o.clip,
+          ...(o.fpTarget ? { fp_target: true } : {}),
+          ...(o.splitRange ? { split_range: true } : {}),
+          ...(o.freshGroups ? { fresh_groups: true } : {}),
+          ...(o.refine ? { refine: o.refine } : {}),
+          ...(plan.to !== plan.from ? { padded_intermediate_size: { from: plan.from, to: plan.to } } : {}),
+        };
+        out.finish({
+          ...scheme,
+          staticGroups: o.staticGroups,
+          trueSequential: true,
+          dampPercent: o.method === "gptq" ? o.damp : undefined,
+          quantMethod: "gptq" as const,
+          checkpointFormat: chosen.format,
+          meta,
+        });
+        writeSeconds = (Date.now() - tWrite) / 1000;
+      } finally {
+        out.close();
+      }
+    });
   } finally {
     model.close();
   }
-  const chosen = packed.format();
-  const quantConfig = {
-    ...scheme,
-    staticGroups: o.staticGroups,
-    trueSequential: true,
-    dampPercent: o.method === "gptq" ? o.damp : undefined,
-    quantMethod: "gptq" as const,
-    checkpointFormat: chosen.format,
-    meta: {
-      quantizer: ["gptq-ts:0.1.0"],
-      preset,
-      method: o.method,
-      clip: o.clip,
-      ...(o.fpTarget ? { fp_target: true } : {}),
-      ...(o.splitRange ? { split_range: true } : {}),
-      ...(o.freshGroups ? { fresh_groups: true } : {}),
-      ...(o.refine ? { refine: o.refine } : {}),
-      ...(plan.to !== plan.from ? { padded_intermediate_size: { from: plan.from, to: plan.to } } : {}),
-    },
-  };
-  const tWrite = Date.now();
-  await writeQuantizedCheckpoint({
-    sourceDir: req.modelDir,
-    outDir: req.outDir,
-    layers: packed,
-    quantConfig,
-    pad: plan,
-  });
+  if (!run || !chosen) throw new Error("quantize: the checkpoint was built without a run");
   const reports = run.reports;
   const worst = reports.reduce((a, b) => (b.relError > a.relError ? b : a), reports[0]);
   return {
@@ -261,11 +264,11 @@ export async function quantizeCheckpoint(
       gpuPeakBytes: device.kind === "cuda" ? CudaDevice.get().memoryStats().peakLiveBytes : undefined,
     },
     quantizeSeconds: run.seconds,
-    phases: { ...run.phases, write: (Date.now() - tWrite) / 1000 },
+    phases: { ...run.phases, write: writeSeconds },
     seconds: (Date.now() - t0) / 1000,
     reports,
     warnings,
-    runtimes: runtimeSummary(req.outDir, chosen.format, written, checkScheme, quantConfig.meta),
+    runtimes: runtimeSummary(req.outDir, chosen.format, written, checkScheme, meta),
   };
 }
 

@@ -6,11 +6,11 @@
  */
 import { copyFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { buildDirAtomic, writeTextAtomic } from "../io/atomic.js";
+import { writeTextAtomic } from "../io/atomic.js";
 import { tensorFileBytes } from "../io/output.js";
 import { QuantConfig, writeQuantConfig } from "../io/quant-config.js";
-import { TensorEntry } from "../io/safetensors.js";
-import { TensorStore, writeCheckpointTensors } from "../io/store.js";
+import { TensorSpec } from "../io/safetensors.js";
+import { StreamingCheckpointWriter, TensorStore } from "../io/store.js";
 import { FORMATS, LayerTensor } from "../formats/registry.js";
 import { LayerShape, qzerosV2ToV1 } from "../formats/gptq.js";
 import { Bits, CheckpointFormat, QuantizedLinear } from "../formats/types.js";
@@ -54,13 +54,17 @@ export function chooseFormat(
  * Quantized layers packed as the pipeline hands them over, so the codes (a byte each) are dropped layer by
  * layer: `auto` packs as GPTQ v2 (the packing v1 shares but for qzeros) and keeps only whether a zero point
  * of 0 was seen; an explicit format checks and packs each layer in it at once, so a layer it cannot hold
- * fails before the rest is quantized.
+ * fails before the rest is quantized. With a `sink`, every packed tensor goes to it at once but `auto`'s
+ * qzeros, which wait (a few kB a layer) until the format is known.
  */
 export class PackedLayers {
   private readonly packed = new Map<string, { tensors: LayerTensor[]; groups: number; shape: LayerShape }>();
   private zeroOfZero?: string;
 
-  constructor(private readonly choice: FormatChoice) {}
+  constructor(
+    private readonly choice: FormatChoice,
+    private readonly sink?: (name: string, t: LayerTensor) => void,
+  ) {}
 
   add(prefix: string, layer: QuantizedLinear): void {
     const format = this.choice === "auto" ? "gptq_v2" : this.choice;
@@ -68,8 +72,14 @@ export class PackedLayers {
       if (this.zeroOfZero === undefined && layer.zeros.includes(0)) this.zeroOfZero = prefix;
     } else chooseFormat(this.choice, new Map([[prefix, layer]]));
     const { inFeatures, outFeatures, bits, groupSize } = layer;
+    let tensors = FORMATS[format].write(layer);
+    if (this.sink) {
+      const waits = (t: LayerTensor) => this.choice === "auto" && t.suffix === "qzeros";
+      for (const t of tensors) if (!waits(t)) this.sink(`${prefix}.${t.suffix}`, t);
+      tensors = tensors.filter(waits);
+    }
     this.packed.set(prefix, {
-      tensors: FORMATS[format].write(layer),
+      tensors,
       groups: layer.scales.length / outFeatures,
       shape: { inFeatures, outFeatures, bits, groupSize },
     });
@@ -94,7 +104,7 @@ export class PackedLayers {
     return [...this.packed.keys()];
   }
 
-  /** A layer's tensors in the chosen format, handed over once (v2-packed qzeros shifted for v1). */
+  /** A layer's tensors not yet given to the sink, in the chosen format, handed over once (v2-packed qzeros shifted for v1). */
   take(prefix: string): LayerTensor[] | undefined {
     const p = this.packed.get(prefix);
     if (!p) return undefined;
@@ -111,16 +121,6 @@ export class PackedLayers {
   }
 }
 
-export interface WriteRequest {
-  sourceDir: string;
-  outDir: string;
-  /** quantized layers by tensor prefix, packed in the format they are written in; emptied as they are */
-  layers: PackedLayers;
-  quantConfig: QuantConfig;
-  /** the MLP padding applied before quantizing, if any */
-  pad?: PadPlan;
-}
-
 /** Files of the source carried over as they are (tensors and config files are written anew). */
 function carriedFiles(sourceDir: string): string[] {
   return readdirSync(sourceDir).filter((f) => {
@@ -131,10 +131,42 @@ function carriedFiles(sourceDir: string): string[] {
   });
 }
 
+/** A tensor of the quantized checkpoint: one of a quantized layer's (`layer` its prefix), or the source's. */
+type PlannedTensor = TensorSpec & { layer?: string };
+
 /**
- * Bytes `writeQuantizedCheckpoint` will write for layers of these shapes (by tensor prefix), known
- * before quantizing: the format's tensors for each of them, every other tensor (padded), the carried
- * files and the config files.
+ * Every tensor of the quantized checkpoint, in the source's order: the format's tensors for each layer
+ * of `layers` (by prefix), every other tensor of the source (its MLP ones padded from `from` to `to`).
+ */
+function plannedTensors(
+  store: TensorStore,
+  layers: ReadonlyMap<string, LayerShape>,
+  format: CheckpointFormat,
+  from: number,
+  to: number,
+): PlannedTensor[] {
+  const tensors: PlannedTensor[] = [];
+  for (const name of store.names()) {
+    const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : undefined;
+    const shape = prefix !== undefined ? layers.get(prefix) : undefined;
+    if (prefix !== undefined && shape) {
+      for (const t of FORMATS[format].layout(shape))
+        tensors.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape, layer: prefix });
+      continue;
+    }
+    const info = store.info(name);
+    tensors.push({
+      name,
+      dtype: info.dtype,
+      shape: paddedMlpShape(name, info.shape, from, to) ?? info.shape,
+    });
+  }
+  return tensors;
+}
+
+/**
+ * Bytes a quantized checkpoint of these layers (shapes by tensor prefix) takes, known before quantizing:
+ * the format's tensors for each of them, every other tensor (padded), the carried files and the configs.
  */
 export function quantizedCheckpointBytes(
   sourceDir: string,
@@ -143,25 +175,15 @@ export function quantizedCheckpointBytes(
   pad?: PadPlan,
 ): number {
   const config = readModelConfig(sourceDir);
-  const from = pad?.from ?? config.intermediateSize;
-  const to = pad?.to ?? config.intermediateSize;
   const store = TensorStore.open(sourceDir);
   try {
-    const tensors: { name: string; dtype: TensorEntry["dtype"]; shape: number[] }[] = [];
-    for (const name of store.names()) {
-      const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : undefined;
-      const shape = prefix !== undefined ? layers.get(prefix) : undefined;
-      if (prefix !== undefined && shape) {
-        for (const t of FORMATS[format].layout(shape)) tensors.push({ ...t, name: `${prefix}.${t.suffix}` });
-        continue;
-      }
-      const info = store.info(name);
-      tensors.push({
-        name,
-        dtype: info.dtype,
-        shape: paddedMlpShape(name, info.shape, from, to) ?? info.shape,
-      });
-    }
+    const tensors = plannedTensors(
+      store,
+      layers,
+      format,
+      pad?.from ?? config.intermediateSize,
+      pad?.to ?? config.intermediateSize,
+    );
     const carried = carriedFiles(sourceDir).reduce((s, f) => s + statSync(join(sourceDir, f)).size, 0);
     const configs = statSync(join(sourceDir, "config.json")).size + 8192; // plus the quantization config
     return tensorFileBytes(tensors) + carried + configs;
@@ -170,48 +192,65 @@ export function quantizedCheckpointBytes(
   }
 }
 
-export async function writeQuantizedCheckpoint(req: WriteRequest): Promise<{ files: string[] }> {
-  const { layers } = req;
-  const config = readModelConfig(req.sourceDir);
-  const from = req.pad?.from ?? config.intermediateSize;
-  const to = req.pad?.to ?? config.intermediateSize;
-  const store = TensorStore.open(req.sourceDir);
-  try {
-    const entries: TensorEntry[] = [];
-    for (const name of store.names()) {
-      const prefix = name.endsWith(".weight") ? name.slice(0, -".weight".length) : undefined;
-      const packed = prefix !== undefined ? layers.take(prefix) : undefined;
-      if (prefix !== undefined && packed) {
-        for (const t of packed)
-          entries.push({ name: `${prefix}.${t.suffix}`, dtype: t.dtype, shape: t.shape, data: t.data });
-        continue;
-      }
-      const info = store.info(name);
-      entries.push({
-        name,
-        dtype: info.dtype,
-        shape: paddedMlpShape(name, info.shape, from, to) ?? info.shape,
-        data: () => padMlpTensor(name, store.read(name), from, to).data,
-      });
+/**
+ * A quantized checkpoint written into `dir` (a directory renamed into place when done: see
+ * buildDirAtomic) while the layers are quantized: `layers` takes each one as the pipeline hands it over
+ * and its tensors go to their place in the shards at once, so neither codes nor packed layers pile up in
+ * memory. `finish` writes the rest: the source's other tensors (MLP ones padded), the zero points `auto`
+ * held back, config.json with the quantization config, and the source's other files.
+ */
+export class QuantizedCheckpointWriter {
+  readonly layers: PackedLayers;
+  private readonly store: TensorStore;
+  private readonly planned: PlannedTensor[];
+  private readonly writer: StreamingCheckpointWriter;
+  private readonly from: number;
+  private readonly to: number;
+
+  constructor(
+    private readonly dir: string,
+    private readonly sourceDir: string,
+    /** the shapes of the layers to be quantized, by tensor prefix */
+    shapes: ReadonlyMap<string, LayerShape>,
+    choice: FormatChoice,
+    pad?: PadPlan,
+  ) {
+    const config = readModelConfig(sourceDir);
+    this.from = pad?.from ?? config.intermediateSize;
+    this.to = pad?.to ?? config.intermediateSize;
+    this.store = TensorStore.open(sourceDir);
+    try {
+      // GPTQ v1 and v2 store the same tensors: `auto` plans as v2 and decides at the end
+      const packing = choice === "auto" ? "gptq_v2" : choice;
+      this.planned = plannedTensors(this.store, shapes, packing, this.from, this.to);
+      this.writer = new StreamingCheckpointWriter(dir, this.planned, { metadata: this.store.metadata() });
+    } catch (e) {
+      this.store.close();
+      throw e;
     }
-    if (layers.size)
-      throw new GptqError(
-        `quantized layer ${layers.prefixes()[0]} has no ${layers.prefixes()[0]}.weight in ${req.sourceDir}`,
-      );
-    let files: string[] = [];
-    await buildDirAtomic(req.outDir, (tmp) => {
-      for (const f of carriedFiles(req.sourceDir)) copyFileSync(join(req.sourceDir, f), join(tmp, f));
-      files = writeCheckpointTensors(tmp, entries, { metadata: store.metadata() });
-      const raw: Record<string, unknown> = {
-        ...config.raw,
-        ...(to !== from ? { intermediate_size: to } : {}),
-      };
-      delete raw.quantization_config;
-      writeTextAtomic(join(tmp, "config.json"), JSON.stringify(raw, null, 2) + "\n");
-      writeQuantConfig(tmp, req.quantConfig);
-    });
-    return { files };
-  } finally {
-    store.close();
+    this.layers = new PackedLayers(choice, (name, t) => this.writer.write(name, t.data));
+  }
+
+  /** Writes what is left and the configs; the shard files. */
+  finish(quantConfig: QuantConfig): string[] {
+    const { store, from, to } = this;
+    for (const t of this.planned)
+      if (t.layer === undefined)
+        this.writer.write(t.name, padMlpTensor(t.name, store.read(t.name), from, to).data);
+    for (const prefix of this.layers.prefixes())
+      for (const t of this.layers.take(prefix)!) this.writer.write(`${prefix}.${t.suffix}`, t.data);
+    const files = this.writer.finish();
+    for (const f of carriedFiles(this.sourceDir)) copyFileSync(join(this.sourceDir, f), join(this.dir, f));
+    const config = readModelConfig(this.sourceDir);
+    const raw: Record<string, unknown> = { ...config.raw, ...(to !== from ? { intermediate_size: to } : {}) };
+    delete raw.quantization_config;
+    writeTextAtomic(join(this.dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
+    writeQuantConfig(this.dir, quantConfig);
+    return files;
+  }
+
+  close(): void {
+    this.writer.close();
+    this.store.close();
   }
 }
