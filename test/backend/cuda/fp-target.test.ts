@@ -2,12 +2,17 @@
  * fp-target's device pieces against the host's (quant/fp-target.ts): the cross term of fp16 rows
  * accumulated by cuBLAS against CrossAccumulator's float64 sums of the same rows, and the target W* solved
  * in fp64 by cuBLAS and cuSOLVER against fpTargetWeights on the same (fp32) cross term and Hessian, on
- * LLM-like data with drifted inputs and a dead one. Skipped without a CUDA device.
+ * LLM-like data with drifted inputs and a dead one; and GPTQ aimed at the device's W* reaching the CPU
+ * path's error against the fp model's outputs within 0.5 %. Skipped without a CUDA device.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CudaDevice } from "../../../src/backend/cuda/device.js";
 import { CudaCrossAccumulator, CudaFpTarget } from "../../../src/backend/cuda/gptq/fp-target.js";
+import { CudaGptqData } from "../../../src/backend/cuda/gptq/problem.js";
+import { dequantize } from "../../../src/formats/dequantize.js";
+import { cudaGptqProblem } from "../../../src/pipeline/cuda-gptq.js";
+import { GptqOptions, gptqQuantize, gptqSolve } from "../../../src/quant/gptq.js";
 import { CrossAccumulator, fpTargetRidge, fpTargetWeights } from "../../../src/quant/fp-target.js";
 import { HessianAccumulator } from "../../../src/quant/hessian.js";
 import { floatsToHalfs, halfsToFloats } from "../../../src/tensor/dtype.js";
@@ -136,5 +141,62 @@ test(
     );
     dev.free(hd);
     dev.free(cd);
+  },
+);
+
+/** ||Xq Q^T - Xf W^T||^2 / ||Xf W^T||^2: how far the quantized path's outputs are from the fp model's */
+function errorToFp(Q: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let r = 0; r < ROWS; r++)
+    for (let n = 0; n < N; n++) {
+      let a = 0;
+      let b = 0;
+      for (let k = 0; k < K; k++) {
+        a += Xq[r * K + k] * Q[n * K + k];
+        b += Xf[r * K + k] * W[n * K + k];
+      }
+      num += (a - b) ** 2;
+      den += b * b;
+    }
+  return num / den;
+}
+
+test(
+  "GPTQ aimed at the device's W* is as close to the fp model's outputs as the CPU path's, within 0.5 %",
+  { skip: noGpu },
+  () => {
+    const dev = CudaDevice.get();
+    const hAcc = new HessianAccumulator(K);
+    hAcc.add(Xq, ROWS);
+    const cAcc = new CrossAccumulator(K);
+    cAcc.add(Xf, Xq, ROWS);
+    const H32 = new Float32Array(hAcc.H);
+    const H = Float64Array.from(H32);
+    const C32 = new Float32Array(cAcc.C);
+    const hd = dev.upload(H32);
+    const cd = dev.upload(C32);
+    const wd = dev.upload(W);
+    const target = CudaFpTarget.prepare(dev, cd, hd, K, (d) => fpTargetRidge(d, 0.01))!;
+    const wStar = fpTargetWeights(W, N, K, Float64Array.from(C32), H, 0.01);
+    const cases: GptqOptions[] = [
+      { bits: 4, groupSize: 64, sym: true, descAct: true },
+      { bits: 3, groupSize: 32, sym: false, clip: "hessian" },
+    ];
+    for (const opts of cases) {
+      const cpu = gptqQuantize(wStar, N, K, H, opts);
+      const aim = target.weights(wd, N);
+      const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, dev.upload(H32), aim, "f32", N, K));
+      dev.free(aim);
+      const gpu = gptqSolve(problem, opts);
+      problem.dispose?.();
+      const eCpu = errorToFp(cpu.Q);
+      const eGpu = errorToFp(dequantize(gpu.layer));
+      const plain = errorToFp(gptqQuantize(W, N, K, H, opts).Q);
+      assert.ok(eCpu < plain, `${JSON.stringify(opts)}: fp-target ${eCpu} should beat plain GPTQ ${plain}`);
+      assert.ok(Math.abs(eGpu - eCpu) <= 0.005 * eCpu, `${JSON.stringify(opts)}: ${eGpu} against ${eCpu}`);
+    }
+    target.dispose();
+    for (const b of [hd, cd, wd]) dev.free(b);
   },
 );
