@@ -80,6 +80,20 @@ interface Chunk extends States {
   fp?: States;
 }
 
+/**
+ * Whether the unquantized model runs alongside: fp-target is asked for and some projection group has the
+ * calibration tokens it needs (`layer` stands for every layer; they are alike). Without it, a run whose
+ * every group falls back spends nothing on the fp model.
+ */
+export function fpModelNeeded(opts: PipelineOptions, layer: DecoderLayer, tokens: number): boolean {
+  return (
+    !!opts.fpTarget &&
+    layer.family.groups.some(
+      (g) => dataSupports(opts, layer.linears[layer.linearsFor(g.roles)[0]].inFeatures, tokens).fpTarget,
+    )
+  );
+}
+
 export function quantizeModelOnDevice(
   model: LayerSource,
   calibration: readonly Int32Array[],
@@ -100,12 +114,7 @@ export function quantizeModelOnDevice(
   const progress = counter.report;
   const positions = Math.max(...calibration.map((s) => s.length));
   const tokens = calibration.reduce((n, s) => n + s.length, 0);
-  // the unquantized model runs alongside only when some projection has the tokens fp-target needs
-  const fpStates =
-    !!opts.fpTarget &&
-    model.family.groups.some(
-      (g) => dataSupports(opts, layer0.linears[layer0.linearsFor(g.roles)[0]].inFeatures, tokens).fpTarget,
-    );
+  const fpStates = fpModelNeeded(opts, layer0, tokens);
   const chunks: Chunk[] = chunksOf(calibration).map((seqs) => {
     const embedded = seqs.map((s) => uploadHalfs(dev, model.embed(s)));
     const h = dev.alloc(embedded.reduce((a, e) => a + e.bytes, 0));
