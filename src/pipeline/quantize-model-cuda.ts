@@ -6,11 +6,17 @@
  * dequantized weight replaces the fp16 one in place before the next group's inputs are computed. Only
  * the weights (in), the codes and group parameters (out) and the Hessian diagonal cross the bus.
  *
+ * With fp-target, the unquantized model's hidden states run alongside (a second copy of each layer keeps
+ * the original weights), each group's cross term with them is accumulated beside its Hessian, and GPTQ
+ * quantizes the least-squares target W* solved on the device (backend/cuda/gptq/fp-target.ts; its time
+ * counts as GPTQ's, the cross term's as the Hessian's).
+ *
  * The same true-sequential order and options as the CPU pipeline; activations in fp16 rather than fp32.
  */
 import { CudaDevice, DeviceBuffer } from "../backend/cuda/device.js";
 import { CudaDecoderLayer, DecoderLinearName, uploadHalfs } from "../backend/cuda/decoder/decoder.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
+import { CudaCrossAccumulator, CudaFpTarget } from "../backend/cuda/gptq/fp-target.js";
 import { CudaGptqData, dequantizeOnDevice, outputErrorOnDevice } from "../backend/cuda/gptq/problem.js";
 import { DenseLinear } from "../backend/cpu/linear.js";
 import { QuantizedLinear } from "../formats/types.js";
@@ -19,6 +25,7 @@ import { DecoderLayer, DecoderModel, LayerSource } from "../model/decoder.js";
 import { Role } from "../model/families/types.js";
 import { dequantize } from "../formats/dequantize.js";
 import { gptqSolve } from "../quant/gptq.js";
+import { fpTargetRidge } from "../quant/fp-target.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
 import type {
@@ -56,15 +63,35 @@ function chunksOf(calibration: readonly Int32Array[]): Int32Array[][] {
   return chunks;
 }
 
-interface Chunk {
-  seqLens: number[];
-  rows: number;
-  /** hidden states entering the current layer (rows x hidden fp16) */
+/** One model's hidden states of a chunk at the current layer (fp16 on the device). */
+interface States {
+  /** entering the layer (rows x hidden) */
   h: DeviceBuffer;
   /** after the layer's attention half, once its projections are quantized */
   mid?: DeviceBuffer;
   /** o_proj's input, kept from its Hessian pass to the residual */
   attn?: DeviceBuffer;
+}
+
+/** A chunk of calibration sequences: the quantized path's states, and with fp-target the fp model's. */
+interface Chunk extends States {
+  seqLens: number[];
+  rows: number;
+  fp?: States;
+}
+
+/**
+ * Whether the unquantized model runs alongside: fp-target is asked for and some projection group has the
+ * calibration tokens it needs (`layer` stands for every layer; they are alike). Without it, a run whose
+ * every group falls back spends nothing on the fp model.
+ */
+export function fpModelNeeded(opts: PipelineOptions, layer: DecoderLayer, tokens: number): boolean {
+  return (
+    !!opts.fpTarget &&
+    layer.family.groups.some(
+      (g) => dataSupports(opts, layer.linears[layer.linearsFor(g.roles)[0]].inFeatures, tokens).fpTarget,
+    )
+  );
 }
 
 export function quantizeModelOnDevice(
@@ -74,10 +101,9 @@ export function quantizeModelOnDevice(
   onEvent: (e: PipelineEvent) => void,
   keep?: (prefix: string, layer: QuantizedLinear) => void,
   /** layer 0, when the caller has read it already */
-  first?: DecoderLayer,
+  layer0: DecoderLayer = model.layer(0),
 ): PipelineResult {
-  if (opts.method !== "gptq" || opts.fpTarget)
-    throw new GptqError("the device-resident pipeline runs GPTQ without --fp-target");
+  if (opts.method !== "gptq") throw new GptqError("the device-resident pipeline runs GPTQ");
   const dev = CudaDevice.get();
   const t0 = Date.now();
   const layers = new Map<string, QuantizedLinear>();
@@ -88,6 +114,7 @@ export function quantizeModelOnDevice(
   const progress = counter.report;
   const positions = Math.max(...calibration.map((s) => s.length));
   const tokens = calibration.reduce((n, s) => n + s.length, 0);
+  const fpStates = fpModelNeeded(opts, layer0, tokens);
   const chunks: Chunk[] = chunksOf(calibration).map((seqs) => {
     const embedded = seqs.map((s) => uploadHalfs(dev, model.embed(s)));
     const h = dev.alloc(embedded.reduce((a, e) => a + e.bytes, 0));
@@ -97,7 +124,12 @@ export function quantizeModelOnDevice(
       at += e.bytes;
       dev.free(e);
     }
-    return { seqLens: seqs.map((s) => s.length), rows: seqs.reduce((a, s) => a + s.length, 0), h };
+    return {
+      seqLens: seqs.map((s) => s.length),
+      rows: seqs.reduce((a, s) => a + s.length, 0),
+      h,
+      fp: fpStates ? { h: dev.duplicate(h) } : undefined,
+    };
   });
   const free = (b?: DeviceBuffer) => b && dev.free(b);
   // where the time goes: each phase ends with the device idle, so its kernels are counted in it
@@ -112,77 +144,90 @@ export function quantizeModelOnDevice(
 
   try {
     for (let li = 0; li < L; li++) {
-      const layer = li === 0 && first ? first : model.layer(li);
+      const layer = li === 0 ? layer0 : model.layer(li);
       const gpu = cudaDecoderLayer(dev, layer, positions);
+      // the fp model's layer: a copy made before any projection is replaced by its quantized weights
+      const gpuF = fpStates ? new CudaDecoderLayer(dev, gpu) : undefined;
       lap("read");
       try {
         for (const group of model.family.groups) {
           const names = layer.linearsFor(group.roles);
-          const first = group.roles[0];
+          const lead = group.roles[0];
           if (group.block === "mlp" && !chunks[0].mid) {
             progress(li, "attention outputs");
             for (const c of chunks) {
-              c.mid = dev.alloc(c.h.bytes);
-              dev.copy(c.mid, c.h, c.h.bytes);
-              const y = gpu.project("o_proj", c.attn!, c.rows);
-              gpu.addInPlace(c.mid, y, c.rows);
-              dev.free(y);
-              free(c.attn);
-              c.attn = undefined;
+              attentionOutputs(dev, gpu, c, c);
+              if (c.fp) attentionOutputs(dev, gpuF!, c.fp, c);
             }
             lap("forward");
             counter.done++;
           }
           progress(li, names.join("/"));
           const K = layer.linears[names[0]].inFeatures;
+          const fits = dataSupports(opts, K, tokens);
           const acc = new CudaHessian(dev, K);
+          const cross = fits.fpTarget ? new CudaCrossAccumulator(dev, K) : undefined;
           for (const c of chunks) {
-            const x = groupInput(dev, gpu, first, c);
+            const x = groupInput(dev, gpu, lead, c, c.seqLens);
             lap("forward");
             acc.addDevice(x, c.rows);
-            if (first === "o") c.attn = x;
-            else dev.free(x);
             lap("hessian");
+            if (cross) {
+              const xF = groupInput(dev, gpuF!, lead, c.fp!, c.seqLens);
+              lap("forward");
+              cross.addDevice(xF, x, c.rows);
+              lap("hessian");
+              keepOrFree(dev, c.fp!, lead, xF);
+            }
+            keepOrFree(dev, c, lead, x);
           }
           const H = acc.take();
+          const C = cross?.take();
           lap("hessian");
+          let target: CudaFpTarget | null = null;
           try {
-            for (const name of names) quantizeLinear(layer, gpu, H, name, li);
+            if (C)
+              try {
+                target = CudaFpTarget.prepare(dev, C, H, K, (d) => fpTargetRidge(d, opts.damp));
+              } finally {
+                dev.free(C);
+              }
+            lap("gptq");
+            for (const name of names) quantizeLinear(layer, gpu, H, target, fits, name, li);
           } finally {
+            target?.dispose();
             dev.free(H);
           }
           counter.done++;
         }
         progress(li, "outputs");
         for (const c of chunks) {
-          const y = gpu.mlpInput(c.mid!, c.seqLens);
-          const act = gpu.mlpCore(y, c.seqLens);
-          dev.free(y);
-          const down = gpu.project("down_proj", act, c.rows);
-          dev.free(act);
-          gpu.addInPlace(c.mid!, down, c.rows);
-          dev.free(down);
-          dev.free(c.h);
-          c.h = c.mid!;
-          c.mid = undefined;
+          layerOutputs(dev, gpu, c, c);
+          if (c.fp) layerOutputs(dev, gpuF!, c.fp, c);
         }
         lap("forward");
         counter.done++;
       } finally {
         gpu.dispose();
+        gpuF?.dispose();
       }
     }
   } finally {
-    for (const c of chunks) for (const b of [c.h, c.mid, c.attn]) free(b);
+    for (const c of chunks) for (const s of [c, c.fp]) for (const b of [s?.h, s?.mid, s?.attn]) free(b);
   }
   progress(L - 1, "done");
   return { layers, reports, seconds: (Date.now() - t0) / 1000, phases };
 
-  /** GPTQ of one projection from its group's Hessian H (left as it is); its dequantized weight goes into `gpu`. */
+  /**
+   * GPTQ of one projection from its group's Hessian H (left as it is), aimed at the group's fp target when
+   * there is one; its dequantized weight goes into `gpu`.
+   */
   function quantizeLinear(
     layer: DecoderLayer,
     gpu: CudaDecoderLayer,
     H: DeviceBuffer,
+    target: CudaFpTarget | null,
+    fits: ReturnType<typeof dataSupports>,
     name: string,
     li: number,
   ): void {
@@ -194,14 +239,23 @@ export function quantizeModelOnDevice(
         `${prefix} is already quantized; quantize an unquantized (fp16/bf16/fp32) checkpoint`,
       );
     const { outFeatures: N, inFeatures: K } = linear;
-    const fits = dataSupports(opts, K, tokens);
     // GPTQ's target: the layer's fp16 weight on the device for an fp16/bf16 checkpoint (the values as
-    // stored; bf16 narrowed), an fp32 one as it is
+    // stored; bf16 narrowed), an fp32 one as it is; with fp-target, W* of it
     const decoderName = DECODER_NAME[layer.segmentsOf(name)[0].part];
     const halfs = linear.stored !== undefined && linear.stored.dtype !== "F32";
-    const w = halfs ? gpu.weightOf(decoderName) : dev.upload(linear.weight);
-    const wType = halfs ? "f16" : "f32";
+    let w = halfs ? gpu.weightOf(decoderName) : dev.upload(linear.weight);
+    let wType: "f16" | "f32" = halfs ? "f16" : "f32";
+    let owned = !halfs;
     lap("read");
+    if (target) {
+      // GPTQ quantizes W*, and the error is measured against it, as on the CPU
+      const aim = target.weights(w, N, wType);
+      if (owned) dev.free(w);
+      w = aim;
+      wType = "f32";
+      owned = true;
+      lap("gptq");
+    }
     const h = dev.alloc(K * K * 4);
     dev.copy(h, H, K * K * 4);
     const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, w, wType, N, K));
@@ -228,7 +282,7 @@ export function quantizeModelOnDevice(
     if (linear.bias) r.layer.bias = linear.bias;
     const q = dequantizeOnDevice(dev, r.layer);
     const relError = outputErrorOnDevice(dev, w, wType, q, H, N, K);
-    if (!halfs) dev.free(w);
+    if (owned) dev.free(w);
     gpu.setWeight(decoderName, q); // frees the fp16 weight
     lap("error");
     // a model held in memory computes afterwards what the quantized checkpoint will (as on the CPU path);
@@ -256,26 +310,63 @@ export function quantizeModelOnDevice(
   }
 }
 
-/** The input of a group's projections for one chunk (a new buffer). */
-function groupInput(dev: CudaDevice, gpu: CudaDecoderLayer, first: Role, c: Chunk): DeviceBuffer {
-  switch (first) {
+/** The input of a group's projections for one chunk of one model's states (a new buffer). */
+function groupInput(
+  dev: CudaDevice,
+  gpu: CudaDecoderLayer,
+  lead: Role,
+  s: States,
+  seqLens: readonly number[],
+): DeviceBuffer {
+  switch (lead) {
     case "q":
-      return gpu.attentionInput(c.h, c.seqLens);
+      return gpu.attentionInput(s.h, seqLens);
     case "o": {
-      const x = gpu.attentionInput(c.h, c.seqLens);
-      const a = gpu.attentionCore(x, c.seqLens);
+      const x = gpu.attentionInput(s.h, seqLens);
+      const a = gpu.attentionCore(x, seqLens);
       dev.free(x);
       return a;
     }
     case "gate":
-      return gpu.mlpInput(c.mid!, c.seqLens);
+      return gpu.mlpInput(s.mid!, seqLens);
     case "down": {
-      const y = gpu.mlpInput(c.mid!, c.seqLens);
-      const a = gpu.mlpCore(y, c.seqLens);
+      const y = gpu.mlpInput(s.mid!, seqLens);
+      const a = gpu.mlpCore(y, seqLens);
       dev.free(y);
       return a;
     }
     default:
-      throw new Error(`no group starts with ${first}`);
+      throw new Error(`no group starts with ${lead}`);
   }
+}
+
+/** A group's input after its Hessian pass: o_proj's is kept for the residual, the others are freed. */
+function keepOrFree(dev: CudaDevice, s: States, lead: Role, x: DeviceBuffer): void {
+  if (lead === "o") s.attn = x;
+  else dev.free(x);
+}
+
+/** mid = h + o_proj(attn), from the attention input kept by o_proj's Hessian pass (or computed now). */
+function attentionOutputs(dev: CudaDevice, gpu: CudaDecoderLayer, s: States, { seqLens, rows }: Chunk): void {
+  const attn = s.attn ?? groupInput(dev, gpu, "o", s, seqLens);
+  s.mid = dev.duplicate(s.h);
+  const y = gpu.project("o_proj", attn, rows);
+  gpu.addInPlace(s.mid, y, rows);
+  dev.free(y);
+  dev.free(attn);
+  s.attn = undefined;
+}
+
+/** The layer's outputs, the next layer's h, from mid (h and mid freed). */
+function layerOutputs(dev: CudaDevice, gpu: CudaDecoderLayer, s: States, { seqLens, rows }: Chunk): void {
+  const y = gpu.mlpInput(s.mid!, seqLens);
+  const act = gpu.mlpCore(y, seqLens);
+  dev.free(y);
+  const down = gpu.project("down_proj", act, rows);
+  dev.free(act);
+  gpu.addInPlace(s.mid!, down, rows);
+  dev.free(down);
+  dev.free(s.h);
+  s.h = s.mid!;
+  s.mid = undefined;
 }

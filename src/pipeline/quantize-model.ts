@@ -280,9 +280,9 @@ function roundingOf(o: PipelineOptions): PipelineOptions {
  * Quantizes every decoder projection of `model`, one layer at a time, and returns the quantized layers.
  * Each projection of the layer object is replaced by its dequantized weights: a `DecoderModel` afterwards
  * computes what the quantized checkpoint will; a `LayerwiseDecoder` drops each layer once it is done.
- * `calibration` may be omitted for RTN only. On "cuda", GPTQ without fpTarget runs wholly on the GPU for
- * the families its decoder layer computes (quantize-model-cuda.ts); otherwise the forward runs here and
- * the Hessians and GPTQ there.
+ * `calibration` may be omitted for RTN only. On "cuda", GPTQ (fpTarget included) runs wholly on the GPU
+ * for the families its decoder layer computes (quantize-model-cuda.ts); otherwise the forward runs here
+ * and the Hessians and GPTQ there.
  */
 export function quantizeModel(
   model: LayerSource,
@@ -295,7 +295,6 @@ export function quantizeModel(
   if (
     opts.device === "cuda" &&
     opts.method === "gptq" &&
-    !opts.fpTarget &&
     calibration?.length &&
     !cudaDecoderUnsupported(model.family, model.config)
   ) {

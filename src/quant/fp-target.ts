@@ -115,6 +115,20 @@ export class CrossAccumulator {
 }
 
 /**
+ * The ridge of the fp target's solve, from H's diagonal: l = damp * mean(diag H) (damp at least 1e-6), and
+ * what each diagonal entry of H gets: l, plus 1 where the diagonal is zero (an input never excited), so
+ * that H + l I can be factorised.
+ */
+export function fpTargetRidge(diagH: Float64Array, damp: number): { lambda: number; onH: Float64Array } {
+  const K = diagH.length;
+  let mean = 0;
+  for (let i = 0; i < K; i++) mean += diagH[i];
+  mean /= K;
+  const lambda = Math.max(damp, 1e-6) * mean;
+  return { lambda, onH: diagH.map((d) => lambda + (d === 0 ? 1 : 0)) };
+}
+
+/**
  * W* = W (C + l I) (H + l I)^-1 for W (N x K), l = damp * mean(diag H): the weights that on the
  * quantized-path inputs best reproduce the fp outputs, ridge-regularised towards W (the minimiser of
  * ||X_f W^T - X_q W*^T||^2 + l ||W* - W||^2), so directions the inputs barely excite keep W's weights
@@ -129,12 +143,12 @@ export function fpTargetWeights(
   H: Float64Array,
   damp: number,
 ): Float32Array {
-  let mean = 0;
-  for (let i = 0; i < K; i++) mean += H[i * K + i];
-  mean /= K;
-  const lambda = Math.max(damp, 1e-6) * mean;
+  const { lambda, onH } = fpTargetRidge(
+    Float64Array.from({ length: K }, (_, i) => H[i * K + i]),
+    damp,
+  );
   const L = Float64Array.from(H);
-  for (let i = 0; i < K; i++) L[i * K + i] += lambda + (H[i * K + i] === 0 ? 1 : 0);
+  for (let i = 0; i < K; i++) L[i * K + i] += onH[i];
   if (!choleskyLowerInPlace(L, K)) return W; // degenerate inputs: keep the plain target
   const out = new Float32Array(N * K);
   const r = new Float64Array(K);

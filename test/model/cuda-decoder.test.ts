@@ -18,6 +18,7 @@ import { CudaDevice, DeviceBuffer } from "../../src/backend/cuda/device.js";
 import { BatchedGemm } from "../../src/backend/cuda/cublas.js";
 import {
   AttentionBuffers,
+  CudaDecoderLayer,
   CudaEmbedding,
   DecoderLinearName,
   attentionPlan,
@@ -595,5 +596,47 @@ test(
       /o_proj: a weight of 10 values given, the projection is 64 x 96/,
     );
     gpu.dispose();
+  },
+);
+
+test(
+  "a copy of a layer computes what the original does, with weights of its own: replacing one in either leaves the other's",
+  { skip: noGpu },
+  () => {
+    const dev = CudaDevice.get();
+    const layer = syntheticLayer();
+    const seqLens = [20, 13];
+    const rows = 33;
+    const original = cudaDecoderLayer(dev, layer, 20);
+    const q = linearOf(layer, "q_proj") as DenseLinear;
+    const changed = Float32Array.from(q.weight, (v) => 0.5 * v - 0.02);
+    original.setWeight("q_proj", changed); // the copy takes the weights as they are now
+    const copy = new CudaDecoderLayer(dev, original);
+    const h = syntheticHidden(rows, 64);
+    const forward = (l: CudaDecoderLayer) => {
+      const hd = uploadHalfs(dev, h);
+      l.forward(hd, seqLens);
+      const out = downloadFloats(dev, hd, rows * 64);
+      dev.free(hd);
+      return out;
+    };
+    assert.deepEqual(forward(copy), forward(original));
+    copy.setWeight("q_proj", q.weight);
+    const x = uploadHalfs(dev, h);
+    const project = (l: CudaDecoderLayer) => {
+      const y = l.project("q_proj", x, rows);
+      const out = downloadFloats(dev, y, rows * q.outFeatures);
+      dev.free(y);
+      return out;
+    };
+    near(
+      "the original's q_proj",
+      project(original),
+      new DenseLinear(changed, q.outFeatures, 64, q.bias).forward(h, rows),
+    );
+    original.dispose();
+    near("the copy's q_proj", project(copy), q.forward(h, rows));
+    dev.free(x);
+    copy.dispose();
   },
 );

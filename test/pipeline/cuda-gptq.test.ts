@@ -1,8 +1,8 @@
 /**
  * GPTQ on the GPU (Hessians by cuBLAS, the factor by cuSOLVER, block sweeps by gptq.cu) against the CPU
  * path: the algorithm fixture's configurations and more options on synthetic LLM-like data, each within
- * 0.5 % of the CPU path's relative output error; stories260K quantized on the GPU within 1 % of the
- * CPU-quantized perplexity. Skipped without a CUDA device.
+ * 0.5 % of the CPU path's relative output error; stories260K quantized on the GPU (plain, and with
+ * fp-target wholly on the device) within 1 % of the CPU-quantized perplexity. Skipped without a CUDA device.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -16,6 +16,7 @@ import { perplexity } from "../../src/model/perplexity.js";
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { cudaGptqBackend } from "../../src/pipeline/cuda-gptq.js";
 import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
+import { QUALITY_PRESETS } from "../../src/pipeline/presets.js";
 import { GptqOptions, gptqQuantize } from "../../src/quant/gptq.js";
 import { HessianAccumulator } from "../../src/quant/hessian.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
@@ -140,30 +141,56 @@ test(
 
 const EVAL = ["models", "stories260K-eval.safetensors"];
 
+/** stories260K quantized with `opts` on `calib` on one device (padded as quantize pads it), and its perplexity. */
+function storiesPpl(opts: PipelineOptions, calib: Int32Array[], device: "cpu" | "cuda"): number {
+  const evalRows = readTokenRows(sharedPath(...EVAL), "evaluation_tokens").rows;
+  const model = DecoderModel.load(sharedPath("models", "stories260K"));
+  padModelIntermediate(model, planPadding(model.config, formatTarget("gptq", opts)).to);
+  quantizeModel(model, calib, { ...opts, device });
+  return perplexity(model, evalRows).ppl;
+}
+
 test(
   "stories260K quantized on the GPU evaluates within 1 % of the CPU-quantized perplexity",
   { skip: noGpu || skipUnlessShared(...EVAL) },
   () => {
-    const tokens = sharedPath(...EVAL);
-    const calib = readTokenRows(tokens, "calibration_tokens").rows;
-    const evalRows = readTokenRows(tokens, "evaluation_tokens").rows;
+    const calib = readTokenRows(sharedPath(...EVAL), "calibration_tokens").rows;
     const configs: PipelineOptions[] = [
       { ...PLAIN_GPTQ, groupSize: 32, descAct: true },
       { ...PLAIN_GPTQ, bits: 3, groupSize: 64, clip: "hessian", refine: 1 },
       { ...PLAIN_GPTQ, bits: 2, groupSize: 16, sym: false, descAct: true },
     ];
     for (const opts of configs) {
-      const ppl = (device: "cpu" | "cuda") => {
-        const model = DecoderModel.load(sharedPath("models", "stories260K"));
-        padModelIntermediate(model, planPadding(model.config, formatTarget("gptq", opts)).to);
-        quantizeModel(model, calib, { ...opts, device });
-        return perplexity(model, evalRows).ppl;
-      };
-      const cpu = ppl("cpu");
-      const gpu = ppl("cuda");
+      const cpu = storiesPpl(opts, calib, "cpu");
+      const gpu = storiesPpl(opts, calib, "cuda");
       assert.ok(
         Math.abs(gpu - cpu) <= 0.01 * cpu,
         `${JSON.stringify(opts)}: ${gpu} on the GPU against ${cpu}`,
+      );
+    }
+  },
+);
+
+test(
+  "stories260K with --fp-target --clip hessian on the GPU (the fp model alongside on the device) within 1 % of the CPU-quantized perplexity",
+  { skip: noGpu || skipUnlessShared(...EVAL) },
+  () => {
+    const calib = readTokenRows(sharedPath(...EVAL), "calibration_tokens").rows;
+    const target = { fpTarget: true, clip: "hessian" as const };
+    const runs: [PipelineOptions, Int32Array[]][] = [
+      [{ ...PLAIN_GPTQ, ...target, groupSize: 32, descAct: true }, calib],
+      [{ ...PLAIN_GPTQ, ...target, bits: 3, groupSize: 64 }, calib],
+      // the default preset's other options, asymmetric
+      [{ ...PLAIN_GPTQ, ...QUALITY_PRESETS.balanced.options, bits: 2, groupSize: 16, sym: false }, calib],
+      // 20 x 256 tokens: fp-target for the 64-input projections, not for down_proj (TOKENS_PER_INPUT)
+      [{ ...PLAIN_GPTQ, ...target, groupSize: 32 }, calib.slice(0, 20)],
+    ];
+    for (const [opts, rows] of runs) {
+      const cpu = storiesPpl(opts, rows, "cpu");
+      const gpu = storiesPpl(opts, rows, "cuda");
+      assert.ok(
+        Math.abs(gpu - cpu) <= 0.01 * cpu,
+        `${JSON.stringify(opts)}, ${rows.length} sequences: ${gpu} on the GPU against ${cpu}`,
       );
     }
   },

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { HessianAccumulator } from "../../src/quant/index.js";
-import { CrossAccumulator, fpTargetWeights } from "../../src/quant/fp-target.js";
+import { CrossAccumulator, fpTargetRidge, fpTargetWeights } from "../../src/quant/fp-target.js";
 
 test("fpTargetWeights solves the least-squares problem min ||Xf W^T - Xq W*^T||", () => {
   const N = 3;
@@ -68,4 +68,24 @@ test("fpTargetWeights with damping is ridge-regularised towards W: undrifted inp
   cross.add(X, X, rows);
   const Ws = fpTargetWeights(W, N, K, cross.C, acc.H, 0.1);
   for (let i = 0; i < W.length; i++) assert.ok(Math.abs(Ws[i] - W[i]) < 1e-5, `${i}: ${Ws[i]} vs ${W[i]}`);
+});
+
+test("fpTargetRidge: l = damp x mean(diag H) (damp at least 1e-6), and 1 more on a zero diagonal entry", () => {
+  const diag = Float64Array.of(2, 0, 4, 6);
+  const r = fpTargetRidge(diag, 0.1);
+  assert.equal(r.lambda, 0.1 * 3);
+  assert.deepEqual(
+    r.onH,
+    Float64Array.of(0.30000000000000004, 1.3, 0.30000000000000004, 0.30000000000000004),
+  );
+  assert.equal(fpTargetRidge(diag, 0).lambda, 1e-6 * 3);
+  // a dead input (zero row and column of H) still leaves H + l I factorisable: the live inputs keep W's
+  // weights (undrifted, C = H), the dead one's is l w / (1 + l)
+  const K = 3;
+  const H = Float64Array.of(2, 0, 1, 0, 0, 0, 1, 0, 2);
+  const W = Float32Array.of(1, -2, 3);
+  const Ws = fpTargetWeights(W, 1, K, H, H, 0.01);
+  const l = fpTargetRidge(Float64Array.of(2, 0, 2), 0.01).lambda;
+  const want = [W[0], (l * W[1]) / (1 + l), W[2]];
+  for (let k = 0; k < K; k++) assert.ok(Math.abs(Ws[k] - want[k]) < 1e-6, `${k}: ${Ws[k]} vs ${want[k]}`);
 });

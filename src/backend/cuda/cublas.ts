@@ -1,4 +1,4 @@
-/** cuBLAS (libcublas.so) through koffi: the fp16 GEMM we measure our kernels against, and fp32 GEMMs for GPTQ. */
+/** cuBLAS (libcublas.so) through koffi: the fp16 GEMM we measure our kernels against, fp32 and fp64 GEMMs for GPTQ. */
 import { GptqError } from "../../util/errors.js";
 import { CudaDevice, DeviceBuffer } from "./device.js";
 import { Handle } from "./driver.js";
@@ -9,13 +9,15 @@ const SIGNATURES = [
   "int cublasSetStream_v2(void *handle, void *stream)",
   "int cublasSetWorkspace_v2(void *handle, uint64_t workspace, size_t bytes)",
   "const char *cublasGetStatusString(int status)",
-  "int cublasGemmEx(void *handle, int transa, int transb, int m, int n, int k, const float *alpha, uint64_t A, int Atype, int lda, uint64_t B, int Btype, int ldb, const float *beta, uint64_t C, int Ctype, int ldc, int computeType, int algo)",
+  "int cublasGemmEx(void *handle, int transa, int transb, int m, int n, int k, const void *alpha, uint64_t A, int Atype, int lda, uint64_t B, int Btype, int ldb, const void *beta, uint64_t C, int Ctype, int ldc, int computeType, int algo)",
   "int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int m, int n, int k, const float *alpha, uint64_t A, int Atype, int lda, int64_t strideA, uint64_t B, int Btype, int ldb, int64_t strideB, const float *beta, uint64_t C, int Ctype, int ldc, int64_t strideC, int batchCount, int computeType, int algo)",
 ] as const;
 
 const CUDA_R_32F = 0;
+const CUDA_R_64F = 1;
 const CUDA_R_16F = 2;
 const CUBLAS_COMPUTE_32F = 68;
+const CUBLAS_COMPUTE_64F = 70;
 const CUBLAS_GEMM_DEFAULT = -1;
 const OP_N = 0;
 const OP_T = 1;
@@ -92,8 +94,9 @@ export class Cublas {
 
   /**
    * GEMM in cuBLAS's column-major terms with A and B of type `ab` and C of type `cType`, fp32 accumulation
-   * (on the tensor cores for fp16 inputs; fp32 inputs get fp32 arithmetic throughout, no TF32):
-   * C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, pointers and leading dimensions in elements.
+   * (on the tensor cores for fp16 inputs; fp32 inputs get fp32 arithmetic throughout, no TF32), or fp64
+   * throughout when all three are fp64: C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, leading
+   * dimensions in elements.
    */
   gemmEx(
     transA: boolean,
@@ -109,10 +112,14 @@ export class Cublas {
     beta: number,
     c: number,
     ldc: number,
-    ab: "f16" | "f32",
-    cType: "f16" | "f32",
+    ab: "f16" | "f32" | "f64",
+    cType: "f16" | "f32" | "f64",
   ): void {
-    const type = (t: "f16" | "f32") => (t === "f16" ? CUDA_R_16F : CUDA_R_32F);
+    const f64 = ab === "f64";
+    if (f64 !== (cType === "f64")) throw new GptqError(`cublasGemmEx: ${ab} inputs with a ${cType} output`);
+    const type = (t: "f16" | "f32" | "f64") =>
+      t === "f16" ? CUDA_R_16F : t === "f32" ? CUDA_R_32F : CUDA_R_64F;
+    const scalar = (v: number) => (f64 ? new Float64Array([v]) : new Float32Array([v]));
     this.check(
       "cublasGemmEx",
       this.f.cublasGemmEx(
@@ -122,18 +129,18 @@ export class Cublas {
         m,
         n,
         k,
-        new Float32Array([alpha]),
+        scalar(alpha),
         a,
         type(ab),
         lda,
         b,
         type(ab),
         ldb,
-        new Float32Array([beta]),
+        scalar(beta),
         c,
         type(cType),
         ldc,
-        CUBLAS_COMPUTE_32F,
+        f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
         CUBLAS_GEMM_DEFAULT,
       ),
     );

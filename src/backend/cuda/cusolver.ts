@@ -1,4 +1,7 @@
-/** cuSOLVER's dense Cholesky routines (libcusolver.so) through koffi, on the device's stream. */
+/**
+ * cuSOLVER's dense Cholesky routines (libcusolver.so) through koffi, on the device's stream: fp32 for
+ * GPTQ's factor, fp64 for fp-target's least-squares solve.
+ */
 import { GptqError } from "../../util/errors.js";
 import { CudaDevice, DeviceBuffer } from "./device.js";
 import { Handle } from "./driver.js";
@@ -11,6 +14,9 @@ const SIGNATURES = [
   "int cusolverDnSpotrf(void *handle, int uplo, int n, uint64_t A, int lda, uint64_t work, int lwork, uint64_t info)",
   "int cusolverDnSpotri_bufferSize(void *handle, int uplo, int n, uint64_t A, int lda, _Out_ int *lwork)",
   "int cusolverDnSpotri(void *handle, int uplo, int n, uint64_t A, int lda, uint64_t work, int lwork, uint64_t info)",
+  "int cusolverDnDpotrf_bufferSize(void *handle, int uplo, int n, uint64_t A, int lda, _Out_ int *lwork)",
+  "int cusolverDnDpotrf(void *handle, int uplo, int n, uint64_t A, int lda, uint64_t work, int lwork, uint64_t info)",
+  "int cusolverDnDpotrs(void *handle, int uplo, int n, int nrhs, uint64_t A, int lda, uint64_t B, int ldb, uint64_t info)",
 ] as const;
 
 /** cublasFillMode_t: which triangle (column-major) a routine reads and writes. */
@@ -79,6 +85,47 @@ export class Cusolver {
       return true;
     } finally {
       this.dev.free(work);
+      this.dev.free(info);
+    }
+  }
+
+  /**
+   * The Cholesky factor of a symmetric positive-definite fp64 K x K matrix in place (lower, column-major:
+   * symmetric input reads the same either way); false (and A spoilt) when A is not positive definite.
+   */
+  choleskyF64(a: DeviceBuffer, K: number): boolean {
+    const lw = [0];
+    this.check(
+      "cusolverDnDpotrf_bufferSize",
+      this.f.cusolverDnDpotrf_bufferSize(this.handle, LOWER, K, a.ptr, K, lw),
+    );
+    const lwork = Math.max(lw[0], 1);
+    const work = this.dev.alloc(lwork * 8);
+    try {
+      const info = this.withInfo("cusolverDnDpotrf", (i) =>
+        this.f.cusolverDnDpotrf(this.handle, LOWER, K, a.ptr, K, work.ptr, lwork, i),
+      );
+      return info === 0;
+    } finally {
+      this.dev.free(work);
+    }
+  }
+
+  /** Solves A X = B for X in place of B (fp64, K x nrhs column-major) from A's factor by choleskyF64. */
+  solveCholeskyF64(factor: DeviceBuffer, K: number, b: DeviceBuffer, nrhs: number): void {
+    const info = this.withInfo("cusolverDnDpotrs", (i) =>
+      this.f.cusolverDnDpotrs(this.handle, LOWER, K, nrhs, factor.ptr, K, b.ptr, K, i),
+    );
+    if (info !== 0) throw new GptqError(`cusolverDnDpotrs: argument ${-info} is invalid`);
+  }
+
+  /** Runs `call`, which reports through a device int at the address it is given, and returns that int. */
+  private withInfo(name: string, call: (info: number) => unknown): number {
+    const info = this.dev.alloc(4);
+    try {
+      this.check(name, call(info.ptr));
+      return this.dev.download(info, new Int32Array(1))[0];
+    } finally {
       this.dev.free(info);
     }
   }

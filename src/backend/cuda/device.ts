@@ -210,6 +210,13 @@ export class CudaDevice {
     return out;
   }
 
+  /** A new buffer holding a copy of `src` (stream-ordered, as every copy here). */
+  duplicate(src: DeviceBuffer): DeviceBuffer {
+    const out = this.alloc(src.bytes);
+    this.copy(out, src, src.bytes);
+    return out;
+  }
+
   copy(dst: DeviceBuffer | number, src: DeviceBuffer | number, bytes: number): void {
     const d = typeof dst === "number" ? dst : dst.ptr;
     const s = typeof src === "number" ? src : src.ptr;

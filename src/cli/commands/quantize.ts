@@ -62,8 +62,8 @@ ${PRESET_NAMES.map((p) => `                          ${p.padEnd(9)} ${QUALITY_PR
   --format F            gptq (v1) | gptq_v2 | marlin (default: gptq, or gptq_v2 when zero points of 0 need it)
   --pad P               auto (default): zero-pad the MLP intermediate so every layer packs; none: refuse instead
   --device D            cuda | cpu | auto (default: the GPU when one is found): where calibration runs
-                        (GPTQ: each layer's forward in fp16, Hessians, GPTQ; with --fp-target the forward
-                        stays on the CPU); cuda without a GPU is refused before any work
+                        (GPTQ: each layer's forward in fp16, Hessians, GPTQ, with --fp-target the fp
+                        model's forward and its target too); cuda without a GPU is refused before any work
   --threads N           CPU threads for Hessians, GPTQ and the forward passes (default: every core)
   --json                print the result as JSON on stdout
 

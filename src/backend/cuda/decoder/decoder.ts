@@ -282,16 +282,36 @@ export class CudaDecoderLayer {
 
   constructor(
     private readonly dev: CudaDevice,
-    spec: CudaDecoderSpec,
+    /** what to compute, or a layer to copy: its weights as they are now, copied on the device */
+    spec: CudaDecoderSpec | CudaDecoderLayer,
   ) {
+    this.blas = Cublas.get(dev);
+    const keep = (b: DeviceBuffer) => (this.owned.push(b), b);
+    if (spec instanceof CudaDecoderLayer) {
+      const from = spec;
+      const copy = (b: DeviceBuffer) => keep(dev.duplicate(b));
+      this.spec = from.spec;
+      this.hidden = from.hidden;
+      this.intermediate = from.intermediate;
+      this.maxPositions = from.maxPositions;
+      this.inputNorm = copy(from.inputNorm);
+      this.postAttentionNorm = copy(from.postAttentionNorm);
+      this.ropeCos = copy(from.ropeCos);
+      this.ropeSin = copy(from.ropeSin);
+      for (const [name, l] of Object.entries(from.linears))
+        this.linears[name as DecoderLinearName] = {
+          ...l,
+          weight: dev.duplicate(l.weight),
+          bias: l.bias && copy(l.bias),
+        };
+      return;
+    }
     checkDecoderSpec(spec);
     const { hidden, heads, kvHeads, headDim, rotaryDim, eps, slidingWindow, ropeStride } = spec;
     this.spec = { hidden, heads, kvHeads, headDim, rotaryDim, eps, slidingWindow, ropeStride };
     this.hidden = spec.hidden;
     this.intermediate = spec.linears.gate_proj.N;
     this.maxPositions = spec.ropeCos.length / spec.ropeStride;
-    this.blas = Cublas.get(dev);
-    const keep = (b: DeviceBuffer) => (this.owned.push(b), b);
     this.inputNorm = keep(dev.upload(spec.inputNorm));
     this.postAttentionNorm = keep(dev.upload(spec.postAttentionNorm));
     this.ropeCos = keep(dev.upload(spec.ropeCos));
