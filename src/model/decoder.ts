@@ -652,6 +652,8 @@ export interface LayerSource {
   readonly family: FamilySpec;
   readonly config: ModelConfig;
   readonly numLayers: number;
+  /** the token embedding table, vocab x hidden */
+  readonly embedTokens: Float32Array;
   embed(tokens: Int32Array): Float32Array;
   layer(i: number): DecoderLayer;
 }
@@ -836,6 +838,11 @@ export class LayerwiseDecoder implements LayerSource {
 
   get numLayers(): number {
     return this.config.numLayers;
+  }
+
+  /** vocab x hidden */
+  get embedTokens(): Float32Array {
+    return this.embeddings.table;
   }
 
   embed(tokens: Int32Array): Float32Array {

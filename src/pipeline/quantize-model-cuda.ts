@@ -14,7 +14,7 @@
  * The same true-sequential order and options as the CPU pipeline; activations in fp16 rather than fp32.
  */
 import { CudaDevice, DeviceBuffer } from "../backend/cuda/device.js";
-import { CudaDecoderLayer, DecoderLinearName, uploadHalfs } from "../backend/cuda/decoder/decoder.js";
+import { CudaDecoderLayer, CudaEmbedding, DecoderLinearName } from "../backend/cuda/decoder/decoder.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { CudaCrossAccumulator, CudaFpTarget } from "../backend/cuda/gptq/fp-target.js";
 import { CudaGptqData, dequantizeOnDevice, outputErrorOnDevice } from "../backend/cuda/gptq/problem.js";
@@ -115,15 +115,17 @@ export function quantizeModelOnDevice(
   const positions = Math.max(...calibration.map((s) => s.length));
   const tokens = calibration.reduce((n, s) => n + s.length, 0);
   const fpStates = fpModelNeeded(opts, layer0, tokens);
+  // the embeddings gathered on the device: the table goes up once, not a row per calibration token
+  const { vocabSize, hiddenSize } = model.config;
+  const table = new CudaEmbedding(dev, model.embedTokens, vocabSize, hiddenSize);
   const chunks: Chunk[] = chunksOf(calibration).map((seqs) => {
-    const embedded = seqs.map((s) => uploadHalfs(dev, model.embed(s)));
-    const h = dev.alloc(embedded.reduce((a, e) => a + e.bytes, 0));
+    const tokensOf = new Int32Array(seqs.reduce((n, s) => n + s.length, 0));
     let at = 0;
-    for (const e of embedded) {
-      dev.copy(h.ptr + at, e, e.bytes);
-      at += e.bytes;
-      dev.free(e);
+    for (const s of seqs) {
+      tokensOf.set(s, at);
+      at += s.length;
     }
+    const h = table.forward(tokensOf);
     return {
       seqLens: seqs.map((s) => s.length),
       rows: seqs.reduce((a, s) => a + s.length, 0),
@@ -131,6 +133,7 @@ export function quantizeModelOnDevice(
       fp: fpStates ? { h: dev.duplicate(h) } : undefined,
     };
   });
+  table.dispose();
   const free = (b?: DeviceBuffer) => b && dev.free(b);
   // where the time goes: each phase ends with the device idle, so its kernels are counted in it
   const phases: Record<Phase, number> = { read: 0, forward: 0, hessian: 0, gptq: 0, error: 0, pack: 0 };
