@@ -28,14 +28,8 @@ import { gptqSolve } from "../quant/gptq.js";
 import { fpTargetRidge } from "../quant/fp-target.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
-import type {
-  LinearReport,
-  Phase,
-  PipelineEvent,
-  PipelineOptions,
-  PipelineResult,
-} from "./quantize-model.js";
-import { dataSupports, stepCounter } from "./quantize-model.js";
+import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
+import { dataSupports, phaseClock, stepCounter } from "./quantize-model.js";
 
 /** The GPU decoder's name of the projection that computes each role. */
 const DECODER_NAME = Object.fromEntries(
@@ -136,14 +130,7 @@ export function quantizeModelOnDevice(
   table.dispose();
   const free = (b?: DeviceBuffer) => b && dev.free(b);
   // where the time goes: each phase ends with the device idle, so its kernels are counted in it
-  const phases: Record<Phase, number> = { read: 0, forward: 0, hessian: 0, gptq: 0, error: 0, pack: 0 };
-  let mark = Date.now();
-  const lap = (phase: Phase) => {
-    dev.synchronize();
-    const now = Date.now();
-    phases[phase] += (now - mark) / 1000;
-    mark = now;
-  };
+  const { phases, lap } = phaseClock(() => dev.synchronize());
 
   try {
     for (let li = 0; li < L; li++) {
@@ -204,10 +191,12 @@ export function quantizeModelOnDevice(
           counter.done++;
         }
         progress(li, "outputs");
-        for (const c of chunks) {
-          layerOutputs(dev, gpu, c, c);
-          if (c.fp) layerOutputs(dev, gpuF!, c.fp, c);
-        }
+        // the next layer calibrates on these; the last layer's are not needed
+        if (li < L - 1)
+          for (const c of chunks) {
+            layerOutputs(dev, gpu, c, c);
+            if (c.fp) layerOutputs(dev, gpuF!, c.fp, c);
+          }
         lap("forward");
         counter.done++;
       } finally {

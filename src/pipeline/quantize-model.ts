@@ -154,12 +154,30 @@ export function stepCounter(L: number, total: number, onEvent: (e: PipelineEvent
 /** Where a run's time goes (seconds), measured where the device can be waited on between phases. */
 export type Phase = "read" | "forward" | "hessian" | "gptq" | "error" | "pack";
 
+/**
+ * Seconds per phase: each `lap` charges the time since the previous one to a phase, after `settle` (the
+ * device's queue drained, where work runs asynchronously).
+ */
+export function phaseClock(settle: () => void = () => {}) {
+  const phases: Record<Phase, number> = { read: 0, forward: 0, hessian: 0, gptq: 0, error: 0, pack: 0 };
+  let mark = Date.now();
+  return {
+    phases,
+    lap(phase: Phase): void {
+      settle();
+      const now = Date.now();
+      phases[phase] += (now - mark) / 1000;
+      mark = now;
+    },
+  };
+}
+
 export interface PipelineResult {
   /** quantized layers by tensor prefix */
   layers: Map<string, QuantizedLinear>;
   reports: LinearReport[];
   seconds: number;
-  phases?: Record<Phase, number>;
+  phases: Record<Phase, number>;
 }
 
 /** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */
@@ -318,6 +336,7 @@ export function quantizeModel(
   const total = L * (model.family.groups.length + (calibrated ? 2 : 0));
   const counter = stepCounter(L, total, onEvent);
   const progress = counter.report;
+  const { phases, lap } = phaseClock();
 
   // Hidden states entering the current layer (one T x hidden array per calibration sequence), and after
   // its attention half once that half is quantized: the MLP groups calibrate from there, so attention
@@ -331,6 +350,7 @@ export function quantizeModel(
 
   for (let li = 0; li < L; li++) {
     const layer = model.layer(li);
+    lap("read");
     const fpLinears = { ...layer.linears };
     /** runs `fn` with the layer's unquantized projections in place */
     const asFp = <R>(fn: () => R): R => {
@@ -358,6 +378,7 @@ export function quantizeModel(
           progress(li, "attention outputs");
           mid = hs.map((h, s) => layer.attentionBlock(h, T(s)));
           if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
+          lap("forward");
           counter.done++;
         }
         progress(li, names.join("/"));
@@ -367,19 +388,22 @@ export function quantizeModel(
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
           const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
+          lap("forward");
           const rows = xq.length / K;
           routed += rows;
           if (rows) acc.add(xq, rows);
-          if (cross)
-            cross.add(
-              asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first)),
-              xq,
-              T(s),
-            );
+          lap("hessian");
+          if (cross) {
+            const xf = asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first));
+            lap("forward");
+            cross.add(xf, xq, T(s));
+            lap("hessian");
+          }
         }
         H = acc.H;
         acc.dispose?.();
         C = cross?.C;
+        lap("hessian");
       } else progress(li, names.join("/"));
       const expert = expertOf(names[0]) !== undefined;
       for (const name of names) {
@@ -393,20 +417,24 @@ export function quantizeModel(
         const r = rounded
           ? quantizeOne(W, N, K, undefined, roundingOf(opts), compute.gptq)
           : quantizeOne(W, N, K, H, { ...opts, refine: fits.refine }, compute.gptq);
+        lap("gptq");
         if (dense.bias) r.layer.bias = dense.bias;
         if (keep) keep(prefix, r.layer);
         else layers.set(prefix, r.layer);
+        lap("pack");
         layer.linears[name] = new DenseLinear(r.Q, N, K, dense.bias);
+        const relError =
+          H && routed
+            ? relativeOutputError(W, r.Q, N, K, H, compute.timesHessian)
+            : relativeWeightError(W, r.Q);
+        lap("error");
         const report: LinearReport = {
           layer: li,
           name: prefix,
           linear: name,
           inFeatures: K,
           outFeatures: N,
-          relError:
-            H && routed
-              ? relativeOutputError(W, r.Q, N, K, H, compute.timesHessian)
-              : relativeWeightError(W, r.Q),
+          relError,
           relErrorOf: H && routed ? "outputs" : "weights",
           loss: r.loss,
           damp: r.damp !== undefined && r.damp !== opts.damp ? r.damp : undefined,
@@ -427,9 +455,10 @@ export function quantizeModel(
       mid = [];
       if (opts.fpTarget) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
       midF = [];
+      lap("forward");
       counter.done++;
     }
   }
   progress(L - 1, "done");
-  return { layers, reports, seconds: (Date.now() - t0) / 1000 };
+  return { layers, reports, seconds: (Date.now() - t0) / 1000, phases };
 }
