@@ -241,6 +241,11 @@ export class DecoderLayer {
 
   /** The attention half: attention(norm(h)) added to the residual (after its own norm in Gemma's sandwich). */
   attentionBlock(h: Float32Array, T: number, capture?: CaptureFn): HalfState {
+    return this.attentionOutput(h, this.attentionCore(h, T, capture), T, capture);
+  }
+
+  /** The attention half up to o's input: norm, q/k/v (and their norms), rotary, attention (T x heads * headDim). */
+  attentionCore(h: Float32Array, T: number, capture?: CaptureFn): Float32Array {
     const c = this.config;
     const D = c.hiddenSize;
     if (h.length !== T * D)
@@ -254,7 +259,7 @@ export class DecoderLayer {
       this.rotary.apply(q, T, c.numHeads);
       this.rotary.apply(k, T, c.numKvHeads);
     }
-    const attn = attention(q, k, v, T, {
+    return attention(q, k, v, T, {
       heads: c.numHeads,
       kvHeads: c.numKvHeads,
       headDim: hd,
@@ -262,9 +267,14 @@ export class DecoderLayer {
       softcap: c.attentionSoftcap,
       window: this.window,
     });
+  }
+
+  /** The rest of the attention half: o's projection of `attn` (and the norm after it) added to the residual h. */
+  attentionOutput(h: Float32Array, attn: Float32Array, T: number, capture?: CaptureFn): HalfState {
+    const c = this.config;
     let { o } = this.project(["o"], attn, T, capture);
     if (this.norms.attentionOut) o = this.norms.attentionOut.apply(o, T);
-    const residual = new Float32Array(T * D);
+    const residual = new Float32Array(T * c.hiddenSize);
     for (let i = 0; i < residual.length; i++) residual[i] = h[i] + o[i];
     return this.family.layout(c) === "parallel" ? { residual, mlpInput: h } : { residual };
   }

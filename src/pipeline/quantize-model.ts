@@ -345,6 +345,10 @@ export function quantizeModel(
   let mid: HalfState[] = [];
   let hsF: Float32Array[] = opts.fpTarget ? hs : [];
   let midF: HalfState[] = [];
+  // o_proj's inputs from its Hessian pass, reused for the residual once it is quantized (attention runs
+  // once per path, not twice)
+  let attn: Float32Array[] = [];
+  let attnF: Float32Array[] = [];
   const T = (s: number) => calibration![s].length;
   const tokens = calibrated ? calibration.reduce((n, s) => n + s.length, 0) : 0;
 
@@ -376,8 +380,12 @@ export function quantizeModel(
       if (calibrated) {
         if (group.block === "mlp" && !mid.length) {
           progress(li, "attention outputs");
-          mid = hs.map((h, s) => layer.attentionBlock(h, T(s)));
-          if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => layer.attentionBlock(h, T(s))));
+          const half = (h: Float32Array, s: number, kept: Float32Array[]) =>
+            kept[s] ? layer.attentionOutput(h, kept[s], T(s)) : layer.attentionBlock(h, T(s));
+          mid = hs.map((h, s) => half(h, s, attn));
+          if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => half(h, s, attnF)));
+          attn = [];
+          attnF = [];
           lap("forward");
           counter.done++;
         }
@@ -387,14 +395,21 @@ export function quantizeModel(
         const cross = fits.fpTarget ? new CrossAccumulator(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
-          const xq = inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
+          const xq =
+            group.roles[0] === "o"
+              ? (attn[s] = layer.attentionCore(hs[s], T(s)))
+              : inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
           lap("forward");
           const rows = xq.length / K;
           routed += rows;
           if (rows) acc.add(xq, rows);
           lap("hessian");
           if (cross) {
-            const xf = asFp(() => inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first));
+            const xf = asFp(() =>
+              group.roles[0] === "o"
+                ? (attnF[s] = layer.attentionCore(hsF[s], T(s)))
+                : inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first),
+            );
             lap("forward");
             cross.add(xf, xq, T(s));
             lap("hessian");
