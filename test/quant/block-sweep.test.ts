@@ -125,7 +125,7 @@ class PlainProblem extends HostProblem {
     const colWeight = Float64Array.from({ length: K }, (_, k) => 1 / (U[k * K + k] * U[k * K + k]));
     return {
       damp: used,
-      damped: () => damped,
+      damped,
       sweep: (q, scales, zeros, w) =>
         new BlockSweep(
           q,

@@ -111,75 +111,160 @@ function pack(
   return out;
 }
 
-/** In-place lower Cholesky of a shared n x n matrix (lower triangle); false when not positive definite. */
+/**
+ * Factorises the diagonal block [b0, b1) of a (its lower triangle, in place), its columns left of b0
+ * already updated; false when a pivot fails (at or below PIVOT_TOLERANCE x its original diagonal).
+ */
+function factorDiagonalBlock(
+  a: Float64Array,
+  n: number,
+  b0: number,
+  b1: number,
+  diag: Float64Array,
+): boolean {
+  for (let i = b0; i < b1; i++) {
+    const ri = i * n;
+    for (let j = b0; j <= i; j++) {
+      const rj = j * n;
+      let s = a[ri + j];
+      for (let k = b0; k < j; k++) s -= a[ri + k] * a[rj + k];
+      if (i === j) {
+        if (!(s > PIVOT_TOLERANCE * diag[i])) return false;
+        a[ri + i] = Math.sqrt(s);
+      } else a[ri + j] = s / a[rj + j];
+    }
+  }
+  return true;
+}
+
+/** The inverse of l's lower-triangular diagonal block [b0, b1) into out as rows of kp values (zero padding). */
+function invertDiagonalBlock(
+  l: Float64Array,
+  n: number,
+  b0: number,
+  b1: number,
+  out: Float64Array,
+  kp: number,
+) {
+  const nb = b1 - b0;
+  out.fill(0, 0, nb * kp);
+  for (let i = 0; i < nb; i++) {
+    const ri = (b0 + i) * n + b0;
+    const oi = i * kp;
+    for (let t = 0; t < i; t++) {
+      const c = l[ri + t];
+      const ot = t * kp;
+      for (let m = 0; m <= t; m++) out[oi + m] -= c * out[ot + m];
+    }
+    out[oi + i] += 1;
+    const inv = 1 / l[ri + i];
+    for (let m = 0; m <= i; m++) out[oi + m] *= inv;
+  }
+}
+
+/**
+ * In-place lower Cholesky of a shared n x n matrix (lower triangle); false when not positive definite.
+ * Per block of columns: the diagonal block here, then the panel below it (a triangular solve, as a product
+ * with the block's inverse) and the trailing update on the pool.
+ */
 export function choleskyLowerParallel(a: Float64Array, n: number, scratch = new Scratch()): boolean {
   const diag = new Float64Array(n);
   for (let i = 0; i < n; i++) diag[i] = a[i * n + i];
+  const inv = shared(Float64Array, BLOCK * BLOCK);
   for (let b0 = 0; b0 < n; b0 += BLOCK) {
     const b1 = Math.min(n, b0 + BLOCK);
-    // the diagonal block, then the panel below it against it
-    for (let i = b0; i < n; i++) {
-      const ri = i * n;
-      for (let j = b0; j <= Math.min(i, b1 - 1); j++) {
-        const rj = j * n;
-        let s = a[ri + j];
-        for (let k = b0; k < j; k++) s -= a[ri + k] * a[rj + k];
-        if (i === j) {
-          if (!(s > PIVOT_TOLERANCE * diag[i])) return false;
-          a[ri + i] = Math.sqrt(s);
-        } else a[ri + j] = s / a[rj + j];
-      }
-    }
+    if (!factorDiagonalBlock(a, n, b0, b1, diag)) return false;
     if (b1 === n) break;
-    const kp = padK(b1 - b0);
-    const l21 = pack(a, n, b1, n - b1, b0, b1 - b0, scratch.get((n - b1) * kp), kp);
+    const nb = b1 - b0;
+    const kp = padK(nb);
     const m = n - b1;
+    // L21 = A21 L11^-T
+    invertDiagonalBlock(a, n, b0, b1, inv, kp);
+    let p = pack(a, n, b1, m, b0, nb, scratch.get(m * kp), kp);
+    const single = false;
+    update({
+      c: a,
+      cOff: b1 * n + b0,
+      cStride: n,
+      a: p,
+      b: inv,
+      m,
+      n: nb,
+      kp,
+      alpha: 1,
+      beta: 0,
+      triangle: "all",
+      single,
+    });
+    p = pack(a, n, b1, m, b0, nb, p, kp);
     update({
       c: a,
       cOff: b1 * n + b1,
       cStride: n,
-      a: l21,
-      b: l21,
+      a: p,
+      b: p,
       m,
       n: m,
       kp,
       alpha: -1,
       beta: 1,
       triangle: "lower",
-      single: false,
+      single,
     });
   }
   return true;
 }
 
-/** The inverse of the lower-triangular l (n x n) into a new shared lower-triangular matrix. */
-export function invertLowerParallel(l: Float64Array, n: number, scratch = new Scratch()): Float64Array {
-  const x = shared(Float64Array, n * n);
+/**
+ * The inverse of the lower-triangular l (n x n) into x (n x n, shared, zero above the diagonal; a new one
+ * unless given). Per block of rows: their solve against the diagonal block (a product with its inverse),
+ * then the rows below take their update, both on the pool.
+ */
+export function invertLowerParallel(
+  l: Float64Array,
+  n: number,
+  scratch = new Scratch(),
+  x = shared(Float64Array, n * n),
+): Float64Array {
   for (let i = 0; i < n; i++) x[i * n + i] = 1;
   const xt = new Scratch();
-  for (let k0 = 0; k0 < n; k0 += BLOCK) {
-    const k1 = Math.min(n, k0 + BLOCK);
-    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far)
-    for (let i = k0; i < k1; i++) {
-      const ri = i * n;
-      for (let t = k0; t < i; t++) {
-        const c = l[ri + t];
-        const rt = t * n;
-        for (let m = 0; m <= t; m++) x[ri + m] -= c * x[rt + m];
-      }
-      const inv = 1 / l[ri + i];
-      for (let m = 0; m <= i; m++) x[ri + m] *= inv;
-    }
-    if (k1 === n) break;
-    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1]
-    const nb = k1 - k0;
-    const kp = padK(nb);
-    const a = pack(l, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+  const inv = shared(Float64Array, BLOCK * BLOCK);
+  /** x[k0 .. k1, 0 .. k1] transposed into rows of kp values */
+  const transposed = (k0: number, k1: number, kp: number) => {
     const b = xt.get(k1 * kp);
+    const nb = k1 - k0;
     for (let m = 0; m < k1; m++) {
       for (let t = 0; t < nb; t++) b[m * kp + t] = x[(k0 + t) * n + m];
       b.fill(0, m * kp + nb, (m + 1) * kp);
     }
+    return b;
+  };
+  const [triangle, single] = ["all" as const, false];
+  for (let k0 = 0; k0 < n; k0 += BLOCK) {
+    const k1 = Math.min(n, k0 + BLOCK);
+    const nb = k1 - k0;
+    const kp = padK(nb);
+    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far)
+    invertDiagonalBlock(l, n, k0, k1, inv, kp);
+    let b = transposed(k0, k1, kp);
+    update({
+      c: x,
+      cOff: k0 * n,
+      cStride: n,
+      a: inv,
+      b,
+      m: nb,
+      n: k1,
+      kp,
+      alpha: 1,
+      beta: 0,
+      triangle,
+      single,
+    });
+    if (k1 === n) break;
+    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1]
+    const a = pack(l, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+    b = transposed(k0, k1, kp);
     update({
       c: x,
       cOff: k1 * n,
@@ -191,31 +276,29 @@ export function invertLowerParallel(l: Float64Array, n: number, scratch = new Sc
       kp,
       alpha: -1,
       beta: 1,
-      triangle: "all",
-      single: false,
+      triangle,
+      single,
     });
   }
   return x;
 }
 
-/** linalg.ts's upperCholeskyOfInverse (U = J L^-1 J with J H J = L L^T) on every core. */
-export function upperCholeskyOfInverseParallel(h: Float64Array, n: number): Float64Array | undefined {
+/**
+ * linalg.ts's upperCholeskyOfInverse (U = J L^-1 J with J H J = L L^T) on every core. J M J reverses M's
+ * values in row-major order, so both flips are reversals in place; U comes back in shared memory.
+ */
+export function upperCholeskyOfInverseParallel(
+  h: Float64Array,
+  n: number,
+  shift = 0,
+): Float64Array | undefined {
   const r = shared(Float64Array, n * n);
-  for (let i = 0; i < n; i++) {
-    const src = (n - 1 - i) * n + (n - 1);
-    const dst = i * n;
-    for (let j = 0; j <= i; j++) r[dst + j] = h[src - j];
-  }
+  r.set(h.subarray(0, n * n));
+  r.reverse();
+  for (let i = 0; i < n; i++) r[i * n + i] += shift;
   const scratch = new Scratch();
   if (!choleskyLowerParallel(r, n, scratch)) return undefined;
-  const x = invertLowerParallel(r, n, scratch);
-  const u = new Float64Array(n * n);
-  for (let a = 0; a < n; a++) {
-    const src = (n - 1 - a) * n + (n - 1);
-    const dst = a * n;
-    for (let b = 0; b < n; b++) u[dst + b] = x[src - b];
-  }
-  return u;
+  return invertLowerParallel(r, n, scratch).reverse();
 }
 
 /** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */
@@ -237,11 +320,12 @@ export function parallelGptqSteps() {
       K: number,
       i1: number,
       i2: number,
+      end: number,
     ): void {
       const count = i2 - i1;
       const cp = padK(count);
-      const a = ut.get((K - i2) * cp);
-      for (let j = i2; j < K; j++) {
+      const a = ut.get((end - i2) * cp);
+      for (let j = i2; j < end; j++) {
         const o = (j - i2) * cp;
         for (let t = 0; t < count; t++) a[o + t] = U[(i1 + t) * K + j];
         a.fill(0, o + count, o + cp);
@@ -259,7 +343,7 @@ export function parallelGptqSteps() {
         cStride: N,
         a,
         b,
-        m: K - i2,
+        m: end - i2,
         n: N,
         kp: cp,
         alpha: -1,

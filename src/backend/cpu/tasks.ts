@@ -7,6 +7,8 @@ import { WasmGemm, wasmGemm } from "./wasm-gemm.js";
 
 /** Rows of output per part: small enough to balance two to a few dozen threads, large enough to amortise. */
 export const UPDATE_STRIP = 16;
+/** bytes of `b` one kernel call reads: well inside a core's L2 */
+const CHUNK_BYTES = 128 * 1024;
 
 function kernels(): WasmGemm {
   const k = wasmGemm();
@@ -76,7 +78,12 @@ function updatePart(u: UpdateArgs, s: number): void {
   heap.fill(0, aAt + rows * kp, outAt);
   const kernel = single ? k.gemm : k.gemm64;
   const B = bytes;
-  kernel(B * aAt, B * kp, rowsPad, B * j0 * kp, B * kp, cols, B * kp, B * outAt, B * cols);
+  // a few columns at a time, so the part of `b` they read stays in cache across the strip's rows
+  const chunk = Math.max(2, Math.floor(CHUNK_BYTES / (B * kp)) & ~1);
+  for (let jc = 0; jc < cols; jc += chunk) {
+    const w = Math.min(chunk, cols - jc);
+    kernel(B * aAt, B * kp, rowsPad, B * (j0 + jc) * kp, B * kp, w, B * kp, B * (outAt + jc), B * cols);
+  }
   for (let i = i0; i < i0 + rows; i++) {
     const from = triangle === "upper" ? i : 0;
     const to = triangle === "lower" ? i + 1 : n;
