@@ -14,7 +14,14 @@ import { wasmGemm } from "./wasm-gemm.js";
 /** Mirrors linalg.ts: a pivot at or below this fraction of its original diagonal fails the factorisation. */
 const PIVOT_TOLERANCE = 1e-12;
 /** columns per block of the factorisation and inverse */
-const BLOCK = 128;
+const BLOCK = 256;
+/**
+ * The factorisation's trailing updates (almost all of its work) take float32 products over each block of
+ * columns, summed into the float64 matrix, as the Hessian's do; the diagonal blocks and the solves against
+ * them stay float64. U differs from the all-float64 factor by about 1e-7 of its largest entry (AutoGPTQ
+ * factorises in float32 throughout).
+ */
+const TRAILING_SINGLE = true;
 /** calibration rows per rank-k update of the Hessian */
 const PANEL_ROWS = 256;
 
@@ -209,24 +216,20 @@ export function choleskyLowerParallel(a: Float64Array, n: number, scratch = new 
       alpha: -1,
       beta: 1,
       triangle: "lower",
-      single,
+      single: TRAILING_SINGLE,
     });
   }
   return true;
 }
 
 /**
- * The inverse of the lower-triangular l (n x n) into x (n x n, shared, zero above the diagonal; a new one
- * unless given). Per block of rows: their solve against the diagonal block (a product with its inverse),
- * then the rows below take their update, both on the pool.
+ * The inverse of the lower-triangular l (n x n, shared) in place: its lower triangle becomes X = L^-1 and
+ * the rest zero. Per block of rows: their solve against the diagonal block (a product with its inverse),
+ * then the rows below take their update, both on the pool. Each block of L's columns is copied out before
+ * X takes its place.
  */
-export function invertLowerParallel(
-  l: Float64Array,
-  n: number,
-  scratch = new Scratch(),
-  x = shared(Float64Array, n * n),
-): Float64Array {
-  for (let i = 0; i < n; i++) x[i * n + i] = 1;
+export function invertLowerParallel(x: Float64Array, n: number, scratch = new Scratch()): void {
+  for (let i = 0; i < n; i++) x.fill(0, i * n + i + 1, (i + 1) * n);
   const xt = new Scratch();
   const inv = shared(Float64Array, BLOCK * BLOCK);
   /** x[k0 .. k1, 0 .. k1] transposed into rows of kp values */
@@ -239,14 +242,19 @@ export function invertLowerParallel(
     }
     return b;
   };
-  const [triangle, single] = ["all" as const, false];
+  const triangle = "all" as const;
   for (let k0 = 0; k0 < n; k0 += BLOCK) {
     const k1 = Math.min(n, k0 + BLOCK);
     const nb = k1 - k0;
     const kp = padK(nb);
-    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far)
-    invertDiagonalBlock(l, n, k0, k1, inv, kp);
+    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far, the identity on the diagonal)
+    invertDiagonalBlock(x, n, k0, k1, inv, kp);
+    for (let i = k0; i < k1; i++) {
+      x.fill(0, i * n + k0, i * n + k1);
+      x[i * n + i] = 1;
+    }
     let b = transposed(k0, k1, kp);
+    const single = false;
     update({
       c: x,
       cOff: k0 * n,
@@ -262,8 +270,9 @@ export function invertLowerParallel(
       single,
     });
     if (k1 === n) break;
-    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1]
-    const a = pack(l, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1], where X[k1:, k0:k1] starts at zero
+    const a = pack(x, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+    for (let i = k1; i < n; i++) x.fill(0, i * n + k0, i * n + k1);
     b = transposed(k0, k1, kp);
     update({
       c: x,
@@ -277,10 +286,9 @@ export function invertLowerParallel(
       alpha: -1,
       beta: 1,
       triangle,
-      single,
+      single: TRAILING_SINGLE,
     });
   }
-  return x;
 }
 
 /**
@@ -298,7 +306,8 @@ export function upperCholeskyOfInverseParallel(
   for (let i = 0; i < n; i++) r[i * n + i] += shift;
   const scratch = new Scratch();
   if (!choleskyLowerParallel(r, n, scratch)) return undefined;
-  return invertLowerParallel(r, n, scratch).reverse();
+  invertLowerParallel(r, n, scratch);
+  return r.reverse();
 }
 
 /** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */

@@ -76,7 +76,16 @@ function updatePart(u: UpdateArgs, s: number): void {
   }
   heap.set(a.subarray(i0 * kp, (i0 + rows) * kp), aAt);
   heap.fill(0, aAt + rows * kp, outAt);
-  const kernel = single ? k.gemm : k.gemm64;
+  // C -= A B^T and C = A B^T, where C has the kernel's type, run in place on a copy of C's strip
+  const sameType = single ? c instanceof Float32Array : c instanceof Float64Array;
+  const subtract = sameType && alpha === -1 && beta === 1;
+  const inPlace = subtract || (sameType && alpha === 1 && beta === 0);
+  if (subtract)
+    for (let i = i0; i < i0 + rows; i++) {
+      const r = cOff + i * cStride;
+      heap.set(c.subarray(r + j0, r + Math.min(n, j0 + cols)), outAt + (i - i0) * cols);
+    }
+  const kernel = subtract ? (single ? k.gemmSub : k.gemm64Sub) : single ? k.gemm : k.gemm64;
   const B = bytes;
   // a few columns at a time, so the part of `b` they read stays in cache across the strip's rows
   const chunk = Math.max(2, Math.floor(CHUNK_BYTES / (B * kp)) & ~1);
@@ -89,7 +98,8 @@ function updatePart(u: UpdateArgs, s: number): void {
     const to = triangle === "lower" ? i + 1 : n;
     const r = cOff + i * cStride;
     const o = outAt + (i - i0) * cols - j0;
-    if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * heap[o + j];
+    if (inPlace) c.set(heap.subarray(o + from, o + to), r + from);
+    else if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * heap[o + j];
     else for (let j = from; j < to; j++) c[r + j] = beta * c[r + j] + alpha * heap[o + j];
   }
 }

@@ -5,6 +5,8 @@
  * A 4 x 2 tile keeps 8 vector accumulators.
  * - `gemm`: fp32; each dot product is 4 interleaved fp32 partial sums, added pairwise at the end.
  * - `dot16`: int16 x int16 -> exact int32 (i32x4.dot_i16x8_s), for int8 x int4 products.
+ * - `gemm64`: fp64, 2 partial sums per dot product; `gemmSub` and `gemm64Sub` subtract the products
+ *   from `out` in place instead of storing them.
  */
 
 // opcodes (WebAssembly core + SIMD proposal, as shipped in V8)
@@ -60,6 +62,10 @@ const I32X4_ADD = 0xae;
 const I32X4_DOT_I16X8_S = 0xba;
 const F64_ADD = 0xa0;
 const F64_STORE = 0x39;
+const F32_LOAD = 0x2a;
+const F64_LOAD = 0x2b;
+const F32_SUB = 0x93;
+const F64_SUB = 0xa1;
 const F64X2_EXTRACT_LANE = 0x21;
 const F64X2_ADD = 0xf0;
 const F64X2_MUL = 0xf2;
@@ -71,6 +77,8 @@ interface Arith {
   extractLane: number;
   addScalar: number;
   store: number;
+  /** with `subtract`: out = out - sum, else out = sum */
+  subtract?: { load: number; sub: number };
   /** accumulator lanes per vector and bytes per output value */
   lanes: 2 | 4;
   outBytes: 4 | 8;
@@ -204,12 +212,20 @@ function kernelBody(a: Arith): number[] {
       i32(a.outBytes);
       c.push(I32_MUL, I32_ADD);
       set(L.o);
+      const align = a.outBytes === 8 ? 3 : 2;
       for (let row = 0; row < 4; row++)
         for (let col = 0; col < 2; col++) {
-          get(L.o);
-          for (let i = 0; i < row; i++) {
-            get(P.outStride);
-            c.push(I32_ADD);
+          const address = () => {
+            get(L.o);
+            for (let i = 0; i < row; i++) {
+              get(P.outStride);
+              c.push(I32_ADD);
+            }
+          };
+          address();
+          if (a.subtract) {
+            address();
+            c.push(a.subtract.load, align, ...uleb(a.outBytes * col));
           }
           const acc = ACC + 2 * row + col;
           // (l0 + l1) + (l2 + l3)
@@ -220,7 +236,8 @@ function kernelBody(a: Arith): number[] {
             if (lane % 2) c.push(a.addScalar);
           }
           if (a.lanes === 4) c.push(a.addScalar);
-          c.push(a.store, a.outBytes === 8 ? 3 : 2, ...uleb(a.outBytes * col));
+          if (a.subtract) c.push(a.subtract.sub);
+          c.push(a.store, align, ...uleb(a.outBytes * col));
         }
       get(L.n);
       i32(2);
@@ -244,13 +261,21 @@ function kernelBody(a: Arith): number[] {
 function moduleBytes(): Uint8Array {
   const type = vec([[0x60, ...vec(new Array(9).fill([I32])), 0x00]]);
   const imports = vec([[...str("env"), ...str("mem"), 0x02, 0x00, ...uleb(1)]]);
-  const funcs = vec([[0x00], [0x00], [0x00]]);
+  const funcs = vec([[0x00], [0x00], [0x00], [0x00], [0x00]]);
   const exports = vec([
     [...str("gemm"), 0x00, 0x00],
     [...str("dot16"), 0x00, 0x01],
     [...str("gemm64"), 0x00, 0x02],
+    [...str("gemmSub"), 0x00, 0x03],
+    [...str("gemm64Sub"), 0x00, 0x04],
   ]);
-  const code = vec([kernelBody(F32), kernelBody(I16), kernelBody(F64)]);
+  const code = vec([
+    kernelBody(F32),
+    kernelBody(I16),
+    kernelBody(F64),
+    kernelBody({ ...F32, subtract: { load: F32_LOAD, sub: F32_SUB } }),
+    kernelBody({ ...F64, subtract: { load: F64_LOAD, sub: F64_SUB } }),
+  ]);
   return new Uint8Array([
     0x00,
     0x61,
@@ -300,6 +325,9 @@ export interface WasmGemm {
   dot16: WasmGemmFn;
   /** fp64 x fp64 -> fp64 (kBytes a multiple of 16, i.e. K of 2; 2 partial sums per dot product) */
   gemm64: WasmGemmFn;
+  /** as gemm and gemm64, subtracting the products from what `out` holds */
+  gemmSub: WasmGemmFn;
+  gemm64Sub: WasmGemmFn;
 }
 
 let instance: WasmGemm | null | undefined;
@@ -315,7 +343,14 @@ export function wasmGemm(): WasmGemm | null {
   const memory = new wa.Memory({ initial: 1 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem: memory } });
   const fn = (name: string) => inst.exports[name] as WasmGemmFn;
-  instance = { memory, gemm: fn("gemm"), dot16: fn("dot16"), gemm64: fn("gemm64") };
+  instance = {
+    memory,
+    gemm: fn("gemm"),
+    dot16: fn("dot16"),
+    gemm64: fn("gemm64"),
+    gemmSub: fn("gemmSub"),
+    gemm64Sub: fn("gemm64Sub"),
+  };
   return enabled ? instance : null;
 }
 
