@@ -44,12 +44,16 @@ class Scratch {
   }
 }
 
-/** HessianAccumulator's contract (same scaling, upper triangle, mirrored on read) on every core. */
+/**
+ * HessianAccumulator's contract (H = 2/n sum x x^T, upper triangle, mirrored on read) on every core. The
+ * sum itself accumulates, in place of H, and is scaled when H is read (and back should more rows come).
+ */
 export class ParallelHessian {
   private readonly h: Float64Array;
   private readonly panel: Float64Array;
   private n = 0;
-  private mirrored = true;
+  /** whether h holds H (mirrored) rather than the upper triangle of the sum */
+  private isH = true;
 
   constructor(readonly inFeatures: number) {
     if (!(Number.isInteger(inFeatures) && inFeatures > 0))
@@ -63,22 +67,27 @@ export class ParallelHessian {
   }
 
   get H(): Float64Array {
-    if (!this.mirrored) {
+    if (!this.isH) {
+      this.scaleUpper(2 / this.n);
       const K = this.inFeatures;
       const h = this.h;
       for (let i = 0; i < K; i++) for (let j = 0; j < i; j++) h[i * K + j] = h[j * K + i];
-      this.mirrored = true;
+      this.isH = true;
     }
     return this.h;
+  }
+
+  private scaleUpper(f: number): void {
+    const K = this.inFeatures;
+    const h = this.h;
+    for (let i = 0; i < K; i++) for (let j = i * K + i; j < (i + 1) * K; j++) h[j] *= f;
   }
 
   add(x: Float32Array, rows: number): void {
     const K = this.inFeatures;
     checkCalibrationRows(x, rows, K);
     if (rows === 0) return;
-    const total = this.n + rows;
-    let beta = this.n / total;
-    const alpha = 2 / total;
+    if (this.isH && this.n > 0) this.scaleUpper(this.n / 2);
     const p = this.panel;
     for (let r0 = 0; r0 < rows; r0 += PANEL_ROWS) {
       const R = Math.min(PANEL_ROWS, rows - r0);
@@ -89,13 +98,12 @@ export class ParallelHessian {
         for (let k = 0; k < K; k++) p[k * kp + r] = x[src + k];
       }
       if (kp > R) for (let k = 0; k < K; k++) p.fill(0, k * kp + R, (k + 1) * kp);
-      // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 H
+      // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 sum
       const [c, triangle, single] = [this.h, "upper" as const, true];
-      update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha, beta, triangle, single });
-      beta = 1;
+      update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha: 1, beta: 1, triangle, single });
     }
-    this.n = total;
-    this.mirrored = false;
+    this.n += rows;
+    this.isH = false;
   }
 }
 

@@ -64,10 +64,17 @@ function updatePart(u: UpdateArgs, s: number): void {
   if (j1 <= j0) return;
   const cols = Math.ceil((j1 - j0) / 2) * 2;
   const nPad = Math.ceil(n / 2) * 2;
-  const bytes = single ? 4 : 8;
+  const B = single ? 4 : 8;
   const aAt = nPad * kp;
   const outAt = aAt + rowsPad * kp;
-  reserve(k, bytes * (outAt + rowsPad * cols));
+  // float32 products subtracted from (or added to a float64) C run in place on a copy of C's strip, and
+  // C = A B^T is copied back where C has the products' type; other alpha and beta take a JavaScript pass
+  const wide = c instanceof Float64Array;
+  const sameType = wide === !single;
+  const into = beta === 1 && single && (alpha === -1 || (alpha === 1 && wide));
+  const copyBack = into || (beta === 0 && alpha === 1 && sameType);
+  const outBytes = into || copyBack ? c.BYTES_PER_ELEMENT : B;
+  reserve(k, B * outAt + outBytes * rowsPad * cols);
   const heap = single ? new Float32Array(k.memory.buffer) : new Float64Array(k.memory.buffer);
   if (copiedJob !== u.job) {
     heap.set(b.subarray(0, n * kp));
@@ -76,31 +83,31 @@ function updatePart(u: UpdateArgs, s: number): void {
   }
   heap.set(a.subarray(i0 * kp, (i0 + rows) * kp), aAt);
   heap.fill(0, aAt + rows * kp, outAt);
-  // C -= A B^T and C = A B^T, where C has the kernel's type, run in place on a copy of C's strip
-  const sameType = single ? c instanceof Float32Array : c instanceof Float64Array;
-  const subtract = sameType && alpha === -1 && beta === 1;
-  const inPlace = subtract || (sameType && alpha === 1 && beta === 0);
-  if (subtract)
+  const outAtC = (B * outAt) / outBytes;
+  const out = outBytes === 8 ? new Float64Array(k.memory.buffer) : new Float32Array(k.memory.buffer);
+  if (into)
     for (let i = i0; i < i0 + rows; i++) {
       const r = cOff + i * cStride;
-      heap.set(c.subarray(r + j0, r + Math.min(n, j0 + cols)), outAt + (i - i0) * cols);
+      out.set(c.subarray(r + j0, r + Math.min(n, j0 + cols)), outAtC + (i - i0) * cols);
     }
-  const kernel = subtract ? (single ? k.gemmSub : k.gemm64Sub) : single ? k.gemm : k.gemm64;
-  const B = bytes;
+  let kernel = single ? k.gemm : k.gemm64;
+  if (into && wide) kernel = alpha === -1 ? k.gemmSubInto64 : k.gemmAddInto64;
+  else if (into) kernel = k.gemmSub;
   // a few columns at a time, so the part of `b` they read stays in cache across the strip's rows
   const chunk = Math.max(2, Math.floor(CHUNK_BYTES / (B * kp)) & ~1);
   for (let jc = 0; jc < cols; jc += chunk) {
     const w = Math.min(chunk, cols - jc);
-    kernel(B * aAt, B * kp, rowsPad, B * (j0 + jc) * kp, B * kp, w, B * kp, B * (outAt + jc), B * cols);
+    const o = outBytes * (outAtC + jc);
+    kernel(B * aAt, B * kp, rowsPad, B * (j0 + jc) * kp, B * kp, w, B * kp, o, outBytes * cols);
   }
   for (let i = i0; i < i0 + rows; i++) {
     const from = triangle === "upper" ? i : 0;
     const to = triangle === "lower" ? i + 1 : n;
     const r = cOff + i * cStride;
-    const o = outAt + (i - i0) * cols - j0;
-    if (inPlace) c.set(heap.subarray(o + from, o + to), r + from);
-    else if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * heap[o + j];
-    else for (let j = from; j < to; j++) c[r + j] = beta * c[r + j] + alpha * heap[o + j];
+    const o = outAtC + (i - i0) * cols - j0;
+    if (copyBack) c.set(out.subarray(o + from, o + to), r + from);
+    else if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * out[o + j];
+    else for (let j = from; j < to; j++) c[r + j] = beta * c[r + j] + alpha * out[o + j];
   }
 }
 

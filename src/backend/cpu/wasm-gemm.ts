@@ -5,8 +5,9 @@
  * A 4 x 2 tile keeps 8 vector accumulators.
  * - `gemm`: fp32; each dot product is 4 interleaved fp32 partial sums, added pairwise at the end.
  * - `dot16`: int16 x int16 -> exact int32 (i32x4.dot_i16x8_s), for int8 x int4 products.
- * - `gemm64`: fp64, 2 partial sums per dot product; `gemmSub` and `gemm64Sub` subtract the products
- *   from `out` in place instead of storing them.
+ * - `gemm64`: fp64, 2 partial sums per dot product.
+ * - `gemmSub` subtracts the fp32 products from `out` in place instead of storing them; `gemmSubInto64` and
+ *   `gemmAddInto64` subtract them from or add them to an fp64 `out`.
  */
 
 // opcodes (WebAssembly core + SIMD proposal, as shipped in V8)
@@ -66,6 +67,7 @@ const F32_LOAD = 0x2a;
 const F64_LOAD = 0x2b;
 const F32_SUB = 0x93;
 const F64_SUB = 0xa1;
+const F64_PROMOTE_F32 = 0xbb;
 const F64X2_EXTRACT_LANE = 0x21;
 const F64X2_ADD = 0xf0;
 const F64X2_MUL = 0xf2;
@@ -77,8 +79,8 @@ interface Arith {
   extractLane: number;
   addScalar: number;
   store: number;
-  /** with `subtract`: out = out - sum, else out = sum */
-  subtract?: { load: number; sub: number };
+  /** with `into`: out = out - sum or out + sum (`op`), the sum widened first where `promote`; else out = sum */
+  into?: { load: number; op: number; promote?: number };
   /** accumulator lanes per vector and bytes per output value */
   lanes: 2 | 4;
   outBytes: 4 | 8;
@@ -98,6 +100,15 @@ const I16: Arith = {
   store: I32_STORE,
   lanes: 4,
   outBytes: 4,
+};
+/** fp32 products, each widened to fp64 for an fp64 output */
+const F32_INTO_F64: Arith = {
+  fma: F32.fma,
+  extractLane: F32X4_EXTRACT_LANE,
+  addScalar: F32_ADD,
+  store: F64_STORE,
+  lanes: 4,
+  outBytes: 8,
 };
 const F64: Arith = {
   fma: [SIMD, ...uleb(F64X2_MUL), SIMD, ...uleb(F64X2_ADD)],
@@ -223,9 +234,9 @@ function kernelBody(a: Arith): number[] {
             }
           };
           address();
-          if (a.subtract) {
+          if (a.into) {
             address();
-            c.push(a.subtract.load, align, ...uleb(a.outBytes * col));
+            c.push(a.into.load, align, ...uleb(a.outBytes * col));
           }
           const acc = ACC + 2 * row + col;
           // (l0 + l1) + (l2 + l3)
@@ -236,7 +247,8 @@ function kernelBody(a: Arith): number[] {
             if (lane % 2) c.push(a.addScalar);
           }
           if (a.lanes === 4) c.push(a.addScalar);
-          if (a.subtract) c.push(a.subtract.sub);
+          if (a.into?.promote) c.push(a.into.promote);
+          if (a.into) c.push(a.into.op);
           c.push(a.store, align, ...uleb(a.outBytes * col));
         }
       get(L.n);
@@ -261,20 +273,22 @@ function kernelBody(a: Arith): number[] {
 function moduleBytes(): Uint8Array {
   const type = vec([[0x60, ...vec(new Array(9).fill([I32])), 0x00]]);
   const imports = vec([[...str("env"), ...str("mem"), 0x02, 0x00, ...uleb(1)]]);
-  const funcs = vec([[0x00], [0x00], [0x00], [0x00], [0x00]]);
+  const funcs = vec([[0x00], [0x00], [0x00], [0x00], [0x00], [0x00]]);
   const exports = vec([
     [...str("gemm"), 0x00, 0x00],
     [...str("dot16"), 0x00, 0x01],
     [...str("gemm64"), 0x00, 0x02],
     [...str("gemmSub"), 0x00, 0x03],
-    [...str("gemm64Sub"), 0x00, 0x04],
+    [...str("gemmSubInto64"), 0x00, 0x04],
+    [...str("gemmAddInto64"), 0x00, 0x05],
   ]);
   const code = vec([
     kernelBody(F32),
     kernelBody(I16),
     kernelBody(F64),
-    kernelBody({ ...F32, subtract: { load: F32_LOAD, sub: F32_SUB } }),
-    kernelBody({ ...F64, subtract: { load: F64_LOAD, sub: F64_SUB } }),
+    kernelBody({ ...F32, into: { load: F32_LOAD, op: F32_SUB } }),
+    kernelBody({ ...F32_INTO_F64, into: { load: F64_LOAD, op: F64_SUB, promote: F64_PROMOTE_F32 } }),
+    kernelBody({ ...F32_INTO_F64, into: { load: F64_LOAD, op: F64_ADD, promote: F64_PROMOTE_F32 } }),
   ]);
   return new Uint8Array([
     0x00,
@@ -325,9 +339,11 @@ export interface WasmGemm {
   dot16: WasmGemmFn;
   /** fp64 x fp64 -> fp64 (kBytes a multiple of 16, i.e. K of 2; 2 partial sums per dot product) */
   gemm64: WasmGemmFn;
-  /** as gemm and gemm64, subtracting the products from what `out` holds */
+  /** as gemm, subtracting the products from what `out` holds */
   gemmSub: WasmGemmFn;
-  gemm64Sub: WasmGemmFn;
+  /** fp32 products subtracted from or added to an fp64 `out` (outStride in bytes of fp64 rows) */
+  gemmSubInto64: WasmGemmFn;
+  gemmAddInto64: WasmGemmFn;
 }
 
 let instance: WasmGemm | null | undefined;
@@ -349,7 +365,8 @@ export function wasmGemm(): WasmGemm | null {
     dot16: fn("dot16"),
     gemm64: fn("gemm64"),
     gemmSub: fn("gemmSub"),
-    gemm64Sub: fn("gemm64Sub"),
+    gemmSubInto64: fn("gemmSubInto64"),
+    gemmAddInto64: fn("gemmAddInto64"),
   };
   return enabled ? instance : null;
 }
