@@ -389,6 +389,9 @@ export function timesHessianParallel(
   return out;
 }
 
+/** parallelGemmNT's copy of its input */
+let gemmInput = shared(Float32Array, 0);
+
 /** Below this many multiply-adds a product stays on the calling thread: waking the workers costs ~0.1 ms. */
 const PARALLEL_MACS = 1 << 22;
 
@@ -414,7 +417,13 @@ export function parallelGemmNT(
   if (rows * K * N < PARALLEL_MACS || !wasmGemm()) return undefined;
   const pool = threadPool();
   if (pool.threads === 1 || !(w.buffer instanceof SharedArrayBuffer)) return undefined;
-  const xs = toShared(x.subarray(0, rows * K));
+  let xs = x.subarray(0, rows * K);
+  if (!(xs.buffer instanceof SharedArrayBuffer)) {
+    // a copy the workers can read, in memory kept from call to call (a fresh array costs page faults)
+    if (gemmInput.length < rows * K) gemmInput = shared(Float32Array, rows * K);
+    gemmInput.set(xs);
+    xs = gemmInput.subarray(0, rows * K);
+  }
   const out = shared(Float32Array, rows * N);
   const cols = Math.max(8, Math.ceil(N / (8 * pool.threads)) * 2);
   pool.run("dense", { x: xs, w, out, rows, K, N, cols }, Math.ceil(N / cols));
