@@ -3,7 +3,8 @@
  * factorisation GPTQ needs (a blocked right-looking Cholesky and triangular inverse, whose trailing
  * updates carry almost all of the work) and GPTQ's lazy block updates. Each is one kind of step,
  * C = beta C + alpha A B^T, split into strips of rows over the thread pool (see tasks.ts). Results equal
- * the serial code's up to float rounding (sums are taken in a different order).
+ * the serial code's up to float rounding (sums are taken in a different order, and the Hessian's, lazy
+ * updates' and factorisation's trailing products are float32, as AutoGPTQ computes them).
  */
 import { checkCalibrationRows } from "../../tensor/tensor.js";
 import { GptqError } from "../../util/errors.js";
