@@ -465,10 +465,11 @@ export function quantizeModel(
     }
     if (calibrated) {
       progress(li, "outputs");
-      // The next layer calibrates on this layer's outputs with its weights already quantized.
-      hs = mid.map((h, s) => layer.mlpBlock(h, T(s)));
+      // The next layer calibrates on this layer's outputs with its weights already quantized (the last
+      // layer's outputs are not needed).
+      if (li < L - 1) hs = mid.map((h, s) => layer.mlpBlock(h, T(s)));
       mid = [];
-      if (opts.fpTarget) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
+      if (opts.fpTarget && li < L - 1) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
       midF = [];
       lap("forward");
       counter.done++;

@@ -108,10 +108,11 @@ export interface GptqBackend {
   problem(W: Float32Array, H: Float64Array, N: number, K: number): GptqProblem;
 }
 
-/** Host arrays: the weight transposed to K x N, H as float64. */
+/** Host arrays: the weight transposed to K x N, H as float64 (the caller's until it is changed). */
 export class HostProblem implements GptqProblem {
   private w: Float32Array;
   private h: Float64Array;
+  private ownsH = false;
 
   constructor(
     W: Float32Array,
@@ -121,7 +122,7 @@ export class HostProblem implements GptqProblem {
     private readonly steps: CpuDenseSteps = SERIAL_STEPS,
   ) {
     this.w = transpose(W, N, K);
-    this.h = Float64Array.from(H);
+    this.h = H;
   }
 
   /** H as prepared (K x K, processing order) */
@@ -141,6 +142,7 @@ export class HostProblem implements GptqProblem {
 
   clearDead(dead: readonly number[]): void {
     const { N, K } = this;
+    if (dead.length && !this.ownsH) [this.h, this.ownsH] = [this.h.slice(), true];
     for (const k of dead) {
       this.h[k * K + k] = 1;
       this.w.fill(0, k * N, (k + 1) * N);
@@ -156,7 +158,7 @@ export class HostProblem implements GptqProblem {
       for (let b = 0; b < K; b++) hp[a * K + b] = h[pa * K + perm[b]];
       wp.set(w.subarray(pa * N, (pa + 1) * N), a * N);
     }
-    this.h = hp;
+    [this.h, this.ownsH] = [hp, true];
     this.w = wp;
   }
 
@@ -170,7 +172,7 @@ export class HostProblem implements GptqProblem {
     const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp, steps.upperCholeskyOfInverse);
     return {
       damp: used,
-      damped: () => damped,
+      damped,
       sweep: (q, scales, zeros, w) =>
         new Sweep(q, steps.workspace(w ?? this.w), U, N, K, scales, zeros, steps),
     };
@@ -182,11 +184,11 @@ export class HostProblem implements GptqProblem {
  * (backend/cpu) runs them on every core with the same results up to float rounding.
  */
 export interface CpuDenseSteps {
-  /** U with H^-1 = U^T U, or undefined when h is not positive definite (h is not modified) */
-  upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array | undefined;
+  /** U with (h + shift I)^-1 = U^T U, or undefined when that is not positive definite (h is not modified) */
+  upperCholeskyOfInverse(h: Float64Array, n: number, shift: number): Float64Array | undefined;
   /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */
   workspace(w: Float32Array): Float32Array;
-  /** Columns after block [i1, i2): w[j, :] -= sum_i U[i1 + i, j] err[i, :] for j >= i2. */
+  /** Columns [i2, end) after block [i1, i2): w[j, :] -= sum_i U[i1 + i, j] err[i, :]. */
   lazyUpdate(
     w: Float32Array,
     err: Float32Array,
@@ -195,6 +197,7 @@ export interface CpuDenseSteps {
     K: number,
     i1: number,
     i2: number,
+    end: number,
   ): void;
 }
 
@@ -237,16 +240,21 @@ export function dampedInverseFactor(
   K: number,
   damp: number,
   factorize: CpuDenseSteps["upperCholeskyOfInverse"] = upperCholeskyOfInverse,
-): { U: Float64Array; damp: number; damped: Float64Array } {
+): { U: Float64Array; damp: number; damped: () => Float64Array } {
   let mean = 0;
   for (let i = 0; i < K; i++) mean += H[i * K + i];
   mean /= K;
-  const work = new Float64Array(H.length);
   for (let d = damp; d <= DAMP_LIMIT; d = nextDamp(d)) {
-    work.set(H);
-    for (let i = 0; i < K; i++) work[i * K + i] += d * mean;
-    const U = factorize(work, K);
-    if (U) return { U, damp: d, damped: work };
+    const U = factorize(H, K, d * mean);
+    if (!U) continue;
+    let work: Float64Array | undefined;
+    const damped = () => {
+      if (work) return work;
+      work = H.slice();
+      for (let i = 0; i < K; i++) work[i * K + i] += d * mean;
+      return work;
+    };
+    return { U, damp: d, damped };
   }
   throw notPositiveDefinite();
 }
@@ -424,6 +432,9 @@ export function gptqSolve(problem: GptqProblem, opts: GptqOptions): Omit<GptqRes
   }
 }
 
+/** columns per sub-block of a sweep's block: their error feedback to each other column by column */
+const SUB_BLOCK = 16;
+
 /**
  * The GPTQ sweep over the columns in processing order: w (K x N) is updated in place, codes and the
  * group used are recorded per processing position, group parameters go to scales/zeros (G x N).
@@ -489,8 +500,18 @@ class Sweep implements GptqSweep {
       const i2 = Math.min(i1 + blockSize, K);
       const count = i2 - i1;
       if (groupBuf && !how.fresh) blockStart.set(w.subarray(i1 * N, i2 * N));
+      // Sub-blocks [s1, s2): each column feeds its error to the rest of its sub-block here, and a
+      // finished sub-block to the rest of the block at once (a lazy update); dynamic groups begin one.
+      let s1 = i1;
+      let s2 = i1;
       for (let i = 0; i < count; i++) {
         const c = i1 + i;
+        if (c === s2) {
+          if (c > s1) this.steps.lazyUpdate(w, err.subarray((s1 - i1) * N), U, N, K, s1, c, i2);
+          s1 = c;
+          s2 = Math.min(i2, c + SUB_BLOCK);
+          if (groupBuf) s2 = Math.min(s2, (Math.floor(c / gs) + 1) * gs);
+        }
         const g = groups === "dynamic" ? Math.floor(c / gs) : how.staticOf(c);
         if (groupBuf && c % gs === 0) {
           const cols = Math.min(gs, K - c);
@@ -518,15 +539,15 @@ class Sweep implements GptqSweep {
           loss += diff * diff;
           err[e + n] = diff;
         }
-        // Error feedback to the rest of the block.
-        for (let j = c + 1; j < i2; j++) {
+        // Error feedback to the rest of the sub-block.
+        for (let j = c + 1; j < s2; j++) {
           const hj = U[c * K + j];
           if (hj === 0) continue;
           const r = j * N;
           for (let n = 0; n < N; n++) w[r + n] -= hj * err[e + n];
         }
       }
-      this.steps.lazyUpdate(w, err, U, N, K, i1, i2);
+      this.steps.lazyUpdate(w, err, U, N, K, i1, i2, K);
     }
     return loss / 2;
   }
@@ -768,7 +789,7 @@ function gptqLossScorer(
   };
 }
 
-/** Columns after the block: w[j, :] -= sum_i U[i1 + i, j] err[i, :], four error rows per pass. */
+/** Columns [i2, end) after the block: w[j, :] -= sum_i U[i1 + i, j] err[i, :], four error rows per pass. */
 function lazyUpdate(
   w: Float32Array,
   err: Float32Array,
@@ -777,13 +798,14 @@ function lazyUpdate(
   K: number,
   i1: number,
   i2: number,
+  end: number,
 ): void {
   const count = i2 - i1;
   const hcol = new Float64Array(count);
   const TILE = 1024; // output rows per pass, so the error tile stays in cache
   for (let n0 = 0; n0 < N; n0 += TILE) {
     const n1 = Math.min(n0 + TILE, N);
-    for (let j = i2; j < K; j++) {
+    for (let j = i2; j < end; j++) {
       for (let i = 0; i < count; i++) hcol[i] = U[(i1 + i) * K + j];
       const r = j * N;
       let i = 0;

@@ -121,14 +121,15 @@ export function invertLower(l: Float64Array, n: number): Float64Array {
  * The upper-triangular U with H^-1 = U^T U (what `cholesky(cholesky_inverse(cholesky(H)), upper=True)`
  * computes), or undefined when H is not positive definite. With J the reversal permutation, J H J = L L^T
  * gives H = R R^T with R = J L J upper, so H^-1 = R^-T R^-1 and U = R^-1 = J L^-1 J: one factorisation and
- * one triangular inverse instead of three factorisations. H is not modified.
+ * one triangular inverse instead of three factorisations. With `shift`, of H + shift I. H is not modified.
  */
-export function upperCholeskyOfInverse(h: Float64Array, n: number): Float64Array | undefined {
+export function upperCholeskyOfInverse(h: Float64Array, n: number, shift = 0): Float64Array | undefined {
   const r = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {
     const src = (n - 1 - i) * n + (n - 1);
     const dst = i * n;
     for (let j = 0; j <= i; j++) r[dst + j] = h[src - j];
+    r[dst + i] += shift;
   }
   if (!choleskyLowerInPlace(r, n)) return undefined;
   const x = invertLower(r, n);

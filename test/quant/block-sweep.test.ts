@@ -149,7 +149,7 @@ class PlainProblem extends HostProblem {
     };
     return {
       damp: used,
-      damped: () => damped,
+      damped,
       sweep: (q, scales, zeros, w) =>
         new BlockSweep(
           q,

@@ -3,7 +3,8 @@
  * factorisation GPTQ needs (a blocked right-looking Cholesky and triangular inverse, whose trailing
  * updates carry almost all of the work) and GPTQ's lazy block updates. Each is one kind of step,
  * C = beta C + alpha A B^T, split into strips of rows over the thread pool (see tasks.ts). Results equal
- * the serial code's up to float rounding (sums are taken in a different order).
+ * the serial code's up to float rounding (sums are taken in a different order, and the Hessian's, lazy
+ * updates' and factorisation's trailing products are float32, as AutoGPTQ computes them).
  */
 import { checkCalibrationRows } from "../../tensor/tensor.js";
 import { GptqError } from "../../util/errors.js";
@@ -14,7 +15,14 @@ import { wasmGemm } from "./wasm-gemm.js";
 /** Mirrors linalg.ts: a pivot at or below this fraction of its original diagonal fails the factorisation. */
 const PIVOT_TOLERANCE = 1e-12;
 /** columns per block of the factorisation and inverse */
-const BLOCK = 128;
+const BLOCK = 256;
+/**
+ * The factorisation's trailing updates (almost all of its work) take float32 products over each block of
+ * columns, summed into the float64 matrix, as the Hessian's do; the diagonal blocks and the solves against
+ * them stay float64. U differs from the all-float64 factor by about 1e-7 of its largest entry (AutoGPTQ
+ * factorises in float32 throughout).
+ */
+const TRAILING_SINGLE = true;
 /** calibration rows per rank-k update of the Hessian */
 const PANEL_ROWS = 256;
 
@@ -37,12 +45,16 @@ class Scratch {
   }
 }
 
-/** HessianAccumulator's contract (same scaling, upper triangle, mirrored on read) on every core. */
+/**
+ * HessianAccumulator's contract (H = 2/n sum x x^T, upper triangle, mirrored on read) on every core. The
+ * sum itself accumulates, in place of H, and is scaled when H is read (and back should more rows come).
+ */
 export class ParallelHessian {
   private readonly h: Float64Array;
   private readonly panel: Float64Array;
   private n = 0;
-  private mirrored = true;
+  /** whether h holds H (mirrored) rather than the upper triangle of the sum */
+  private isH = true;
 
   constructor(readonly inFeatures: number) {
     if (!(Number.isInteger(inFeatures) && inFeatures > 0))
@@ -56,22 +68,27 @@ export class ParallelHessian {
   }
 
   get H(): Float64Array {
-    if (!this.mirrored) {
+    if (!this.isH) {
+      this.scaleUpper(2 / this.n);
       const K = this.inFeatures;
       const h = this.h;
       for (let i = 0; i < K; i++) for (let j = 0; j < i; j++) h[i * K + j] = h[j * K + i];
-      this.mirrored = true;
+      this.isH = true;
     }
     return this.h;
+  }
+
+  private scaleUpper(f: number): void {
+    const K = this.inFeatures;
+    const h = this.h;
+    for (let i = 0; i < K; i++) for (let j = i * K + i; j < (i + 1) * K; j++) h[j] *= f;
   }
 
   add(x: Float32Array, rows: number): void {
     const K = this.inFeatures;
     checkCalibrationRows(x, rows, K);
     if (rows === 0) return;
-    const total = this.n + rows;
-    let beta = this.n / total;
-    const alpha = 2 / total;
+    if (this.isH && this.n > 0) this.scaleUpper(this.n / 2);
     const p = this.panel;
     for (let r0 = 0; r0 < rows; r0 += PANEL_ROWS) {
       const R = Math.min(PANEL_ROWS, rows - r0);
@@ -82,13 +99,12 @@ export class ParallelHessian {
         for (let k = 0; k < K; k++) p[k * kp + r] = x[src + k];
       }
       if (kp > R) for (let k = 0; k < K; k++) p.fill(0, k * kp + R, (k + 1) * kp);
-      // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 H
+      // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 sum
       const [c, triangle, single] = [this.h, "upper" as const, true];
-      update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha, beta, triangle, single });
-      beta = 1;
+      update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha: 1, beta: 1, triangle, single });
     }
-    this.n = total;
-    this.mirrored = false;
+    this.n += rows;
+    this.isH = false;
   }
 }
 
@@ -111,75 +127,162 @@ function pack(
   return out;
 }
 
-/** In-place lower Cholesky of a shared n x n matrix (lower triangle); false when not positive definite. */
+/**
+ * Factorises the diagonal block [b0, b1) of a (its lower triangle, in place), its columns left of b0
+ * already updated; false when a pivot fails (at or below PIVOT_TOLERANCE x its original diagonal).
+ */
+function factorDiagonalBlock(
+  a: Float64Array,
+  n: number,
+  b0: number,
+  b1: number,
+  diag: Float64Array,
+): boolean {
+  for (let i = b0; i < b1; i++) {
+    const ri = i * n;
+    for (let j = b0; j <= i; j++) {
+      const rj = j * n;
+      let s = a[ri + j];
+      for (let k = b0; k < j; k++) s -= a[ri + k] * a[rj + k];
+      if (i === j) {
+        if (!(s > PIVOT_TOLERANCE * diag[i])) return false;
+        a[ri + i] = Math.sqrt(s);
+      } else a[ri + j] = s / a[rj + j];
+    }
+  }
+  return true;
+}
+
+/** The inverse of l's lower-triangular diagonal block [b0, b1) into out as rows of kp values (zero padding). */
+function invertDiagonalBlock(
+  l: Float64Array,
+  n: number,
+  b0: number,
+  b1: number,
+  out: Float64Array,
+  kp: number,
+) {
+  const nb = b1 - b0;
+  out.fill(0, 0, nb * kp);
+  for (let i = 0; i < nb; i++) {
+    const ri = (b0 + i) * n + b0;
+    const oi = i * kp;
+    for (let t = 0; t < i; t++) {
+      const c = l[ri + t];
+      const ot = t * kp;
+      for (let m = 0; m <= t; m++) out[oi + m] -= c * out[ot + m];
+    }
+    out[oi + i] += 1;
+    const inv = 1 / l[ri + i];
+    for (let m = 0; m <= i; m++) out[oi + m] *= inv;
+  }
+}
+
+/**
+ * In-place lower Cholesky of a shared n x n matrix (lower triangle); false when not positive definite.
+ * Per block of columns: the diagonal block here, then the panel below it (a triangular solve, as a product
+ * with the block's inverse) and the trailing update on the pool.
+ */
 export function choleskyLowerParallel(a: Float64Array, n: number, scratch = new Scratch()): boolean {
   const diag = new Float64Array(n);
   for (let i = 0; i < n; i++) diag[i] = a[i * n + i];
+  const inv = shared(Float64Array, BLOCK * BLOCK);
   for (let b0 = 0; b0 < n; b0 += BLOCK) {
     const b1 = Math.min(n, b0 + BLOCK);
-    // the diagonal block, then the panel below it against it
-    for (let i = b0; i < n; i++) {
-      const ri = i * n;
-      for (let j = b0; j <= Math.min(i, b1 - 1); j++) {
-        const rj = j * n;
-        let s = a[ri + j];
-        for (let k = b0; k < j; k++) s -= a[ri + k] * a[rj + k];
-        if (i === j) {
-          if (!(s > PIVOT_TOLERANCE * diag[i])) return false;
-          a[ri + i] = Math.sqrt(s);
-        } else a[ri + j] = s / a[rj + j];
-      }
-    }
+    if (!factorDiagonalBlock(a, n, b0, b1, diag)) return false;
     if (b1 === n) break;
-    const kp = padK(b1 - b0);
-    const l21 = pack(a, n, b1, n - b1, b0, b1 - b0, scratch.get((n - b1) * kp), kp);
+    const nb = b1 - b0;
+    const kp = padK(nb);
     const m = n - b1;
+    // L21 = A21 L11^-T
+    invertDiagonalBlock(a, n, b0, b1, inv, kp);
+    let p = pack(a, n, b1, m, b0, nb, scratch.get(m * kp), kp);
+    const single = false;
+    update({
+      c: a,
+      cOff: b1 * n + b0,
+      cStride: n,
+      a: p,
+      b: inv,
+      m,
+      n: nb,
+      kp,
+      alpha: 1,
+      beta: 0,
+      triangle: "all",
+      single,
+    });
+    p = pack(a, n, b1, m, b0, nb, p, kp);
     update({
       c: a,
       cOff: b1 * n + b1,
       cStride: n,
-      a: l21,
-      b: l21,
+      a: p,
+      b: p,
       m,
       n: m,
       kp,
       alpha: -1,
       beta: 1,
       triangle: "lower",
-      single: false,
+      single: TRAILING_SINGLE,
     });
   }
   return true;
 }
 
-/** The inverse of the lower-triangular l (n x n) into a new shared lower-triangular matrix. */
-export function invertLowerParallel(l: Float64Array, n: number, scratch = new Scratch()): Float64Array {
-  const x = shared(Float64Array, n * n);
-  for (let i = 0; i < n; i++) x[i * n + i] = 1;
+/**
+ * The inverse of the lower-triangular l (n x n, shared) in place: its lower triangle becomes X = L^-1 and
+ * the rest zero. Per block of rows: their solve against the diagonal block (a product with its inverse),
+ * then the rows below take their update, both on the pool. Each block of L's columns is copied out before
+ * X takes its place.
+ */
+export function invertLowerParallel(x: Float64Array, n: number, scratch = new Scratch()): void {
+  for (let i = 0; i < n; i++) x.fill(0, i * n + i + 1, (i + 1) * n);
   const xt = new Scratch();
-  for (let k0 = 0; k0 < n; k0 += BLOCK) {
-    const k1 = Math.min(n, k0 + BLOCK);
-    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far)
-    for (let i = k0; i < k1; i++) {
-      const ri = i * n;
-      for (let t = k0; t < i; t++) {
-        const c = l[ri + t];
-        const rt = t * n;
-        for (let m = 0; m <= t; m++) x[ri + m] -= c * x[rt + m];
-      }
-      const inv = 1 / l[ri + i];
-      for (let m = 0; m <= i; m++) x[ri + m] *= inv;
-    }
-    if (k1 === n) break;
-    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1]
-    const nb = k1 - k0;
-    const kp = padK(nb);
-    const a = pack(l, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+  const inv = shared(Float64Array, BLOCK * BLOCK);
+  /** x[k0 .. k1, 0 .. k1] transposed into rows of kp values */
+  const transposed = (k0: number, k1: number, kp: number) => {
     const b = xt.get(k1 * kp);
+    const nb = k1 - k0;
     for (let m = 0; m < k1; m++) {
       for (let t = 0; t < nb; t++) b[m * kp + t] = x[(k0 + t) * n + m];
       b.fill(0, m * kp + nb, (m + 1) * kp);
     }
+    return b;
+  };
+  const triangle = "all" as const;
+  for (let k0 = 0; k0 < n; k0 += BLOCK) {
+    const k1 = Math.min(n, k0 + BLOCK);
+    const nb = k1 - k0;
+    const kp = padK(nb);
+    // rows k0 .. k1 of X = L_kk^-1 (their columns 0 .. k1 as updated so far, the identity on the diagonal)
+    invertDiagonalBlock(x, n, k0, k1, inv, kp);
+    for (let i = k0; i < k1; i++) {
+      x.fill(0, i * n + k0, i * n + k1);
+      x[i * n + i] = 1;
+    }
+    let b = transposed(k0, k1, kp);
+    const single = false;
+    update({
+      c: x,
+      cOff: k0 * n,
+      cStride: n,
+      a: inv,
+      b,
+      m: nb,
+      n: k1,
+      kp,
+      alpha: 1,
+      beta: 0,
+      triangle,
+      single,
+    });
+    if (k1 === n) break;
+    // the rows below: X[k1:, :k1] -= L[k1:, k0:k1] X[k0:k1, :k1], where X[k1:, k0:k1] starts at zero
+    const a = pack(x, n, k1, n - k1, k0, nb, scratch.get((n - k1) * kp), kp);
+    for (let i = k1; i < n; i++) x.fill(0, i * n + k0, i * n + k1);
+    b = transposed(k0, k1, kp);
     update({
       c: x,
       cOff: k1 * n,
@@ -191,31 +294,29 @@ export function invertLowerParallel(l: Float64Array, n: number, scratch = new Sc
       kp,
       alpha: -1,
       beta: 1,
-      triangle: "all",
-      single: false,
+      triangle,
+      single: TRAILING_SINGLE,
     });
   }
-  return x;
 }
 
-/** linalg.ts's upperCholeskyOfInverse (U = J L^-1 J with J H J = L L^T) on every core. */
-export function upperCholeskyOfInverseParallel(h: Float64Array, n: number): Float64Array | undefined {
+/**
+ * linalg.ts's upperCholeskyOfInverse (U = J L^-1 J with J H J = L L^T) on every core. J M J reverses M's
+ * values in row-major order, so both flips are reversals in place; U comes back in shared memory.
+ */
+export function upperCholeskyOfInverseParallel(
+  h: Float64Array,
+  n: number,
+  shift = 0,
+): Float64Array | undefined {
   const r = shared(Float64Array, n * n);
-  for (let i = 0; i < n; i++) {
-    const src = (n - 1 - i) * n + (n - 1);
-    const dst = i * n;
-    for (let j = 0; j <= i; j++) r[dst + j] = h[src - j];
-  }
+  r.set(h.subarray(0, n * n));
+  r.reverse();
+  for (let i = 0; i < n; i++) r[i * n + i] += shift;
   const scratch = new Scratch();
   if (!choleskyLowerParallel(r, n, scratch)) return undefined;
-  const x = invertLowerParallel(r, n, scratch);
-  const u = new Float64Array(n * n);
-  for (let a = 0; a < n; a++) {
-    const src = (n - 1 - a) * n + (n - 1);
-    const dst = a * n;
-    for (let b = 0; b < n; b++) u[dst + b] = x[src - b];
-  }
-  return u;
+  invertLowerParallel(r, n, scratch);
+  return r.reverse();
 }
 
 /** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */
@@ -237,11 +338,12 @@ export function parallelGptqSteps() {
       K: number,
       i1: number,
       i2: number,
+      end: number,
     ): void {
       const count = i2 - i1;
       const cp = padK(count);
-      const a = ut.get((K - i2) * cp);
-      for (let j = i2; j < K; j++) {
+      const a = ut.get((end - i2) * cp);
+      for (let j = i2; j < end; j++) {
         const o = (j - i2) * cp;
         for (let t = 0; t < count; t++) a[o + t] = U[(i1 + t) * K + j];
         a.fill(0, o + count, o + cp);
@@ -259,7 +361,7 @@ export function parallelGptqSteps() {
         cStride: N,
         a,
         b,
-        m: K - i2,
+        m: end - i2,
         n: N,
         kp: cp,
         alpha: -1,
@@ -288,6 +390,9 @@ export function timesHessianParallel(
   return out;
 }
 
+/** parallelGemmNT's copy of its input */
+let gemmInput = shared(Float32Array, 0);
+
 /** Below this many multiply-adds a product stays on the calling thread: waking the workers costs ~0.1 ms. */
 const PARALLEL_MACS = 1 << 22;
 
@@ -313,7 +418,13 @@ export function parallelGemmNT(
   if (rows * K * N < PARALLEL_MACS || !wasmGemm()) return undefined;
   const pool = threadPool();
   if (pool.threads === 1 || !(w.buffer instanceof SharedArrayBuffer)) return undefined;
-  const xs = toShared(x.subarray(0, rows * K));
+  let xs = x.subarray(0, rows * K);
+  if (!(xs.buffer instanceof SharedArrayBuffer)) {
+    // a copy the workers can read, in memory kept from call to call (a fresh array costs page faults)
+    if (gemmInput.length < rows * K) gemmInput = shared(Float32Array, rows * K);
+    gemmInput.set(xs);
+    xs = gemmInput.subarray(0, rows * K);
+  }
   const out = shared(Float32Array, rows * N);
   const cols = Math.max(8, Math.ceil(N / (8 * pool.threads)) * 2);
   pool.run("dense", { x: xs, w, out, rows, K, N, cols }, Math.ceil(N / cols));

@@ -7,6 +7,8 @@ import { WasmGemm, wasmGemm } from "./wasm-gemm.js";
 
 /** Rows of output per part: small enough to balance two to a few dozen threads, large enough to amortise. */
 export const UPDATE_STRIP = 16;
+/** bytes of `b` one kernel call reads: well inside a core's L2 */
+const CHUNK_BYTES = 128 * 1024;
 
 function kernels(): WasmGemm {
   const k = wasmGemm();
@@ -62,10 +64,17 @@ function updatePart(u: UpdateArgs, s: number): void {
   if (j1 <= j0) return;
   const cols = Math.ceil((j1 - j0) / 2) * 2;
   const nPad = Math.ceil(n / 2) * 2;
-  const bytes = single ? 4 : 8;
+  const B = single ? 4 : 8;
   const aAt = nPad * kp;
   const outAt = aAt + rowsPad * kp;
-  reserve(k, bytes * (outAt + rowsPad * cols));
+  // float32 products subtracted from (or added to a float64) C run in place on a copy of C's strip, and
+  // C = A B^T is copied back where C has the products' type; other alpha and beta take a JavaScript pass
+  const wide = c instanceof Float64Array;
+  const sameType = wide === !single;
+  const into = beta === 1 && single && (alpha === -1 || (alpha === 1 && wide));
+  const copyBack = into || (beta === 0 && alpha === 1 && sameType);
+  const outBytes = into || copyBack ? c.BYTES_PER_ELEMENT : B;
+  reserve(k, B * outAt + outBytes * rowsPad * cols);
   const heap = single ? new Float32Array(k.memory.buffer) : new Float64Array(k.memory.buffer);
   if (copiedJob !== u.job) {
     heap.set(b.subarray(0, n * kp));
@@ -74,16 +83,31 @@ function updatePart(u: UpdateArgs, s: number): void {
   }
   heap.set(a.subarray(i0 * kp, (i0 + rows) * kp), aAt);
   heap.fill(0, aAt + rows * kp, outAt);
-  const kernel = single ? k.gemm : k.gemm64;
-  const B = bytes;
-  kernel(B * aAt, B * kp, rowsPad, B * j0 * kp, B * kp, cols, B * kp, B * outAt, B * cols);
+  const outAtC = (B * outAt) / outBytes;
+  const out = outBytes === 8 ? new Float64Array(k.memory.buffer) : new Float32Array(k.memory.buffer);
+  if (into)
+    for (let i = i0; i < i0 + rows; i++) {
+      const r = cOff + i * cStride;
+      out.set(c.subarray(r + j0, r + Math.min(n, j0 + cols)), outAtC + (i - i0) * cols);
+    }
+  let kernel = single ? k.gemm : k.gemm64;
+  if (into && wide) kernel = alpha === -1 ? k.gemmSubInto64 : k.gemmAddInto64;
+  else if (into) kernel = k.gemmSub;
+  // a few columns at a time, so the part of `b` they read stays in cache across the strip's rows
+  const chunk = Math.max(2, Math.floor(CHUNK_BYTES / (B * kp)) & ~1);
+  for (let jc = 0; jc < cols; jc += chunk) {
+    const w = Math.min(chunk, cols - jc);
+    const o = outBytes * (outAtC + jc);
+    kernel(B * aAt, B * kp, rowsPad, B * (j0 + jc) * kp, B * kp, w, B * kp, o, outBytes * cols);
+  }
   for (let i = i0; i < i0 + rows; i++) {
     const from = triangle === "upper" ? i : 0;
     const to = triangle === "lower" ? i + 1 : n;
     const r = cOff + i * cStride;
-    const o = outAt + (i - i0) * cols - j0;
-    if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * heap[o + j];
-    else for (let j = from; j < to; j++) c[r + j] = beta * c[r + j] + alpha * heap[o + j];
+    const o = outAtC + (i - i0) * cols - j0;
+    if (copyBack) c.set(out.subarray(o + from, o + to), r + from);
+    else if (beta === 1) for (let j = from; j < to; j++) c[r + j] += alpha * out[o + j];
+    else for (let j = from; j < to; j++) c[r + j] = beta * c[r + j] + alpha * out[o + j];
   }
 }
 

@@ -5,6 +5,9 @@
  * A 4 x 2 tile keeps 8 vector accumulators.
  * - `gemm`: fp32; each dot product is 4 interleaved fp32 partial sums, added pairwise at the end.
  * - `dot16`: int16 x int16 -> exact int32 (i32x4.dot_i16x8_s), for int8 x int4 products.
+ * - `gemm64`: fp64, 2 partial sums per dot product.
+ * - `gemmSub` subtracts the fp32 products from `out` in place instead of storing them; `gemmSubInto64` and
+ *   `gemmAddInto64` subtract them from or add them to an fp64 `out`.
  */
 
 // opcodes (WebAssembly core + SIMD proposal, as shipped in V8)
@@ -60,6 +63,11 @@ const I32X4_ADD = 0xae;
 const I32X4_DOT_I16X8_S = 0xba;
 const F64_ADD = 0xa0;
 const F64_STORE = 0x39;
+const F32_LOAD = 0x2a;
+const F64_LOAD = 0x2b;
+const F32_SUB = 0x93;
+const F64_SUB = 0xa1;
+const F64_PROMOTE_F32 = 0xbb;
 const F64X2_EXTRACT_LANE = 0x21;
 const F64X2_ADD = 0xf0;
 const F64X2_MUL = 0xf2;
@@ -71,6 +79,8 @@ interface Arith {
   extractLane: number;
   addScalar: number;
   store: number;
+  /** with `into`: out = out - sum or out + sum (`op`), the sum widened first where `promote`; else out = sum */
+  into?: { load: number; op: number; promote?: number };
   /** accumulator lanes per vector and bytes per output value */
   lanes: 2 | 4;
   outBytes: 4 | 8;
@@ -90,6 +100,15 @@ const I16: Arith = {
   store: I32_STORE,
   lanes: 4,
   outBytes: 4,
+};
+/** fp32 products, each widened to fp64 for an fp64 output */
+const F32_INTO_F64: Arith = {
+  fma: F32.fma,
+  extractLane: F32X4_EXTRACT_LANE,
+  addScalar: F32_ADD,
+  store: F64_STORE,
+  lanes: 4,
+  outBytes: 8,
 };
 const F64: Arith = {
   fma: [SIMD, ...uleb(F64X2_MUL), SIMD, ...uleb(F64X2_ADD)],
@@ -204,12 +223,20 @@ function kernelBody(a: Arith): number[] {
       i32(a.outBytes);
       c.push(I32_MUL, I32_ADD);
       set(L.o);
+      const align = a.outBytes === 8 ? 3 : 2;
       for (let row = 0; row < 4; row++)
         for (let col = 0; col < 2; col++) {
-          get(L.o);
-          for (let i = 0; i < row; i++) {
-            get(P.outStride);
-            c.push(I32_ADD);
+          const address = () => {
+            get(L.o);
+            for (let i = 0; i < row; i++) {
+              get(P.outStride);
+              c.push(I32_ADD);
+            }
+          };
+          address();
+          if (a.into) {
+            address();
+            c.push(a.into.load, align, ...uleb(a.outBytes * col));
           }
           const acc = ACC + 2 * row + col;
           // (l0 + l1) + (l2 + l3)
@@ -220,7 +247,9 @@ function kernelBody(a: Arith): number[] {
             if (lane % 2) c.push(a.addScalar);
           }
           if (a.lanes === 4) c.push(a.addScalar);
-          c.push(a.store, a.outBytes === 8 ? 3 : 2, ...uleb(a.outBytes * col));
+          if (a.into?.promote) c.push(a.into.promote);
+          if (a.into) c.push(a.into.op);
+          c.push(a.store, align, ...uleb(a.outBytes * col));
         }
       get(L.n);
       i32(2);
@@ -244,13 +273,23 @@ function kernelBody(a: Arith): number[] {
 function moduleBytes(): Uint8Array {
   const type = vec([[0x60, ...vec(new Array(9).fill([I32])), 0x00]]);
   const imports = vec([[...str("env"), ...str("mem"), 0x02, 0x00, ...uleb(1)]]);
-  const funcs = vec([[0x00], [0x00], [0x00]]);
+  const funcs = vec([[0x00], [0x00], [0x00], [0x00], [0x00], [0x00]]);
   const exports = vec([
     [...str("gemm"), 0x00, 0x00],
     [...str("dot16"), 0x00, 0x01],
     [...str("gemm64"), 0x00, 0x02],
+    [...str("gemmSub"), 0x00, 0x03],
+    [...str("gemmSubInto64"), 0x00, 0x04],
+    [...str("gemmAddInto64"), 0x00, 0x05],
   ]);
-  const code = vec([kernelBody(F32), kernelBody(I16), kernelBody(F64)]);
+  const code = vec([
+    kernelBody(F32),
+    kernelBody(I16),
+    kernelBody(F64),
+    kernelBody({ ...F32, into: { load: F32_LOAD, op: F32_SUB } }),
+    kernelBody({ ...F32_INTO_F64, into: { load: F64_LOAD, op: F64_SUB, promote: F64_PROMOTE_F32 } }),
+    kernelBody({ ...F32_INTO_F64, into: { load: F64_LOAD, op: F64_ADD, promote: F64_PROMOTE_F32 } }),
+  ]);
   return new Uint8Array([
     0x00,
     0x61,
@@ -300,6 +339,11 @@ export interface WasmGemm {
   dot16: WasmGemmFn;
   /** fp64 x fp64 -> fp64 (kBytes a multiple of 16, i.e. K of 2; 2 partial sums per dot product) */
   gemm64: WasmGemmFn;
+  /** as gemm, subtracting the products from what `out` holds */
+  gemmSub: WasmGemmFn;
+  /** fp32 products subtracted from or added to an fp64 `out` (outStride in bytes of fp64 rows) */
+  gemmSubInto64: WasmGemmFn;
+  gemmAddInto64: WasmGemmFn;
 }
 
 let instance: WasmGemm | null | undefined;
@@ -315,7 +359,15 @@ export function wasmGemm(): WasmGemm | null {
   const memory = new wa.Memory({ initial: 1 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem: memory } });
   const fn = (name: string) => inst.exports[name] as WasmGemmFn;
-  instance = { memory, gemm: fn("gemm"), dot16: fn("dot16"), gemm64: fn("gemm64") };
+  instance = {
+    memory,
+    gemm: fn("gemm"),
+    dot16: fn("dot16"),
+    gemm64: fn("gemm64"),
+    gemmSub: fn("gemmSub"),
+    gemmSubInto64: fn("gemmSubInto64"),
+    gemmAddInto64: fn("gemmAddInto64"),
+  };
   return enabled ? instance : null;
 }
 

@@ -40,7 +40,7 @@ function withThreads(n: number, fn: () => void): void {
   }
 }
 
-const K = 301; // crosses the 128-column blocks, odd, not a multiple of 4
+const K = 301; // crosses the 256-column blocks, odd, not a multiple of 4
 
 test("ParallelHessian accumulates what HessianAccumulator does up to float32 rounding (odd batches, odd K)", () => {
   withThreads(3, () => {
@@ -69,7 +69,9 @@ test("upperCholeskyOfInverseParallel matches the serial factor, and refuses a si
   for (let i = 0; i < K; i++) h[i * K + i] += 0.01;
   const u = upperCholeskyOfInverseParallel(h, K);
   assert.ok(u);
-  assert.ok(relDiff(upperCholeskyOfInverse(h, K)!, u) < 1e-10);
+  // float32 products in the trailing updates: float32 rounding of the float64 factor
+  const diff = relDiff(upperCholeskyOfInverse(h, K)!, u);
+  assert.ok(diff < 1e-6, `${diff}`);
   // rank 100 < K: positive semi-definite only
   const low = new HessianAccumulator(K);
   low.add(randn(100 * K, 3), 100);

@@ -80,3 +80,39 @@ for (const [name, kernel] of Object.entries(KERNELS))
       }
     }
   });
+
+test("in-place kernels: fp32 products subtracted from fp32, and subtracted from or added to fp64 outputs", () => {
+  const k = wasmGemm();
+  if (!k) return;
+  const [rows, cols, K, outCols] = [8, 6, 12, 10]; // outCols > cols: strided output rows
+  const x = rand(rows * K, 1);
+  const w = rand(cols * K, 2);
+  const mem = new Float32Array(k.memory.buffer);
+  const [xAt, wAt, oAt] = [0, rows * K, rows * K + cols * K]; // in floats; oAt is a multiple of 2
+  mem.set(x, xAt);
+  mem.set(w, wAt);
+  const dot = (r: number, n: number) => {
+    let s = 0;
+    for (let t = 0; t < K; t++) s += x[r * K + t] * w[n * K + t];
+    return s;
+  };
+  const call = (fn: typeof k.gemm, bytes: number) =>
+    fn(4 * xAt, 4 * K, rows, 4 * wAt, 4 * K, cols, 4 * K, 4 * oAt, bytes * outCols);
+  const start = rand(rows * outCols, 3);
+  for (const [name, fn, sign, bytes] of [
+    ["gemmSub", k.gemmSub, -1, 4],
+    ["gemmSubInto64", k.gemmSubInto64, -1, 8],
+    ["gemmAddInto64", k.gemmAddInto64, 1, 8],
+  ] as const) {
+    const view = bytes === 8 ? new Float64Array(k.memory.buffer) : new Float32Array(k.memory.buffer);
+    const at = (4 * oAt) / bytes;
+    view.set(start, at);
+    call(fn, bytes);
+    for (let r = 0; r < rows; r++)
+      for (let n = 0; n < outCols; n++) {
+        const want = start[r * outCols + n] + (n < cols ? sign * dot(r, n) : 0);
+        const got = view[at + r * outCols + n];
+        assert.ok(Math.abs(got - want) < 1e-5, `${name} [${r}, ${n}]: ${got} vs ${want}`);
+      }
+  }
+});
