@@ -185,17 +185,15 @@ export function findParams(
     throw new GptqError('clip "gptq" scores candidates by GPTQ\'s loss: use it with GPTQ');
   if ((q.clip === "hessian" || q.clip === "gptq") && (!colWeights || colWeights.length < cols))
     throw new GptqError(`clip "${q.clip}" needs per-column Hessian weights: use it with GPTQ`);
-  // AutoGPTQ's |w - q|^norm, the Hessian-weighted squared error, or GPTQ's loss over the group
-  const score =
-    q.clip === "mse"
-      ? weightedError(src, offset, cols, N, maxq, undefined, q.norm)
-      : q.clip === "hessian"
-        ? weightedError(src, offset, cols, N, maxq, colWeights, 2)
-        : (scorer as Scorer);
-
   // AutoGPTQ keeps a symmetric row's range at [0, max] when no weight is negative, which leaves half
   // the codes unused; the Hessian-aware searches start from [-max, max] (shrinking reaches [0, max]'s scale).
   if (sym && q.clip !== "mse") for (let n = 0; n < N; n++) if (xmin[n] === 0) xmin[n] = -xmax[n];
+  if (q.clip !== "gptq") {
+    searchRows(q, src, offset, cols, N, xmin, xmax, scale, zero, q.clip === "hessian" ? colWeights : undefined);
+    return;
+  }
+  // GPTQ's loss over the group, for every row at once
+  const score = scorer as Scorer;
 
   // Candidates shrink the range's ends by factors lo[n], hi[n] (jointly unless splitRange).
   const best = new Float64Array(N).fill(Infinity);
@@ -252,27 +250,68 @@ export function findParams(
   }
 }
 
-/** sum_k w_k |x - q(x)|^norm per row (w_k = 1 without weights). */
-function weightedError(
+/**
+ * The searches of clip "mse" (sum_k |x - q(x)|^norm) and "hessian" (sum_k weights[k] (x - q(x))^2) row by
+ * row, with the same float64 operations in the same order as scoring every row at once (`weightedError`
+ * through `findParams`' candidates), so the same parameters: a row's candidate stops being scored once its
+ * partial error reaches the row's best, since only a strictly smaller error replaces the best. `xmin` and
+ * `xmax` are the rows' ranges as the search starts from them; scale/zero hold the min-max parameters,
+ * kept where no candidate scores below infinity.
+ */
+function searchRows(
+  q: Quantizer,
   src: Float32Array,
   offset: number,
   cols: number,
   N: number,
-  maxq: number,
+  xmin: Float64Array,
+  xmax: Float64Array,
+  scale: Float32Array,
+  zero: Float32Array,
   weights: Float64Array | undefined,
-  norm: number,
-): Scorer {
-  return (s1, z1, err) => {
-    for (let k = 0; k < cols; k++) {
-      const base = offset + k * N;
-      const wk = weights ? weights[k] : 1;
-      for (let n = 0; n < N; n++) {
-        const x = src[base + n];
-        const s = s1[n];
-        const d = Math.abs(s * (quantCode(x, s, z1[n], maxq) - z1[n]) - x);
-        // exp(norm log d) is |d|^norm at half the cost of Math.pow
-        err[n] += wk * (norm === 2 ? d * d : d === 0 ? 0 : Math.exp(norm * Math.log(d)));
+): void {
+  const { maxq, sym } = q;
+  const symZero = (maxq + 1) / 2;
+  const norm = q.clip === "mse" ? q.norm : 2;
+  const grid = searchGrid(q);
+  const shrinks = Array.from({ length: grid.shrinks }, (_, i) => 1 - i / grid.grid);
+  const widens = Array.from({ length: grid.widens }, (_, i) => 1 + (i + 1) / grid.grid);
+  const x = new Float64Array(cols);
+  const w = Float64Array.from({ length: cols }, (_, k) => (weights ? weights[k] : 1));
+  for (let n = 0; n < N; n++) {
+    for (let k = 0; k < cols; k++) x[k] = src[offset + k * N + n];
+    const lo0 = xmin[n];
+    const hi0 = xmax[n];
+    let best = Infinity;
+    let bestLo = 1;
+    let bestHi = 1;
+    const tryOne = (lo: number, hi: number): void => {
+      const l = lo * lo0;
+      const s = halfScale((hi * hi0 - l) / maxq);
+      const z = sym ? symZero : asymZero(l, s, maxq);
+      let e = 0;
+      for (let k = 0; k < cols; k++) {
+        const v = x[k];
+        const d = Math.abs(s * (quantCode(v, s, z, maxq) - z) - v);
+        e += w[k] * (norm === 2 ? d * d : d === 0 ? 0 : Math.exp(norm * Math.log(d)));
+        if (e >= best) return;
       }
+      if (!(e < best)) return;
+      best = e;
+      bestLo = lo;
+      bestHi = hi;
+      scale[n] = s;
+      zero[n] = z;
+    };
+    for (const p of shrinks) tryOne(p, p);
+    for (const p of widens) tryOne(p, p);
+    if (!q.splitRange || sym) continue;
+    for (let round = 0; round < 2; round++) {
+      const hiNow = bestHi;
+      for (const p of shrinks) tryOne(p, hiNow);
+      const loNow = bestLo;
+      for (const p of shrinks) tryOne(loNow, p);
     }
-  };
+  }
 }
+
