@@ -189,7 +189,18 @@ export function findParams(
   // the codes unused; the Hessian-aware searches start from [-max, max] (shrinking reaches [0, max]'s scale).
   if (sym && q.clip !== "mse") for (let n = 0; n < N; n++) if (xmin[n] === 0) xmin[n] = -xmax[n];
   if (q.clip !== "gptq") {
-    searchRows(q, src, offset, cols, N, xmin, xmax, scale, zero, q.clip === "hessian" ? colWeights : undefined);
+    searchRows(
+      q,
+      src,
+      offset,
+      cols,
+      N,
+      xmin,
+      xmax,
+      scale,
+      zero,
+      q.clip === "hessian" ? colWeights : undefined,
+    );
     return;
   }
   // GPTQ's loss over the group, for every row at once
@@ -314,4 +325,3 @@ function searchRows(
     }
   }
 }
-
