@@ -281,26 +281,40 @@ export class DecoderLayer {
 
   /** The MLP half: mlp(norm(input)) added to the residual; the input is the residual, or the layer's input in a parallel layer. */
   mlpBlock(state: HalfState, T: number, capture?: CaptureFn): Float32Array {
+    if (this.family.mlp === "experts") {
+      const y = this.norms.mlpIn!.apply(state.mlpInput ?? state.residual, T);
+      return this.mlpOutput(state, this.expertsForward(y, T, capture), T);
+    }
+    return this.mlpOutput(state, this.project(["down"], this.mlpCore(state, T, capture), T, capture).down, T);
+  }
+
+  /** A dense MLP half up to down's input: norm, gate and up (or up alone), activation (T x intermediate). */
+  mlpCore(state: HalfState, T: number, capture?: CaptureFn): Float32Array {
+    if (this.family.mlp === "experts")
+      throw new GptqError(`${this.prefix}: the experts' MLP has no single down input`);
     const y = this.norms.mlpIn!.apply(state.mlpInput ?? state.residual, T);
-    let down = this.mlpForward(y, T, capture);
+    const act = this.config.hiddenAct;
+    if (this.family.mlp === "gated") {
+      const { gate, up } = this.project(["gate", "up"], y, T, capture);
+      for (let i = 0; i < gate.length; i++) gate[i] = activation(gate[i], act) * up[i]; // one rounding
+      return gate;
+    }
+    const { up } = this.project(["up"], y, T, capture);
+    for (let i = 0; i < up.length; i++) up[i] = activation(up[i], act);
+    return up;
+  }
+
+  /** The rest of a dense MLP half from down's input `act`: down (and the norm after it) added to the residual. */
+  mlpDown(state: HalfState, act: Float32Array, T: number, capture?: CaptureFn): Float32Array {
+    return this.mlpOutput(state, this.project(["down"], act, T, capture).down, T);
+  }
+
+  /** The MLP's output (T x hidden) after the family's norm, added to the residual. */
+  private mlpOutput(state: HalfState, down: Float32Array, T: number): Float32Array {
     if (this.norms.mlpOut) down = this.norms.mlpOut.apply(down, T);
     const out = Float32Array.from(state.residual);
     for (let i = 0; i < out.length; i++) out[i] += down[i];
     return out;
-  }
-
-  /** The family's MLP block on normed input y: T x hidden. */
-  private mlpForward(y: Float32Array, T: number, capture?: CaptureFn): Float32Array {
-    const act = this.config.hiddenAct;
-    if (this.family.mlp === "experts") return this.expertsForward(y, T, capture);
-    if (this.family.mlp === "gated") {
-      const { gate, up } = this.project(["gate", "up"], y, T, capture);
-      for (let i = 0; i < gate.length; i++) gate[i] = activation(gate[i], act) * up[i]; // one rounding
-      return this.project(["down"], gate, T, capture).down;
-    }
-    const { up } = this.project(["up"], y, T, capture);
-    for (let i = 0; i < up.length; i++) up[i] = activation(up[i], act);
-    return this.project(["down"], up, T, capture).down;
   }
 
   /**

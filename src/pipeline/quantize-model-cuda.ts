@@ -29,7 +29,7 @@ import { fpTargetRidge } from "../quant/fp-target.js";
 import { GptqError } from "../util/errors.js";
 import { cudaGptqProblem } from "./cuda-gptq.js";
 import type { LinearReport, PipelineEvent, PipelineOptions, PipelineResult } from "./quantize-model.js";
-import { dataSupports, phaseClock, stepCounter } from "./quantize-model.js";
+import { dataSupports, fpModelNeeded, phaseClock, stepCounter } from "./quantize-model.js";
 
 /** The GPU decoder's name of the projection that computes each role. */
 const DECODER_NAME = Object.fromEntries(
@@ -72,20 +72,6 @@ interface Chunk extends States {
   seqLens: number[];
   rows: number;
   fp?: States;
-}
-
-/**
- * Whether the unquantized model runs alongside: fp-target is asked for and some projection group has the
- * calibration tokens it needs (`layer` stands for every layer; they are alike). Without it, a run whose
- * every group falls back spends nothing on the fp model.
- */
-export function fpModelNeeded(opts: PipelineOptions, layer: DecoderLayer, tokens: number): boolean {
-  return (
-    !!opts.fpTarget &&
-    layer.family.groups.some(
-      (g) => dataSupports(opts, layer.linears[layer.linearsFor(g.roles)[0]].inFeatures, tokens).fpTarget,
-    )
-  );
 }
 
 export function quantizeModelOnDevice(

@@ -15,6 +15,7 @@ import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js
 import { CPU_GPTQ, GptqBackend, cpuGptqBackend } from "../quant/gptq.js";
 import { CudaDevice } from "../backend/cuda/device.js";
 import {
+  ParallelCross,
   ParallelHessian,
   parallelDenseAvailable,
   parallelGptqSteps,
@@ -86,6 +87,20 @@ export function dataSupports(
     refine,
     fallback: off.length ? `${tokens} calibration tokens: no ${off.join(", no ")}` : undefined,
   };
+}
+
+/**
+ * Whether the unquantized model runs alongside: fp-target is asked for and some projection group has the
+ * calibration tokens it needs (`layer` stands for every layer; they are alike). Without it, a run whose
+ * every group falls back spends nothing on the fp model.
+ */
+export function fpModelNeeded(opts: PipelineOptions, layer: DecoderLayer, tokens: number): boolean {
+  return (
+    !!opts.fpTarget &&
+    layer.family.groups.some(
+      (g) => dataSupports(opts, layer.linears[layer.linearsFor(g.roles)[0]].inFeatures, tokens).fpTarget,
+    )
+  );
 }
 
 export interface LinearReport {
@@ -180,6 +195,12 @@ export interface PipelineResult {
   phases: Record<Phase, number>;
 }
 
+/**
+ * Bytes of down_proj inputs (tokens x intermediate fp32, per path) the CPU pipeline keeps from the down
+ * group's Hessian pass for the layer's outputs; above it the MLP runs again instead.
+ */
+const KEEP_DOWN_INPUTS = 2 ** 30;
+
 /** Thrown from a capture hook to stop a forward pass once the input we need has been seen. */
 class StopForward extends Error {}
 
@@ -218,22 +239,26 @@ interface Compute {
     readonly H: Float64Array;
     dispose?(): void;
   };
+  /** fp-target's cross term */
+  cross(K: number): { add(f: Float32Array, q: Float32Array, rows: number): void; readonly C: Float64Array };
   gptq: GptqBackend;
   /** the dense step of each projection's output error */
   timesHessian?: TimesHessian;
 }
 
 function computeOn(device: "cpu" | "cuda"): Compute {
+  const cross = (K: number) => new CrossAccumulator(K);
   if (device === "cpu")
     return parallelDenseAvailable()
       ? {
           hessian: (K) => new ParallelHessian(K),
+          cross: (K) => new ParallelCross(K),
           gptq: cpuGptqBackend(parallelGptqSteps()),
           timesHessian: timesHessianParallel,
         }
-      : { hessian: (K) => new HessianAccumulator(K), gptq: CPU_GPTQ };
+      : { hessian: (K) => new HessianAccumulator(K), cross, gptq: CPU_GPTQ };
   const dev = CudaDevice.get();
-  return { hessian: (K) => new CudaHessian(dev, K), gptq: cudaGptqBackend(dev) };
+  return { hessian: (K) => new CudaHessian(dev, K), cross, gptq: cudaGptqBackend(dev) };
 }
 
 /**
@@ -343,18 +368,29 @@ export function quantizeModel(
   // is not recomputed for them. With fpTarget, the same for the unquantized model alongside.
   let hs: Float32Array[] = calibrated ? calibration.map((s) => model.embed(s)) : [];
   let mid: HalfState[] = [];
-  let hsF: Float32Array[] = opts.fpTarget ? hs : [];
+  // the unquantized model alongside, for fp-target (decided at layer 0: whether any group has the tokens)
+  let fpStates = !!opts.fpTarget;
+  let hsF: Float32Array[] = fpStates ? hs : [];
   let midF: HalfState[] = [];
+  const tokens = calibrated ? calibration.reduce((n, s) => n + s.length, 0) : 0;
   // o_proj's inputs from its Hessian pass, reused for the residual once it is quantized (attention runs
   // once per path, not twice)
   let attn: Float32Array[] = [];
   let attnF: Float32Array[] = [];
+  // down_proj's inputs likewise for the layer's outputs, while they fit KEEP_DOWN_INPUTS
+  const keepDown =
+    model.family.mlp !== "experts" && tokens * model.config.intermediateSize * 4 <= KEEP_DOWN_INPUTS;
+  let act: Float32Array[] = [];
+  let actF: Float32Array[] = [];
   const T = (s: number) => calibration![s].length;
-  const tokens = calibrated ? calibration.reduce((n, s) => n + s.length, 0) : 0;
 
   for (let li = 0; li < L; li++) {
     const layer = model.layer(li);
     lap("read");
+    if (li === 0 && fpStates && calibrated && !fpModelNeeded(opts, layer, tokens)) {
+      fpStates = false;
+      hsF = [];
+    }
     const fpLinears = { ...layer.linears };
     /** runs `fn` with the layer's unquantized projections in place */
     const asFp = <R>(fn: () => R): R => {
@@ -383,7 +419,7 @@ export function quantizeModel(
           const half = (h: Float32Array, s: number, kept: Float32Array[]) =>
             kept[s] ? layer.attentionOutput(h, kept[s], T(s)) : layer.attentionBlock(h, T(s));
           mid = hs.map((h, s) => half(h, s, attn));
-          if (opts.fpTarget) midF = asFp(() => hsF.map((h, s) => half(h, s, attnF)));
+          if (fpStates) midF = asFp(() => hsF.map((h, s) => half(h, s, attnF)));
           attn = [];
           attnF = [];
           lap("forward");
@@ -392,13 +428,15 @@ export function quantizeModel(
         progress(li, names.join("/"));
         const first = names[0];
         const acc = compute.hessian(K);
-        const cross = fits.fpTarget ? new CrossAccumulator(K) : undefined;
+        const cross = fits.fpTarget ? compute.cross(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
           const xq =
             group.roles[0] === "o"
               ? (attn[s] = layer.attentionCore(hs[s], T(s)))
-              : inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
+              : group.roles[0] === "down" && keepDown
+                ? (act[s] = layer.mlpCore(mid[s], T(s)))
+                : inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
           lap("forward");
           const rows = xq.length / K;
           routed += rows;
@@ -408,7 +446,9 @@ export function quantizeModel(
             const xf = asFp(() =>
               group.roles[0] === "o"
                 ? (attnF[s] = layer.attentionCore(hsF[s], T(s)))
-                : inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first),
+                : group.roles[0] === "down" && keepDown
+                  ? (actF[s] = layer.mlpCore(midF[s], T(s)))
+                  : inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first),
             );
             lap("forward");
             cross.add(xf, xq, T(s));
@@ -467,10 +507,14 @@ export function quantizeModel(
       progress(li, "outputs");
       // The next layer calibrates on this layer's outputs with its weights already quantized (the last
       // layer's outputs are not needed).
-      if (li < L - 1) hs = mid.map((h, s) => layer.mlpBlock(h, T(s)));
+      const out = (h: HalfState, s: number, kept: Float32Array[]) =>
+        kept[s] ? layer.mlpDown(h, kept[s], T(s)) : layer.mlpBlock(h, T(s));
+      if (li < L - 1) hs = mid.map((h, s) => out(h, s, act));
       mid = [];
-      if (opts.fpTarget && li < L - 1) hsF = asFp(() => midF.map((h, s) => layer.mlpBlock(h, T(s))));
+      if (fpStates && li < L - 1) hsF = asFp(() => midF.map((h, s) => out(h, s, actF)));
       midF = [];
+      act = [];
+      actF = [];
       lap("forward");
       counter.done++;
     }

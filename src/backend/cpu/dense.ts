@@ -92,19 +92,82 @@ export class ParallelHessian {
     const p = this.panel;
     for (let r0 = 0; r0 < rows; r0 += PANEL_ROWS) {
       const R = Math.min(PANEL_ROWS, rows - r0);
-      const kp = padK(R);
-      // p[k * kp + r] = x[r0 + r, k]
-      for (let r = 0; r < R; r++) {
-        const src = (r0 + r) * K;
-        for (let k = 0; k < K; k++) p[k * kp + r] = x[src + k];
-      }
-      if (kp > R) for (let k = 0; k < K; k++) p.fill(0, k * kp + R, (k + 1) * kp);
+      const kp = transposePanel(x, r0, R, K, p);
       // float32 products over the panel (as AutoGPTQ's fp32 matmul), summed into the float64 sum
       const [c, triangle, single] = [this.h, "upper" as const, true];
       update({ c, cOff: 0, cStride: K, a: p, b: p, m: K, n: K, kp, alpha: 1, beta: 1, triangle, single });
     }
     this.n += rows;
     this.isH = false;
+  }
+}
+
+/** Rows r0 .. r0 + R of x (K wide) transposed into p (p[k * kp + r]), zero-padded to kp rows; kp. */
+function transposePanel(x: Float32Array, r0: number, R: number, K: number, p: Float64Array): number {
+  const kp = padK(R);
+  for (let r = 0; r < R; r++) {
+    const src = (r0 + r) * K;
+    for (let k = 0; k < K; k++) p[k * kp + r] = x[src + k];
+  }
+  if (kp > R) for (let k = 0; k < K; k++) p.fill(0, k * kp + R, (k + 1) * kp);
+  return kp;
+}
+
+/**
+ * CrossAccumulator's contract (C = 2/n sum_r f_r q_r^T from row-aligned fp and quantized-path inputs) on
+ * every core, with the Hessian's float32 products summed into float64; the sum is scaled when C is read.
+ */
+export class ParallelCross {
+  private readonly c: Float64Array;
+  private readonly pf: Float64Array;
+  private readonly pq: Float64Array;
+  private n = 0;
+  /** whether c holds C rather than the sum */
+  private isC = true;
+
+  constructor(readonly K: number) {
+    this.c = shared(Float64Array, K * K);
+    this.pf = shared(Float64Array, K * PANEL_ROWS);
+    this.pq = shared(Float64Array, K * PANEL_ROWS);
+  }
+
+  get C(): Float64Array {
+    if (!this.isC) {
+      const f = 2 / this.n;
+      for (let i = 0; i < this.c.length; i++) this.c[i] *= f;
+      this.isC = true;
+    }
+    return this.c;
+  }
+
+  add(f: Float32Array, q: Float32Array, rows: number): void {
+    const { K } = this;
+    checkCalibrationRows(f, rows, K);
+    checkCalibrationRows(q, rows, K);
+    if (rows === 0) return;
+    if (this.isC && this.n > 0) for (let i = 0; i < this.c.length; i++) this.c[i] *= this.n / 2;
+    for (let r0 = 0; r0 < rows; r0 += PANEL_ROWS) {
+      const R = Math.min(PANEL_ROWS, rows - r0);
+      const kp = transposePanel(f, r0, R, K, this.pf);
+      transposePanel(q, r0, R, K, this.pq);
+      const [c, a, b] = [this.c, this.pf, this.pq];
+      update({
+        c,
+        cOff: 0,
+        cStride: K,
+        a,
+        b,
+        m: K,
+        n: K,
+        kp,
+        alpha: 1,
+        beta: 1,
+        triangle: "all",
+        single: true,
+      });
+    }
+    this.n += rows;
+    this.isC = false;
   }
 }
 

@@ -126,7 +126,7 @@ export interface SequentialGroup {
  * The MLP block of a family. "gated": down(act(gate(x)) * up(x)) (SwiGLU, GeGLU); "plain":
  * down(act(up(x))) (OPT's fc1/fc2, Falcon's dense_h_to_4h/dense_4h_to_h); "experts": a router and
  * experts (`FamilySpec.experts`), each a gated MLP with its own linears, run and captured on the rows
- * routed to it (see decoder.ts, `mlpForward`).
+ * routed to it (see decoder.ts, `expertsForward`).
  */
 export type MlpKind = "gated" | "plain" | "experts";
 

@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  ParallelCross,
   ParallelHessian,
   parallelGemmNT,
   parallelGptqSteps,
@@ -9,6 +10,7 @@ import {
 } from "../../../src/backend/cpu/dense.js";
 import { setThreads, shared, threadPool } from "../../../src/backend/cpu/pool.js";
 import { HessianAccumulator, gptqQuantize } from "../../../src/quant/index.js";
+import { CrossAccumulator } from "../../../src/quant/fp-target.js";
 import { cpuGptqBackend } from "../../../src/quant/gptq.js";
 import { upperCholeskyOfInverse } from "../../../src/tensor/linalg.js";
 import { availableParallelism } from "node:os";
@@ -59,6 +61,26 @@ test("ParallelHessian accumulates what HessianAccumulator does up to float32 rou
     assert.equal(b.nsamples, 777);
     // float32 products per panel of rows, summed in float64
     assert.ok(relDiff(a.H, b.H) < 1e-6, `${relDiff(a.H, b.H)}`);
+  });
+});
+
+test("ParallelCross accumulates what CrossAccumulator does up to float32 rounding (odd batches, odd K)", () => {
+  withThreads(3, () => {
+    const f = randn(777 * K, 3);
+    const q = Float32Array.from(f, (v, i) => v + 0.1 * Math.sin(i)); // the quantized path drifted
+    const a = new CrossAccumulator(K);
+    const b = new ParallelCross(K);
+    for (const [r0, r1] of [
+      [0, 5],
+      [5, 300],
+      [300, 777],
+    ]) {
+      a.add(f.subarray(r0 * K, r1 * K), q.subarray(r0 * K, r1 * K), r1 - r0);
+      b.add(f.subarray(r0 * K, r1 * K), q.subarray(r0 * K, r1 * K), r1 - r0);
+      assert.ok(relDiff(a.C, b.C) < 1e-6, `after ${r1} rows: ${relDiff(a.C, b.C)}`);
+    }
+    // not symmetric: C[i, j] = 2/n sum f[r, i] q[r, j]
+    assert.ok(Math.abs(b.C[1] - b.C[K]) > 1e-3 * Math.abs(b.C[0]));
   });
 });
 

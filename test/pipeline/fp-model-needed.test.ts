@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DecoderModel } from "../../src/model/decoder.js";
-import { fpModelNeeded } from "../../src/pipeline/quantize-model-cuda.js";
+import { fpModelNeeded } from "../../src/pipeline/quantize-model.js";
 import { TOKENS_PER_INPUT } from "../../src/pipeline/quantize-model.js";
 import { writeSyntheticLlama } from "../../src/pipeline/synthetic.js";
 import { PLAIN_GPTQ } from "../helpers/configs.js";
