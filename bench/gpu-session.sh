@@ -3,12 +3,15 @@
 # minutes, and one command may run 10). Before sending the tree: `bash ../shared/device/pack.sh` from the
 # project root, and copy ../shared/models/stories260K, ../shared/models/stories260K-eval.safetensors and
 # ../shared/fixtures/public-gptq-algorithm.safetensors into .gpu/shared (same layout). Then, on the machine,
-# from the project root:
-#   bash bench/gpu-session.sh tests   # every CUDA test of the quantization path, the layer benches, memcheck
-#   bash bench/gpu-session.sh 7b      # a Llama-2-7B-shaped checkpoint end to end: fast, then the default preset
+# from the project root, any of (in this order):
+#   bash bench/gpu-session.sh tests 7b-fast   # tests and layer benches; a 7B-shaped checkpoint, --preset fast
+#   bash bench/gpu-session.sh 7b-default memcheck
+#   tests: every CUDA test of the quantization path, and the layer benches
+#   7b-fast, 7b-default: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background) quantized
+#     end to end with --preset fast / the default preset, then verified
+#   memcheck: compute-sanitizer over the GPTQ kernels
 # Everything is also written to $OUT/log.txt, so a run cut short still reports what it did.
 set -u
-mode=${1:-tests}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -16,35 +19,44 @@ xz -dc .gpu/node.xz > /tmp/node && chmod +x /tmp/node
 cd .gpu/app
 export GPTQ_SHARED_DIR=$PWD/../shared
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-t() { timeout "$1" /tmp/node --test --test-reporter=spec "${@:2}" 2>&1 | grep -E "^\s*(✔|✖|﹣|ℹ (tests|pass|fail))|rror|against|expected|actual" | head -60; }
-
-if [ "$mode" = tests ]; then
-  t 300 dist/test/backend/cuda/gptq-device.test.js dist/test/backend/cuda/fp-target.test.js \
-    dist/test/model/cuda-decoder.test.js dist/test/pipeline/cuda-gptq.test.js
-  for flags in "" "--clip=hessian" "--clip=hessian --split-range" "--fp-target"; do
-    timeout 60 /tmp/node dist/bench/gptq-cuda.js 4096 4096 262144 4 128 --act-order $flags 2>&1 | tail -2
-  done
-  timeout 60 /tmp/node dist/bench/gptq-cuda.js 11008 4096 262144 4 128 --act-order 2>&1 | tail -2
-  timeout 90 compute-sanitizer --tool memcheck /tmp/node dist/bench/gptq-cuda.js 1024 1000 4096 4 128 \
-    --clip=hessian --split-range --fp-target 2>&1 | tail -3
+t() { timeout "$1" /tmp/node --test --test-reporter=spec "${@:2}" 2>&1 | grep -E "^\s*(✔|✖|﹣|ℹ (tests|pass|fail))|rror|against|expected|actual" | head -80; }
+MODES=" $* "
+gen=/tmp/m7b
+if [[ $MODES == *" 7b-"* ]]; then
+  ( /usr/bin/time -f "generated in %e s" /tmp/node dist/bench/synthetic-fp.js $gen /tmp/t7b.safetensors \
+    --shape llama2-7b --workers 14 > "$OUT/gen.txt" 2>&1 ) &
+  genpid=$!
 fi
 
-if [ "$mode" = 7b ]; then
-  gen=/tmp/m7b
-  /usr/bin/time -f "generated in %e s" /tmp/node dist/bench/synthetic-fp.js $gen /tmp/t7b.safetensors \
-    --shape llama2-7b --workers 14 2>&1 | tail -2
-  q() { # name, then quantize's options
-    local name=$1
-    shift
-    rm -rf /tmp/$name
-    timeout 240 /usr/bin/time -v /tmp/node dist/src/cli/main.js quantize $gen --out /tmp/$name \
-      --calib /tmp/t7b.safetensors --desc-act --device cuda "$@" > "$OUT/$name.txt" 2> "$OUT/$name.err"
-    echo "$name: rc=$?"
-    tail -6 "$OUT/$name.txt"
-    grep -E "Elapsed|Maximum resident" "$OUT/$name.err"
-    tr '\r' '\n' < "$OUT/$name.err" | grep -E "rror" | tail -3
-  }
-  q q7b-fast --preset fast
-  timeout 120 /usr/bin/time -f "verify %e s" /tmp/node dist/src/cli/main.js verify /tmp/q7b-fast 2>&1 | tail -2
-  q q7b-balanced
+if [[ $MODES == *" tests "* ]]; then
+  t 240 dist/test/backend/cuda/gptq-device.test.js dist/test/backend/cuda/fp-target.test.js \
+    dist/test/model/cuda-decoder.test.js dist/test/pipeline/cuda-gptq.test.js
+  for flags in "" "--clip=hessian" "--clip=hessian --split-range" "--fp-target"; do
+    timeout 40 /tmp/node dist/bench/gptq-cuda.js 4096 4096 262144 4 128 --act-order $flags 2>&1 | tail -2
+  done
+  timeout 40 /tmp/node dist/bench/gptq-cuda.js 11008 4096 262144 4 128 --act-order 2>&1 | tail -2
+fi
+
+q() { # name, then quantize's options
+  local name=$1
+  shift
+  rm -rf /tmp/$name
+  timeout 300 /usr/bin/time -v /tmp/node dist/src/cli/main.js quantize $gen --out /tmp/$name \
+    --calib /tmp/t7b.safetensors --desc-act --device cuda "$@" > "$OUT/$name.txt" 2> "$OUT/$name.err"
+  echo "$name: rc=$?"
+  tail -8 "$OUT/$name.txt"
+  grep -E "Elapsed|Maximum resident" "$OUT/$name.err"
+  tr '\r' '\n' < "$OUT/$name.err" | grep -E "rror" | tail -3
+  timeout 120 /usr/bin/time -f "verify %e s" /tmp/node dist/src/cli/main.js verify /tmp/$name 2>&1 | tail -2
+}
+if [[ $MODES == *" 7b-"* ]]; then
+  wait $genpid
+  tail -2 "$OUT/gen.txt"
+fi
+[[ $MODES == *" 7b-fast "* ]] && q q7b-fast --preset fast
+[[ $MODES == *" 7b-default "* ]] && q q7b-default
+
+if [[ $MODES == *" memcheck "* ]]; then
+  timeout 120 compute-sanitizer --tool memcheck /tmp/node dist/bench/gptq-cuda.js 1024 1000 4096 4 128 \
+    --clip=hessian --split-range --fp-target 2>&1 | tail -3
 fi
