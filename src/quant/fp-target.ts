@@ -4,6 +4,7 @@
  * ||X_f W^T - X_q W*^T|| is W* = W (X_f^T X_q) (X_q^T X_q)^-1 (ridge-regularised towards W below); GPTQ then quantizes W* instead of W.
  */
 import { choleskyLowerInPlace } from "../tensor/linalg.js";
+import { addPanelProducts, transposeRows } from "./hessian.js";
 
 /** Rows transposed per step: K x PANEL float64 panels of both inputs stay in cache while C is swept. */
 const PANEL = 128;
@@ -14,103 +15,26 @@ export class CrossAccumulator {
   private n = 0;
   private readonly pf: Float64Array;
   private readonly pq: Float64Array;
-  /** K rounded up to the 4 x 4 register blocks; the panels' padding rows stay zero */
-  private readonly K4: number;
+
   constructor(readonly K: number) {
     this.C = new Float64Array(K * K);
-    this.K4 = Math.ceil(K / 4) * 4;
-    this.pf = new Float64Array(this.K4 * PANEL);
-    this.pq = new Float64Array(this.K4 * PANEL);
+    // padded to a multiple of 4 input channels (zero rows) for the 4 x 4 register blocks
+    this.pf = new Float64Array(Math.ceil(K / 4) * 4 * PANEL);
+    this.pq = new Float64Array(Math.ceil(K / 4) * 4 * PANEL);
   }
+
   add(f: Float32Array, q: Float32Array, rows: number): void {
     const total = this.n + rows;
     const keep = this.n / total;
-    const C = this.C;
+    const { C, K, pf, pq } = this;
     if (keep !== 1) for (let i = 0; i < C.length; i++) C[i] *= keep;
-    for (let r0 = 0; r0 < rows; r0 += PANEL) this.addPanel(f, q, r0, Math.min(PANEL, rows - r0), 2 / total);
+    for (let r0 = 0; r0 < rows; r0 += PANEL) {
+      const R = Math.min(PANEL, rows - r0);
+      transposeRows(f, r0, R, K, pf);
+      transposeRows(q, r0, R, K, pq);
+      addPanelProducts(C, K, pf, pq, R, 2 / total, false);
+    }
     this.n = total;
-  }
-  /** C[i, j] += alpha * sum_r f[r, i] q[r, j] over rows r0 .. r0 + R, in 4 x 4 blocks of dot products. */
-  private addPanel(f: Float32Array, q: Float32Array, r0: number, R: number, alpha: number): void {
-    const { K, K4, pf, pq, C } = this;
-    for (let r = 0; r < R; r++) {
-      const src = (r0 + r) * K;
-      for (let k = 0; k < K; k++) {
-        pf[k * R + r] = f[src + k];
-        pq[k * R + r] = q[src + k];
-      }
-    }
-    pf.fill(0, K * R, K4 * R);
-    pq.fill(0, K * R, K4 * R);
-    const edge = new Float64Array(16);
-    for (let i = 0; i < K; i += 4) {
-      const a0 = i * R;
-      const a1 = a0 + R;
-      const a2 = a1 + R;
-      const a3 = a2 + R;
-      for (let j = 0; j < K; j += 4) {
-        const b0 = j * R;
-        const b1 = b0 + R;
-        const b2 = b1 + R;
-        const b3 = b2 + R;
-        let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; // prettier-ignore
-        let s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0; // prettier-ignore
-        for (let r = 0; r < R; r++) {
-          const x0 = pf[a0 + r];
-          const x1 = pf[a1 + r];
-          const x2 = pf[a2 + r];
-          const x3 = pf[a3 + r];
-          const y0 = pq[b0 + r];
-          const y1 = pq[b1 + r];
-          const y2 = pq[b2 + r];
-          const y3 = pq[b3 + r];
-          s00 += x0 * y0;
-          s01 += x0 * y1;
-          s02 += x0 * y2;
-          s03 += x0 * y3;
-          s10 += x1 * y0;
-          s11 += x1 * y1;
-          s12 += x1 * y2;
-          s13 += x1 * y3;
-          s20 += x2 * y0;
-          s21 += x2 * y1;
-          s22 += x2 * y2;
-          s23 += x2 * y3;
-          s30 += x3 * y0;
-          s31 += x3 * y1;
-          s32 += x3 * y2;
-          s33 += x3 * y3;
-        }
-        if (i + 4 <= K && j + 4 <= K) {
-          let o = i * K + j;
-          C[o] += alpha * s00;
-          C[o + 1] += alpha * s01;
-          C[o + 2] += alpha * s02;
-          C[o + 3] += alpha * s03;
-          o += K;
-          C[o] += alpha * s10;
-          C[o + 1] += alpha * s11;
-          C[o + 2] += alpha * s12;
-          C[o + 3] += alpha * s13;
-          o += K;
-          C[o] += alpha * s20;
-          C[o + 1] += alpha * s21;
-          C[o + 2] += alpha * s22;
-          C[o + 3] += alpha * s23;
-          o += K;
-          C[o] += alpha * s30;
-          C[o + 1] += alpha * s31;
-          C[o + 2] += alpha * s32;
-          C[o + 3] += alpha * s33;
-        } else {
-          // a ragged last block: only the rows and columns inside K
-          edge.set([s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33]);
-          for (let ii = 0; ii < Math.min(4, K - i); ii++)
-            for (let jj = 0; jj < Math.min(4, K - j); jj++)
-              C[(i + ii) * K + j + jj] += alpha * edge[ii * 4 + jj];
-        }
-      }
-    }
   }
 }
 
