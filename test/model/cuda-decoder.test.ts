@@ -43,7 +43,7 @@ import { Rotary } from "../../src/model/rope.js";
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { Rng } from "../../src/pipeline/synthetic.js";
 import { quantizeRtn } from "../../src/quant/rtn.js";
-import { roundToHalf } from "../../src/tensor/dtype.js";
+import { bf16sToFloats, floatsToBf16s, floatsToHalfs, roundToHalf } from "../../src/tensor/dtype.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 
 const noGpu = CudaDevice.available()
@@ -640,3 +640,57 @@ test(
     copy.dispose();
   },
 );
+
+test(
+  "weights still as a checkpoint stores them (fp16 as they are, bf16 narrowed on the device) go up as the fp32 ones do",
+  { skip: noGpu },
+  () => {
+    const dev = CudaDevice.get();
+    const layer = syntheticLayer();
+    const halfs = (b: DeviceBuffer, n: number) => dev.download(b, new Uint16Array(n));
+    for (const dtype of ["F16", "BF16"] as const) {
+      // the same layer with every projection's weight held as `dtype` (values already representable in it)
+      const stored = syntheticLayer();
+      for (const [name, lin] of Object.entries(stored.linears)) {
+        const l = lin as DenseLinear;
+        const exact = dtype === "F16" ? roundToHalf(Float32Array.from(l.weight)) : bf16Round(l.weight);
+        const data = dtype === "F16" ? floatsToHalfs(exact) : floatsToBf16s(exact);
+        stored.linears[name] = new DenseLinear(
+          { dtype, shape: [l.outFeatures, l.inFeatures], data },
+          l.outFeatures,
+          l.inFeatures,
+          l.bias,
+        );
+        (layer.linears[name] as DenseLinear).weight.set(exact);
+      }
+      const fromStored = cudaDecoderLayer(dev, stored, 8);
+      const reference = cudaDecoderLayer(dev, layer, 8);
+      for (const name of [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+      ] as const) {
+        const l = linearOf(layer, name) as DenseLinear;
+        const n = l.outFeatures * l.inFeatures;
+        assert.deepEqual(
+          halfs(fromStored.weightOf(name), n),
+          halfs(reference.weightOf(name), n),
+          `${dtype} ${name}`,
+        );
+      }
+      for (const l of Object.values(stored.linears))
+        assert.ok((l as DenseLinear).stored, "the CPU never widened it");
+      fromStored.dispose();
+      reference.dispose();
+    }
+  },
+);
+
+/** Each value rounded to the nearest bf16 (what a bf16 checkpoint stores). */
+function bf16Round(w: Float32Array): Float32Array {
+  return bf16sToFloats(floatsToBf16s(w));
+}

@@ -55,6 +55,21 @@ test("quantize writes a checkpoint whose layers are the pipeline's, padded, with
   const res = await quantizeCheckpoint(request("q"));
   assert.deepEqual([res.pad!.from, res.pad!.to], [44, 48]);
   assert.equal(res.layers, 14);
+  // where the time went: every phase of the CPU pipeline and the write, adding up to at most the run
+  assert.deepEqual(Object.keys(res.phases).sort(), [
+    "error",
+    "forward",
+    "gptq",
+    "hessian",
+    "pack",
+    "read",
+    "write",
+  ]);
+  const phased = Object.values(res.phases).reduce((a, b) => a + b, 0);
+  assert.ok(
+    res.phases.forward! > 0 && phased <= res.seconds + 0.01,
+    `${JSON.stringify(res.phases)} in ${res.seconds} s`,
+  );
   const out = join(root, "q");
   const cfg = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
   assert.equal(cfg.intermediate_size, 48);

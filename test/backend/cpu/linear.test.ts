@@ -3,6 +3,8 @@ import assert from "node:assert/strict";
 import { A8W4Linear, DenseLinear, QuantLinear } from "../../../src/backend/cpu/linear.js";
 import { quantizePerToken } from "../../../src/backend/cpu/a8w4.js";
 import { useWasm } from "../../../src/backend/cpu/wasm-gemm.js";
+import { Tensor } from "../../../src/tensor/tensor.js";
+import { floatsToBf16s, floatsToHalfs } from "../../../src/tensor/dtype.js";
 import { Bits, QuantizedLinear, numGroups } from "../../../src/formats/types.js";
 
 /** registers the test twice: with the WebAssembly SIMD kernels and with the scalar code */
@@ -158,6 +160,27 @@ function tokenParams(row: Float32Array): { scale: number; zero: number; codes: n
   const codes = [...row].map((v) => Math.min(127, Math.max(-128, rte(f(v * inv)) + zero)));
   return { scale, zero, codes };
 }
+
+test("a DenseLinear built from a stored fp16/bf16/fp32 tensor keeps it until the fp32 weight is asked for", () => {
+  const N = 3;
+  const K = 5;
+  const values = Float32Array.from({ length: N * K }, (_, i) => (i - 7) / 8); // exact in fp16 and bf16
+  const stored: Tensor[] = [
+    { dtype: "F16", shape: [N, K], data: floatsToHalfs(values) },
+    { dtype: "BF16", shape: [N, K], data: floatsToBf16s(values) },
+    { dtype: "F32", shape: [N, K], data: values.slice() },
+  ];
+  const x = Float32Array.from({ length: 2 * K }, (_, i) => Math.sin(i));
+  const want = new DenseLinear(values, N, K).forward(x, 2);
+  for (const t of stored) {
+    const l = new DenseLinear(t, N, K);
+    assert.equal(l.stored, t, `${t.dtype}: kept as stored`);
+    assert.deepEqual([...l.weight], [...values], `${t.dtype}: widened`);
+    assert.equal(l.stored, undefined, `${t.dtype}: dropped once widened`);
+    assert.deepEqual([...l.forward(x, 2)], [...want]);
+  }
+  assert.throws(() => new DenseLinear(stored[0], N, K + 1), /weight has 15 values, expected 3 x 6/);
+});
 
 test("per-token int8 quantization follows torchao's asymmetric rule", () => {
   const K = 50;
