@@ -9,6 +9,7 @@
 #   tests: every CUDA test of the quantization path, and the layer benches
 #   7b-fast, 7b-default: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background) quantized
 #     end to end with --preset fast / the default preset, then verified
+#   stories: stories260K quantized on the GPU against the CPU (perplexity, every config printed)
 #   memcheck: compute-sanitizer over the GPTQ kernels
 # Everything is also written to $OUT/log.txt, so a run cut short still reports what it did.
 set -u
@@ -37,6 +38,15 @@ if [[ $MODES == *" tests "* ]]; then
   timeout 40 /tmp/node dist/bench/gptq-cuda.js 11008 4096 262144 4 128 --act-order 2>&1 | tail -2
 fi
 
+if [[ $MODES == *" stories "* ]]; then
+  t 300 --test-name-pattern=stories260K dist/test/pipeline/cuda-gptq.test.js
+fi
+
+if [[ $MODES == *" memcheck "* ]]; then
+  timeout 120 compute-sanitizer --tool memcheck /tmp/node dist/bench/gptq-cuda.js 1024 1000 4096 4 128 \
+    --clip=hessian --split-range --fp-target 2>&1 | tail -3
+fi
+
 q() { # name, then quantize's options
   local name=$1
   shift
@@ -56,7 +66,3 @@ fi
 [[ $MODES == *" 7b-fast "* ]] && q q7b-fast --preset fast
 [[ $MODES == *" 7b-default "* ]] && q q7b-default
 
-if [[ $MODES == *" memcheck "* ]]; then
-  timeout 120 compute-sanitizer --tool memcheck /tmp/node dist/bench/gptq-cuda.js 1024 1000 4096 4 128 \
-    --clip=hessian --split-range --fp-target 2>&1 | tail -3
-fi

@@ -14,6 +14,7 @@ import { GptqError } from "../util/errors.js";
 import { HessianAccumulator, gptqQuantize, quantizeRtn } from "../quant/index.js";
 import { CPU_GPTQ, GptqBackend, cpuGptqBackend } from "../quant/gptq.js";
 import { CudaDevice } from "../backend/cuda/device.js";
+import { roundToHalf } from "../tensor/dtype.js";
 import {
   ParallelCross,
   ParallelHessian,
@@ -57,6 +58,12 @@ export interface PipelineOptions {
   refine?: number;
   /** where Hessians accumulate and GPTQ's factorisation and sweeps run (default "cpu") */
   device?: "cpu" | "cuda";
+  /**
+   * CPU path: "f16" rounds the calibration activations (hidden states and every projection group's
+   * input, of both models with fp-target) to fp16, as the GPU path stores them, so the two can be
+   * compared with only the arithmetic's order apart. Default "f32".
+   */
+  activations?: "f32" | "f16";
 }
 
 /**
@@ -366,7 +373,9 @@ export function quantizeModel(
   // Hidden states entering the current layer (one T x hidden array per calibration sequence), and after
   // its attention half once that half is quantized: the MLP groups calibrate from there, so attention
   // is not recomputed for them. With fpTarget, the same for the unquantized model alongside.
-  let hs: Float32Array[] = calibrated ? calibration.map((s) => model.embed(s)) : [];
+  /** activations as the chosen precision keeps them (rounded in place: each is a fresh array) */
+  const atPrecision = opts.activations === "f16" ? roundToHalf : (x: Float32Array) => x;
+  let hs: Float32Array[] = calibrated ? calibration.map((s) => atPrecision(model.embed(s))) : [];
   let mid: HalfState[] = [];
   // the unquantized model alongside, for fp-target (decided at layer 0: whether any group has the tokens)
   let fpStates = !!opts.fpTarget;
@@ -418,8 +427,9 @@ export function quantizeModel(
           progress(li, "attention outputs");
           const half = (h: Float32Array, s: number, kept: Float32Array[]) =>
             kept[s] ? layer.attentionOutput(h, kept[s], T(s)) : layer.attentionBlock(h, T(s));
-          mid = hs.map((h, s) => half(h, s, attn));
-          if (fpStates) midF = asFp(() => hsF.map((h, s) => half(h, s, attnF)));
+          const halfAtPrecision = (m: HalfState) => ({ ...m, residual: atPrecision(m.residual) });
+          mid = hs.map((h, s) => halfAtPrecision(half(h, s, attn)));
+          if (fpStates) midF = asFp(() => hsF.map((h, s) => halfAtPrecision(half(h, s, attnF))));
           attn = [];
           attnF = [];
           lap("forward");
@@ -431,12 +441,13 @@ export function quantizeModel(
         const cross = fits.fpTarget ? compute.cross(K) : undefined;
         const mlp = group.block === "mlp";
         for (let s = 0; s < hs.length; s++) {
-          const xq =
+          const xq = atPrecision(
             group.roles[0] === "o"
               ? (attn[s] = layer.attentionCore(hs[s], T(s)))
               : group.roles[0] === "down" && keepDown
                 ? (act[s] = layer.mlpCore(mid[s], T(s)))
-                : inputOf(layer, mlp ? mid[s] : hs[s], T(s), first);
+                : inputOf(layer, mlp ? mid[s] : hs[s], T(s), first),
+          );
           lap("forward");
           const rows = xq.length / K;
           routed += rows;
@@ -444,11 +455,13 @@ export function quantizeModel(
           lap("hessian");
           if (cross) {
             const xf = asFp(() =>
-              group.roles[0] === "o"
-                ? (attnF[s] = layer.attentionCore(hsF[s], T(s)))
-                : group.roles[0] === "down" && keepDown
-                  ? (actF[s] = layer.mlpCore(midF[s], T(s)))
-                  : inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first),
+              atPrecision(
+                group.roles[0] === "o"
+                  ? (attnF[s] = layer.attentionCore(hsF[s], T(s)))
+                  : group.roles[0] === "down" && keepDown
+                    ? (actF[s] = layer.mlpCore(midF[s], T(s)))
+                    : inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first),
+              ),
             );
             lap("forward");
             cross.add(xf, xq, T(s));
@@ -509,9 +522,9 @@ export function quantizeModel(
       // layer's outputs are not needed).
       const out = (h: HalfState, s: number, kept: Float32Array[]) =>
         kept[s] ? layer.mlpDown(h, kept[s], T(s)) : layer.mlpBlock(h, T(s));
-      if (li < L - 1) hs = mid.map((h, s) => out(h, s, act));
+      if (li < L - 1) hs = mid.map((h, s) => atPrecision(out(h, s, act)));
       mid = [];
-      if (fpStates && li < L - 1) hsF = asFp(() => midF.map((h, s) => out(h, s, actF)));
+      if (fpStates && li < L - 1) hsF = asFp(() => midF.map((h, s) => atPrecision(out(h, s, actF))));
       midF = [];
       act = [];
       actF = [];
