@@ -39,6 +39,10 @@ for (const bits of [2, 3, 4, 8] as Bits[]) {
         assert.equal(byRows[w * cols + c], ref[w], `column ${c} word ${w}`);
     }
     assert.deepEqual(unpackRows(byRows, rows, cols, bits), v);
+    // values at an odd byte offset take the byte-at-a-time loop (4 bits: not the word-at-a-time one)
+    const shifted = new Uint8Array(v.length + 1).subarray(1);
+    shifted.set(v);
+    assert.deepEqual(packRows(shifted, rows, cols, bits), byRows);
     const byCols = packCols(v, rows, cols, bits);
     const wpr = (cols * bits) / 32;
     for (let i = 0; i < rows; i++) {
