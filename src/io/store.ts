@@ -14,7 +14,8 @@ import {
   writeSync,
 } from "node:fs";
 import { basename, join } from "node:path";
-import { Tensor, TypedArray, bytesOf } from "../tensor/tensor.js";
+import { Tensor, TypedArray, bytesOf, viewAs } from "../tensor/tensor.js";
+import { Prefetcher } from "./prefetch.js";
 import { GptqError } from "../util/errors.js";
 import { parseJsonStrict } from "../util/json.js";
 import { writeTextAtomic } from "./atomic.js";
@@ -33,6 +34,7 @@ export const SINGLE_FILE = "model.safetensors";
 
 export class TensorStore {
   private readonly owner = new Map<string, SafetensorsFile>();
+  private prefetcher?: Prefetcher;
 
   private constructor(
     readonly dir: string,
@@ -128,7 +130,25 @@ export class TensorStore {
   }
 
   read(name: string): Tensor {
-    return this.file(name).read(name);
+    const ahead = this.prefetcher?.take(name);
+    if (!ahead) return this.file(name).read(name);
+    const { dtype, shape } = this.info(name);
+    return { dtype, shape: [...shape], data: viewAs(dtype, ahead) };
+  }
+
+  /**
+   * Starts reading these tensors on a thread of their own; `read` then takes them from there (waiting
+   * only for what is still in flight). For the next layer's weights while the current one computes;
+   * replaces an earlier prefetch's untaken tensors.
+   */
+  prefetch(names: readonly string[]): void {
+    this.prefetcher ??= new Prefetcher();
+    this.prefetcher.forget(); // what an earlier prefetch read and nobody took
+    for (const name of names) {
+      const f = this.file(name);
+      const { start, end } = f.info(name);
+      this.prefetcher.request(name, f.path, start, end - start);
+    }
   }
 
   readChunks(name: string, chunkBytes?: number): Generator<Uint8Array> {
@@ -140,6 +160,8 @@ export class TensorStore {
   }
 
   close(): void {
+    this.prefetcher?.close();
+    this.prefetcher = undefined;
     for (const f of this.files) f.close();
   }
 

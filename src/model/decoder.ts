@@ -887,7 +887,11 @@ export class LayerwiseDecoder implements LayerSource {
         return new DenseLinear(store.read(`${prefix}.weight`), N, K, bias);
       },
     };
-    return this.prepare(readDecoderLayer(store, this.family, this.config, i, this.rotary(i), source));
+    const layer = this.prepare(readDecoderLayer(store, this.family, this.config, i, this.rotary(i), source));
+    // the next layer's tensors are read on a thread of their own while this one computes
+    if (i + 1 < this.config.numLayers)
+      store.prefetch(denseLayerTensors(this.family, this.config, store, i + 1).map(([name]) => name));
+    return layer;
   }
 
   close(): void {
