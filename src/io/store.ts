@@ -129,6 +129,11 @@ export class TensorStore {
     return this.file(name).info(name);
   }
 
+  /** the file tensor `name` is stored in */
+  pathOf(name: string): string {
+    return this.file(name).path;
+  }
+
   read(name: string): Tensor {
     const ahead = this.prefetcher?.take(name);
     if (!ahead) return this.file(name).read(name);

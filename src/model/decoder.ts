@@ -12,7 +12,8 @@ import { FORMATS } from "../formats/registry.js";
 import { CheckpointFormat, QuantizedLinear } from "../formats/types.js";
 import { openCheckpoint } from "../io/checkpoint.js";
 import { TensorStore } from "../io/store.js";
-import { checkFloatTensor, readFloatTensor, storedNonFinite } from "../io/finite.js";
+import { checkFloatTensor, readFloatTensor } from "../io/finite.js";
+import { scanNonFinite } from "../io/finite-scan.js";
 import { GptqError } from "../util/errors.js";
 import { readModelConfig } from "./config.js";
 import { expertLinears } from "./families/experts.js";
@@ -847,11 +848,11 @@ export class LayerwiseDecoder implements LayerSource {
         for (const [name, shape] of denseLayerTensors(family, config, store, i))
           checkFloatTensor(store, name, shape);
       // and every value finite: a NaN weight would otherwise surface as NaN losses layers later
-      for (let i = 0; i < config.numLayers; i++)
-        for (const [name] of denseLayerTensors(family, config, store, i)) {
-          const problem = storedNonFinite(store, name, `${dir}: tensor ${name}`);
-          if (problem) throw new GptqError(problem);
-        }
+      const names = Array.from({ length: config.numLayers }, (_, i) =>
+        denseLayerTensors(family, config, store, i).map(([name]) => name),
+      ).flat();
+      const problem = scanNonFinite(store, names, (name) => `${dir}: tensor ${name}`).find((p) => p);
+      if (problem) throw new GptqError(problem);
       const embeddings = Embeddings.read(store, family, config);
       return new LayerwiseDecoder(config, family, store, embeddings, layerRotaries(config, family), prepare);
     } catch (e) {
