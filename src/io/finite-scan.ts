@@ -7,8 +7,16 @@ import { availableParallelism } from "node:os";
 import { MessageChannel, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { DType } from "../tensor/dtype.js";
 import { FLOAT_TENSOR_DTYPES } from "../tensor/finite.js";
-import { storedNonFinite } from "./finite.js";
-import { TensorStore } from "./store.js";
+import { ChunkReader, storedNonFinite } from "./finite.js";
+
+/** Where tensors are: their headers, their bytes, and the file each is stored in. */
+export type ScanSource = ChunkReader & { pathOf(name: string): string };
+
+/** A tensor that is not all finite, or cannot be read (`unreadable`). */
+export interface ScanProblem {
+  problem: string;
+  unreadable: boolean;
+}
 
 /** One tensor to check: where its bytes are, and how a problem names it. */
 export interface ScanItem {
@@ -41,11 +49,11 @@ export interface ScanOptions {
  * tensor), in the order of `names`; `what(name)` starts each problem's text.
  */
 export function scanNonFinite(
-  store: TensorStore,
+  store: ScanSource,
   names: readonly string[],
   what: (name: string) => string = (n) => n,
   opts: ScanOptions = {},
-): (string | undefined)[] {
+): (ScanProblem | undefined)[] {
   const floats = names.filter((n) => FLOAT_TENSOR_DTYPES.includes(store.info(n).dtype));
   const items: ScanItem[] = floats.map((n) => {
     const { dtype, shape, start, end } = store.info(n);
@@ -53,15 +61,15 @@ export function scanNonFinite(
   });
   const total = items.reduce((s, t) => s + t.end - t.start, 0);
   const threads = Math.min(opts.threads ?? Math.min(8, availableParallelism()), items.length);
-  const found = new Map<string, string>();
+  const found = new Map<string, ScanProblem>();
   if (threads <= 1 || total < (opts.parallelFrom ?? PARALLEL_BYTES)) {
     let done = 0;
     for (const n of floats) {
       try {
         const p = storedNonFinite(store, n, what(n), { onBytes: (b) => opts.onBytes?.((done += b), total) });
-        if (p) found.set(n, p);
+        if (p) found.set(n, { problem: p, unreadable: false });
       } catch (e) {
-        found.set(n, e instanceof Error ? e.message : String(e));
+        found.set(n, { problem: e instanceof Error ? e.message : String(e), unreadable: true });
       }
     }
   } else {
@@ -85,8 +93,8 @@ export function scanNonFinite(
     opts.onBytes?.(total, total);
     for (const port of ports) {
       for (let m; (m = receiveMessageOnPort(port));) {
-        const [i, problem] = m.message as [number, string];
-        found.set(floats[i], problem);
+        const [i, problem, unreadable] = m.message as [number, string, boolean];
+        found.set(floats[i], { problem, unreadable });
       }
       port.close();
     }

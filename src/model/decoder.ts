@@ -851,8 +851,8 @@ export class LayerwiseDecoder implements LayerSource {
       const names = Array.from({ length: config.numLayers }, (_, i) =>
         denseLayerTensors(family, config, store, i).map(([name]) => name),
       ).flat();
-      const problem = scanNonFinite(store, names, (name) => `${dir}: tensor ${name}`).find((p) => p);
-      if (problem) throw new GptqError(problem);
+      const bad = scanNonFinite(store, names, (name) => `${dir}: tensor ${name}`).find((p) => p);
+      if (bad) throw new GptqError(bad.problem);
       const embeddings = Embeddings.read(store, family, config);
       return new LayerwiseDecoder(config, family, store, embeddings, layerRotaries(config, family), prepare);
     } catch (e) {

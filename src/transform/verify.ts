@@ -11,7 +11,7 @@ import { HeaderLookup } from "../formats/headers.js";
 import { FORMATS, detectLayers } from "../formats/registry.js";
 import { CheckpointFormat, numGroups } from "../formats/types.js";
 import { QuantizedLayerInfo, verifyConfig } from "../io/checkpoint.js";
-import { storedNonFinite } from "../io/finite.js";
+import { scanNonFinite } from "../io/finite-scan.js";
 import { QuantConfig, readQuantConfigDetailed } from "../io/quant-config.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { INDEX_FILE, SINGLE_FILE, TensorStore } from "../io/store.js";
@@ -169,21 +169,26 @@ export function verifyCheckpoint(dir: string, opts: VerifyOptions = {}): VerifyR
     };
     const read = (name: string): Tensor => owner.get(name)!.read(name);
 
-    // every float tensor finite, a piece at a time
+    // every float tensor finite, a piece at a time, on several threads
     const nonFinite = new Set<string>();
-    for (const name of names) {
-      const info = owner.get(name)!.info(name);
-      if (!FLOAT_TENSOR_DTYPES.includes(info.dtype)) continue;
-      try {
-        const p = storedNonFinite(owner.get(name)!, name, name, { onBytes: (b) => progress(b, name) });
-        if (p) {
-          nonFinite.add(name);
-          problems.push({ tensor: name, problem: p });
-        }
-      } catch (e) {
-        problems.push({ tensor: name, problem: message(e) });
-      }
-    }
+    const source = {
+      info: (n: string) => owner.get(n)!.info(n),
+      readChunks: (n: string, bytes?: number) => owner.get(n)!.readChunks(n, bytes),
+      pathOf: (n: string) => owner.get(n)!.path,
+    };
+    let checked = 0;
+    const scanned = scanNonFinite(source, names, (n) => n, {
+      onBytes: (d) => {
+        progress(d - checked, "finite values");
+        checked = d;
+      },
+    });
+    names.forEach((name, i) => {
+      const found = scanned[i];
+      if (!found) return;
+      if (!found.unreadable) nonFinite.add(name);
+      problems.push({ tensor: name, problem: found.problem });
+    });
 
     // the config, then every quantized layer unpacked through its format
     let config: QuantConfig | undefined;
