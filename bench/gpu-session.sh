@@ -63,6 +63,8 @@ if [[ $MODES == *" 7b-"* ]]; then
   wait $genpid
   tail -2 "$OUT/gen.txt"
 fi
-[[ $MODES == *" 7b-fast "* ]] && q q7b-fast --preset fast
-[[ $MODES == *" 7b-default "* ]] && q q7b-default
+for mode in "$@"; do # in the order given
+  [[ $mode == 7b-fast ]] && q q7b-fast --preset fast
+  [[ $mode == 7b-default ]] && q q7b-default
+done
 
