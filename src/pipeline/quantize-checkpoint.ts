@@ -80,8 +80,11 @@ export interface QuantizeResult {
   memory: { hostPeakBytes: number; gpuPeakBytes?: number };
   /** seconds in the layer-by-layer pipeline, and end to end (load, quantize, write) */
   quantizeSeconds: number;
-  /** where the time went: the pipeline's phases when it measures them, and the write */
-  phases: Partial<Record<Phase | "write", number>>;
+  /**
+   * where the time went: opening (the checkpoint's checks, the calibration tokens, the embeddings), the
+   * pipeline's phases, and the write's end (headers, index, config)
+   */
+  phases: Partial<Record<"open" | Phase | "write", number>>;
   seconds: number;
   reports: LinearReport[];
   /** what the user should know about the result (too few calibration tokens...); also sent as notes */
@@ -202,11 +205,13 @@ export async function quantizeCheckpoint(
   let chosen: { format: CheckpointFormat; why?: string } | undefined;
   let meta: QuantConfig["meta"] = {};
   let writeSeconds = 0;
+  let openSeconds = 0;
   const shapes = projectionShapes(config, plan.to, o, has);
   try {
     await buildDirAtomic(req.outDir, (tmp) => {
       const out = new QuantizedCheckpointWriter(tmp, req.modelDir, shapes, req.format, plan);
       try {
+        openSeconds = (Date.now() - t0) / 1000;
         run = quantizeModel(model, cal?.sequences, { ...o, device: device.kind }, onEvent, (p, l) =>
           out.layers.add(p, l),
         );
@@ -264,7 +269,7 @@ export async function quantizeCheckpoint(
       gpuPeakBytes: device.kind === "cuda" ? CudaDevice.get().memoryStats().peakLiveBytes : undefined,
     },
     quantizeSeconds: run.seconds,
-    phases: { ...run.phases, write: writeSeconds },
+    phases: { open: openSeconds, ...run.phases, write: writeSeconds },
     seconds: (Date.now() - t0) / 1000,
     reports,
     warnings,
