@@ -9,6 +9,7 @@
 #   tests: every CUDA test of the quantization path, and the layer benches
 #   7b-fast, 7b-default: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background) quantized
 #     end to end with --preset fast / the default preset, then verified
+#   LAYERS=8 in the environment: the 7B-shaped checkpoint with that many layers (a shorter session)
 #   stories: stories260K quantized on the GPU against the CPU (perplexity, every config printed)
 #   memcheck: compute-sanitizer over the GPTQ kernels
 # Everything is also written to $OUT/log.txt, so a run cut short still reports what it did.
@@ -25,7 +26,7 @@ MODES=" $* "
 gen=/tmp/m7b
 if [[ $MODES == *" 7b-"* ]]; then
   ( /usr/bin/time -f "generated in %e s" /tmp/node dist/bench/synthetic-fp.js $gen /tmp/t7b.safetensors \
-    --shape llama2-7b --workers 14 > "$OUT/gen.txt" 2>&1 ) &
+    --shape llama2-7b ${LAYERS:+--layers $LAYERS} --workers 14 > "$OUT/gen.txt" 2>&1 ) &
   genpid=$!
 fi
 
