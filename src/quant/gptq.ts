@@ -10,6 +10,7 @@
 import { dequantize } from "../formats/dequantize.js";
 import { QuantizedLinear, numGroups } from "../formats/types.js";
 import { upperCholeskyOfInverse } from "../tensor/linalg.js";
+import { RowSearcher } from "../tensor/quant-grid.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
 import { refitScales } from "./refit.js";
@@ -184,6 +185,8 @@ export class HostProblem implements GptqProblem {
  * (backend/cpu) runs them on every core with the same results up to float rounding.
  */
 export interface CpuDenseSteps {
+  /** how clip "mse" and "hessian" search a group's rows (default: one after another, on this thread) */
+  searchRows?: RowSearcher;
   /** U with (h + shift I)^-1 = U^T U, or undefined when that is not positive definite (h is not modified) */
   upperCholeskyOfInverse(h: Float64Array, n: number, shift: number): Float64Array | undefined;
   /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */
@@ -482,6 +485,7 @@ class Sweep implements GptqSweep {
       this.scales,
       this.zeros,
       g,
+      this.steps.searchRows,
     );
   }
 
@@ -741,12 +745,13 @@ export function findGroupParams(
   scales: Float32Array,
   zeros: Float32Array,
   g: number,
+  rows?: RowSearcher,
 ): void {
   const weights = Float64Array.from(pos, (p) => colWeight[p]);
   const scorer = q.clip === "gptq" ? gptqLossScorer(buf, pos, N, K, U(), q.maxq) : undefined;
   const scale = scales.subarray(g * N, (g + 1) * N);
   const zero = zeros.subarray(g * N, (g + 1) * N);
-  findParams(q, buf, 0, pos.length, N, scale, zero, weights, scorer);
+  findParams(q, buf, 0, pos.length, N, scale, zero, weights, scorer, rows);
 }
 
 /**

@@ -7,8 +7,10 @@
  * nn.Linear weight is contiguous), so every loop runs over the N output rows at once.
  */
 import { Bits } from "../formats/types.js";
-import { floatToHalf, halfToFloat } from "../tensor/dtype.js";
+import { RowSearcher, asymZero, halfScale, quantCode, searchRows } from "../tensor/quant-grid.js";
 import { GptqError } from "../util/errors.js";
+
+export { halfScale, quantCode };
 
 /**
  * How a group's range is chosen: "minmax" (the range of the weights), "mse" (AutoGPTQ's shrink grid
@@ -88,33 +90,6 @@ export function resolveQuantizer(opts: QuantizerOptions, inFeatures: number): Qu
   };
 }
 
-/** Round half to even, as torch.round. */
-export function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
-
-const FP16_MAX = 65504;
-const FP16_MIN_SUBNORMAL = 2 ** -24;
-
-/** The nearest fp16 value, kept positive and finite (a scale of 0 or infinity could not dequantize). */
-export function halfScale(s: number): number {
-  const h = halfToFloat(floatToHalf(s));
-  if (h < FP16_MIN_SUBNORMAL) return FP16_MIN_SUBNORMAL;
-  return h > FP16_MAX ? FP16_MAX : h;
-}
-
-/** Integer code of x: clamp(round(x / scale) + zero, 0, maxq). */
-export function quantCode(x: number, scale: number, zero: number, maxq: number): number {
-  const q = roundHalfEven(x / scale) + zero;
-  return q < 0 ? 0 : q > maxq ? maxq : q;
-}
-
-function asymZero(xmin: number, scale: number, maxq: number): number {
-  const z = roundHalfEven(-xmin / scale);
-  return z < 0 ? 0 : z > maxq ? maxq : z;
-}
-
 /**
  * The candidates of findParams' searches: the range's ends scaled by 1 - i / grid for 0 <= i < shrinks
  * (AutoGPTQ's grid, down to 1 - maxShrink), then, for the Hessian-aware searches of symmetric groups, by
@@ -154,6 +129,8 @@ export function findParams(
   zero: Float32Array,
   colWeights?: Float64Array,
   scorer?: Scorer,
+  /** how clip "mse" and "hessian" search the rows (default: one row after another on this thread) */
+  rows: RowSearcher = searchRows,
 ): void {
   const { maxq, sym } = q;
   const xmin = new Float64Array(N);
@@ -189,8 +166,8 @@ export function findParams(
   // the codes unused; the Hessian-aware searches start from [-max, max] (shrinking reaches [0, max]'s scale).
   if (sym && q.clip !== "mse") for (let n = 0; n < N; n++) if (xmin[n] === 0) xmin[n] = -xmax[n];
   if (q.clip !== "gptq") {
-    searchRows(
-      q,
+    rows(
+      { maxq, sym, norm: q.clip === "mse" ? q.norm : 2, ...searchGrid(q), splitRange: q.splitRange },
       src,
       offset,
       cols,
@@ -258,70 +235,5 @@ export function findParams(
         (n) => loNow[n],
         () => p,
       );
-  }
-}
-
-/**
- * The searches of clip "mse" (sum_k |x - q(x)|^norm) and "hessian" (sum_k weights[k] (x - q(x))^2) row by
- * row, with the same float64 operations in the same order as scoring every row at once (`weightedError`
- * through `findParams`' candidates), so the same parameters: a row's candidate stops being scored once its
- * partial error reaches the row's best, since only a strictly smaller error replaces the best. `xmin` and
- * `xmax` are the rows' ranges as the search starts from them; scale/zero hold the min-max parameters,
- * kept where no candidate scores below infinity.
- */
-function searchRows(
-  q: Quantizer,
-  src: Float32Array,
-  offset: number,
-  cols: number,
-  N: number,
-  xmin: Float64Array,
-  xmax: Float64Array,
-  scale: Float32Array,
-  zero: Float32Array,
-  weights: Float64Array | undefined,
-): void {
-  const { maxq, sym } = q;
-  const symZero = (maxq + 1) / 2;
-  const norm = q.clip === "mse" ? q.norm : 2;
-  const grid = searchGrid(q);
-  const shrinks = Array.from({ length: grid.shrinks }, (_, i) => 1 - i / grid.grid);
-  const widens = Array.from({ length: grid.widens }, (_, i) => 1 + (i + 1) / grid.grid);
-  const x = new Float64Array(cols);
-  const w = Float64Array.from({ length: cols }, (_, k) => (weights ? weights[k] : 1));
-  for (let n = 0; n < N; n++) {
-    for (let k = 0; k < cols; k++) x[k] = src[offset + k * N + n];
-    const lo0 = xmin[n];
-    const hi0 = xmax[n];
-    let best = Infinity;
-    let bestLo = 1;
-    let bestHi = 1;
-    const tryOne = (lo: number, hi: number): void => {
-      const l = lo * lo0;
-      const s = halfScale((hi * hi0 - l) / maxq);
-      const z = sym ? symZero : asymZero(l, s, maxq);
-      let e = 0;
-      for (let k = 0; k < cols; k++) {
-        const v = x[k];
-        const d = Math.abs(s * (quantCode(v, s, z, maxq) - z) - v);
-        e += w[k] * (norm === 2 ? d * d : d === 0 ? 0 : Math.exp(norm * Math.log(d)));
-        if (e >= best) return;
-      }
-      if (!(e < best)) return;
-      best = e;
-      bestLo = lo;
-      bestHi = hi;
-      scale[n] = s;
-      zero[n] = z;
-    };
-    for (const p of shrinks) tryOne(p, p);
-    for (const p of widens) tryOne(p, p);
-    if (!q.splitRange || sym) continue;
-    for (let round = 0; round < 2; round++) {
-      const hiNow = bestHi;
-      for (const p of shrinks) tryOne(p, hiNow);
-      const loNow = bestLo;
-      for (const p of shrinks) tryOne(loNow, p);
-    }
   }
 }

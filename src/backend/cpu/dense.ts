@@ -9,7 +9,8 @@
 import { checkCalibrationRows } from "../../tensor/tensor.js";
 import { GptqError } from "../../util/errors.js";
 import { shared, threadPool } from "./pool.js";
-import { UPDATE_STRIP, UpdateArgs } from "./tasks.js";
+import { SEARCH_ROWS, UPDATE_STRIP, UpdateArgs } from "./tasks.js";
+import { RowSearch, RowSearcher } from "../../tensor/quant-grid.js";
 import { wasmGemm } from "./wasm-gemm.js";
 
 /** Mirrors linalg.ts: a pivot at or below this fraction of its original diagonal fails the factorisation. */
@@ -383,10 +384,43 @@ export function upperCholeskyOfInverseParallel(
 }
 
 /** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */
+/**
+ * A group's range search with its rows split between the pool's threads (each row's search is
+ * independent, so the parameters are the serial search's). The group's values are copied into shared
+ * memory once; xmin, xmax and the weights travel with the job.
+ */
+export const searchRowsParallel: RowSearcher = (
+  s: RowSearch,
+  src: Float32Array,
+  offset: number,
+  cols: number,
+  N: number,
+  xmin: Float64Array,
+  xmax: Float64Array,
+  scale: Float32Array,
+  zero: Float32Array,
+  weights: Float64Array | undefined,
+): void => {
+  const values = shared(Float32Array, cols * N);
+  values.set(src.subarray(offset, offset + cols * N));
+  const sc = shared(Float32Array, N);
+  const z = shared(Float32Array, N);
+  sc.set(scale.subarray(0, N));
+  z.set(zero.subarray(0, N));
+  threadPool().run(
+    "search",
+    { s, src: values, cols, N, xmin, xmax, scale: sc, zero: z, weights },
+    Math.ceil(N / SEARCH_ROWS),
+  );
+  scale.set(sc);
+  zero.set(z);
+};
+
 export function parallelGptqSteps() {
   const ut = new Scratch();
   const et = new Scratch();
   return {
+    searchRows: searchRowsParallel,
     upperCholeskyOfInverse: upperCholeskyOfInverseParallel,
     workspace(w: Float32Array): Float32Array {
       const copy = shared(Float32Array, w.length);

@@ -2,6 +2,7 @@
  * The parts of parallel jobs, run on any thread of a ThreadPool: each part copies what it needs into its
  * thread's WebAssembly memory, runs a kernel there and writes its own slice of a shared output.
  */
+import { RowSearch, searchRows } from "../../tensor/quant-grid.js";
 import { gemmNT } from "./gemm.js";
 import { WasmGemm, wasmGemm } from "./wasm-gemm.js";
 
@@ -133,6 +134,30 @@ function densePart(a: DenseArgs, s: number): void {
   for (let r = 0; r < rows; r++) out.set(tile.subarray(r * nc, (r + 1) * nc), r * N + n0);
 }
 
-export const TASKS = { update: updatePart, dense: densePart };
+/** Rows of a group's range search per part: each row's search is independent (about 10^4 candidates' work). */
+export const SEARCH_ROWS = 32;
+
+export interface SearchArgs {
+  s: RowSearch;
+  /** the group's cols x N values, shared */
+  src: Float32Array;
+  cols: number;
+  N: number;
+  xmin: Float64Array;
+  xmax: Float64Array;
+  /** shared: the min-max parameters on entry, each row's best on return */
+  scale: Float32Array;
+  zero: Float32Array;
+  weights: Float64Array | undefined;
+}
+
+/** Part p: rows p * SEARCH_ROWS .. of a group's range search. */
+function searchPart(a: SearchArgs, p: number): void {
+  const n0 = p * SEARCH_ROWS;
+  const { s, src, cols, N, xmin, xmax, scale, zero, weights } = a;
+  searchRows(s, src, 0, cols, N, xmin, xmax, scale, zero, weights, n0, Math.min(N, n0 + SEARCH_ROWS));
+}
+
+export const TASKS = { update: updatePart, dense: densePart, search: searchPart };
 export type TaskName = keyof typeof TASKS;
 export type TaskArgs<T extends TaskName> = Parameters<(typeof TASKS)[T]>[0];

@@ -6,6 +6,7 @@ import {
   ParallelHessian,
   parallelGemmNT,
   parallelGptqSteps,
+  searchRowsParallel,
   upperCholeskyOfInverseParallel,
 } from "../../../src/backend/cpu/dense.js";
 import { setThreads, shared, threadPool } from "../../../src/backend/cpu/pool.js";
@@ -13,6 +14,7 @@ import { HessianAccumulator, gptqQuantize } from "../../../src/quant/index.js";
 import { CrossAccumulator } from "../../../src/quant/fp-target.js";
 import { cpuGptqBackend } from "../../../src/quant/gptq.js";
 import { upperCholeskyOfInverse } from "../../../src/tensor/linalg.js";
+import { findParams, resolveQuantizer } from "../../../src/quant/quantizer.js";
 import { availableParallelism } from "node:os";
 
 function randn(n: number, seed: number): Float32Array {
@@ -162,4 +164,63 @@ test("a failing part reports the worker's error and the pool keeps working", () 
     h.add(randn(8 * 3, 8), 3);
     assert.equal(h.nsamples, 3);
   });
+});
+
+test("the range searches with rows split over the pool find the serial search's parameters exactly", () => {
+  const N = 101; // not a whole number of parts
+  const cols = 48;
+  const src = randn(3 + cols * N, 9); // from an offset of 3
+  const weights = Float64Array.from(randn(cols, 10), (x) => 0.5 + Math.abs(x));
+  withThreads(3, () => {
+    for (const [clip, sym, splitRange, bits] of [
+      ["hessian", true, false, 4],
+      ["hessian", false, true, 3],
+      ["mse", false, false, 2],
+      ["mse", true, false, 8],
+    ] as const) {
+      const q = resolveQuantizer({ bits, groupSize: cols, sym, clip, splitRange }, 1000);
+      const run = (parallel: boolean) => {
+        const scale = new Float32Array(N);
+        const zero = new Float32Array(N);
+        findParams(
+          q,
+          src,
+          3,
+          cols,
+          N,
+          scale,
+          zero,
+          weights,
+          undefined,
+          parallel ? searchRowsParallel : undefined,
+        );
+        return [scale, zero];
+      };
+      const [s1, z1] = run(false);
+      const [s2, z2] = run(true);
+      assert.deepEqual(s2, s1, `${clip} ${sym} ${splitRange} ${bits}: scales`);
+      assert.deepEqual(z2, z1, `${clip} ${sym} ${splitRange} ${bits}: zeros`);
+    }
+  });
+});
+
+test("GPTQ with clip hessian: the parallel steps' group parameters are the serial ones where the weights agree", () => {
+  const N = 70;
+  const acc = new HessianAccumulator(K);
+  acc.add(randn(600 * K, 11), 600);
+  const W = randn(N * K, 12);
+  // static groups: every group's parameters come from the weights before any update, so both runs
+  // search the same values and must agree exactly
+  const opts = {
+    bits: 4 as const,
+    groupSize: 32,
+    sym: false,
+    staticGroups: true,
+    clip: "hessian" as const,
+    splitRange: true,
+  };
+  const a = gptqQuantize(W, N, K, acc.H, opts);
+  const b = gptqQuantize(W, N, K, acc.H, { ...opts, backend: cpuGptqBackend(parallelGptqSteps()) });
+  assert.deepEqual(b.layer.scales, a.layer.scales);
+  assert.deepEqual(b.layer.zeros, a.layer.zeros);
 });
