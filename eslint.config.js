@@ -15,7 +15,7 @@ import tseslint from "typescript-eslint";
  *   kernels    the kernels' compatibility rules
  *   io         safetensors, checkpoint directories, quant configs, atomic writes, ONNX messages
  *   formats    format registry, pack / unpack
- *   tensor     dtypes, linear algebra
+ *   tensor     dtypes, linear algebra, the quantization grid and its row search
  *   util       errors, json
  * Besides, quant/ stays pure: it may not import backend/ or io/ either (no linears, no files).
  * No file of src/ imports test/ or bench/ (those may import src/). Dynamic import() is not checked.
