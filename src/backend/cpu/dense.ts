@@ -383,7 +383,6 @@ export function upperCholeskyOfInverseParallel(
   return r.reverse();
 }
 
-/** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */
 /**
  * A group's range search with its rows split between the pool's threads (each row's search is
  * independent, so the parameters are the serial search's). The group's values are copied into shared
@@ -416,6 +415,7 @@ export const searchRowsParallel: RowSearcher = (
   zero.set(z);
 };
 
+/** GPTQ's dense steps (quant/gptq.ts's CpuDenseSteps) on every core. */
 export function parallelGptqSteps() {
   const ut = new Scratch();
   const et = new Scratch();
