@@ -7,8 +7,8 @@
 #   bash bench/gpu-session.sh tests 7b-fast   # tests and layer benches; a 7B-shaped checkpoint, --preset fast
 #   bash bench/gpu-session.sh 7b-default memcheck
 #   tests: every CUDA test of the quantization path, and the layer benches
-#   7b-fast, 7b-default: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background) quantized
-#     end to end with --preset fast / the default preset, then verified
+#   7b-fast, 7b-default, 7b-best: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background)
+#     quantized end to end with --preset fast / the default preset / --preset best, then verified
 #   LAYERS=8 in the environment: the 7B-shaped checkpoint with that many layers (a shorter session)
 #   stories: stories260K quantized on the GPU against the CPU (perplexity, every config printed)
 #   memcheck: compute-sanitizer over the GPTQ kernels
@@ -67,5 +67,6 @@ fi
 for mode in "$@"; do # in the order given
   [[ $mode == 7b-fast ]] && q q7b-fast --preset fast
   [[ $mode == 7b-default ]] && q q7b-default
+  [[ $mode == 7b-best ]] && q q7b-best --preset best
 done
 
