@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU quantization path's checks and measurements, batched for the GPU machine (each machine start costs
 # minutes, and one command may run 10). Before sending the tree: `bash ../shared/device/pack.sh` from the
-# project root, and copy ../shared/models/stories260K, ../shared/models/stories260K-eval.safetensors and
+# project root, and copy ../shared/models/stories260K, ../shared/models/stories260K-eval.safetensors,
+# ../shared/models/tiny (the family checkpoints the decoder tests compare against) and
 # ../shared/fixtures/public-gptq-algorithm.safetensors into .gpu/shared (same layout). Then, on the machine,
-# from the project root, any of (in this order):
+# from the project root, for example:
 #   bash bench/gpu-session.sh tests 7b-fast   # tests and layer benches; a 7B-shaped checkpoint, --preset fast
-#   bash bench/gpu-session.sh 7b-default memcheck
+#   bash bench/gpu-session.sh stories memcheck 7b-default 7b-best
 #   tests: every CUDA test of the quantization path, and the layer benches
 #   7b-fast, 7b-default, 7b-best: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background)
 #     quantized end to end with --preset fast / the default preset / --preset best, then verified
