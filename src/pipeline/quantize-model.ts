@@ -440,29 +440,30 @@ export function quantizeModel(
         const acc = compute.hessian(K);
         const cross = fits.fpTarget ? compute.cross(K) : undefined;
         const mlp = group.block === "mlp";
-        for (let s = 0; s < hs.length; s++) {
-          const xq = atPrecision(
+        /** sequence s's input of the group on one path, keeping o_proj's and down_proj's for reuse */
+        const groupInput = (
+          s: number,
+          h: Float32Array[],
+          m: HalfState[],
+          keptAttn: Float32Array[],
+          keptAct: Float32Array[],
+        ) =>
+          atPrecision(
             group.roles[0] === "o"
-              ? (attn[s] = layer.attentionCore(hs[s], T(s)))
+              ? (keptAttn[s] = layer.attentionCore(h[s], T(s)))
               : group.roles[0] === "down" && keepDown
-                ? (act[s] = layer.mlpCore(mid[s], T(s)))
-                : inputOf(layer, mlp ? mid[s] : hs[s], T(s), first),
+                ? (keptAct[s] = layer.mlpCore(m[s], T(s)))
+                : inputOf(layer, mlp ? m[s] : h[s], T(s), first),
           );
+        for (let s = 0; s < hs.length; s++) {
+          const xq = groupInput(s, hs, mid, attn, act);
           lap("forward");
           const rows = xq.length / K;
           routed += rows;
           if (rows) acc.add(xq, rows);
           lap("hessian");
           if (cross) {
-            const xf = asFp(() =>
-              atPrecision(
-                group.roles[0] === "o"
-                  ? (attnF[s] = layer.attentionCore(hsF[s], T(s)))
-                  : group.roles[0] === "down" && keepDown
-                    ? (actF[s] = layer.mlpCore(midF[s], T(s)))
-                    : inputOf(layer, mlp ? midF[s] : hsF[s], T(s), first),
-              ),
-            );
+            const xf = asFp(() => groupInput(s, hsF, midF, attnF, actF));
             lap("forward");
             cross.add(xf, xq, T(s));
             lap("hessian");

@@ -26,7 +26,7 @@ export function llmLike(rows: number, cols: number, seed: number, every = 17, he
   return out;
 }
 
-/** ||X Q^T - X W^T||^2 / ||X W^T||^2 for X rows x K, W and Q N x K. */
+/** ||X Q^T - XW W^T||^2 / ||XW W^T||^2 for X and XW (default X) rows x K, W and Q N x K. */
 export function relativeOutputError(
   X: Float32Array,
   rows: number,
@@ -34,6 +34,8 @@ export function relativeOutputError(
   Q: ArrayLike<number>,
   N: number,
   K: number,
+  /** the inputs W sees, when they differ from Q's (fp-target: the fp model's) */
+  XW: Float32Array = X,
 ): number {
   let num = 0;
   let den = 0;
@@ -43,7 +45,7 @@ export function relativeOutputError(
       let b = 0;
       for (let k = 0; k < K; k++) {
         a += X[r * K + k] * Q[n * K + k];
-        b += X[r * K + k] * W[n * K + k];
+        b += XW[r * K + k] * W[n * K + k];
       }
       num += (a - b) ** 2;
       den += b * b;

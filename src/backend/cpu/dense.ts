@@ -10,7 +10,7 @@ import { checkCalibrationRows } from "../../tensor/tensor.js";
 import { GptqError } from "../../util/errors.js";
 import { shared, threadPool } from "./pool.js";
 import { SEARCH_ROWS, UPDATE_STRIP, UpdateArgs } from "./tasks.js";
-import { RowSearch, RowSearcher } from "../../tensor/quant-grid.js";
+import { RowSearcher } from "../../tensor/quant-grid.js";
 import { wasmGemm } from "./wasm-gemm.js";
 
 /** Mirrors linalg.ts: a pivot at or below this fraction of its original diagonal fails the factorisation. */
@@ -389,17 +389,17 @@ export function upperCholeskyOfInverseParallel(
  * memory once; xmin, xmax and the weights travel with the job.
  */
 export const searchRowsParallel: RowSearcher = (
-  s: RowSearch,
-  src: Float32Array,
-  offset: number,
-  cols: number,
-  N: number,
-  xmin: Float64Array,
-  xmax: Float64Array,
-  scale: Float32Array,
-  zero: Float32Array,
-  weights: Float64Array | undefined,
-): void => {
+  s,
+  src,
+  offset,
+  cols,
+  N,
+  xmin,
+  xmax,
+  scale,
+  zero,
+  weights,
+) => {
   const values = shared(Float32Array, cols * N);
   values.set(src.subarray(offset, offset + cols * N));
   const sc = shared(Float32Array, N);

@@ -16,7 +16,7 @@ import { GptqOptions, gptqQuantize, gptqSolve } from "../../../src/quant/gptq.js
 import { CrossAccumulator, fpTargetRidge, fpTargetWeights } from "../../../src/quant/fp-target.js";
 import { HessianAccumulator } from "../../../src/quant/hessian.js";
 import { floatsToHalfs, halfsToFloats } from "../../../src/tensor/dtype.js";
-import { llmLike } from "../../quant/data.js";
+import { llmLike, relativeOutputError } from "../../quant/data.js";
 
 const noGpu = CudaDevice.available() ? false : "SKIPPED: no CUDA device";
 if (noGpu) console.warn(noGpu);
@@ -83,20 +83,26 @@ test(
   },
 );
 
+/**
+ * The Hessian of Xq and the cross term of Xf, Xq as the device holds them (fp32), and the same rounded
+ * values widened for the host, so both sides solve one problem.
+ */
+function roundedProblem(): { H32: Float32Array; C32: Float32Array; H: Float64Array; C: Float64Array } {
+  const hAcc = new HessianAccumulator(K);
+  hAcc.add(Xq, ROWS);
+  const cAcc = new CrossAccumulator(K);
+  cAcc.add(Xf, Xq, ROWS);
+  const H32 = new Float32Array(hAcc.H);
+  const C32 = new Float32Array(cAcc.C);
+  return { H32, C32, H: Float64Array.from(H32), C: Float64Array.from(C32) };
+}
+
 test(
   "W* solved on the device (fp64) equals fpTargetWeights on the same cross term and Hessian",
   { skip: noGpu },
   () => {
     const dev = CudaDevice.get();
-    const hAcc = new HessianAccumulator(K);
-    hAcc.add(Xq, ROWS);
-    const cAcc = new CrossAccumulator(K);
-    cAcc.add(Xf, Xq, ROWS);
-    // the device holds them in fp32: the host solves the same rounded problem
-    const H32 = new Float32Array(hAcc.H);
-    const C32 = new Float32Array(cAcc.C);
-    const H = Float64Array.from(H32);
-    const C = Float64Array.from(C32);
+    const { H32, C32, H, C } = roundedProblem();
     assert.equal(H[DEAD * K + DEAD], 0);
     const hd = dev.upload(H32);
     const cd = dev.upload(C32);
@@ -145,40 +151,19 @@ test(
 );
 
 /** ||Xq Q^T - Xf W^T||^2 / ||Xf W^T||^2: how far the quantized path's outputs are from the fp model's */
-function errorToFp(Q: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let r = 0; r < ROWS; r++)
-    for (let n = 0; n < N; n++) {
-      let a = 0;
-      let b = 0;
-      for (let k = 0; k < K; k++) {
-        a += Xq[r * K + k] * Q[n * K + k];
-        b += Xf[r * K + k] * W[n * K + k];
-      }
-      num += (a - b) ** 2;
-      den += b * b;
-    }
-  return num / den;
-}
+const errorToFp = (Q: ArrayLike<number>) => relativeOutputError(Xq, ROWS, W, Q, N, K, Xf);
 
 test(
   "GPTQ aimed at the device's W* is as close to the fp model's outputs as the CPU path's, within 0.5 %",
   { skip: noGpu },
   () => {
     const dev = CudaDevice.get();
-    const hAcc = new HessianAccumulator(K);
-    hAcc.add(Xq, ROWS);
-    const cAcc = new CrossAccumulator(K);
-    cAcc.add(Xf, Xq, ROWS);
-    const H32 = new Float32Array(hAcc.H);
-    const H = Float64Array.from(H32);
-    const C32 = new Float32Array(cAcc.C);
+    const { H32, C32, H, C } = roundedProblem();
     const hd = dev.upload(H32);
     const cd = dev.upload(C32);
     const wd = dev.upload(W);
     const target = CudaFpTarget.prepare(dev, cd, hd, K, (d) => fpTargetRidge(d, 0.01))!;
-    const wStar = fpTargetWeights(W, N, K, Float64Array.from(C32), H, 0.01);
+    const wStar = fpTargetWeights(W, N, K, C, H, 0.01);
     const cases: GptqOptions[] = [
       { bits: 4, groupSize: 64, sym: true, descAct: true },
       { bits: 3, groupSize: 32, sym: false, clip: "hessian" },
