@@ -6,9 +6,10 @@
 // 2048 LLM-like rows uploaded once and added `tokens / 2048` times (the GEMMs' time does not depend on
 // values). --fp-target: also the cross term with a second pool (the fp model's rows, the quantized path's
 // drifted from them) and the target W* solved on the device, which GPTQ then quantizes (quantize's
-// default preset).
+// default preset). --fresh-groups and --refine=R (R rounds of least-squares scale refits, on the device) as
+// quantize's options; the best preset is --clip=hessian --split-range --fp-target --fresh-groups --refine=2.
 // Run: npm run build --silent && node dist/bench/gptq-cuda.js [K] [N] [tokens] [bits] [group] [--act-order]
-//      [--clip=minmax|mse|hessian|gptq] [--split-range] [--fp-target]
+//      [--clip=minmax|mse|hessian|gptq] [--split-range] [--fp-target] [--fresh-groups] [--refine=R]
 import { CudaDevice } from "../src/backend/cuda/device.js";
 import { CudaHessian } from "../src/backend/cuda/gptq/hessian.js";
 import { CudaCrossAccumulator, CudaFpTarget } from "../src/backend/cuda/gptq/fp-target.js";
@@ -32,6 +33,8 @@ const clip = (process.argv.find((a) => a.startsWith("--clip="))?.slice("--clip="
 const splitRange = process.argv.includes("--split-range");
 const sym = !splitRange; // the split search is for asymmetric groups
 const fpTarget = process.argv.includes("--fp-target");
+const freshGroups = process.argv.includes("--fresh-groups");
+const refine = Number(process.argv.find((a) => a.startsWith("--refine="))?.slice("--refine=".length) ?? 0);
 const POOL = 2048;
 
 function normals(seed: number): () => number {
@@ -92,7 +95,7 @@ function layer(tokens: number) {
   const hCopy = dev.alloc(K * K * 4);
   dev.copy(hCopy, h, K * K * 4); // the output error needs H as it was
   const problem = cudaGptqProblem(dev, CudaGptqData.fromDevice(dev, h, aim.w, aim.type, N, K));
-  const r = gptqSolve(problem, { bits, groupSize, sym, descAct, clip, splitRange });
+  const r = gptqSolve(problem, { bits, groupSize, sym, descAct, clip, splitRange, freshGroups, refine });
   problem.dispose?.();
   const gptq = seconds(t);
   t = process.hrtime.bigint();
@@ -112,7 +115,8 @@ const median = (f: (r: (typeof runs)[0]) => number) => runs.map(f).sort((a, b) =
 const ms = (s: number) => `${(s * 1000).toFixed(0)} ms`;
 console.log(
   `| ${K}x${N} (K x N), ${TOKENS} tokens, ${bits}-bit g${groupSize} ${sym ? "sym" : "asym"}` +
-    `${descAct ? " act-order" : ""} clip ${clip}${splitRange ? " split-range" : ""}, ${dev.info.name} ` +
+    `${descAct ? " act-order" : ""} clip ${clip}${splitRange ? " split-range" : ""}` +
+    `${freshGroups ? " fresh-groups" : ""}${refine ? ` refine ${refine}` : ""}, ${dev.info.name} ` +
     `| Hessian ${ms(median((r) => r.hessian))} | GPTQ ${ms(median((r) => r.gptq))} ` +
     `| Hessian + GPTQ ${ms(median((r) => r.hessian + r.gptq))} | dequantize + output error ${ms(median((r) => r.after))} |` +
     (fpTarget

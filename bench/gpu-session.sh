@@ -32,9 +32,11 @@ if [[ $MODES == *" 7b-"* ]]; then
 fi
 
 if [[ $MODES == *" tests "* ]]; then
-  t 240 dist/test/backend/cuda/gptq-device.test.js dist/test/backend/cuda/fp-target.test.js \
+  t 300 dist/test/backend/cuda/gptq-device.test.js dist/test/backend/cuda/fp-target.test.js \
     dist/test/model/cuda-decoder.test.js dist/test/pipeline/cuda-gptq.test.js
-  for flags in "" "--clip=hessian" "--clip=hessian --split-range" "--fp-target"; do
+  for flags in "" "--clip=hessian" "--clip=hessian --split-range" "--fp-target" \
+    "--clip=hessian --split-range --fp-target --fresh-groups" \
+    "--clip=hessian --split-range --fp-target --fresh-groups --refine=2"; do
     timeout 40 /tmp/node dist/bench/gptq-cuda.js 4096 4096 262144 4 128 --act-order $flags 2>&1 | tail -2
   done
   timeout 40 /tmp/node dist/bench/gptq-cuda.js 11008 4096 262144 4 128 --act-order 2>&1 | tail -2
@@ -45,8 +47,8 @@ if [[ $MODES == *" stories "* ]]; then
 fi
 
 if [[ $MODES == *" memcheck "* ]]; then
-  timeout 120 compute-sanitizer --tool memcheck /tmp/node dist/bench/gptq-cuda.js 1024 1000 4096 4 128 \
-    --clip=hessian --split-range --fp-target 2>&1 | tail -3
+  timeout 150 compute-sanitizer --tool memcheck /tmp/node dist/bench/gptq-cuda.js 1024 1000 4096 4 128 \
+    --clip=hessian --split-range --fp-target --refine=1 2>&1 | tail -3
 fi
 
 q() { # name, then quantize's options

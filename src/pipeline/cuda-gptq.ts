@@ -1,7 +1,8 @@
 /**
  * GPTQ with its dense work on the GPU: the Hessian and the working weight prepared on the device (dead
  * inputs, act-order, damping), the damped Hessian factorised by cuSOLVER, every lazy-update block swept
- * there (backend/cuda/gptq) with group parameters found there too (min-max, clip "mse" and "hessian");
+ * there (backend/cuda/gptq) with group parameters found there too (min-max, clip "mse" and "hessian"),
+ * and the least-squares scale refits run there;
  * clip "gptq" and static groups out of order run on the host by the same code as the CPU path, so every
  * option means the same on both.
  */
@@ -38,7 +39,7 @@ export function cudaGptqProblem(dev: CudaDevice, data: CudaGptqData): GptqProble
         if (!f) continue;
         return {
           damp: d,
-          damped: () => data.damped(d * mean),
+          refit: (r) => data.refit(d * mean, r),
           sweep: (q, scales, zeros, w) =>
             new BlockSweep(
               q,

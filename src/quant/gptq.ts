@@ -13,7 +13,7 @@ import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { RowSearcher } from "../tensor/quant-grid.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
-import { refitScales } from "./refit.js";
+import { RefitInput, refitScales } from "./refit.js";
 import {
   Quantizer,
   QuantizerOptions,
@@ -95,12 +95,15 @@ export interface GptqProblem {
 
 export interface GptqFactor {
   damp: number;
-  /** the damped matrix (K x K, processing order), for the refits */
-  damped: () => Float64Array;
+  /** least-squares refit of `scales` against the damped matrix (see refit.ts); the error after it */
+  refit(r: RefitRequest): number;
   /** a sweep over the problem's own working weight, or over `w` (K x N, processing order) when given */
   sweep(q: Quantizer, scales: Float32Array, zeros: Float32Array, w?: Float32Array): GptqSweep;
   dispose?(): void;
 }
+
+/** A refit's inputs but the Hessian, which the factor has. */
+export type RefitRequest = Omit<RefitInput, "H">;
 
 /** Where GPTQ's dense work runs: the factorisation of the damped Hessian and the sweeps. */
 export interface GptqBackend {
@@ -173,7 +176,7 @@ export class HostProblem implements GptqProblem {
     const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp, steps.upperCholeskyOfInverse);
     return {
       damp: used,
-      damped,
+      refit: (r) => refitScales({ ...r, H: damped() }),
       sweep: (q, scales, zeros, w) =>
         new Sweep(q, steps.workspace(w ?? this.w), U, N, K, scales, zeros, steps),
     };
@@ -385,9 +388,8 @@ export function gptqSolve(problem: GptqProblem, opts: GptqOptions): Omit<GptqRes
 
     if (w0) {
       const refit = (s: GptqSweep) =>
-        refitScales({
+        factor.refit({
           w: w0,
-          H: factor.damped(),
           codes: s.codes,
           groupOf: s.groupOf,
           scales,

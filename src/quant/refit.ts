@@ -6,6 +6,8 @@
  * All N rows are solved together: for each group g', V = H[:, g'] U[g', :] (K x N) gives column g' of
  * every row's A, so the cost is about 2 K^2 N (the same order as the GPTQ sweep).
  * Everything here is in the sweep's processing order: w, codes and H rows/columns are permuted alike.
+ * The systems are the dense part (a GPU backend builds them on the device); the solves are small (G x G a
+ * row) and run here for every backend.
  */
 import { choleskyLowerInPlace, solveLower } from "../tensor/linalg.js";
 import { halfScale } from "./quantizer.js";
@@ -28,9 +30,24 @@ export interface RefitInput {
   G: number;
 }
 
+/** Every output row's normal equations: A[n][g][g'], b[n][g] and w_n^T H w_n. */
+export interface RefitSystems {
+  /** N x G x G */
+  A: Float64Array;
+  /** N x G */
+  b: Float64Array;
+  /** N */
+  wHw: Float64Array;
+}
+
 /** Refits the scales in place; returns sum_n (w - q)^T H (w - q) after the refit. */
 export function refitScales(r: RefitInput): number {
-  const { w, H, codes, groupOf, scales, zeros, N, K, G } = r;
+  return solveRefit(refitSystems(r), r.scales, r.N, r.G);
+}
+
+/** The normal equations of every row, on the host (about 2 K^2 N multiply-adds). */
+export function refitSystems(r: RefitInput): RefitSystems {
+  const { w, H, codes, groupOf, zeros, N, K, G } = r;
   const members: number[][] = Array.from({ length: G }, () => []);
   for (let k = 0; k < K; k++) members[groupOf[k]].push(k);
 
@@ -82,6 +99,15 @@ export function refitScales(r: RefitInput): number {
     }
   }
 
+  return { A, b, wHw };
+}
+
+/**
+ * Solves each row's system for its scales and keeps them in `scales` (G x N) where they lower the row's
+ * error; returns sum_n (w - q)^T H (w - q) after the refit.
+ */
+export function solveRefit(systems: RefitSystems, scales: Float32Array, N: number, G: number): number {
+  const { A, b, wHw } = systems;
   let total = 0;
   const a = new Float64Array(G * G);
   const rhs = new Float64Array(G);

@@ -19,6 +19,7 @@ import {
 } from "../../src/quant/gptq.js";
 import { Bits } from "../../src/formats/types.js";
 import { HessianAccumulator } from "../../src/quant/hessian.js";
+import { refitScales } from "../../src/quant/refit.js";
 import { Quantizer, findParams, quantCode, resolveQuantizer, searchGrid } from "../../src/quant/quantizer.js";
 import { llmLike, relativeOutputError } from "./data.js";
 
@@ -149,7 +150,7 @@ class PlainProblem extends HostProblem {
     };
     return {
       damp: used,
-      damped,
+      refit: (r) => refitScales({ ...r, H: damped() }),
       sweep: (q, scales, zeros, w) =>
         new BlockSweep(
           q,

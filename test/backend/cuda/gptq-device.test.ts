@@ -9,6 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CudaDevice, i32, ptr } from "../../../src/backend/cuda/device.js";
 import { CudaHessian } from "../../../src/backend/cuda/gptq/hessian.js";
+import { refitOnDevice } from "../../../src/backend/cuda/gptq/refit.js";
 import {
   CudaGptqData,
   dequantizeOnDevice,
@@ -23,13 +24,15 @@ import { HessianAccumulator } from "../../../src/quant/hessian.js";
 import {
   Quantizer,
   findParams,
+  halfScale,
   quantCode,
   resolveQuantizer,
   searchGrid,
 } from "../../../src/quant/quantizer.js";
+import { refitScales } from "../../../src/quant/refit.js";
 import { relativeOutputError as hostOutputError } from "../../../src/quant/relative-error.js";
 import { floatsToHalfs, halfsToFloats } from "../../../src/tensor/dtype.js";
-import { llmLike, relativeOutputError } from "../../quant/data.js";
+import { llmLike, relativeOutputError, rng } from "../../quant/data.js";
 
 const noGpu = CudaDevice.available() ? false : "SKIPPED: no CUDA device";
 if (noGpu) console.warn(noGpu);
@@ -207,6 +210,52 @@ test(
       assert.ok(Math.abs(b[i] - want) <= 1e-6 * Math.abs(want) + 1e-12, `H[${i}] ${b[i]} against ${want}`);
     }
     data.dispose();
+  },
+);
+
+test(
+  "the scale refit on the GPU equals the host's (groups in any order, rows in chunks)",
+  { skip: noGpu },
+  () => {
+    const dev = CudaDevice.get();
+    const G = 8;
+    const rand = rng(41);
+    // interleaved groups, one of them empty, as static groups under act-order leave them
+    const groupOf = Int32Array.from({ length: K }, (_, k) => [3, 0, 5, 1, 7, 2, 0, 6][(k * 5) % 8]);
+    const codes = Uint8Array.from({ length: K * N }, () => Math.floor(rand() * 16));
+    const zeros = Float32Array.from({ length: G * N }, () => Math.floor(rand() * 16));
+    const scales = Float32Array.from({ length: G * N }, () => halfScale(0.01 + 0.02 * rand()));
+    const w = Float32Array.from({ length: K * N }, (_, i) => {
+      const k = Math.floor(i / N);
+      const at = groupOf[k] * N + (i % N);
+      return 0.9 * scales[at] * (codes[i] - zeros[at]) + 0.003 * (rand() - 0.5);
+    });
+    const add = 0.25;
+    const h32 = Float64Array.from(new Float32Array(H)); // the device holds H in fp32
+    for (let k = 0; k < K; k++) h32[k * K + k] += add;
+    const want = Float32Array.from(scales);
+    const eHost = refitScales({ w, H: h32, codes, groupOf, scales: want, zeros, N, K, G });
+    const hd = dev.upload(new Float32Array(H));
+    // all rows at once, and in chunks of 70 rows (the last one short)
+    for (const bytes of [undefined, 70 * 2 * G * G * 8]) {
+      const got = Float32Array.from(scales);
+      const eDev = refitOnDevice(dev, hd, add, { w, codes, groupOf, scales: got, zeros, N, K, G }, bytes);
+      assert.ok(Math.abs(eDev - eHost) <= 1e-9 * eHost, `${bytes}: error ${eDev} against ${eHost}`);
+      let same = 0;
+      let changed = 0;
+      for (let i = 0; i < got.length; i++) {
+        if (got[i] === want[i]) same++;
+        if (want[i] !== scales[i]) changed++;
+      }
+      assert.ok(changed > 0.8 * got.length, `the refit moved ${changed} of ${got.length} scales`);
+      assert.ok(
+        same >= 0.99 * got.length,
+        `${bytes}: ${same} of ${got.length} refit scales equal the host's`,
+      );
+      // the empty group's scales are where they were
+      for (let n = 0; n < N; n++) assert.equal(got[4 * N + n], scales[4 * N + n]);
+    }
+    dev.free(hd);
   },
 );
 

@@ -17,4 +17,11 @@ __device__ __forceinline__ u16 f2h(float f) {
   return h;
 }
 
+// A scale as stored: the nearest fp16 value of a double, through fp32 as the host rounds it (quant-grid.ts's
+// halfScale), kept positive and finite.
+__device__ __forceinline__ float half_scale(double s) {
+  const float h = h2f(f2h((float)s));
+  return h < 5.9604644775390625e-8f ? 5.9604644775390625e-8f : h > 65504.f ? 65504.f : h;
+}
+
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }

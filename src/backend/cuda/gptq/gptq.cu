@@ -18,12 +18,6 @@ __device__ __forceinline__ int code_of(float x, float s, float z, int maxq) {
   const double q = rint((double)x / (double)s) + (double)z;
   return q < 0.0 ? 0 : q > maxq ? maxq : (int)q;
 }
-
-// The nearest fp16 value of a double, through fp32 as the host rounds it, kept positive and finite.
-__device__ __forceinline__ float half_scale(double s) {
-  const float h = h2f(f2h((float)s));
-  return h < 5.9604644775390625e-8f ? 5.9604644775390625e-8f : h > 65504.f ? 65504.f : h;
-}
 }  // namespace
 
 // grid ceil(N / blockDim); shared memory: the block's U (count x count) and weights (count x blockDim).

@@ -7,6 +7,7 @@ import { QuantizedLinear } from "../../../formats/types.js";
 import { GptqError } from "../../../util/errors.js";
 import { Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer, i32, f32, ptr, u64 } from "../device.js";
+import { RefitArrays, refitOnDevice } from "./refit.js";
 import { CudaGptqFactor, gptqKernel } from "./sweep.js";
 
 const THREADS = 256;
@@ -108,12 +109,17 @@ export class CudaGptqData {
     return this.dev.download(this.w, new Float32Array(this.K * this.N));
   }
 
-  /** H with `add` on its diagonal, on the host (float64), for the refits. */
+  /** H with `add` on its diagonal, on the host (float64). */
   damped(add: number): Float64Array {
     const { K } = this;
     const h = Float64Array.from(this.dev.download(this.h, new Float32Array(K * K)));
     for (let k = 0; k < K; k++) h[k * K + k] += add;
     return h;
+  }
+
+  /** Refits r.scales against H + add I on the device (see refit.ts); the error after the refit. */
+  refit(add: number, r: RefitArrays): number {
+    return refitOnDevice(this.dev, this.h, add, r);
   }
 
   /** The factor of H + add I; null when that is not positive definite. */
