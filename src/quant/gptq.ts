@@ -13,7 +13,7 @@ import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { RowSearcher } from "../tensor/quant-grid.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
-import { RefitInput, refitScales } from "./refit.js";
+import { RefitInput, RefitSystems, refitSystems, solveRefit } from "./refit.js";
 import {
   Quantizer,
   QuantizerOptions,
@@ -176,7 +176,7 @@ export class HostProblem implements GptqProblem {
     const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp, steps.upperCholeskyOfInverse);
     return {
       damp: used,
-      refit: (r) => refitScales({ ...r, H: damped() }),
+      refit: (r) => solveRefit((steps.refitSystems ?? refitSystems)({ ...r, H: damped() }), r.scales, N, r.G),
       sweep: (q, scales, zeros, w) =>
         new Sweep(q, steps.workspace(w ?? this.w), U, N, K, scales, zeros, steps),
     };
@@ -190,6 +190,8 @@ export class HostProblem implements GptqProblem {
 export interface CpuDenseSteps {
   /** how clip "mse" and "hessian" search a group's rows (default: one after another, on this thread) */
   searchRows?: RowSearcher;
+  /** how the scale refit's normal equations are built (default: refit.ts's, on this thread) */
+  refitSystems?: (r: RefitInput) => RefitSystems;
   /** U with (h + shift I)^-1 = U^T U, or undefined when that is not positive definite (h is not modified) */
   upperCholeskyOfInverse(h: Float64Array, n: number, shift: number): Float64Array | undefined;
   /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */

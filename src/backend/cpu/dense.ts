@@ -421,6 +421,7 @@ export function parallelGptqSteps() {
   const et = new Scratch();
   return {
     searchRows: searchRowsParallel,
+    refitSystems: refitSystemsParallel,
     upperCholeskyOfInverse: upperCholeskyOfInverseParallel,
     workspace(w: Float32Array): Float32Array {
       const copy = shared(Float32Array, w.length);
@@ -468,6 +469,129 @@ export function parallelGptqSteps() {
       });
     },
   };
+}
+
+/** The scale refit's inputs (quant/refit.ts's RefitInput; everything in the sweep's processing order). */
+export interface RefitOperands {
+  /** K x N */
+  w: Float32Array;
+  /** K x K, the damped Hessian */
+  H: Float64Array;
+  /** K x N */
+  codes: Uint8Array;
+  groupOf: Int32Array;
+  /** G x N */
+  zeros: Float32Array;
+  N: number;
+  K: number;
+  G: number;
+}
+
+/**
+ * quant/refit.ts's refitSystems with its products on every core (float64): rows taken in group order so
+ * each group is one run, V = H[:, g'] U[g', :] for the rows of groups g >= g' only (A is symmetric), and
+ * H w, as pool GEMMs; the sums over each group's rows here. About K^2 N multiply-adds against the
+ * scalar code's 2 K^2 N, at the kernels' speed.
+ */
+export function refitSystemsParallel(r: RefitOperands): {
+  A: Float64Array;
+  b: Float64Array;
+  wHw: Float64Array;
+} {
+  const { w, H, codes, groupOf, zeros, N, K, G } = r;
+  const order = Int32Array.from({ length: K }, (_, k) => k).sort((a, b) => groupOf[a] - groupOf[b] || a - b);
+  const starts = new Int32Array(G + 1);
+  for (let k = 0; k < K; k++) starts[groupOf[k] + 1]++;
+  for (let g = 0; g < G; g++) starts[g + 1] += starts[g];
+  const kp = padK(K);
+  // u = codes - zero point and w, K x N in group order, and both transposed (N x kp) as GEMM operands
+  const u = new Float64Array(K * N);
+  const wg = new Float64Array(K * N);
+  const uT = shared(Float64Array, N * kp);
+  const wT = shared(Float64Array, N * kp);
+  for (let a = 0; a < K; a++) {
+    const k = order[a];
+    const z = groupOf[k] * N;
+    for (let n = 0; n < N; n++) {
+      const x = codes[k * N + n] - zeros[z + n];
+      const v = w[k * N + n];
+      u[a * N + n] = x;
+      wg[a * N + n] = v;
+      uT[n * kp + a] = x;
+      wT[n * kp + a] = v;
+    }
+  }
+  const hg = shared(Float64Array, K * kp);
+  for (let a = 0; a < K; a++) {
+    const row = order[a] * K;
+    for (let c = 0; c < K; c++) hg[a * kp + c] = H[row + order[c]];
+  }
+  const v = shared(Float64Array, K * N);
+  const acc = new Float64Array(N);
+  /** acc[n] = sum over the rows k of group g of x[k, n] v[k - r0, n] */
+  const groupSum = (x: Float64Array, g: number, r0: number) => {
+    acc.fill(0);
+    for (let k = starts[g]; k < starts[g + 1]; k++) {
+      const xk = k * N;
+      const vk = (k - r0) * N;
+      for (let n = 0; n < N; n++) acc[n] += x[xk + n] * v[vk + n];
+    }
+  };
+  const A = new Float64Array(N * G * G);
+  const scratch = new Scratch();
+  const part = new Scratch();
+  for (let gp = 0; gp < G; gp++) {
+    const s0 = starts[gp];
+    const cnt = starts[gp + 1] - s0;
+    if (cnt === 0) continue; // a group without columns: its row and column of A stay zero
+    const cp = padK(cnt);
+    const a = pack(hg, kp, s0, K - s0, s0, cnt, scratch.get((K - s0) * cp), cp);
+    const b = part.get(N * cp);
+    for (let n = 0; n < N; n++) {
+      b.set(uT.subarray(n * kp + s0, n * kp + s0 + cnt), n * cp);
+      b.fill(0, n * cp + cnt, (n + 1) * cp);
+    }
+    update({
+      c: v,
+      cOff: 0,
+      cStride: N,
+      a,
+      b,
+      m: K - s0,
+      n: N,
+      kp: cp,
+      alpha: 1,
+      beta: 0,
+      triangle: "all",
+      single: false,
+    });
+    for (let g = gp; g < G; g++) {
+      groupSum(u, g, s0);
+      for (let n = 0; n < N; n++) A[(n * G + g) * G + gp] = A[(n * G + gp) * G + g] = acc[n];
+    }
+  }
+  update({
+    c: v,
+    cOff: 0,
+    cStride: N,
+    a: hg,
+    b: wT,
+    m: K,
+    n: N,
+    kp,
+    alpha: 1,
+    beta: 0,
+    triangle: "all",
+    single: false,
+  });
+  const b = new Float64Array(N * G);
+  for (let g = 0; g < G; g++) {
+    groupSum(u, g, 0);
+    for (let n = 0; n < N; n++) b[n * G + g] = acc[n];
+  }
+  const wHw = new Float64Array(N);
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) wHw[n] += wg[k * N + n] * v[k * N + n];
+  return { A, b, wHw };
 }
 
 /** M H (quant/relative-error.ts's TimesHessian) on every core, float64. */

@@ -6,6 +6,7 @@ import {
   ParallelHessian,
   parallelGemmNT,
   parallelGptqSteps,
+  refitSystemsParallel,
   searchRowsParallel,
   upperCholeskyOfInverseParallel,
 } from "../../../src/backend/cpu/dense.js";
@@ -13,6 +14,7 @@ import { setThreads, shared, threadPool } from "../../../src/backend/cpu/pool.js
 import { HessianAccumulator, gptqQuantize } from "../../../src/quant/index.js";
 import { CrossAccumulator } from "../../../src/quant/fp-target.js";
 import { cpuGptqBackend } from "../../../src/quant/gptq.js";
+import { refitSystems } from "../../../src/quant/refit.js";
 import { upperCholeskyOfInverse } from "../../../src/tensor/linalg.js";
 import { findParams, resolveQuantizer } from "../../../src/quant/quantizer.js";
 import { availableParallelism } from "node:os";
@@ -119,6 +121,54 @@ test("GPTQ with the parallel steps: the serial codes up to rounding-boundary fli
     assert.ok(Math.abs(a.loss - b.loss) < 1e-4 * a.loss, `${a.loss} vs ${b.loss}`);
     assert.deepEqual([...a.layer.gIdx], [...b.layer.gIdx]);
   }
+});
+
+test("the refit's normal equations on the pool equal refitSystems' (groups interleaved, one empty)", () => {
+  withThreads(3, () => {
+    const N = 70;
+    const G = 6;
+    const acc = new HessianAccumulator(K);
+    acc.add(randn(600 * K, 8), 600);
+    const groupOf = Int32Array.from({ length: K }, (_, k) => [2, 0, 4, 1, 2, 5][(k * 7) % 6]); // no group 3
+    const codes = Uint8Array.from(randn(K * N, 9), (x) => Math.floor((x + 1.5) * 5));
+    const zeros = Float32Array.from(randn(G * N, 10), (x) => Math.round((x + 1.5) * 5));
+    const input = {
+      w: randn(K * N, 11),
+      H: acc.H,
+      codes,
+      groupOf,
+      zeros,
+      scales: new Float32Array(G * N),
+      N,
+      K,
+      G,
+    };
+    const want = refitSystems(input);
+    const got = refitSystemsParallel(input);
+    for (const part of ["A", "b", "wHw"] as const)
+      assert.ok(relDiff(want[part], got[part]) < 1e-12, `${part}: ${relDiff(want[part], got[part])}`);
+  });
+});
+
+test("GPTQ with refine on the parallel steps: the serial layer up to rounding", () => {
+  const N = 130;
+  const acc = new HessianAccumulator(K);
+  acc.add(randn(900 * K, 12), 900);
+  const W = randn(N * K, 13);
+  const opts = {
+    bits: 3 as const,
+    groupSize: 32,
+    sym: false,
+    descAct: true,
+    clip: "hessian" as const,
+    refine: 2,
+  };
+  const a = gptqQuantize(W, N, K, acc.H, opts);
+  const b = gptqQuantize(W, N, K, acc.H, { ...opts, backend: cpuGptqBackend(parallelGptqSteps()) });
+  let same = 0;
+  for (let i = 0; i < a.layer.scales.length; i++) if (a.layer.scales[i] === b.layer.scales[i]) same++;
+  assert.ok(same / a.layer.scales.length > 0.99, `${same} of ${a.layer.scales.length} scales`);
+  assert.ok(relDiff(a.Q, b.Q) < 0.02, `dequantized weights apart by ${relDiff(a.Q, b.Q)}`);
 });
 
 test("parallelGemmNT splits x W^T over the pool (float64 reference), and leaves small products alone", () => {
