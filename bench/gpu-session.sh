@@ -8,6 +8,7 @@
 #   bash bench/gpu-session.sh tests 7b-fast   # tests and layer benches; a 7B-shaped checkpoint, --preset fast
 #   bash bench/gpu-session.sh stories memcheck 7b-default 7b-best
 #   tests: every CUDA test of the quantization path, and the layer benches
+#   kernels: only the tests of GPTQ's device pieces against their host twins (a short session)
 #   7b-fast, 7b-default, 7b-best: a Llama-2-7B-shaped fp16 checkpoint (written first, in the background)
 #     quantized end to end with --preset fast / the default preset / --preset best, then verified
 #   LAYERS=8 in the environment: the 7B-shaped checkpoint with that many layers (a shorter session)
@@ -40,6 +41,10 @@ if [[ $MODES == *" tests "* ]]; then
     timeout 40 /tmp/node dist/bench/gptq-cuda.js 4096 4096 262144 4 128 --act-order $flags 2>&1 | tail -2
   done
   timeout 40 /tmp/node dist/bench/gptq-cuda.js 11008 4096 262144 4 128 --act-order 2>&1 | tail -2
+fi
+
+if [[ $MODES == *" kernels "* ]]; then
+  t 150 dist/test/backend/cuda/gptq-device.test.js dist/test/backend/cuda/fp-target.test.js
 fi
 
 if [[ $MODES == *" stories "* ]]; then

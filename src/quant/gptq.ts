@@ -13,7 +13,7 @@ import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { RowSearcher } from "../tensor/quant-grid.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
-import { RefitInput, RefitSystems, refitSystems, solveRefit } from "./refit.js";
+import { RefitInput, RefitSystems, refitScales, solveRefit } from "./refit.js";
 import {
   Quantizer,
   QuantizerOptions,
@@ -174,9 +174,17 @@ export class HostProblem implements GptqProblem {
     const { N, K } = this;
     const { steps } = this;
     const { U, damp: used, damped } = dampedInverseFactor(this.h, K, damp, steps.upperCholeskyOfInverse);
+    /** H w of the refine rounds' weight, kept from round to round */
+    let reuse: { w: Float32Array; Hw: Float64Array } | undefined;
     return {
       damp: used,
-      refit: (r) => solveRefit((steps.refitSystems ?? refitSystems)({ ...r, H: damped() }), r.scales, N, r.G),
+      refit: (r) => {
+        const input = { ...r, H: damped() };
+        if (!steps.refitSystems) return refitScales(input);
+        const systems = steps.refitSystems(input, reuse?.w === r.w ? reuse.Hw : undefined);
+        reuse = { w: r.w, Hw: systems.Hw };
+        return solveRefit(systems, r.scales, N, r.G);
+      },
       sweep: (q, scales, zeros, w) =>
         new Sweep(q, steps.workspace(w ?? this.w), U, N, K, scales, zeros, steps),
     };
@@ -190,8 +198,11 @@ export class HostProblem implements GptqProblem {
 export interface CpuDenseSteps {
   /** how clip "mse" and "hessian" search a group's rows (default: one after another, on this thread) */
   searchRows?: RowSearcher;
-  /** how the scale refit's normal equations are built (default: refit.ts's, on this thread) */
-  refitSystems?: (r: RefitInput) => RefitSystems;
+  /**
+   * how the scale refit's normal equations are built (default: refit.ts's, on this thread); Hw, H w from
+   * an earlier call with the same H and w, is returned for the next
+   */
+  refitSystems?: (r: RefitInput, Hw?: Float64Array) => RefitSystems & { Hw: Float64Array };
   /** U with (h + shift I)^-1 = U^T U, or undefined when that is not positive definite (h is not modified) */
   upperCholeskyOfInverse(h: Float64Array, n: number, shift: number): Float64Array | undefined;
   /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */

@@ -491,13 +491,13 @@ export interface RefitOperands {
  * quant/refit.ts's refitSystems with its products on every core (float64): rows taken in group order so
  * each group is one run, V = H[:, g'] U[g', :] for the rows of groups g >= g' only (A is symmetric), and
  * H w, as pool GEMMs; the sums over each group's rows here. About K^2 N multiply-adds against the
- * scalar code's 2 K^2 N, at the kernels' speed.
+ * scalar code's 2 K^2 N, at the kernels' speed, and K^2 N / 2 when H w is given.
  */
-export function refitSystemsParallel(r: RefitOperands): {
-  A: Float64Array;
-  b: Float64Array;
-  wHw: Float64Array;
-} {
+export function refitSystemsParallel(
+  r: RefitOperands,
+  /** H w (K x N, processing order) from an earlier call with the same H and w: the refine rounds reuse it */
+  Hw?: Float64Array,
+): { A: Float64Array; b: Float64Array; wHw: Float64Array; Hw: Float64Array } {
   const { w, H, codes, groupOf, zeros, N, K, G } = r;
   const order = Int32Array.from({ length: K }, (_, k) => k).sort((a, b) => groupOf[a] - groupOf[b] || a - b);
   const starts = new Int32Array(G + 1);
@@ -570,20 +570,26 @@ export function refitSystemsParallel(r: RefitOperands): {
       for (let n = 0; n < N; n++) A[(n * G + g) * G + gp] = A[(n * G + gp) * G + g] = acc[n];
     }
   }
-  update({
-    c: v,
-    cOff: 0,
-    cStride: N,
-    a: hg,
-    b: wT,
-    m: K,
-    n: N,
-    kp,
-    alpha: 1,
-    beta: 0,
-    triangle: "all",
-    single: false,
-  });
+  if (Hw) {
+    for (let a = 0; a < K; a++) v.set(Hw.subarray(order[a] * N, (order[a] + 1) * N), a * N);
+  } else {
+    update({
+      c: v,
+      cOff: 0,
+      cStride: N,
+      a: hg,
+      b: wT,
+      m: K,
+      n: N,
+      kp,
+      alpha: 1,
+      beta: 0,
+      triangle: "all",
+      single: false,
+    });
+    Hw = new Float64Array(K * N);
+    for (let a = 0; a < K; a++) Hw.set(v.subarray(a * N, (a + 1) * N), order[a] * N);
+  }
   const b = new Float64Array(N * G);
   for (let g = 0; g < G; g++) {
     groupSum(u, g, 0);
@@ -591,7 +597,7 @@ export function refitSystemsParallel(r: RefitOperands): {
   }
   const wHw = new Float64Array(N);
   for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) wHw[n] += wg[k * N + n] * v[k * N + n];
-  return { A, b, wHw };
+  return { A, b, wHw, Hw };
 }
 
 /** M H (quant/relative-error.ts's TimesHessian) on every core, float64. */

@@ -123,7 +123,7 @@ test("GPTQ with the parallel steps: the serial codes up to rounding-boundary fli
   }
 });
 
-test("the refit's normal equations on the pool equal refitSystems' (groups interleaved, one empty)", () => {
+test("the refit's normal equations on the pool equal refitSystems' (groups interleaved, one empty; H w reused)", () => {
   withThreads(3, () => {
     const N = 70;
     const G = 6;
@@ -147,6 +147,19 @@ test("the refit's normal equations on the pool equal refitSystems' (groups inter
     const got = refitSystemsParallel(input);
     for (const part of ["A", "b", "wHw"] as const)
       assert.ok(relDiff(want[part], got[part]) < 1e-12, `${part}: ${relDiff(want[part], got[part])}`);
+    // a refine round: the same H and w, other codes and groups, H w reused
+    const again = {
+      ...input,
+      groupOf: Int32Array.from({ length: K }, (_, k) => Math.floor(k / 51)),
+      codes: Uint8Array.from(randn(K * N, 14), (x) => Math.floor((x + 1.5) * 5)),
+    };
+    const want2 = refitSystems(again);
+    const got2 = refitSystemsParallel(again, got.Hw);
+    for (const part of ["A", "b", "wHw"] as const)
+      assert.ok(
+        relDiff(want2[part], got2[part]) < 1e-12,
+        `reused H w, ${part}: ${relDiff(want2[part], got2[part])}`,
+      );
   });
 });
 
