@@ -26,7 +26,7 @@ export const QUALITY_PRESETS: Record<QualityPreset, { summary: string; options: 
     options: { clip: "hessian", fpTarget: true, splitRange: true, freshGroups: true, refine: 0 },
   },
   best: {
-    summary: "balanced plus 2 rounds of least-squares scale refits (2.2-2.4x fast on the CPU)",
+    summary: "balanced plus 2 rounds of least-squares scale refits (2-2.2x fast on the CPU)",
     options: { clip: "hessian", fpTarget: true, splitRange: true, freshGroups: true, refine: 2 },
   },
 };

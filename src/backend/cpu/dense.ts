@@ -504,22 +504,12 @@ export function refitSystemsParallel(
   for (let k = 0; k < K; k++) starts[groupOf[k] + 1]++;
   for (let g = 0; g < G; g++) starts[g + 1] += starts[g];
   const kp = padK(K);
-  // u = codes - zero point and w, K x N in group order, and both transposed (N x kp) as GEMM operands
+  // u = codes - zero point, K x N in group order
   const u = new Float64Array(K * N);
-  const wg = new Float64Array(K * N);
-  const uT = shared(Float64Array, N * kp);
-  const wT = shared(Float64Array, N * kp);
   for (let a = 0; a < K; a++) {
     const k = order[a];
     const z = groupOf[k] * N;
-    for (let n = 0; n < N; n++) {
-      const x = codes[k * N + n] - zeros[z + n];
-      const v = w[k * N + n];
-      u[a * N + n] = x;
-      wg[a * N + n] = v;
-      uT[n * kp + a] = x;
-      wT[n * kp + a] = v;
-    }
+    for (let n = 0; n < N; n++) u[a * N + n] = codes[k * N + n] - zeros[z + n];
   }
   const hg = shared(Float64Array, K * kp);
   for (let a = 0; a < K; a++) {
@@ -546,9 +536,9 @@ export function refitSystemsParallel(
     if (cnt === 0) continue; // a group without columns: its row and column of A stay zero
     const cp = padK(cnt);
     const a = pack(hg, kp, s0, K - s0, s0, cnt, scratch.get((K - s0) * cp), cp);
-    const b = part.get(N * cp);
+    const b = part.get(N * cp); // U[g', :] transposed, N x cp
     for (let n = 0; n < N; n++) {
-      b.set(uT.subarray(n * kp + s0, n * kp + s0 + cnt), n * cp);
+      for (let t = 0; t < cnt; t++) b[n * cp + t] = u[(s0 + t) * N + n];
       b.fill(0, n * cp + cnt, (n + 1) * cp);
     }
     update({
@@ -573,6 +563,11 @@ export function refitSystemsParallel(
   if (Hw) {
     for (let a = 0; a < K; a++) v.set(Hw.subarray(order[a] * N, (order[a] + 1) * N), a * N);
   } else {
+    const wT = part.get(N * kp); // w in group order, transposed
+    for (let n = 0; n < N; n++) {
+      for (let a = 0; a < K; a++) wT[n * kp + a] = w[order[a] * N + n];
+      wT.fill(0, n * kp + K, (n + 1) * kp);
+    }
     update({
       c: v,
       cOff: 0,
@@ -596,7 +591,7 @@ export function refitSystemsParallel(
     for (let n = 0; n < N; n++) b[n * G + g] = acc[n];
   }
   const wHw = new Float64Array(N);
-  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) wHw[n] += wg[k * N + n] * v[k * N + n];
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) wHw[n] += w[k * N + n] * Hw[k * N + n];
   return { A, b, wHw, Hw };
 }
 

@@ -3,6 +3,8 @@ import { MessagePort, receiveMessageOnPort, workerData } from "node:worker_threa
 import { CTRL, Job, takeParts } from "./pool.js";
 
 const { ctrl, port } = workerData as { ctrl: Int32Array; port: MessagePort };
+Atomics.add(ctrl, CTRL.ready, 1); // loaded: the pool's first job waits for this
+Atomics.notify(ctrl, CTRL.ready);
 let seen = 0;
 for (;;) {
   Atomics.wait(ctrl, CTRL.job, seen);

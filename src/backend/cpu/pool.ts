@@ -11,7 +11,10 @@ import { GptqError } from "../../util/errors.js";
 import { TASKS, TaskArgs, TaskName } from "./tasks.js";
 
 /** control words, shared with the workers */
-export const CTRL = { job: 0, finished: 1, nextPart: 2, failed: 3 } as const;
+export const CTRL = { job: 0, finished: 1, nextPart: 2, failed: 3, ready: 4 } as const;
+
+/** How long the first job waits for the workers to load: a worker whose module failed never comes. */
+const START_TIMEOUT_MS = 60_000;
 
 export interface Job<T extends TaskName = TaskName> {
   task: T;
@@ -35,20 +38,29 @@ export function shared<T extends Float32Array | Float64Array>(
 }
 
 export class ThreadPool {
-  private readonly ctrl = new Int32Array(new SharedArrayBuffer(4 * 4));
+  private readonly ctrl = new Int32Array(new SharedArrayBuffer(5 * 4));
   private readonly ports: MessagePort[] = [];
   private readonly workers: Worker[] = [];
+  private started = false;
 
-  constructor(readonly threads: number) {
+  constructor(
+    readonly threads: number,
+    /** the workers' module (a test may name one that fails to load) */
+    workerModule = new URL("./pool-worker.js", import.meta.url),
+    private readonly startTimeoutMs = START_TIMEOUT_MS,
+  ) {
     if (!(Number.isInteger(threads) && threads >= 1))
       throw new GptqError(`threads must be a positive integer, got ${threads}`);
     for (let i = 1; i < threads; i++) {
       const { port1, port2 } = new MessageChannel();
-      const worker = new Worker(new URL("./pool-worker.js", import.meta.url), {
+      const worker = new Worker(workerModule, {
         workerData: { ctrl: this.ctrl, port: port2 },
         transferList: [port2],
       });
       worker.unref();
+      // a worker that fails to load reports it as an event, which the blocked first job cannot see (it
+      // finds the worker silent instead); heard here, it is not an uncaught exception afterwards
+      worker.on("error", () => {});
       this.workers.push(worker);
       this.ports.push(port1);
     }
@@ -63,6 +75,7 @@ export class ThreadPool {
       for (let p = 0; p < parts; p++) fn(args, p, parts);
       return;
     }
+    this.awaitWorkers();
     Atomics.store(ctrl, CTRL.finished, 0);
     Atomics.store(ctrl, CTRL.nextPart, 0);
     Atomics.store(ctrl, CTRL.failed, 0);
@@ -84,6 +97,29 @@ export class ThreadPool {
     if (error) throw error;
     if (Atomics.load(ctrl, CTRL.failed))
       throw new GptqError(`a worker thread failed: ${messages.find((m) => m) ?? "unknown error"}`);
+  }
+
+  /**
+   * Waits (once) until every worker has loaded: each job waits for all of them to finish it, so one that
+   * never started would hang the caller. The event loop is blocked here, so a failed load is known only by
+   * its silence.
+   */
+  private awaitWorkers(): void {
+    if (this.started) return;
+    const { ctrl, ports } = this;
+    const deadline = Date.now() + this.startTimeoutMs;
+    for (let ready; (ready = Atomics.load(ctrl, CTRL.ready)) < ports.length;) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const workers = ports.length;
+        this.dispose();
+        throw new GptqError(
+          `${workers - ready} of the CPU pool's ${workers} worker threads did not start within ${this.startTimeoutMs / 1000} s (their module failed to load: is the installation complete?); run with --threads 1 to work without them`,
+        );
+      }
+      Atomics.wait(ctrl, CTRL.ready, ready, Math.min(left, 100));
+    }
+    this.started = true;
   }
 
   dispose(): void {

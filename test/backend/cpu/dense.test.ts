@@ -10,7 +10,7 @@ import {
   searchRowsParallel,
   upperCholeskyOfInverseParallel,
 } from "../../../src/backend/cpu/dense.js";
-import { setThreads, shared, threadPool } from "../../../src/backend/cpu/pool.js";
+import { ThreadPool, setThreads, shared, threadPool } from "../../../src/backend/cpu/pool.js";
 import { HessianAccumulator, gptqQuantize } from "../../../src/quant/index.js";
 import { CrossAccumulator } from "../../../src/quant/fp-target.js";
 import { cpuGptqBackend } from "../../../src/quant/gptq.js";
@@ -227,6 +227,17 @@ test("a failing part reports the worker's error and the pool keeps working", () 
     h.add(randn(8 * 3, 8), 3);
     assert.equal(h.nsamples, 3);
   });
+});
+
+test("a pool whose workers never load refuses its first job in one line instead of hanging", () => {
+  const pool = new ThreadPool(3, new URL("file:///nonexistent/pool-worker.js"), 1500);
+  const x = shared(Float32Array, 4 * 8);
+  const w = shared(Float32Array, 16 * 8);
+  const out = shared(Float32Array, 4 * 16);
+  assert.throws(
+    () => pool.run("dense", { x, w, out, rows: 4, K: 8, N: 16, cols: 4 }, 4),
+    /2 of the CPU pool's 2 worker threads did not start within 1.5 s.*--threads 1/,
+  );
 });
 
 test("the range searches with rows split over the pool find the serial search's parameters exactly", () => {
