@@ -57,7 +57,7 @@ __device__ double objective(const double* A, const double* b, double wHw, const 
 // One thread per output row n = n0 + r: A (G x G x rows) s = b (G x rows) with a small ridge towards the
 // current scales (G x N fp32, in/out), Cholesky in the scratch L (G x G x rows); the fp16-rounded solution
 // replaces the row's scales where it lowers the row's error. err[r] = the row's error after.
-// grid ceil(rows / 128)
+// grid ceil(rows / blockDim)
 extern "C" __global__ void refit_solve(const double* __restrict__ A, const double* __restrict__ b,
                                        const double* __restrict__ wHw, int rows, int G, int N, int n0,
                                        double* __restrict__ L, double* __restrict__ x, float* __restrict__ scales,

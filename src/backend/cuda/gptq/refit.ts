@@ -9,7 +9,8 @@ import { Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer, Kernel, f64, i32, ptr } from "../device.js";
 
 const THREADS = 256;
-const SOLVE_THREADS = 128;
+/** a warp a block: the solves are latency-bound, so 4096 rows should reach every SM */
+const SOLVE_THREADS = 32;
 const blocks = (n: number, t = THREADS) => Math.ceil(n / t);
 /** the device memory for a chunk's systems and their factors */
 const SYSTEMS_BYTES = 512 * 2 ** 20;
