@@ -6,39 +6,14 @@
  * All N rows are solved together: for each group g', V = H[:, g'] U[g', :] (K x N) gives column g' of
  * every row's A, so the cost is about 2 K^2 N (the same order as the GPTQ sweep).
  * Everything here is in the sweep's processing order: w, codes and H rows/columns are permuted alike.
- * The systems are the dense part (a GPU backend builds them on the device); the solves are small (G x G a
- * row) and run here for every backend.
+ * The systems are the dense part: the CPU's parallel steps build them with the pool's GEMMs
+ * (backend/cpu/dense.ts), and the GPU runs the whole refit on the device (backend/cuda/gptq/refit.ts).
  */
 import { choleskyLowerInPlace, solveLower } from "../tensor/linalg.js";
+import { RefitInput, RefitSystems } from "../tensor/refit-input.js";
 import { halfScale } from "./quantizer.js";
 
-export interface RefitInput {
-  /** the weight being approximated, K x N */
-  w: Float32Array;
-  /** K x K, the (damped) Hessian GPTQ minimised against */
-  H: Float64Array;
-  /** K x N codes */
-  codes: Uint8Array;
-  /** group of each column */
-  groupOf: Int32Array;
-  /** G x N, read and replaced by the refit values where they lower the error */
-  scales: Float32Array;
-  /** G x N integer zero points (kept) */
-  zeros: Float32Array;
-  N: number;
-  K: number;
-  G: number;
-}
-
-/** Every output row's normal equations: A[n][g][g'], b[n][g] and w_n^T H w_n. */
-export interface RefitSystems {
-  /** N x G x G */
-  A: Float64Array;
-  /** N x G */
-  b: Float64Array;
-  /** N */
-  wHw: Float64Array;
-}
+export type { RefitInput, RefitSystems };
 
 /** Refits the scales in place; returns sum_n (w - q)^T H (w - q) after the refit. */
 export function refitScales(r: RefitInput): number {

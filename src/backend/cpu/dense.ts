@@ -11,6 +11,7 @@ import { GptqError } from "../../util/errors.js";
 import { shared, threadPool } from "./pool.js";
 import { SEARCH_ROWS, UPDATE_STRIP, UpdateArgs } from "./tasks.js";
 import { RowSearcher } from "../../tensor/quant-grid.js";
+import { RefitInput, RefitSystems } from "../../tensor/refit-input.js";
 import { wasmGemm } from "./wasm-gemm.js";
 
 /** Mirrors linalg.ts: a pivot at or below this fraction of its original diagonal fails the factorisation. */
@@ -471,22 +472,6 @@ export function parallelGptqSteps() {
   };
 }
 
-/** The scale refit's inputs (quant/refit.ts's RefitInput; everything in the sweep's processing order). */
-export interface RefitOperands {
-  /** K x N */
-  w: Float32Array;
-  /** K x K, the damped Hessian */
-  H: Float64Array;
-  /** K x N */
-  codes: Uint8Array;
-  groupOf: Int32Array;
-  /** G x N */
-  zeros: Float32Array;
-  N: number;
-  K: number;
-  G: number;
-}
-
 /**
  * quant/refit.ts's refitSystems with its products on every core (float64): rows taken in group order so
  * each group is one run, V = H[:, g'] U[g', :] for the rows of groups g >= g' only (A is symmetric), and
@@ -494,10 +479,10 @@ export interface RefitOperands {
  * scalar code's 2 K^2 N, at the kernels' speed, and K^2 N / 2 when H w is given.
  */
 export function refitSystemsParallel(
-  r: RefitOperands,
+  r: RefitInput,
   /** H w (K x N, processing order) from an earlier call with the same H and w: the refine rounds reuse it */
   Hw?: Float64Array,
-): { A: Float64Array; b: Float64Array; wHw: Float64Array; Hw: Float64Array } {
+): RefitSystems & { Hw: Float64Array } {
   const { w, H, codes, groupOf, zeros, N, K, G } = r;
   const order = Int32Array.from({ length: K }, (_, k) => k).sort((a, b) => groupOf[a] - groupOf[b] || a - b);
   const starts = new Int32Array(G + 1);

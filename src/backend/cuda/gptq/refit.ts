@@ -5,6 +5,7 @@
  * (minutes for a 4096 x 4096 layer); here, milliseconds. Rows go in chunks that keep the systems and their
  * factors within `systemsBytes`.
  */
+import { RefitInput } from "../../../tensor/refit-input.js";
 import { Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer, Kernel, f64, i32, ptr } from "../device.js";
 
@@ -15,22 +16,8 @@ const blocks = (n: number, t = THREADS) => Math.ceil(n / t);
 /** the device memory for a chunk's systems and their factors */
 const SYSTEMS_BYTES = 512 * 2 ** 20;
 
-/** A refit's host arrays, in the sweep's processing order (quant/refit.ts's RefitInput without H). */
-export interface RefitArrays {
-  /** the weight being approximated, K x N */
-  w: Float32Array;
-  /** K x N codes */
-  codes: Uint8Array;
-  /** group of each column */
-  groupOf: Int32Array;
-  /** G x N, replaced by the refit values where they lower a row's error */
-  scales: Float32Array;
-  /** G x N integer zero points */
-  zeros: Float32Array;
-  N: number;
-  K: number;
-  G: number;
-}
+/** A refit's host arrays: its input but the Hessian, which is on the device. */
+export type RefitArrays = Omit<RefitInput, "H">;
 
 function refitKernel(dev: CudaDevice, name: string): Kernel {
   return dev.kernel(import.meta.url, "refit.cu", name);
