@@ -125,7 +125,7 @@ export class HostProblem implements GptqProblem {
     readonly K: number,
     private readonly steps: CpuDenseSteps = SERIAL_STEPS,
   ) {
-    this.w = transpose(W, N, K);
+    this.w = transpose(W, N, K, steps.allocate?.(K * N));
     this.h = H;
   }
 
@@ -156,7 +156,7 @@ export class HostProblem implements GptqProblem {
   permute(perm: Int32Array): void {
     const { N, K, h, w } = this;
     const hp = new Float64Array(K * K);
-    const wp = new Float32Array(K * N);
+    const wp = this.steps.allocate?.(K * N) ?? new Float32Array(K * N);
     for (let a = 0; a < K; a++) {
       const pa = perm[a];
       for (let b = 0; b < K; b++) hp[a * K + b] = h[pa * K + perm[b]];
@@ -207,6 +207,8 @@ export interface CpuDenseSteps {
   upperCholeskyOfInverse(h: Float64Array, n: number, shift: number): Float64Array | undefined;
   /** the working weight (K x N) the sweep updates in place: w itself, or a copy the steps can reach */
   workspace(w: Float32Array): Float32Array;
+  /** a new zeroed array where the steps can reach it, for the problem's own working weight (default: plain) */
+  allocate?(length: number): Float32Array;
   /** Columns [i2, end) after block [i1, i2): w[j, :] -= sum_i U[i1 + i, j] err[i, :]. */
   lazyUpdate(
     w: Float32Array,

@@ -11,8 +11,12 @@ export function checkWeight(W: Float32Array, N: number, K: number): void {
 }
 
 /** N x K row-major -> K x N row-major (column k of the weight becomes a contiguous row). */
-export function transpose(src: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
+export function transpose(
+  src: Float32Array,
+  rows: number,
+  cols: number,
+  out: Float32Array = new Float32Array(rows * cols),
+): Float32Array {
   const T = 64;
   for (let r0 = 0; r0 < rows; r0 += T) {
     const r1 = Math.min(r0 + T, rows);

@@ -424,11 +424,8 @@ export function parallelGptqSteps() {
     searchRows: searchRowsParallel,
     refitSystems: refitSystemsParallel,
     upperCholeskyOfInverse: upperCholeskyOfInverseParallel,
-    workspace(w: Float32Array): Float32Array {
-      const copy = shared(Float32Array, w.length);
-      copy.set(w);
-      return copy;
-    },
+    workspace: toShared,
+    allocate: (length: number) => shared(Float32Array, length),
     lazyUpdate(
       w: Float32Array,
       err: Float32Array,
@@ -588,9 +585,10 @@ export function timesHessianParallel(
   K: number,
 ): Float64Array {
   const kp = padK(K);
-  const scratch = new Scratch();
   const a = pack(m, K, 0, rows, 0, K, shared(Float64Array, rows * kp), kp);
-  const b = pack(H, K, 0, K, 0, K, scratch.get(K * kp), kp);
+  // H as it is when the workers can read it and its rows need no padding (the pool's Hessians are shared)
+  const ready = kp === K && H.buffer instanceof SharedArrayBuffer && H.length === K * K;
+  const b = ready ? H : pack(H, K, 0, K, 0, K, shared(Float64Array, K * kp), kp);
   const out = shared(Float64Array, rows * K);
   const [alpha, beta, triangle, single] = [1, 1, "all" as const, false];
   update({ c: out, cOff: 0, cStride: K, a, b, m: rows, n: K, kp, alpha, beta, triangle, single });
