@@ -13,7 +13,8 @@ import { upperCholeskyOfInverse } from "../tensor/linalg.js";
 import { RowSearcher } from "../tensor/quant-grid.js";
 import { GptqError } from "../util/errors.js";
 import { checkWeight, transpose } from "./layer.js";
-import { RefitInput, RefitSystems, refitScales, solveRefit } from "./refit.js";
+import { RefitArrays, RefitInput, RefitSystems } from "../tensor/refit-input.js";
+import { refitScales, solveRefit } from "./refit.js";
 import {
   Quantizer,
   QuantizerOptions,
@@ -96,14 +97,11 @@ export interface GptqProblem {
 export interface GptqFactor {
   damp: number;
   /** least-squares refit of `scales` against the damped matrix (see refit.ts); the error after it */
-  refit(r: RefitRequest): number;
+  refit(r: RefitArrays): number;
   /** a sweep over the problem's own working weight, or over `w` (K x N, processing order) when given */
   sweep(q: Quantizer, scales: Float32Array, zeros: Float32Array, w?: Float32Array): GptqSweep;
   dispose?(): void;
 }
-
-/** A refit's inputs but the Hessian, which the factor has. */
-export type RefitRequest = Omit<RefitInput, "H">;
 
 /** Where GPTQ's dense work runs: the factorisation of the damped Hessian and the sweeps. */
 export interface GptqBackend {

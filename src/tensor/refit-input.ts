@@ -30,3 +30,6 @@ export interface RefitSystems {
   /** N */
   wHw: Float64Array;
 }
+
+/** A refit's arrays but the Hessian, which the factor (host or device) holds. */
+export type RefitArrays = Omit<RefitInput, "H">;

@@ -7,7 +7,8 @@ import { QuantizedLinear } from "../../../formats/types.js";
 import { GptqError } from "../../../util/errors.js";
 import { Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer, i32, f32, ptr, u64 } from "../device.js";
-import { RefitArrays, refitOnDevice } from "./refit.js";
+import { RefitArrays } from "../../../tensor/refit-input.js";
+import { refitOnDevice } from "./refit.js";
 import { CudaGptqFactor, gptqKernel } from "./sweep.js";
 
 const THREADS = 256;

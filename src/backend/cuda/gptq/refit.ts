@@ -5,7 +5,7 @@
  * (minutes for a 4096 x 4096 layer); here, milliseconds. Rows go in chunks that keep the systems and their
  * factors within `systemsBytes`.
  */
-import { RefitInput } from "../../../tensor/refit-input.js";
+import { RefitArrays } from "../../../tensor/refit-input.js";
 import { Cublas } from "../cublas.js";
 import { CudaDevice, DeviceBuffer, Kernel, f64, i32, ptr } from "../device.js";
 
@@ -15,9 +15,6 @@ const SOLVE_THREADS = 32;
 const blocks = (n: number, t = THREADS) => Math.ceil(n / t);
 /** the device memory for a chunk's systems and their factors */
 const SYSTEMS_BYTES = 512 * 2 ** 20;
-
-/** A refit's host arrays: its input but the Hessian, which is on the device. */
-export type RefitArrays = Omit<RefitInput, "H">;
 
 function refitKernel(dev: CudaDevice, name: string): Kernel {
   return dev.kernel(import.meta.url, "refit.cu", name);
