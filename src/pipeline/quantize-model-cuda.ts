@@ -17,7 +17,12 @@ import { CudaDevice, DeviceBuffer } from "../backend/cuda/device.js";
 import { CudaDecoderLayer, CudaEmbedding, DecoderLinearName } from "../backend/cuda/decoder/decoder.js";
 import { CudaHessian } from "../backend/cuda/gptq/hessian.js";
 import { CudaCrossAccumulator, CudaFpTarget } from "../backend/cuda/gptq/fp-target.js";
-import { CudaGptqData, dequantizeOnDevice, outputErrorOnDevice } from "../backend/cuda/gptq/problem.js";
+import {
+  CudaGptqData,
+  dequantizeOnDevice,
+  hessianDiagonal,
+  outputErrorOnDevice,
+} from "../backend/cuda/gptq/problem.js";
 import { DenseLinear } from "../backend/cpu/linear.js";
 import { QuantizedLinear } from "../formats/types.js";
 import { DECODER_LINEARS, cudaDecoderLayer } from "../model/cuda.js";
@@ -72,6 +77,19 @@ interface Chunk extends States {
   seqLens: number[];
   rows: number;
   fp?: States;
+}
+
+/**
+ * Refuses a projection group whose Hessian has a non-finite diagonal: its calibration inputs overflowed on
+ * the device, which keeps activations in fp16 (largest value 65504). The checkpoint's own values were
+ * checked when it was opened, so this is the activations' range, and the CPU path (fp32) has it.
+ */
+export function checkDeviceHessian(projections: readonly string[], diag: Float64Array): void {
+  const k = diag.findIndex((d) => !Number.isFinite(d));
+  if (k < 0) return;
+  throw new GptqError(
+    `${projections.join(", ")}: the calibration inputs overflowed fp16 on the GPU (input feature ${k} of the Hessian is ${diag[k]}); activations there are fp16 (at most 65504) and this model's exceed that: quantize with --device cpu`,
+  );
 }
 
 export function quantizeModelOnDevice(
@@ -159,6 +177,15 @@ export function quantizeModelOnDevice(
           }
           const H = acc.take();
           const C = cross?.take();
+          try {
+            checkDeviceHessian(
+              names.map((n) => layer.linearPrefix(n)),
+              hessianDiagonal(dev, H, K),
+            );
+          } catch (e) {
+            for (const b of [H, C]) if (b) dev.free(b);
+            throw e;
+          }
           lap("hessian");
           let target: CudaFpTarget | null = null;
           try {

@@ -17,9 +17,11 @@ import { perplexity } from "../../src/model/perplexity.js";
 import { readTokenRows } from "../../src/pipeline/calibration.js";
 import { cudaGptqBackend } from "../../src/pipeline/cuda-gptq.js";
 import { PipelineOptions, quantizeModel } from "../../src/pipeline/quantize-model.js";
+import { checkDeviceHessian } from "../../src/pipeline/quantize-model-cuda.js";
 import { QUALITY_PRESETS } from "../../src/pipeline/presets.js";
 import { GptqOptions, gptqQuantize } from "../../src/quant/gptq.js";
 import { HessianAccumulator } from "../../src/quant/hessian.js";
+import { GptqError } from "../../src/util/errors.js";
 import { sharedPath, skipUnlessShared } from "../helpers/shared.js";
 import { PLAIN_GPTQ } from "../helpers/configs.js";
 import {
@@ -32,6 +34,24 @@ import {
 
 const noGpu = CudaDevice.available() ? false : "SKIPPED: no CUDA device";
 if (noGpu) console.warn(noGpu);
+
+test("a group whose Hessian overflowed on the device is refused in one line naming it and what to do", () => {
+  checkDeviceHessian(["model.layers.0.self_attn.q_proj"], Float64Array.of(1, 2, 3)); // finite: no error
+  for (const bad of [Infinity, NaN])
+    assert.throws(
+      () =>
+        checkDeviceHessian(
+          ["model.layers.5.mlp.gate_proj", "model.layers.5.mlp.up_proj"],
+          Float64Array.of(1, bad, 3),
+        ),
+      (e: Error) =>
+        e instanceof GptqError &&
+        !e.message.includes("\n") &&
+        e.message.startsWith("model.layers.5.mlp.gate_proj, model.layers.5.mlp.up_proj: ") &&
+        e.message.includes(`input feature 1 of the Hessian is ${bad}`) &&
+        e.message.endsWith("quantize with --device cpu"),
+    );
+});
 
 test(
   "the Hessian accumulated on the GPU equals the CPU's (float64) to fp32 rounding",

@@ -57,16 +57,7 @@ export class CudaGptqData {
   }
 
   diagonal(): Float64Array {
-    const { dev, K } = this;
-    const out = dev.alloc(K * 4);
-    dev.launch(gptqKernel(dev, "gptq_diagonal"), [blocks(K), 1, 1], THREADS, 0, [
-      ptr(this.h),
-      i32(K),
-      ptr(out),
-    ]);
-    const d = Float64Array.from(dev.download(out, new Float32Array(K)));
-    dev.free(out);
-    return d;
+    return hessianDiagonal(this.dev, this.h, this.K);
   }
 
   clearDead(dead: readonly number[]): void {
@@ -143,6 +134,15 @@ export class CudaGptqData {
     this.dev.free(this.h);
     this.dev.free(this.w);
   }
+}
+
+/** The diagonal of a K x K fp32 matrix on the device, on the host. */
+export function hessianDiagonal(dev: CudaDevice, H: DeviceBuffer, K: number): Float64Array {
+  const out = dev.alloc(K * 4);
+  dev.launch(gptqKernel(dev, "gptq_diagonal"), [blocks(K), 1, 1], THREADS, 0, [ptr(H), i32(K), ptr(out)]);
+  const d = Float64Array.from(dev.download(out, new Float32Array(K)));
+  dev.free(out);
+  return d;
 }
 
 function transposed(
