@@ -13,7 +13,6 @@ import { choleskyLowerInPlace, solveLower } from "../tensor/linalg.js";
 import { RefitInput, RefitSystems } from "../tensor/refit-input.js";
 import { halfScale } from "./quantizer.js";
 
-export type { RefitInput, RefitSystems };
 
 /** Refits the scales in place; returns sum_n (w - q)^T H (w - q) after the refit. */
 export function refitScales(r: RefitInput): number {

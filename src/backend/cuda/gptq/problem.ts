@@ -101,7 +101,7 @@ export class CudaGptqData {
     return this.dev.download(this.w, new Float32Array(this.K * this.N));
   }
 
-  /** H with `add` on its diagonal, on the host (float64). */
+  /** H with `add` on its diagonal, on the host (float64): a view of the prepared problem for checks. */
   damped(add: number): Float64Array {
     const { K } = this;
     const h = Float64Array.from(this.dev.download(this.h, new Float32Array(K * K)));
