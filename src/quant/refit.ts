@@ -13,7 +13,6 @@ import { choleskyLowerInPlace, solveLower } from "../tensor/linalg.js";
 import { RefitInput, RefitSystems } from "../tensor/refit-input.js";
 import { halfScale } from "./quantizer.js";
 
-
 /** Refits the scales in place; returns sum_n (w - q)^T H (w - q) after the refit. */
 export function refitScales(r: RefitInput): number {
   return solveRefit(refitSystems(r), r.scales, r.N, r.G);
